@@ -1,0 +1,1 @@
+"""The Hydra config tree shipped with mlfsic (data files only; see ``mlfsic.harness.config``)."""

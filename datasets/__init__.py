@@ -1,0 +1,1 @@
+"""mlfsic.datasets: dataset adapters (COCO format, ...) and the coco-moji generator (DESIGN 6)."""

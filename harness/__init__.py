@@ -1,0 +1,1 @@
+"""mlfsic.harness: episodes, metrics, features, runner (Ray), store, leaderboard and the CLI."""

@@ -1,0 +1,120 @@
+"""The data types that flow through the harness (DESIGN 3, 4.3).
+
+``Dataset``       what an adapter returns: every image of an annotation file with multi-hot labels.
+``LabelledPool``  the images of one label split (DESIGN 5.2: an image belongs to a split only if
+                  *all* its labels are in that split), with label columns in the split's order.
+``BaseData``      what ``Method.fit`` receives: base-split features, targets, label names/embeddings.
+``Episode``       what ``Method.predict`` receives: support + query features, support targets,
+                  label names/embeddings. It never carries the query targets.
+
+Shapes use: n images, N labels of the episode, D global feature size, L local positions,
+C local channels, E word-embedding size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlfsic.harness.errors import MlfsicError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """All images of one annotation file.
+
+    ``targets[i, j]`` is True when image ``image_ids[i]`` carries label ``label_names[j]``.
+    ``label_names`` follow the annotation file's category order.
+    """
+
+    name: str
+    image_root: Path
+    image_ids: np.ndarray  # (n,) int64
+    file_names: tuple[str, ...]  # relative to image_root
+    label_names: tuple[str, ...]
+    targets: np.ndarray  # (n, n_labels) bool
+    annotation_sha256: str
+
+    def label_column(self, label: str) -> int:
+        try:
+            return self.label_names.index(label)
+        except ValueError:
+            raise MlfsicError(f"dataset {self.name!r}: unknown label {label!r}") from None
+
+    def file_name_of(self) -> dict[int, str]:
+        return dict(zip(self.image_ids.tolist(), self.file_names))
+
+
+@dataclass(frozen=True)
+class LabelledPool:
+    """The images of one split; ``targets`` columns follow ``label_names`` (the split's order)."""
+
+    dataset: str
+    split: str
+    label_names: tuple[str, ...]
+    image_ids: np.ndarray  # (n,) int64
+    targets: np.ndarray  # (n, N) bool
+    annotation_sha256: str
+
+    def __len__(self) -> int:
+        return int(self.image_ids.shape[0])
+
+
+def split_pool(dataset: Dataset, split: str, label_names: list[str] | tuple[str, ...]) -> LabelledPool:
+    """Images whose labels are all in ``label_names`` (and that have at least one), DESIGN 5.2."""
+    columns = [dataset.label_column(name) for name in label_names]
+    inside = np.zeros(len(dataset.label_names), dtype=bool)
+    inside[columns] = True
+    has_outside_label = dataset.targets[:, ~inside].any(axis=1)
+    has_inside_label = dataset.targets[:, inside].any(axis=1)
+    keep = has_inside_label & ~has_outside_label
+    return LabelledPool(
+        dataset=dataset.name,
+        split=split,
+        label_names=tuple(label_names),
+        image_ids=dataset.image_ids[keep].copy(),
+        targets=dataset.targets[keep][:, columns].copy(),
+        annotation_sha256=dataset.annotation_sha256,
+    )
+
+
+@dataclass(frozen=True)
+class BaseData:
+    """Training data for ``Method.fit``: the base split only."""
+
+    features: np.ndarray  # (n, D) float32, global features
+    local_features: np.ndarray | None  # (n, L, C) float32, or None if the method did not ask
+    targets: np.ndarray  # (n, N_base) float32 multi-hot
+    label_names: tuple[str, ...]
+    label_embeddings: np.ndarray  # (N_base, E) float32
+    seed: int
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One evaluation episode as a method sees it. There is deliberately no query-target field.
+
+    ``support_*`` arrays have zero rows in the zero-shot setting. ``seed`` is the episode's own seed
+    (from ``numpy.random.SeedSequence``) for methods that train or sample per episode.
+    """
+
+    index: int
+    seed: int
+    k_shot: int
+    label_names: tuple[str, ...]
+    label_embeddings: np.ndarray  # (N, E) float32
+    support_features: np.ndarray  # (n_s, D) float32
+    support_local_features: np.ndarray | None  # (n_s, L, C) float32
+    support_targets: np.ndarray  # (n_s, N) float32 multi-hot
+    query_features: np.ndarray  # (n_q, D) float32
+    query_local_features: np.ndarray | None  # (n_q, L, C) float32
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def n_query(self) -> int:
+        return int(self.query_features.shape[0])

@@ -1,0 +1,1 @@
+"""mlfsic.methods: the Method API, the registry and one module per method (DESIGN 4.3, 8)."""
