@@ -6,7 +6,7 @@ needs local features, and implements::
     fit(base: BaseData) -> None            # train on the base split only
     predict(episode: Episode) -> ndarray   # scores (n_query, n_labels), higher = more likely
 
-Constructor arguments are the method's hyperparameters; ``configs/method/<name>.yaml`` holds the
+Constructor arguments are the method's hyperparameters; ``configs/methods/<name>.yaml`` holds the
 values the harness uses, and ``seed`` is always passed. A fitted method is checkpointed by pickling
 the whole object (``torch.save``), so methods keep their state in plain attributes and modules.
 

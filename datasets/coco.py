@@ -1,0 +1,87 @@
+"""COCO-format adapter (DESIGN 6.1): real COCO 2014 and the generated coco-moji go through this code.
+
+Reads an instances json with pycocotools and returns a ``harness.data.Dataset``: every image id, its
+file name, and multi-hot labels over the categories in the file's category order. Files are checked up
+front; a missing or malformed file is a one-line ``MlfsicError`` naming it. Pixels are not read here
+(features are extracted once, lazily, by the feature store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from mlfsic.harness.data import Dataset
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.io import sha256_file
+
+
+def load_coco(name: str, root: str | Path, annotations: str, images: str, check_images: bool = True) -> Dataset:
+    """Load ``root/annotations`` (COCO instances json) with images under ``root/images``."""
+    root = Path(root)
+    annotation_path = root / annotations
+    image_root = root / images
+    if not annotation_path.is_file():
+        raise MlfsicError(f"annotation file not found: {annotation_path}")
+    if not image_root.is_dir():
+        raise MlfsicError(f"image folder not found: {image_root}")
+    coco = _read_coco(annotation_path)
+
+    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    label_names = tuple(str(c["name"]) for c in categories)
+    column_of_category = {c["id"]: column for column, c in enumerate(categories)}
+    image_ids = np.array(sorted(coco.getImgIds()), dtype=np.int64)
+    row_of_image = {int(i): row for row, i in enumerate(image_ids)}
+    targets = np.zeros((len(image_ids), len(label_names)), dtype=bool)
+    for annotation in coco.dataset.get("annotations", []):
+        try:
+            row = row_of_image[int(annotation["image_id"])]
+            column = column_of_category[annotation["category_id"]]
+        except KeyError as error:
+            raise MlfsicError(
+                f"{annotation_path}: annotation {annotation.get('id')} refers to unknown image or category {error}"
+            ) from None
+        targets[row, column] = True
+
+    file_names = tuple(str(coco.imgs[int(i)]["file_name"]) for i in image_ids)
+    if check_images:
+        for file_name in file_names:
+            if not (image_root / file_name).is_file():
+                raise MlfsicError(f"image listed in {annotation_path} is missing: {image_root / file_name}")
+    return Dataset(
+        name=name,
+        image_root=image_root,
+        image_ids=image_ids,
+        file_names=file_names,
+        label_names=label_names,
+        targets=targets,
+        annotation_sha256=sha256_file(annotation_path),
+    )
+
+
+def _read_coco(annotation_path: Path) -> COCO:
+    try:
+        with open(annotation_path, "rb") as handle:
+            content = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MlfsicError(f"malformed annotation file {annotation_path}: {error}") from None
+    if not isinstance(content, dict):
+        raise MlfsicError(f"malformed annotation file {annotation_path}: top level is not an object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(content.get(key), list):
+            raise MlfsicError(f"malformed annotation file {annotation_path}: missing list {key!r}")
+    for field, entries in (("images", content["images"]), ("categories", content["categories"])):
+        for entry in entries:
+            required = ("id", "file_name") if field == "images" else ("id", "name")
+            if not isinstance(entry, dict) or any(key not in entry for key in required):
+                raise MlfsicError(f"malformed annotation file {annotation_path}: an entry of {field!r} lacks {required}")
+    coco = COCO()
+    coco.dataset = content
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    return coco

@@ -1,0 +1,77 @@
+"""The prepared benchmark: dataset, label split, pools, backbone and features, resolved once per sweep.
+
+``prepare_benchmark(cfg)`` runs in the driver: it generates coco-moji when missing, loads the
+annotation file through the COCO adapter, splits the labels (DESIGN 5.1/5.2), trains or loads the
+backbone and returns a small, picklable ``Benchmark`` that Ray tasks receive. Tasks then rebuild what
+they need from disk (``Benchmark.dataset()``, ``pool()``, ``features()``), cached per process, so a
+task ships a few hundred bytes, never arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlfsic.harness.data import Dataset, LabelledPool, split_pool
+from mlfsic.harness.errors import MlfsicError
+
+SPLITS = ("base", "val", "test")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Everything a task needs to find the prepared data on shared storage."""
+
+    dataset_name: str
+    root: str
+    annotations: str
+    images: str
+    annotation_sha256: str
+    split_labels: dict[str, tuple[str, ...]]
+    backbone_config: dict[str, Any]
+    backbone_weights: str | None
+    backbone_id: str
+    feature_root: str
+    embedding_encoder: str
+    embedding_path: str | None
+    embedding_cache: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def dataset(self) -> Dataset:
+        return _load_dataset(self.dataset_name, self.root, self.annotations, self.images)
+
+    def pool(self, split: str) -> LabelledPool:
+        if split not in self.split_labels:
+            raise MlfsicError(f"unknown split {split!r}; known: {', '.join(self.split_labels)}")
+        return _pool(self.dataset_name, self.root, self.annotations, self.images, split, self.split_labels[split])
+
+    def features(self, image_ids: np.ndarray, with_local: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        from mlfsic.harness.features import load_features
+
+        return load_features(Path(self.feature_root), self.backbone_id, self.annotation_sha256, image_ids, with_local)
+
+    def label_embeddings(self, label_names: tuple[str, ...]) -> np.ndarray:
+        return _label_embeddings(self.embedding_encoder, self.embedding_path, self.embedding_cache, tuple(label_names))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_dataset(name: str, root: str, annotations: str, images: str) -> Dataset:
+    from mlfsic.datasets.coco import load_coco
+
+    return load_coco(name, root, annotations, images, check_images=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _pool(name: str, root: str, annotations: str, images: str, split: str, labels: tuple[str, ...]) -> LabelledPool:
+    return split_pool(_load_dataset(name, root, annotations, images), split, labels)
+
+
+@functools.lru_cache(maxsize=16)
+def _label_embeddings(encoder: str, path: str | None, cache: str, label_names: tuple[str, ...]) -> np.ndarray:
+    from mlfsic.harness.embeddings import label_embeddings
+
+    return label_embeddings(list(label_names), encoder=encoder, path=path, cache_dir=Path(cache))

@@ -1,0 +1,239 @@
+"""Fit a method on the base split and evaluate it on an episode set -- the runner without Ray.
+
+These functions are the units of work of a sweep (DESIGN 9): ``fit_method`` per (method, dataset,
+seed) with a content-addressed checkpoint, ``evaluate_episodes`` per (method, setting, chunk of
+episodes). The Ray runner (``harness.runner``) submits them as tasks; ``evaluate_cell`` chains them in
+one process for notebooks, tests and debugging.
+
+A method only ever receives ``BaseData`` (base-split images) and ``Episode`` objects, which carry no
+query targets; targets are looked up here, after ``predict`` returned.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mlfsic.harness.benchmark import Benchmark
+from mlfsic.harness.data import BaseData, Episode
+from mlfsic.harness.episodes import episode_seed, episode_targets, load_episode_set
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.io import atomic_path, sha256_file, sha256_json
+from mlfsic.harness.metrics import episode_map, f1_at_k, per_label_ap
+from mlfsic.methods.api import parse_setting
+from mlfsic.methods.registry import create_method, get_method_class
+
+RECORD_COLUMNS = (
+    "run_id", "method", "method_config_hash", "dataset", "setting", "k_shot", "seed", "episode_set_id",
+    "episode", "map", "f1_3", "f1_5", "n_labels", "n_query", "fit_s", "predict_s", "status",
+)
+LABEL_AP_COLUMNS = ("run_id", "method", "dataset", "setting", "seed", "episode_set_id", "episode", "label", "ap")
+
+
+class MethodFailure(Exception):
+    """The method under test raised or returned unusable scores; its cell is marked failed."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method with its resolved hyperparameters; ``config_hash`` covers name, config and code."""
+
+    name: str
+    config: dict[str, Any]
+    config_hash: str
+
+
+def method_spec(name: str, config: dict[str, Any]) -> MethodSpec:
+    cls = get_method_class(name)
+    source = inspect.getsourcefile(cls)
+    code = sha256_file(source) if source else cls.__qualname__
+    version = metadata.version("mlfsic")
+    return MethodSpec(name, dict(config), sha256_json({"name": name, "config": config, "code": code, "v": version}))
+
+
+@dataclass(frozen=True)
+class FitResult:
+    checkpoint: str
+    fit_s: float
+    cached: bool
+
+
+def checkpoint_path(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path) -> Path:
+    key = sha256_json({
+        "method": spec.config_hash,
+        "backbone": benchmark.backbone_id,
+        "annotations": benchmark.annotation_sha256,
+        "base_labels": list(benchmark.split_labels["base"]),
+        "embeddings": [benchmark.embedding_encoder, benchmark.embedding_path],
+        "seed": seed,
+    })
+    return cache_root / "checkpoints" / f"{spec.name}-{key[:20]}.pt"
+
+
+def base_data(benchmark: Benchmark, seed: int, with_local: bool) -> BaseData:
+    pool = benchmark.pool("base")
+    features, local = benchmark.features(pool.image_ids, with_local)
+    return BaseData(
+        features=np.asarray(features, dtype=np.float32),
+        local_features=None if local is None else np.asarray(local, dtype=np.float32),
+        targets=pool.targets.astype(np.float32),
+        label_names=pool.label_names,
+        label_embeddings=benchmark.label_embeddings(pool.label_names),
+        seed=seed,
+    )
+
+
+def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path) -> FitResult:
+    """Train ``spec`` on the base split, or reuse its checkpoint. Method errors raise MethodFailure."""
+    path = checkpoint_path(benchmark, spec, seed, cache_root)
+    if path.is_file():
+        return FitResult(str(path), float(torch.load(path, weights_only=False)["fit_s"]), cached=True)
+    method = create_method(spec.name, spec.config, seed)
+    data = base_data(benchmark, seed, method.needs_local_features)
+    start = time.perf_counter()
+    try:
+        method.fit(data)
+    except Exception as error:
+        raise MethodFailure(f"{spec.name}.fit raised {type(error).__name__}: {error}") from error
+    fit_s = time.perf_counter() - start
+    with atomic_path(path) as tmp:
+        torch.save({"method": method, "fit_s": fit_s, "name": spec.name, "seed": seed}, tmp)
+    return FitResult(str(path), fit_s, cached=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_fitted(checkpoint: str) -> Any:
+    return torch.load(checkpoint, weights_only=False)["method"]
+
+
+@functools.lru_cache(maxsize=32)
+def _episode_set(path: str) -> dict[str, Any]:
+    return load_episode_set(Path(path))
+
+
+def build_episode(
+    benchmark: Benchmark, episode_set: dict[str, Any], index: int, with_local: bool
+) -> tuple[Episode, np.ndarray]:
+    """The ``Episode`` a method sees, and separately the query targets (n_query, n_labels)."""
+    pool = benchmark.pool(episode_set["params"]["split"])
+    spec = episode_set["episodes"][index]
+    support_targets, query_targets = episode_targets(pool, spec)
+    support_ids = np.asarray(spec["support"], dtype=np.int64)
+    query_ids = np.asarray(spec["query"], dtype=np.int64)
+    support, support_local = benchmark.features(support_ids, with_local)
+    query, query_local = benchmark.features(query_ids, with_local)
+    labels = tuple(spec["labels"])
+    episode = Episode(
+        index=index,
+        seed=episode_seed(int(episode_set["params"]["seed"]), index),
+        k_shot=int(episode_set["params"]["k_shot"]),
+        label_names=labels,
+        label_embeddings=benchmark.label_embeddings(labels),
+        support_features=np.asarray(support, dtype=np.float32),
+        support_local_features=None if support_local is None else np.asarray(support_local, dtype=np.float32),
+        support_targets=np.asarray(support_targets, dtype=np.float32),
+        query_features=np.asarray(query, dtype=np.float32),
+        query_local_features=None if query_local is None else np.asarray(query_local, dtype=np.float32),
+    )
+    return episode, np.asarray(query_targets, dtype=np.float32)
+
+
+@dataclass
+class ChunkResult:
+    records: pd.DataFrame
+    label_ap: pd.DataFrame
+    scores: dict[str, np.ndarray] | None  # "scores", "targets", "episode" when save_scores
+
+
+def evaluate_episodes(
+    benchmark: Benchmark,
+    spec: MethodSpec,
+    seed: int,
+    setting: str,
+    episode_set_path: str,
+    indices: list[int],
+    fit: FitResult,
+    run_id: str,
+    save_scores: bool = False,
+) -> ChunkResult:
+    """Score episodes ``indices`` of an episode set; one record row per episode."""
+    method = _load_fitted(fit.checkpoint)
+    episode_set = _episode_set(str(episode_set_path))
+    k_shot = parse_setting(setting)
+    records: list[dict[str, Any]] = []
+    label_rows: list[dict[str, Any]] = []
+    saved_scores: list[np.ndarray] = []
+    saved_targets: list[np.ndarray] = []
+    saved_episode: list[np.ndarray] = []
+    for index in indices:
+        episode, query_targets = build_episode(benchmark, episode_set, index, method.needs_local_features)
+        start = time.perf_counter()
+        try:
+            scores = method.predict(episode)
+        except Exception as error:
+            raise MethodFailure(f"{spec.name}.predict raised {type(error).__name__} on episode {index}: {error}") from error
+        predict_s = time.perf_counter() - start
+        scores = _checked_scores(spec.name, scores, episode, index)
+        label_ap = per_label_ap(scores, query_targets)
+        common = {"run_id": run_id, "method": spec.name, "dataset": benchmark.dataset_name, "setting": setting,
+                  "seed": seed, "episode_set_id": episode_set["episode_set_id"], "episode": index}
+        records.append({
+            **common, "method_config_hash": spec.config_hash, "k_shot": k_shot,
+            "map": episode_map(scores, query_targets), "f1_3": f1_at_k(scores, query_targets, 3),
+            "f1_5": f1_at_k(scores, query_targets, 5), "n_labels": episode.n_labels, "n_query": episode.n_query,
+            "fit_s": fit.fit_s, "predict_s": predict_s, "status": "ok",
+        })
+        label_rows.extend({**common, "label": label, "ap": float(ap)} for label, ap in zip(episode.label_names, label_ap))
+        if save_scores:
+            saved_scores.append(scores.astype(np.float32))
+            saved_targets.append(query_targets.astype(np.uint8))
+            saved_episode.append(np.full(len(scores), index, dtype=np.int32))
+    scores_out = None
+    if save_scores:
+        scores_out = {"scores": np.concatenate(saved_scores), "targets": np.concatenate(saved_targets),
+                      "episode": np.concatenate(saved_episode)}
+    return ChunkResult(
+        records=pd.DataFrame(records, columns=list(RECORD_COLUMNS)),
+        label_ap=pd.DataFrame(label_rows, columns=list(LABEL_AP_COLUMNS)),
+        scores=scores_out,
+    )
+
+
+def _checked_scores(name: str, scores: Any, episode: Episode, index: int) -> np.ndarray:
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().cpu().numpy()
+    scores = np.asarray(scores, dtype=np.float64)
+    expected = (episode.n_query, episode.n_labels)
+    if scores.shape != expected:
+        raise MethodFailure(f"{name}.predict returned shape {scores.shape} on episode {index}, expected {expected}")
+    if not np.isfinite(scores).all():
+        raise MethodFailure(f"{name}.predict returned non-finite scores on episode {index}")
+    return scores
+
+
+def evaluate_cell(
+    benchmark: Benchmark,
+    spec: MethodSpec,
+    seed: int,
+    setting: str,
+    episode_set_path: str,
+    cache_root: Path,
+    run_id: str = "local",
+    save_scores: bool = False,
+) -> ChunkResult:
+    """Fit (or reuse the checkpoint) and evaluate every episode of a set, in this process."""
+    if not get_method_class(spec.name).supports(setting):
+        raise MlfsicError(f"method {spec.name!r} does not support setting {setting!r}")
+    fit = fit_method(benchmark, spec, seed, cache_root)
+    n_episodes = len(_episode_set(str(episode_set_path))["episodes"])
+    return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, list(range(n_episodes)), fit,
+                             run_id, save_scores)
