@@ -116,7 +116,7 @@ def _load_fitted(checkpoint: str) -> Any:
 
 
 @functools.lru_cache(maxsize=32)
-def _episode_set(path: str) -> dict[str, Any]:
+def cached_episode_set(path: str) -> dict[str, Any]:
     return load_episode_set(Path(path))
 
 
@@ -167,7 +167,7 @@ def evaluate_episodes(
 ) -> ChunkResult:
     """Score episodes ``indices`` of an episode set; one record row per episode."""
     method = _load_fitted(fit.checkpoint)
-    episode_set = _episode_set(str(episode_set_path))
+    episode_set = cached_episode_set(str(episode_set_path))
     k_shot = parse_setting(setting)
     records: list[dict[str, Any]] = []
     label_rows: list[dict[str, Any]] = []
@@ -234,6 +234,6 @@ def evaluate_cell(
     if not get_method_class(spec.name).supports(setting):
         raise MlfsicError(f"method {spec.name!r} does not support setting {setting!r}")
     fit = fit_method(benchmark, spec, seed, cache_root)
-    n_episodes = len(_episode_set(str(episode_set_path))["episodes"])
+    n_episodes = len(cached_episode_set(str(episode_set_path))["episodes"])
     return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, list(range(n_episodes)), fit,
                              run_id, save_scores)

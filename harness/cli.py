@@ -1,0 +1,158 @@
+"""The ``mlfsic`` command (DESIGN 4.1).
+
+    mlfsic run [HYDRA OVERRIDES...]      a sweep; prints the run dir
+    mlfsic leaderboard RUN_DIR [...]     (re)build leaderboard.{csv,md,html}; out=DIR relocates them
+    mlfsic episodes [OVERRIDES...]       materialise episode sets; print id and path
+    mlfsic data prepare NAME [k=v ...]   generate coco-moji (out=DIR seed=S preview=PATH) or check a dataset
+    mlfsic methods                       list registered methods, their settings and origin
+
+Errors print one line (``mlfsic: error: ...``) and exit with code 2; a sweep with failed cells exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mlfsic.harness.errors import MlfsicError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlfsic", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run (or resume) a sweep")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=[protonet] setting=[1shot]")
+    board = commands.add_parser("leaderboard", help="build the leaderboard of one or more run dirs")
+    board.add_argument("args", nargs="+", metavar="RUN_DIR", help="run dirs, optionally out=DIR")
+    episodes = commands.add_parser("episodes", help="materialise episode sets")
+    episodes.add_argument("overrides", nargs="*")
+    data = commands.add_parser("data", help="dataset utilities")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    prepare = data_commands.add_parser("prepare", help="generate coco-moji or check a dataset's files")
+    prepare.add_argument("name", help="coco-moji, or a dataset config name (coco, ...)")
+    prepare.add_argument("options", nargs="*", help="key=value options")
+    commands.add_parser("methods", help="list registered methods")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args.overrides)
+        if args.command == "leaderboard":
+            return _leaderboard(args.args)
+        if args.command == "episodes":
+            return _episodes(args.overrides)
+        if args.command == "data":
+            return _data_prepare(args.name, args.options)
+        return _methods()
+    except MlfsicError as error:
+        print(f"mlfsic: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlfsic: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _key_values(options: list[str]) -> dict[str, str]:
+    values = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise MlfsicError(f"expected key=value, got {option!r}")
+        values[key] = value
+    return values
+
+
+def _run(overrides: list[str]) -> int:
+    from mlfsic.harness.config import compose_config
+    from mlfsic.harness.leaderboard import build_leaderboard
+    from mlfsic.harness.runner import run_sweep
+
+    cfg = compose_config(overrides)
+    outcome = run_sweep(cfg)
+    paths = build_leaderboard([outcome.run_path], outcome.run_path)
+    print(Path(paths["md"]).read_text())
+    for failure in outcome.failures:
+        print(f"FAILED {failure['method']} {failure['setting']} seed{failure['seed']}: {failure['error']}", file=sys.stderr)
+    print(outcome.run_path)
+    return 1 if outcome.failures else 0
+
+
+def _leaderboard(args: list[str]) -> int:
+    from mlfsic.harness.leaderboard import build_leaderboard
+
+    run_dirs = [Path(a) for a in args if "=" not in a]
+    options = _key_values([a for a in args if "=" in a])
+    unknown = set(options) - {"out"}
+    if unknown:
+        raise MlfsicError(f"unknown leaderboard option {sorted(unknown)[0]!r} (known: out)")
+    if not run_dirs:
+        raise MlfsicError("give at least one RUN_DIR")
+    out = Path(options["out"]) if "out" in options else run_dirs[0]
+    paths = build_leaderboard(run_dirs, out)
+    print(Path(paths["md"]).read_text())
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+def _episodes(overrides: list[str]) -> int:
+    from mlfsic.harness.config import as_list, compose_config, settings_of, split_name
+    from mlfsic.harness.data import split_pool
+    from mlfsic.harness.episodes import build_episode_set, save_episode_set
+    from mlfsic.harness.prepare import load_dataset_and_split
+    from mlfsic.methods.api import parse_setting
+
+    cfg = compose_config(overrides)
+    dataset, split = load_dataset_and_split(cfg.dataset)
+    eval_split = split_name(str(cfg.eval_split))
+    pool = split_pool(dataset, eval_split, split[eval_split])
+    seeds = [cfg.seed] if cfg.get("seed") is not None else as_list(cfg.seeds)
+    for setting in settings_of(cfg):
+        for seed in seeds:
+            episode_set = build_episode_set(pool, str(cfg.protocol), parse_setting(setting), int(cfg.n_query),
+                                            int(cfg.n_episodes), int(seed), n_way=cfg.get("n_way"))
+            path = save_episode_set(episode_set, Path(str(cfg.results_dir)))
+            print(f"{episode_set['episode_set_id']}  {setting}  seed{seed}  {path}")
+    return 0
+
+
+def _data_prepare(name: str, options: list[str]) -> int:
+    values = _key_values(options)
+    if name in ("coco-moji", "coco_moji"):
+        from mlfsic.datasets.coco_moji import format_summary, generate_coco_moji
+
+        known = {"out", "seed", "preview", "image_size", "n_base", "n_val", "n_test"}
+        unknown = set(values) - known
+        if unknown:
+            raise MlfsicError(f"unknown option {sorted(unknown)[0]!r} for coco-moji (known: {', '.join(sorted(known))})")
+        out = Path(values.get("out", "results/data/coco-moji-seed" + values.get("seed", "0")))
+        sizes = {k: int(values[k]) for k in ("image_size", "n_base", "n_val", "n_test") if k in values}
+        summary = generate_coco_moji(out, seed=int(values.get("seed", 0)),
+                                     preview=Path(values["preview"]) if "preview" in values else None, **sizes)
+        print(format_summary(summary))
+        print(out)
+        return 0
+    from mlfsic.harness.config import compose_config
+    from mlfsic.harness.prepare import load_dataset_and_split
+
+    cfg = compose_config([f"dataset={name.replace('-', '_')}"] + [f"dataset.{k}={v}" for k, v in values.items()])
+    dataset, split = load_dataset_and_split(cfg.dataset)
+    print(f"{dataset.name}: {len(dataset.image_ids)} images, {len(dataset.label_names)} labels, "
+          f"split base/val/test = {len(split['base'])}/{len(split['val'])}/{len(split['test'])} labels; files OK")
+    return 0
+
+
+def _methods() -> int:
+    from mlfsic.methods.registry import available_methods
+
+    rows = [(info.name, info.cls.settings_label(), "local" if info.cls.needs_local_features else "global", info.origin)
+            for info in available_methods().values()]
+    header = ("method", "settings", "features", "origin")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The Ray sweep runner behind ``mlfsic run`` (DESIGN 9).
+
+Plain Ray tasks, no Tune: the driver resolves every job, skips what already exists and submits the rest.
+
+    backbone   train the coco-moji CNN (or locate ResNet-50 weights)       once per dataset, cached
+    features   one task per shard of images whose features are missing     once per (backbone, image)
+    fit        one task per (method, seed)                                  checkpoint cached
+    evaluate   one task per (method, setting, seed, chunk of ~100 episodes) parts/ in the run dir
+
+Tasks receive a small ``Benchmark`` handle and read features from shared storage; they return small
+results, which the driver writes as they arrive (``harness.store``). A method that raises or returns
+bad scores fails its cell (error recorded in run.json), the sweep goes on, and the exit code says so.
+Worker or node loss is retried by Ray (``max_retries``). Re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from mlfsic.harness.benchmark import Benchmark
+from mlfsic.harness.config import as_list, method_config, method_names, plain, settings_of, split_name, to_container
+from mlfsic.harness.data import split_pool
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.evaluate import ChunkResult, FitResult, MethodFailure, MethodSpec, evaluate_episodes, fit_method, method_spec
+from mlfsic.harness.io import sha256_json
+from mlfsic.harness.prepare import backbone_config, backbone_weights, load_dataset_and_split
+from mlfsic.harness.provenance import git_state, hardware, package_versions
+from mlfsic.harness.store import assemble, cell_key, chunk_done, chunk_name, write_chunk, write_run_json
+from mlfsic.methods.api import parse_setting
+from mlfsic.methods.registry import get_method_class
+
+FEATURE_SHARD_IMAGES = 2048
+RUN_ID_IGNORED_KEYS = ("ray", "resources", "results_dir", "run_id", "max_retries")
+
+
+# ----------------------------------------------------------------------------------------- Ray set-up
+def init_ray(cfg: DictConfig) -> None:
+    """Local Ray with explicit CPUs and a capped object store, or connect to ``ray.address``."""
+    if ray.is_initialized():
+        return
+    address = cfg.ray.get("address")
+    if address:
+        ray.init(address=str(address), log_to_driver=False)
+        return
+    ray.init(
+        num_cpus=int(cfg.ray.num_cpus) if cfg.ray.get("num_cpus") else os.cpu_count(),
+        object_store_memory=int(cfg.ray.object_store_memory),
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+
+
+def check_resources(resources: dict[str, Any]) -> None:
+    """Reject a per-task request no node of the cluster can satisfy, before anything is submitted."""
+    need_cpus = float(resources.get("num_cpus") or 0)
+    need_gpus = float(resources.get("num_gpus") or 0)
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    total = ray.cluster_resources()
+    if need_gpus > 0 and not any(node.get("GPU", 0) >= need_gpus for node in nodes):
+        raise MlfsicError(
+            f"resources.num_gpus={need_gpus:g} requested, but no node of the Ray cluster has that many GPUs "
+            f"(cluster GPUs: {total.get('GPU', 0):g}); set resources.num_gpus=0 or connect to a GPU cluster"
+        )
+    if need_cpus > 0 and not any(node.get("CPU", 0) >= need_cpus for node in nodes):
+        raise MlfsicError(
+            f"resources.num_cpus={need_cpus:g} requested, but no node of the Ray cluster has that many CPUs "
+            f"(largest node: {max((n.get('CPU', 0) for n in nodes), default=0):g})"
+        )
+
+
+def _set_threads(num_cpus: float) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(num_cpus)))
+
+
+# ----------------------------------------------------------------------------------------- tasks
+def _backbone_task(dataset_cfg: dict[str, Any], cache_root: str, num_cpus: float) -> tuple[str | None, dict[str, Any]]:
+    from omegaconf import OmegaConf
+
+    _set_threads(num_cpus)
+    cfg = OmegaConf.create(dataset_cfg)
+    dataset, split = load_dataset_and_split(cfg, progress=False)
+    path, report = backbone_weights(dataset, split, plain(cfg.backbone), Path(cache_root), progress=False)
+    return (str(path) if path else None), report
+
+
+def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float) -> int:
+    from mlfsic.harness.backbones import load_backbone
+    from mlfsic.harness.features import extract_shard
+
+    _set_threads(num_cpus)
+    backbone = load_backbone(benchmark.backbone_config, Path(benchmark.backbone_weights) if benchmark.backbone_weights else None)
+    extract_shard(backbone, benchmark.dataset(), image_ids, Path(benchmark.feature_root), progress=False)
+    return len(image_ids)
+
+
+def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str, num_cpus: float) -> FitResult | str:
+    _set_threads(num_cpus)
+    try:
+        return fit_method(benchmark, spec, seed, Path(cache_root))
+    except MethodFailure as failure:
+        return str(failure)
+
+
+def _evaluate_task(
+    benchmark: Benchmark, spec: MethodSpec, seed: int, setting: str, episode_set_path: str, indices: list[int],
+    fit: FitResult | str, run_id: str, save_scores: bool, num_cpus: float,
+) -> ChunkResult | str:
+    if isinstance(fit, str):
+        return fit
+    _set_threads(num_cpus)
+    try:
+        return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, indices, fit, run_id, save_scores)
+    except MethodFailure as failure:
+        return str(failure)
+
+
+# ----------------------------------------------------------------------------------------- the sweep
+@dataclass
+class SweepOutcome:
+    run_path: Path
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def derive_run_id(cfg: DictConfig) -> str:
+    if cfg.get("run_id"):
+        return str(cfg.run_id)
+    content = {k: v for k, v in to_container(cfg).items() if k not in RUN_ID_IGNORED_KEYS}
+    return f"{cfg.dataset.name}-{sha256_json(content)[:12]}"
+
+
+def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
+    """Run (or resume) the sweep described by ``cfg``; returns the run dir and any failed cells."""
+    results_dir = Path(str(cfg.results_dir)).resolve()
+    cache_root = results_dir / "cache"
+    settings = settings_of(cfg)
+    seeds = [int(s) for s in ([cfg.seed] if cfg.get("seed") is not None else as_list(cfg.seeds))]
+    names = method_names(cfg)
+    resources = plain(cfg.resources)
+    num_cpus = float(resources.get("num_cpus") or 1)
+    options = {"num_cpus": num_cpus, "num_gpus": float(resources.get("num_gpus") or 0),
+               "max_retries": int(cfg.max_retries)}
+    run_id = derive_run_id(cfg)
+    run_path = results_dir / "runs" / run_id
+    started = time.time()
+
+    init_ray(cfg)
+    check_resources(resources)
+
+    # Driver: dataset, split, leakage check, episode sets.
+    dataset, split = load_dataset_and_split(cfg.dataset, progress=progress)
+    from mlfsic.harness.episodes import build_episode_set, save_episode_set
+    from mlfsic.harness.leakage import check_no_leakage
+
+    eval_split = split_name(str(cfg.eval_split))
+    pools = {name: split_pool(dataset, name, split[name]) for name in ("base", "val", "test")}
+    leakage = check_no_leakage(dataset, pools["base"], [pools[eval_split]] if eval_split != "base" else [])
+
+    # Backbone (a task: it may want the GPU), then features per shard.
+    dataset_cfg = to_container(cfg.dataset)
+    weights, backbone_report = ray.get(
+        ray.remote(_backbone_task).options(**options).remote(dataset_cfg, str(cache_root), num_cpus)
+    )
+    from mlfsic.harness.backbones import load_backbone
+    from mlfsic.harness.features import forward_passes, missing_image_ids
+
+    bb_cfg = backbone_config(cfg.dataset)
+    backbone = load_backbone(bb_cfg, Path(weights) if weights else None)
+    embeddings = plain(cfg.embeddings)
+    benchmark = Benchmark(
+        dataset_name=dataset.name, root=str(Path(str(cfg.dataset.root)).resolve()),
+        annotations=str(cfg.dataset.annotations), images=str(cfg.dataset.images),
+        annotation_sha256=dataset.annotation_sha256, split_labels={k: tuple(v) for k, v in split.items()},
+        backbone_config=bb_cfg, backbone_weights=weights, backbone_id=backbone.backbone_id,
+        feature_root=str(cache_root / "features"), embedding_encoder=str(embeddings["encoder"]),
+        embedding_path=embeddings.get("path"), embedding_cache=str(cache_root / "embeddings"),
+    )
+    del backbone
+    all_ids = np.unique(np.concatenate([pool.image_ids for pool in pools.values()]))
+    missing = missing_image_ids(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256, all_ids)
+    feature_refs = [
+        ray.remote(_features_task).options(**options).remote(benchmark, missing[i:i + FEATURE_SHARD_IMAGES], num_cpus)
+        for i in range(0, len(missing), FEATURE_SHARD_IMAGES)
+    ]
+    if feature_refs:
+        for _ in tqdm(_as_completed(feature_refs), total=len(feature_refs), desc="features", disable=not progress):
+            pass
+    for pool in pools.values():  # embeddings into the shared cache before tasks read them
+        benchmark.label_embeddings(pool.label_names)
+
+    episode_sets: dict[str, str] = {}
+    episode_paths: dict[tuple[str, int], Path] = {}
+    for setting in settings:
+        for seed in seeds:
+            episode_set = build_episode_set(
+                pools[eval_split], str(cfg.protocol), parse_setting(setting), int(cfg.n_query), int(cfg.n_episodes),
+                seed, n_way=cfg.get("n_way"),
+            )
+            episode_paths[(setting, seed)] = save_episode_set(episode_set, results_dir)
+            episode_sets[f"{dataset.name}/{setting}/seed{seed}"] = episode_set["episode_set_id"]
+
+    # Plan fits and evaluation chunks; skip finished chunks.
+    specs = {name: method_spec(name, method_config(name, cfg)) for name in names}
+    chunk_size = int(cfg.chunk_episodes)
+    pending: dict[Any, tuple[str, str, int, str | None]] = {}  # ref -> (kind, method, seed, chunk name)
+    counts = {"fit_tasks": 0, "chunks_total": 0, "chunks_skipped": 0, "chunks_submitted": 0}
+    fit_refs: dict[tuple[str, int], Any] = {}
+    for name in names:
+        cls = get_method_class(name)
+        for seed in seeds:
+            todo = []
+            for setting in settings:
+                if not cls.supports(setting):
+                    continue
+                n_episodes = _n_episodes(episode_paths[(setting, seed)])
+                for chunk, start in enumerate(range(0, n_episodes, chunk_size)):
+                    counts["chunks_total"] += 1
+                    part = chunk_name(name, setting, seed, chunk)
+                    if chunk_done(run_path, part):
+                        counts["chunks_skipped"] += 1
+                        continue
+                    todo.append((setting, part, list(range(start, min(start + chunk_size, n_episodes)))))
+            if not todo:
+                continue
+            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, specs[name], seed, str(cache_root), num_cpus)
+            fit_refs[(name, seed)] = fit_ref
+            pending[fit_ref] = ("fit", name, seed, None)
+            counts["fit_tasks"] += 1
+            for setting, part, indices in todo:
+                ref = ray.remote(_evaluate_task).options(**options).remote(
+                    benchmark, specs[name], seed, setting, str(episode_paths[(setting, seed)]), indices, fit_ref,
+                    run_id, bool(cfg.save_scores), num_cpus,
+                )
+                pending[ref] = ("evaluate", name, seed, part)
+                counts["chunks_submitted"] += 1
+
+    run_info: dict[str, Any] = {
+        "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": to_container(cfg), "methods": {n: {"config": s.config, "config_hash": s.config_hash} for n, s in specs.items()},
+        "git": git_state(), "versions": package_versions(), "hardware": hardware(),
+        "ray": {"address": cfg.ray.get("address"), "cluster_resources": ray.cluster_resources()},
+        "episode_sets": episode_sets, "backbone": {"id": benchmark.backbone_id, "weights": weights, **backbone_report},
+        "leakage_check": leakage, "failures": [], "status": "running",
+    }
+    write_run_json(run_path, run_info)
+
+    failures: dict[str, dict[str, Any]] = {}
+    fit_seconds: dict[str, float] = {}
+    last_assembly = 0.0
+    bar = tqdm(total=len(pending), desc=f"sweep {run_id}", disable=not progress)
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+            for ref in ready:
+                kind, name, seed, part = pending.pop(ref)
+                result = ray.get(ref)
+                bar.update(1)
+                if kind == "fit":
+                    if isinstance(result, str):
+                        for setting in settings:
+                            if get_method_class(name).supports(setting):
+                                failures.setdefault(cell_key(name, setting, seed), _failure(name, dataset.name, setting, seed, result))
+                    else:
+                        fit_seconds[f"{name}/seed{seed}"] = result.fit_s
+                    continue
+                assert part is not None
+                cell = part.rsplit("__chunk", 1)[0]
+                if isinstance(result, str):
+                    setting = cell.split("__")[1]
+                    failures.setdefault(cell, _failure(name, dataset.name, setting, seed, result))
+                elif cell not in failures:
+                    write_chunk(run_path, part, result)
+            if time.time() - last_assembly > 10.0:
+                assemble(run_path, set(failures))
+                last_assembly = time.time()
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        assemble(run_path, set(failures))
+        run_info.update(status="interrupted", failures=list(failures.values()))
+        write_run_json(run_path, run_info)
+        raise
+    finally:
+        bar.close()
+
+    records = assemble(run_path, set(failures))
+    run_info.update(
+        status="failed" if failures else "complete", failures=list(failures.values()), counts=counts,
+        fit_seconds=fit_seconds, wall_s=round(time.time() - started, 3), n_records=int(len(records)),
+        forward_passes=forward_passes(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256),
+        n_feature_images=int(len(all_ids)),
+    )
+    write_run_json(run_path, run_info)
+    return SweepOutcome(run_path=run_path, failures=list(failures.values()), counts=counts)
+
+
+def _as_completed(refs: list[Any]):
+    remaining = list(refs)
+    while remaining:
+        ready, remaining = ray.wait(remaining, num_returns=1)
+        ray.get(ready[0])
+        yield ready[0]
+
+
+def _n_episodes(path: Path) -> int:
+    from mlfsic.harness.evaluate import cached_episode_set
+
+    return len(cached_episode_set(str(path))["episodes"])
+
+
+def _failure(method: str, dataset: str, setting: str, seed: int, error: str) -> dict[str, Any]:
+    return {"method": method, "dataset": dataset, "setting": setting, "seed": seed, "error": error}

@@ -1,0 +1,99 @@
+"""The run directory (DESIGN 4.2): finished work is written per chunk, atomically, as it arrives.
+
+    results/runs/<run_id>/run.json              resolved config, provenance, episode sets, failures
+    results/runs/<run_id>/parts/<chunk>.*       one finished evaluation chunk: records, label AP, scores
+    results/runs/<run_id>/records.parquet       assembled from the parts: one row per (method, dataset,
+    results/runs/<run_id>/label_ap.parquet      setting, seed, episode), failed cells left out
+    results/runs/<run_id>/scores/<cell>.npz     with save_scores=true
+
+A chunk counts as done once its ``.records.parquet`` exists (written last), so an interrupted sweep is
+resumed by skipping done chunks, and the assembled tables never hold partial or duplicate rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.evaluate import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
+from mlfsic.harness.io import write_json_atomic, write_with_atomic
+
+
+def cell_key(method: str, setting: str, seed: int) -> str:
+    """``<method>__<setting>__seed<k>``: the name of a cell's files."""
+    return f"{method}__{setting}__seed{seed}"
+
+
+def chunk_name(method: str, setting: str, seed: int, chunk: int) -> str:
+    return f"{cell_key(method, setting, seed)}__chunk{chunk:04d}"
+
+
+def chunk_done(run_path: Path, name: str) -> bool:
+    return (run_path / "parts" / f"{name}.records.parquet").is_file()
+
+
+def write_chunk(run_path: Path, name: str, result: ChunkResult) -> None:
+    parts = run_path / "parts"
+    if result.scores is not None:
+        write_with_atomic(parts / f"{name}.scores.npz", lambda tmp: _save_npz(tmp, result.scores))
+    write_with_atomic(parts / f"{name}.label_ap.parquet", lambda tmp: result.label_ap.to_parquet(tmp, index=False))
+    write_with_atomic(parts / f"{name}.records.parquet", lambda tmp: result.records.to_parquet(tmp, index=False))
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def assemble(run_path: Path, failed_cells: set[str]) -> pd.DataFrame:
+    """Rebuild records.parquet, label_ap.parquet (and scores/) from the finished parts."""
+    parts = run_path / "parts"
+    names = sorted(p.name[: -len(".records.parquet")] for p in parts.glob("*.records.parquet")) if parts.is_dir() else []
+    names = [n for n in names if n.rsplit("__chunk", 1)[0] not in failed_cells]
+    records = _concat([pd.read_parquet(parts / f"{n}.records.parquet") for n in names], RECORD_COLUMNS)
+    label_ap = _concat([pd.read_parquet(parts / f"{n}.label_ap.parquet") for n in names], LABEL_AP_COLUMNS)
+    keys = ["method", "dataset", "setting", "seed", "episode"]
+    records = records.sort_values(keys, kind="stable").reset_index(drop=True)
+    if records.duplicated(keys).any():
+        raise MlfsicError(f"{run_path}: duplicate records for {records[records.duplicated(keys)].iloc[0][keys].to_dict()}")
+    label_ap = label_ap.sort_values(keys + ["label"], kind="stable").reset_index(drop=True)
+    write_with_atomic(run_path / "records.parquet", lambda tmp: records.to_parquet(tmp, index=False))
+    write_with_atomic(run_path / "label_ap.parquet", lambda tmp: label_ap.to_parquet(tmp, index=False))
+    _assemble_scores(run_path, names)
+    return records
+
+
+def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame(columns=list(columns))
+    return pd.concat(frames, ignore_index=True)[list(columns)]
+
+
+def _assemble_scores(run_path: Path, names: list[str]) -> None:
+    by_cell: dict[str, list[str]] = {}
+    for name in names:
+        if (run_path / "parts" / f"{name}.scores.npz").is_file():
+            by_cell.setdefault(name.rsplit("__chunk", 1)[0], []).append(name)
+    for cell, chunk_names in by_cell.items():
+        loaded = [np.load(run_path / "parts" / f"{n}.scores.npz") for n in sorted(chunk_names)]
+        arrays = {key: np.concatenate([part[key] for part in loaded]) for key in ("scores", "targets", "episode")}
+        write_with_atomic(run_path / "scores" / f"{cell}.npz", lambda tmp, a=arrays: _save_npz(tmp, a))
+
+
+def read_run_json(run_path: Path) -> dict[str, Any]:
+    path = run_path / "run.json"
+    if not path.is_file():
+        raise MlfsicError(f"not a run directory (no run.json): {run_path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise MlfsicError(f"malformed {path}: {error}") from None
+
+
+def write_run_json(run_path: Path, content: dict[str, Any]) -> None:
+    write_json_atomic(run_path / "run.json", content)
