@@ -15,6 +15,7 @@ override, and a group named ``method`` would capture it. Override a hyperparamet
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 import json
 from collections.abc import Mapping
@@ -73,6 +74,11 @@ def method_names(cfg: DictConfig) -> list[str]:
     """``method: all`` -> every registered method; otherwise the names given, checked against the registry."""
     from mlfsic.methods.registry import available_methods, get_method_class
 
+    for module in as_list(cfg.get("method_modules")):
+        try:
+            importlib.import_module(str(module))
+        except ImportError as error:
+            raise MlfsicError(f"method_modules: cannot import {module!r}: {error}") from None
     names = [str(n) for n in as_list(cfg.method)]
     if names == ["all"]:
         return list(available_methods())

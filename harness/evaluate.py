@@ -12,6 +12,7 @@ query targets; targets are looked up here, after ``predict`` returned.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import time
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class MethodSpec:
     """A method with its resolved hyperparameters; ``config_hash`` covers name, config and code."""
 
     name: str
+    module: str  # imported by workers before the method is created (registers one-file methods)
     config: dict[str, Any]
     config_hash: str
 
@@ -57,7 +59,8 @@ def method_spec(name: str, config: dict[str, Any]) -> MethodSpec:
     source = inspect.getsourcefile(cls)
     code = sha256_file(source) if source else cls.__qualname__
     version = metadata.version("mlfsic")
-    return MethodSpec(name, dict(config), sha256_json({"name": name, "config": config, "code": code, "v": version}))
+    config_hash = sha256_json({"name": name, "config": config, "code": code, "v": version})
+    return MethodSpec(name=name, module=cls.__module__, config=dict(config), config_hash=config_hash)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Pa
     path = checkpoint_path(benchmark, spec, seed, cache_root)
     if path.is_file():
         return FitResult(str(path), float(torch.load(path, weights_only=False)["fit_s"]), cached=True)
+    importlib.import_module(spec.module)
     method = create_method(spec.name, spec.config, seed)
     data = base_data(benchmark, seed, method.needs_local_features)
     start = time.perf_counter()

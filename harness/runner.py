@@ -35,7 +35,7 @@ from mlfsic.harness.evaluate import ChunkResult, FitResult, MethodFailure, Metho
 from mlfsic.harness.io import sha256_json
 from mlfsic.harness.prepare import backbone_config, backbone_weights, load_dataset_and_split
 from mlfsic.harness.provenance import git_state, hardware, package_versions
-from mlfsic.harness.store import assemble, cell_key, chunk_done, chunk_name, write_chunk, write_run_json
+from mlfsic.harness.store import assemble, cell_key, cell_of, chunk_done, chunk_name, write_chunk, write_run_json
 from mlfsic.methods.api import parse_setting
 from mlfsic.methods.registry import get_method_class
 
@@ -216,7 +216,7 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     chunk_size = int(cfg.chunk_episodes)
     pending: dict[Any, tuple[str, str, int, str | None]] = {}  # ref -> (kind, method, seed, chunk name)
     counts = {"fit_tasks": 0, "chunks_total": 0, "chunks_skipped": 0, "chunks_submitted": 0}
-    fit_refs: dict[tuple[str, int], Any] = {}
+    planned_parts: list[str] = []
     for name in names:
         cls = get_method_class(name)
         for seed in seeds:
@@ -227,7 +227,8 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
                 n_episodes = _n_episodes(episode_paths[(setting, seed)])
                 for chunk, start in enumerate(range(0, n_episodes, chunk_size)):
                     counts["chunks_total"] += 1
-                    part = chunk_name(name, setting, seed, chunk)
+                    part = chunk_name(name, setting, seed, specs[name].config_hash, chunk)
+                    planned_parts.append(part)
                     if chunk_done(run_path, part):
                         counts["chunks_skipped"] += 1
                         continue
@@ -235,7 +236,6 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
             if not todo:
                 continue
             fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, specs[name], seed, str(cache_root), num_cpus)
-            fit_refs[(name, seed)] = fit_ref
             pending[fit_ref] = ("fit", name, seed, None)
             counts["fit_tasks"] += 1
             for setting, part, indices in todo:
@@ -276,26 +276,26 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
                         fit_seconds[f"{name}/seed{seed}"] = result.fit_s
                     continue
                 assert part is not None
-                cell = part.rsplit("__chunk", 1)[0]
+                cell = cell_of(part)
                 if isinstance(result, str):
                     setting = cell.split("__")[1]
                     failures.setdefault(cell, _failure(name, dataset.name, setting, seed, result))
                 elif cell not in failures:
                     write_chunk(run_path, part, result)
             if time.time() - last_assembly > 10.0:
-                assemble(run_path, set(failures))
+                assemble(run_path, planned_parts, set(failures))
                 last_assembly = time.time()
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
-        assemble(run_path, set(failures))
+        assemble(run_path, planned_parts, set(failures))
         run_info.update(status="interrupted", failures=list(failures.values()))
         write_run_json(run_path, run_info)
         raise
     finally:
         bar.close()
 
-    records = assemble(run_path, set(failures))
+    records = assemble(run_path, planned_parts, set(failures))
     run_info.update(
         status="failed" if failures else "complete", failures=list(failures.values()), counts=counts,
         fit_seconds=fit_seconds, wall_s=round(time.time() - started, 3), n_records=int(len(records)),

@@ -29,8 +29,14 @@ def cell_key(method: str, setting: str, seed: int) -> str:
     return f"{method}__{setting}__seed{seed}"
 
 
-def chunk_name(method: str, setting: str, seed: int, chunk: int) -> str:
-    return f"{cell_key(method, setting, seed)}__chunk{chunk:04d}"
+def chunk_name(method: str, setting: str, seed: int, config_hash: str, chunk: int) -> str:
+    """A part's name carries the method's config+code hash: a changed method never reuses stale parts."""
+    return f"{cell_key(method, setting, seed)}__{config_hash[:10]}__chunk{chunk:04d}"
+
+
+def cell_of(part_name: str) -> str:
+    """``<method>__<setting>__seed<k>`` of a part name."""
+    return "__".join(part_name.split("__")[:3])
 
 
 def chunk_done(run_path: Path, name: str) -> bool:
@@ -50,11 +56,13 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez_compressed(handle, **arrays)
 
 
-def assemble(run_path: Path, failed_cells: set[str]) -> pd.DataFrame:
-    """Rebuild records.parquet, label_ap.parquet (and scores/) from the finished parts."""
+def assemble(run_path: Path, planned_parts: list[str], failed_cells: set[str]) -> pd.DataFrame:
+    """Rebuild records.parquet, label_ap.parquet (and scores/) from the finished planned parts.
+
+    Parts of failed cells, and parts left by an earlier version of a method, are left out.
+    """
     parts = run_path / "parts"
-    names = sorted(p.name[: -len(".records.parquet")] for p in parts.glob("*.records.parquet")) if parts.is_dir() else []
-    names = [n for n in names if n.rsplit("__chunk", 1)[0] not in failed_cells]
+    names = sorted(n for n in planned_parts if chunk_done(run_path, n) and cell_of(n) not in failed_cells)
     records = _concat([pd.read_parquet(parts / f"{n}.records.parquet") for n in names], RECORD_COLUMNS)
     label_ap = _concat([pd.read_parquet(parts / f"{n}.label_ap.parquet") for n in names], LABEL_AP_COLUMNS)
     keys = ["method", "dataset", "setting", "seed", "episode"]
@@ -78,7 +86,7 @@ def _assemble_scores(run_path: Path, names: list[str]) -> None:
     by_cell: dict[str, list[str]] = {}
     for name in names:
         if (run_path / "parts" / f"{name}.scores.npz").is_file():
-            by_cell.setdefault(name.rsplit("__chunk", 1)[0], []).append(name)
+            by_cell.setdefault(cell_of(name), []).append(name)
     for cell, chunk_names in by_cell.items():
         loaded = [np.load(run_path / "parts" / f"{n}.scores.npz") for n in sorted(chunk_names)]
         arrays = {key: np.concatenate([part[key] for part in loaded]) for key in ("scores", "targets", "episode")}

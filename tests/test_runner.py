@@ -1,0 +1,96 @@
+"""The Ray sweep runner on a real local Ray instance and a tiny generated coco-moji benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_overrides
+from sklearn.metrics import average_precision_score
+
+from mlfsic.harness.config import compose_config
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.evaluate import RECORD_COLUMNS
+from mlfsic.harness.runner import run_sweep
+
+N_EPISODES = 30
+
+
+def _sweep(results_dir, *extra):
+    cfg = compose_config(tiny_overrides(results_dir, f"n_episodes={N_EPISODES}", "chunk_episodes=10", *extra))
+    return run_sweep(cfg, progress=False)
+
+
+def test_sweep_writes_complete_records_and_resumes(ray_session, tiny_results_dir):
+    extra = ("method=[random,example-cosine]", "setting=[0shot,1shot]", "seeds=[0,1]", "save_scores=true")
+    outcome = _sweep(tiny_results_dir, *extra)
+    assert outcome.failures == []
+    records = pd.read_parquet(outcome.run_path / "records.parquet")
+    assert set(RECORD_COLUMNS) <= set(records.columns)
+    keys = ["method", "dataset", "setting", "seed", "episode"]
+    assert not records.duplicated(keys).any()
+    # random: 0shot and 1shot; the cosine plug-in: 1shot only (no zero-shot). No gaps.
+    expected = {("random", "0shot"), ("random", "1shot"), ("example-cosine", "1shot")}
+    assert set(map(tuple, records[["method", "setting"]].drop_duplicates().values)) == expected
+    for (method, setting, seed), group in records.groupby(["method", "setting", "seed"]):
+        assert sorted(group["episode"]) == list(range(N_EPISODES)), (method, setting, seed)
+    assert (records["status"] == "ok").all()
+    assert records["episode_set_id"].nunique() == 4  # (0shot, 1shot) x 2 seeds, shared by methods
+
+    # Stored scores reproduce every episode's mAP with sklearn.
+    for (method, setting, seed), group in records.groupby(["method", "setting", "seed"]):
+        stored = np.load(outcome.run_path / "scores" / f"{method}__{setting}__seed{seed}.npz")
+        for row in group.itertuples():
+            mask = stored["episode"] == row.episode
+            expected_map = average_precision_score(stored["targets"][mask], stored["scores"][mask], average="macro")
+            assert row.map == pytest.approx(expected_map, abs=1e-9)
+
+    label_ap = pd.read_parquet(outcome.run_path / "label_ap.parquet")
+    per_episode = label_ap.groupby(keys)["ap"].mean().reset_index()
+    merged = records.merge(per_episode, on=keys)
+    np.testing.assert_allclose(merged["map"], merged["ap"], atol=1e-12)
+
+    # Resume: drop two finished chunks, re-run: only those two are recomputed, records identical.
+    parts = sorted((outcome.run_path / "parts").glob("*.records.parquet"))
+    for part in parts[:2]:
+        part.unlink()
+    resumed = _sweep(tiny_results_dir, *extra)
+    assert resumed.counts["chunks_submitted"] == 2
+    assert resumed.counts["chunks_skipped"] == resumed.counts["chunks_total"] - 2
+    again = pd.read_parquet(resumed.run_path / "records.parquet")
+    pd.testing.assert_frame_equal(
+        records.drop(columns=["fit_s", "predict_s"]), again.drop(columns=["fit_s", "predict_s"])
+    )
+    # A third run finds everything done: nothing submitted, no fit.
+    done = _sweep(tiny_results_dir, *extra)
+    assert done.counts["chunks_submitted"] == 0 and done.counts["fit_tasks"] == 0
+    run_json = json.loads((done.run_path / "run.json").read_text())
+    assert run_json["status"] == "complete"
+    assert run_json["git"]["commit"]
+    assert run_json["forward_passes"] == run_json["n_feature_images"]
+
+
+def test_failing_methods_fail_their_cells_only(ray_session, tiny_results_dir):
+    outcome = _sweep(
+        tiny_results_dir, "method_modules=[faulty_methods]", "setting=[1shot]", "seeds=[0]",
+        "method=[random,test-raises,test-nan,test-wrong-shape,test-fit-raises]",
+    )
+    failed = {f["method"]: f["error"] for f in outcome.failures}
+    assert set(failed) == {"test-raises", "test-nan", "test-wrong-shape", "test-fit-raises"}
+    assert "deliberate failure" in failed["test-raises"]
+    assert "non-finite" in failed["test-nan"]
+    assert "shape" in failed["test-wrong-shape"]
+    assert "cannot fit" in failed["test-fit-raises"]
+    records = pd.read_parquet(outcome.run_path / "records.parquet")
+    assert set(records["method"]) == {"random"}
+    assert len(records) == N_EPISODES
+    run_json = json.loads((outcome.run_path / "run.json").read_text())
+    assert run_json["status"] == "failed" and len(run_json["failures"]) == 4
+
+
+def test_gpu_request_on_cpu_cluster_is_rejected_up_front(ray_session, tiny_results_dir):
+    cfg = compose_config(tiny_overrides(tiny_results_dir, "resources.num_gpus=1", "method=[random]"))
+    with pytest.raises(MlfsicError, match="num_gpus=1 requested, but no node of the Ray cluster has that many GPUs"):
+        run_sweep(cfg, progress=False)
