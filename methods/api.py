@@ -43,6 +43,7 @@ class Method(ABC):
     zero_shot: ClassVar[bool] = False  # supports 0shot (labels known only by name/embedding)
     few_shot: ClassVar[bool] = True  # supports Kshot for K >= 1
     needs_local_features: ClassVar[bool] = False  # wants (n, L, C) local features in BaseData/Episode
+    transductive: ClassVar[bool] = False  # scores of one query may depend on the other queries
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

@@ -1,0 +1,155 @@
+"""Multi-label prototypical network (DESIGN 8), trained episodically on the base split."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mlfsic.harness.data import BaseData, Episode
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.methods.api import Method
+from mlfsic.methods.registry import register
+from mlfsic.methods.torch_utils import (
+    check_base_data,
+    check_episode,
+    fit_standardiser,
+    mlp,
+    numpy_rng,
+    standardise,
+    torch_generator,
+)
+
+
+@register("protonet")
+class MultiLabelProtoNet(Method):
+    """Prototypical networks (Snell et al., "Prototypical Networks for Few-shot Learning", NeurIPS 2017) in
+    the multi-label form used by the ML-FSIC papers (e.g. Yan et al., AAAI 2022): one prototype per label,
+    one sigmoid per (query, label). Kshot only.
+
+    Shapes (n_s support, n_q query images, N labels, D feature size, H embedding size)::
+
+        f = MLP(D -> hidden_dim -> embed_dim) on standardised global features
+        prototypes  P = (S^T f(x_s)) / S.sum(0)          S: (n_s, N) support multi-hot   -> (N, H)
+        distance    d = ||f(x_q) - P_j||^2 / H                                          -> (n_q, N)
+        score       sigmoid(-exp(log_scale) * d + bias)                                  -> (n_q, N)
+
+    An image counts for every label it carries, so a prototype averages all support images with the label.
+    Training samples ``n_episodes`` episodes from the base split as the evaluation protocol does
+    (``episodic-v1``): ``n_way`` base labels, K support images per label with K uniform in
+    ``1..max_train_shot``, ``n_query`` further images per label disjoint from the support set, targets
+    restricted to the episode's labels; binary cross-entropy on the queries, one Adam step per episode.
+    ``log_scale`` and ``bias`` are learnt with the head.
+
+    Simplifications: the backbone is frozen (global features only); the distance is divided by H so one
+    initial scale suits every embedding size; K varies across training episodes instead of matching
+    the test shot, so one checkpoint serves 1shot and 5shot.
+    """
+
+    zero_shot = False
+    few_shot = True
+
+    def __init__(
+        self,
+        seed: int = 0,
+        hidden_dim: int = 256,
+        embed_dim: int = 128,
+        n_episodes: int = 3000,
+        n_way: int = 10,
+        max_train_shot: int = 5,
+        n_query: int = 4,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(seed)
+        self.hidden_dim = hidden_dim
+        self.embed_dim = embed_dim
+        self.n_episodes = n_episodes
+        self.n_way = n_way
+        self.max_train_shot = max_train_shot
+        self.n_query = n_query
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.progress = progress
+
+    def fit(self, base: BaseData) -> None:
+        check_base_data(base, self.name)
+        if self.n_way < 2 or self.max_train_shot < 1 or self.n_query < 1:
+            raise MlfsicError(f"{self.name}: n_way must be >= 2, max_train_shot and n_query >= 1")
+        rng = numpy_rng(self.seed, 1)
+        generator = torch_generator(self.seed, 0)
+        self.feature_mean, self.feature_std = fit_standardiser(base.features)
+        features = standardise(base.features, self.feature_mean, self.feature_std)
+        targets = np.asarray(base.targets) > 0.5
+        members = [np.flatnonzero(targets[:, j]) for j in range(targets.shape[1])]
+        eligible = np.array([j for j, m in enumerate(members) if m.size >= self.max_train_shot + self.n_query])
+        if eligible.size < 2:
+            raise MlfsicError(
+                f"{self.name}.fit: fewer than 2 base labels have {self.max_train_shot + self.n_query} images "
+                f"(max_train_shot + n_query); cannot sample training episodes"
+            )
+        n_way = min(self.n_way, int(eligible.size))
+
+        self.head = mlp([features.shape[1], self.hidden_dim, self.embed_dim], generator)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros(()))
+        parameters = [*self.head.parameters(), self.log_scale, self.bias]
+        optimiser = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        for _ in tqdm(range(self.n_episodes), desc=f"{self.name} fit", disable=not self.progress):
+            labels = rng.choice(eligible, size=n_way, replace=False)
+            k_shot = int(rng.integers(1, self.max_train_shot + 1))
+            support, query = sample_episode(members, labels, k_shot, self.n_query, targets.shape[0], rng)
+            support_targets = torch.as_tensor(targets[np.ix_(support, labels)], dtype=torch.float32)
+            query_targets = torch.as_tensor(targets[np.ix_(query, labels)], dtype=torch.float32)
+            logits = self._logits(features[support], support_targets, features[query])
+            loss = F.binary_cross_entropy_with_logits(logits, query_targets)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        self.head.eval()
+
+    def _logits(self, support: torch.Tensor, support_targets: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """(n_s, D), (n_s, N), (n_q, D) standardised -> (n_q, N) logits."""
+        embedded_support = self.head(support)  # (n_s, H)
+        weights = support_targets / support_targets.sum(dim=0, keepdim=True).clamp_min(1.0)
+        prototypes = weights.T @ embedded_support  # (N, H)
+        distance = torch.cdist(self.head(query), prototypes).square() / prototypes.shape[1]  # (n_q, N)
+        return -self.log_scale.exp() * distance + self.bias
+
+    def predict(self, episode: Episode) -> np.ndarray:
+        check_episode(episode, self.name, int(self.feature_mean.shape[0]), self.zero_shot, self.few_shot)
+        with torch.no_grad():
+            logits = self._logits(
+                standardise(episode.support_features, self.feature_mean, self.feature_std),
+                torch.as_tensor(episode.support_targets, dtype=torch.float32),
+                standardise(episode.query_features, self.feature_mean, self.feature_std),
+            )
+        return torch.sigmoid(logits.double()).numpy()
+
+
+def sample_episode(
+    members: list[np.ndarray], labels: np.ndarray, k_shot: int, n_query: int, n_images: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Support and query image indices of one training episode, as ``episodic-v1`` draws them.
+
+    For each label in turn, ``k_shot`` not-yet-drawn images carrying it go to the support set; then, for
+    each label, ``n_query`` further not-yet-drawn images carrying it go to the query set (so the two sets
+    are disjoint and no image is drawn twice). ``members[j]`` lists the images carrying label ``j``.
+    """
+    drawn = np.zeros(n_images, dtype=bool)
+
+    def draw(count: int) -> np.ndarray:
+        picked: list[np.ndarray] = []
+        for label in labels:
+            candidates = members[label][~drawn[members[label]]]
+            chosen = rng.choice(candidates, size=min(count, candidates.size), replace=False)
+            drawn[chosen] = True
+            picked.append(chosen)
+        return np.concatenate(picked)
+
+    support = draw(k_shot)
+    query = draw(n_query)
+    return support, query

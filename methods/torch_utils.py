@@ -1,0 +1,146 @@
+"""Small helpers shared by the built-in methods: seeding, layer construction, standardisation, input checks.
+
+Determinism (DESIGN 4.3): a method never relies on global RNG state. ``fit`` draws from generators made
+here from ``self.seed``; ``predict`` from generators made from ``(self.seed, episode.seed)``. Layers are
+therefore built with ``linear`` / ``mlp``, which initialise weights from an explicit ``torch.Generator``
+(PyTorch's default initialisation uses the global generator), and no method uses dropout (which cannot
+take a generator).
+
+Features are standardised with the base split's per-dimension mean and standard deviation, stored on the
+method, so every method sees inputs of unit scale whatever the backbone.
+
+Bad inputs raise ``MlfsicError`` with one line naming the method, the field and, where relevant, the label.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlfsic.harness.data import BaseData, Episode
+from mlfsic.harness.errors import MlfsicError
+
+
+# ------------------------------------------------------------------------------------------- seeding
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from integer keys (any size, any sign) through ``numpy.random.SeedSequence``."""
+    entropy = [int(key) % (1 << 128) for key in keys]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def numpy_rng(*keys: int) -> np.random.Generator:
+    return np.random.default_rng(derive_seed(*keys))
+
+
+def torch_generator(*keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*keys))
+
+
+# -------------------------------------------------------------------------------------------- layers
+def linear(in_dim: int, out_dim: int, generator: torch.Generator, zero: bool = False) -> nn.Linear:
+    """``nn.Linear`` with PyTorch's default (Kaiming-uniform) init drawn from ``generator``, or zeros."""
+    layer = nn.Linear(in_dim, out_dim)
+    with torch.no_grad():
+        if zero:
+            layer.weight.zero_()
+            layer.bias.zero_()
+        else:
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+            bound = 1.0 / math.sqrt(in_dim)
+            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
+def mlp(dims: Sequence[int], generator: torch.Generator, negative_slope: float = 0.0) -> nn.Sequential:
+    """Fully connected layers ``dims[0] -> ... -> dims[-1]`` with (leaky) ReLU between them, none at the end."""
+    if len(dims) < 2:
+        raise ValueError(f"mlp needs at least two sizes, got {list(dims)}")
+    layers: list[nn.Module] = []
+    for index, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(linear(d_in, d_out, generator))
+        if index < len(dims) - 2:
+            layers.append(nn.LeakyReLU(negative_slope) if negative_slope > 0 else nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of shuffled index batches (the last one may be smaller)."""
+    order = torch.randperm(n, generator=generator)
+    return list(torch.split(order, max(1, int(batch_size))))
+
+
+# --------------------------------------------------------------------------------- standardisation
+def fit_standardiser(features: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation (floored at 1e-6) of ``features`` (n, D)."""
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    return x.mean(dim=0), x.std(dim=0, unbiased=False).clamp_min(1e-6)
+
+
+def standardise(features: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(n, D) float32 array -> standardised (n, D) float32 tensor."""
+    return (torch.as_tensor(np.asarray(features, dtype=np.float32)) - mean) / std
+
+
+# ------------------------------------------------------------------------------------------ checks
+def check_base_data(base: BaseData, method: str) -> None:
+    """Shapes and values of ``BaseData`` agree; raise a one-line MlfsicError naming the field otherwise."""
+    features, targets, embeddings = base.features, base.targets, base.label_embeddings
+    if features.ndim != 2 or features.shape[0] == 0:
+        raise MlfsicError(f"{method}.fit: base.features must be a non-empty (n, D) array, got shape {features.shape}")
+    if targets.ndim != 2 or targets.shape[0] != features.shape[0]:
+        raise MlfsicError(
+            f"{method}.fit: base.targets has shape {targets.shape}, expected ({features.shape[0]}, n_labels)"
+        )
+    if targets.shape[1] != len(base.label_names):
+        raise MlfsicError(
+            f"{method}.fit: base.targets has {targets.shape[1]} columns but base.label_names has {len(base.label_names)}"
+        )
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(base.label_names):
+        raise MlfsicError(
+            f"{method}.fit: base.label_embeddings has shape {embeddings.shape}, "
+            f"expected ({len(base.label_names)}, E)"
+        )
+    if not np.all(np.isfinite(features)):
+        raise MlfsicError(f"{method}.fit: base.features contains NaN or infinite values")
+    empty = np.flatnonzero(targets.sum(axis=0) == 0)
+    if empty.size:
+        raise MlfsicError(f"{method}.fit: base label {base.label_names[int(empty[0])]!r} has no image")
+
+
+def check_episode(episode: Episode, method: str, feature_dim: int, zero_shot: bool, few_shot: bool) -> None:
+    """The episode's setting is supported, shapes agree with the fitted feature size, every label has support."""
+    if episode.k_shot == 0 and not zero_shot:
+        raise MlfsicError(f"{method} does not support the 0shot setting (episode {episode.index})")
+    if episode.k_shot > 0 and not few_shot:
+        raise MlfsicError(f"{method} does not support the {episode.k_shot}shot setting (episode {episode.index})")
+    n_labels = episode.n_labels
+    if episode.label_embeddings.shape[0] != n_labels:
+        raise MlfsicError(
+            f"{method}: episode {episode.index} label_embeddings has {episode.label_embeddings.shape[0]} rows "
+            f"for {n_labels} labels"
+        )
+    for field in ("query_features", "support_features"):
+        array = getattr(episode, field)
+        if array.ndim != 2 or (array.shape[0] > 0 and array.shape[1] != feature_dim):
+            raise MlfsicError(
+                f"{method}: episode {episode.index} {field} has shape {array.shape}, expected (n, {feature_dim})"
+            )
+        if not np.all(np.isfinite(array)):
+            raise MlfsicError(f"{method}: episode {episode.index} {field} contains NaN or infinite values")
+    if episode.k_shot > 0:
+        targets = episode.support_targets
+        if targets.shape != (episode.support_features.shape[0], n_labels):
+            raise MlfsicError(
+                f"{method}: episode {episode.index} support_targets has shape {targets.shape}, "
+                f"expected ({episode.support_features.shape[0]}, {n_labels})"
+            )
+        missing = np.flatnonzero(targets.sum(axis=0) == 0)
+        if missing.size:
+            raise MlfsicError(
+                f"{method}: episode {episode.index} label {episode.label_names[int(missing[0])]!r} "
+                f"has no support image"
+            )

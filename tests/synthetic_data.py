@@ -1,0 +1,130 @@
+"""Tiny synthetic base data and episodes with class structure, for method tests (no files, no backbone).
+
+A ``World`` fixes base and novel labels. Each label has a low-dimensional latent vector ``z``; its word
+embedding is a linear image of ``z`` (plus a little noise) and its feature centroid is another linear
+image of ``z`` plus a label-specific component. So
+
+* features carry the labels (few-shot methods can learn prototypes/classifiers),
+* the embedding -> centroid relation learnt on base labels transfers to novel labels (zero-shot methods
+  can learn), because novel latents lie in the span of the base latents (``latent_dim`` <= n base labels).
+
+An image carries 1-3 labels of its split; its feature is the sum of its labels' centroids, a constant
+offset (so standardisation matters) and Gaussian noise. Episodes follow ``episodic-v1`` (DESIGN 5.3):
+every episode label has K support and ``n_query`` query images carrying it (an image may carry other
+episode labels too); the ``Episode`` has no query targets, which ``make_episode`` returns separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlfsic.harness.data import BaseData, Episode
+
+
+@dataclass(frozen=True)
+class World:
+    base_labels: tuple[str, ...]
+    novel_labels: tuple[str, ...]
+    embeddings: np.ndarray  # (n_base + n_novel, E) float32, base labels first
+    centroids: np.ndarray  # (n_base + n_novel, D) float32
+    offset: np.ndarray  # (D,) float32
+    noise: float
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+
+def make_world(
+    n_base_labels: int = 8,
+    n_novel_labels: int = 6,
+    dim: int = 32,
+    emb_dim: int = 48,
+    latent_dim: int = 6,
+    noise: float = 1.0,
+    specific: float = 0.5,
+    seed: int = 1234,
+) -> World:
+    """``specific`` scales each label's own random centroid component (the part embeddings cannot predict)."""
+    rng = np.random.default_rng(seed)
+    n_all = n_base_labels + n_novel_labels
+    latents = rng.normal(size=(n_all, latent_dim))
+    embeddings = latents @ rng.normal(size=(latent_dim, emb_dim)) + 0.1 * rng.normal(size=(n_all, emb_dim))
+    centroids = latents @ rng.normal(size=(latent_dim, dim)) / np.sqrt(latent_dim) + specific * rng.normal(size=(n_all, dim))
+    return World(
+        base_labels=tuple(f"base_{i}" for i in range(n_base_labels)),
+        novel_labels=tuple(f"novel_{i}" for i in range(n_novel_labels)),
+        embeddings=embeddings.astype(np.float32),
+        centroids=centroids.astype(np.float32),
+        offset=np.full(dim, 3.0, dtype=np.float32),
+        noise=noise,
+    )
+
+
+DEFAULT_WORLD = make_world()
+
+
+def _images(world: World, columns: np.ndarray, count: int, must: int | None, rng: np.random.Generator):
+    """``count`` images over label columns ``columns`` (indices into the world): features (count, D) and
+    multi-hot targets (count, len(columns)); each image carries column position ``must`` if given."""
+    n_labels = columns.size
+    targets = np.zeros((count, n_labels), dtype=np.float32)
+    for row in range(count):
+        n_carried = min(n_labels, int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])))
+        carried = rng.choice(n_labels, size=n_carried, replace=False)
+        if must is not None and must not in carried:
+            carried[0] = must
+        targets[row, carried] = 1.0
+    features = targets @ world.centroids[columns] + world.offset + world.noise * rng.normal(size=(count, world.dim))
+    return features.astype(np.float32), targets
+
+
+def make_base_data(n: int = 300, seed: int = 0, world: World = DEFAULT_WORLD) -> BaseData:
+    """Base split: ``n`` images over the world's base labels (every label guaranteed an image)."""
+    rng = np.random.default_rng([seed, 1])
+    columns = np.arange(len(world.base_labels))
+    features, targets = _images(world, columns, n, None, rng)
+    for label in np.flatnonzero(targets.sum(axis=0) == 0):  # only possible for tiny n
+        targets[label % n, label] = 1.0
+        features[label % n] += world.centroids[label]
+    return BaseData(
+        features=features,
+        local_features=None,
+        targets=targets,
+        label_names=world.base_labels,
+        label_embeddings=world.embeddings[columns].copy(),
+        seed=seed,
+    )
+
+
+def make_episode(
+    k_shot: int, seed: int = 0, n_query: int = 4, n_way: int | None = None, world: World = DEFAULT_WORLD
+) -> tuple[Episode, np.ndarray]:
+    """An episode over the world's novel labels (all, or ``n_way`` of them) and its query targets (n_q, N)."""
+    rng = np.random.default_rng([seed, 2])
+    n_novel = len(world.novel_labels)
+    chosen = np.sort(rng.choice(n_novel, size=n_way or n_novel, replace=False))
+    columns = len(world.base_labels) + chosen
+
+    def draw(per_label: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = [_images(world, columns, per_label, position, rng) for position in range(columns.size)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    support_features, support_targets = draw(k_shot) if k_shot > 0 else (
+        np.zeros((0, world.dim), np.float32), np.zeros((0, columns.size), np.float32))
+    query_features, query_targets = draw(n_query)
+    episode = Episode(
+        index=seed,
+        seed=int(np.random.SeedSequence([seed, 3]).generate_state(1)[0]),
+        k_shot=k_shot,
+        label_names=tuple(world.novel_labels[i] for i in chosen),
+        label_embeddings=world.embeddings[columns].copy(),
+        support_features=support_features,
+        support_local_features=None,
+        support_targets=support_targets,
+        query_features=query_features,
+        query_local_features=None,
+    )
+    return episode, query_targets

@@ -1,0 +1,154 @@
+"""Conformance of every registered method (DESIGN 4.3), parametrised over the registry as timm does.
+
+For each method (built-in and entry-point plug-ins) and each setting it supports (0shot, 1shot, 5shot):
+scores are finite with shape (n_query, n_labels); two fresh instances with the same seed give identical
+scores and predicting twice gives identical scores; permuting the queries permutes the scores (a query's
+scores may not depend on the other queries) unless the method declares ``transductive = True``.
+Methods are fitted on tiny synthetic base data with small hyperparameters (``TINY_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import inspect
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mlfsic.harness.data import Episode
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.methods.api import Method
+from mlfsic.methods.registry import available_methods, create_method
+from synthetic_data import make_base_data, make_episode
+
+SETTINGS = ("0shot", "1shot", "5shot")
+TINY_CONFIG: dict[str, dict] = {
+    "wordvec-zeroshot": {"epochs": 2},
+    "protonet": {"n_episodes": 20, "hidden_dim": 32, "embed_dim": 16},
+    "laso": {"steps": 20, "classifier_epochs": 1, "hidden_dim": 32, "episode_steps": 10, "max_union_pairs": 20},
+}
+METHODS = sorted(available_methods())
+BUILTIN = sorted(name for name, info in available_methods().items() if info.origin == "built-in")
+CASES = [(name, setting) for name in METHODS for setting in SETTINGS if available_methods()[name].cls.supports(setting)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return make_base_data(n=160, seed=0)
+
+
+def fitted(name: str, base, seed: int = 0) -> Method:
+    method = create_method(name, TINY_CONFIG.get(name, {}), seed)
+    method.fit(base)
+    return method
+
+
+def k_of(setting: str) -> int:
+    return int(setting.removesuffix("shot"))
+
+
+def test_registry_holds_builtins_and_plugin():
+    assert {"random", "wordvec-zeroshot", "protonet", "laso", "example-cosine"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_supports_matches_declaration(name):
+    cls = available_methods()[name].cls
+    assert cls.supports("0shot") is cls.zero_shot
+    assert cls.supports("1shot") is cls.few_shot and cls.supports("5shot") is cls.few_shot
+    assert cls.zero_shot or cls.few_shot, f"{name} supports no setting"
+    with pytest.raises(MlfsicError):
+        cls.supports("five-shot")
+
+
+def test_episode_has_no_query_targets():
+    names = {field.name for field in dataclasses.fields(Episode)}
+    assert "query_targets" not in names
+    assert [n for n in names if "target" in n] == ["support_targets"]
+    episode, _ = make_episode(1)
+    assert not hasattr(episode, "query_targets")
+
+
+@pytest.mark.parametrize("name,setting", CASES)
+def test_scores_shape_finite_deterministic_equivariant(name, setting, base):
+    episode, _ = make_episode(k_of(setting), seed=3)
+    first = fitted(name, base)
+    scores = np.asarray(first.predict(episode))
+    assert scores.shape == (episode.n_query, episode.n_labels)
+    assert np.all(np.isfinite(scores))
+    np.testing.assert_array_equal(np.asarray(first.predict(episode)), scores, err_msg="predict twice differs")
+    second = fitted(name, base)
+    np.testing.assert_array_equal(np.asarray(second.predict(episode)), scores, err_msg="same seed, other scores")
+
+    if getattr(first, "transductive", False):
+        return
+    permutation = np.random.default_rng(0).permutation(episode.n_query)
+    permuted = dataclasses.replace(episode, query_features=episode.query_features[permutation].copy())
+    np.testing.assert_allclose(np.asarray(first.predict(permuted)), scores[permutation], rtol=1e-5, atol=1e-6)
+
+
+PARTIAL = [name for name in BUILTIN if not all(available_methods()[name].cls.supports(s) for s in SETTINGS)]
+
+
+@pytest.mark.parametrize("name", PARTIAL)
+def test_builtin_rejects_unsupported_settings(name, base):
+    cls = available_methods()[name].cls
+    unsupported = [s for s in SETTINGS if not cls.supports(s)]
+    method = fitted(name, base)
+    for setting in unsupported:
+        episode, _ = make_episode(k_of(setting), seed=1)
+        with pytest.raises(MlfsicError, match="does not support"):
+            method.predict(episode)
+
+
+@pytest.mark.parametrize("name", [n for n in BUILTIN if n != "random"])
+def test_builtin_checkpoint_roundtrip(name, base, tmp_path):
+    """The harness pickles fitted methods with torch.save; the reloaded method scores identically."""
+    method = fitted(name, base)
+    setting = "1shot" if method.supports("1shot") else "0shot"
+    episode, _ = make_episode(k_of(setting), seed=5)
+    torch.save({"method": method}, tmp_path / "ckpt.pt")
+    reloaded = torch.load(tmp_path / "ckpt.pt", weights_only=False)["method"]
+    np.testing.assert_array_equal(reloaded.predict(episode), method.predict(episode))
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_bad_input_is_one_line_error(name, base):
+    method = fitted(name, base)
+    setting = "1shot" if method.supports("1shot") else "0shot"
+    episode, _ = make_episode(k_of(setting), seed=2)
+    wrong_dim = dataclasses.replace(episode, query_features=np.zeros((4, 7), np.float32))
+    with pytest.raises(MlfsicError, match="query_features"):
+        method.predict(wrong_dim)
+    if setting == "1shot":
+        no_support = episode.support_targets.copy()
+        no_support[:, 0] = 0.0
+        with pytest.raises(MlfsicError, match=episode.label_names[0]):
+            method.predict(dataclasses.replace(episode, support_targets=no_support))
+    broken = dataclasses.replace(base, targets=base.targets[:-1])
+    with pytest.raises(MlfsicError, match="base.targets"):
+        create_method(name, TINY_CONFIG.get(name, {}), 0).fit(broken)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_config_file_holds_constructor_arguments(name):
+    """``configs/methods/<name>.yaml`` exists and every key is a typed constructor keyword argument."""
+    path = importlib.resources.files("mlfsic.configs") / "methods" / f"{name}.yaml"
+    values = yaml.safe_load(path.read_text()) or {}
+    parameters = inspect.signature(available_methods()[name].cls.__init__).parameters
+    for key, value in values.items():
+        assert key in parameters and key != "seed", f"{path}: {key!r} is not a constructor argument"
+        default = parameters[key].default
+        assert isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)), key
+    create_method(name, values, seed=0)
