@@ -26,7 +26,7 @@ import torch
 
 from mlfsic.harness.benchmark import Benchmark
 from mlfsic.harness.data import BaseData, Episode
-from mlfsic.harness.episodes import episode_seed, episode_targets, load_episode_set
+from mlfsic.harness.episodes import check_pool_matches, episode_seed, episode_targets, load_episode_set
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, sha256_file, sha256_json
 from mlfsic.harness.metrics import episode_map, f1_at_k, per_label_ap
@@ -129,6 +129,7 @@ def build_episode(
 ) -> tuple[Episode, np.ndarray]:
     """The ``Episode`` a method sees, and separately the query targets (n_query, n_labels)."""
     pool = benchmark.pool(episode_set["params"]["split"])
+    check_pool_matches(episode_set, pool)
     spec = episode_set["episodes"][index]
     support_targets, query_targets = episode_targets(pool, spec)
     support_ids = np.asarray(spec["support"], dtype=np.int64)

@@ -1,0 +1,109 @@
+"""The leakage check run by every sweep (DESIGN 5.2).
+
+An image belongs to a split only if *all* its labels are in that split's label set (the rule of Yan et
+al., AAAI 2022 / 2024 for COCO). ``split_pool`` implements the rule; this module proves its outcome
+independently, against the **full** ``Dataset`` targets rather than the pools' own columns (a pool only
+has columns for its split's labels, so it cannot show a label it dropped):
+
+1. the splits' label sets are disjoint and every label exists in the dataset;
+2. every base training image exists in the dataset and carries base labels only (so ``Method.fit``
+   never sees an image with a novel or validation label);
+3. every evaluation image carries its own split's labels only, and none is a base training image
+   or in the base pool.
+
+The first violation raises ``MlfsicError`` naming the image and the label; success returns a small,
+JSON-ready report that the runner stores in ``run.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mlfsic.harness.data import Dataset, LabelledPool
+from mlfsic.harness.errors import MlfsicError
+
+
+def _dataset_rows(dataset: Dataset, image_ids: np.ndarray, role: str) -> np.ndarray:
+    """Rows of ``image_ids`` in ``dataset``; an id the dataset lacks is an error."""
+    ids = np.asarray(image_ids, dtype=np.int64)
+    order = np.argsort(dataset.image_ids, kind="stable")
+    sorted_ids = np.asarray(dataset.image_ids, dtype=np.int64)[order]
+    if len(sorted_ids) == 0:
+        if len(ids):
+            raise MlfsicError(f"{role} image {int(ids[0])} is not in dataset {dataset.name!r}")
+        return np.zeros(0, dtype=np.int64)
+    positions = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    found = sorted_ids[positions] == ids
+    if not found.all():
+        raise MlfsicError(f"{role} image {int(ids[np.flatnonzero(~found)[0]])} is not in dataset {dataset.name!r}")
+    return order[positions]
+
+
+def _label_mask(dataset: Dataset, label_names: Sequence[str]) -> np.ndarray:
+    mask = np.zeros(len(dataset.label_names), dtype=bool)
+    mask[[dataset.label_column(name) for name in label_names]] = True
+    return mask
+
+
+def _check_only_labels(dataset: Dataset, image_ids: np.ndarray, allowed: np.ndarray, role: str, split: str) -> None:
+    """Every image carries labels of ``allowed`` only, per the full dataset targets."""
+    rows = _dataset_rows(dataset, image_ids, role)
+    outside = np.asarray(dataset.targets, dtype=bool)[rows][:, ~allowed]
+    bad = np.flatnonzero(outside.any(axis=1))
+    if len(bad):
+        first = int(bad[0])
+        label = dataset.label_names[int(np.flatnonzero(~allowed)[np.flatnonzero(outside[first])[0]])]
+        raise MlfsicError(
+            f"leakage: {role} image {int(np.asarray(image_ids)[first])} carries label {label!r}, "
+            f"which is not a {split} label ({len(bad)} such images)"
+        )
+
+
+def check_no_leakage(
+    dataset: Dataset,
+    base_pool: LabelledPool,
+    eval_pools: Sequence[LabelledPool],
+    base_training_ids: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Prove that base training holds no non-base label and that no evaluation image is a base image.
+
+    ``base_training_ids`` are the images ``Method.fit`` will see (default: the whole base pool).
+    Returns ``{"ok": True, "base": {...}, "eval": {split: {...}}}`` with image and label counts.
+    """
+    training_ids = np.asarray(base_pool.image_ids if base_training_ids is None else base_training_ids, dtype=np.int64)
+    base_labels = set(base_pool.label_names)
+    for pool in eval_pools:
+        shared = [name for name in pool.label_names if name in base_labels]
+        if shared:
+            raise MlfsicError(f"leakage: label {shared[0]!r} is in both the {base_pool.split} and {pool.split} splits")
+    for i, pool in enumerate(eval_pools):
+        for other in eval_pools[i + 1:]:
+            shared = sorted(set(pool.label_names) & set(other.label_names))
+            if shared and pool.split != other.split:
+                raise MlfsicError(f"leakage: label {shared[0]!r} is in both the {pool.split} and {other.split} splits")
+
+    base_allowed = _label_mask(dataset, base_pool.label_names)
+    _check_only_labels(dataset, training_ids, base_allowed, f"{base_pool.split} training", base_pool.split)
+
+    base_ids = np.union1d(np.asarray(base_pool.image_ids, dtype=np.int64), training_ids)
+    report: dict[str, Any] = {
+        "ok": True,
+        "base": {"split": base_pool.split, "images": int(len(training_ids)), "labels": len(base_pool.label_names)},
+        "eval": {},
+    }
+    for pool in eval_pools:
+        eval_ids = np.asarray(pool.image_ids, dtype=np.int64)
+        overlap = np.isin(eval_ids, base_ids)
+        if overlap.any():
+            image = int(eval_ids[np.flatnonzero(overlap)[0]])
+            labels = [dataset.label_names[j] for j in np.flatnonzero(dataset.targets[_dataset_rows(dataset, np.array([image]), pool.split)[0]])]
+            raise MlfsicError(
+                f"leakage: {pool.split} image {image} (labels {', '.join(map(repr, labels)) or 'none'}) is also a "
+                f"{base_pool.split} image ({int(overlap.sum())} such images)"
+            )
+        _check_only_labels(dataset, eval_ids, _label_mask(dataset, pool.label_names), pool.split, pool.split)
+        report["eval"][pool.split] = {"images": int(len(eval_ids)), "labels": len(pool.label_names)}
+    return report
