@@ -1,0 +1,140 @@
+"""Build ``leaderboard.{csv,md,html}`` from one or more run dirs (DESIGN 4.1 ``mlfsic leaderboard``, 10).
+
+The statistics live in ``leaderboard_stats`` (loading, merging, grouping by episode sets, CIs, paired
+bootstrap, ranks), the paper numbers in ``leaderboard_reference``, the HTML page in ``page``. This module
+writes the three files atomically. Every output is a pure function of the inputs (sorted tables, fixed
+bootstrap seed, no build timestamp), so rebuilding gives byte-identical files.
+
+csv: one row per (dataset, setting, episode-set group, method); mAP, CI half-widths and differences as
+fractions; ``kind`` is ``ours`` or ``reported``; ``avg_rank`` repeats the method's average rank.
+md: one table per cell with mAP in percent, then the average ranks and the runs' provenance.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlfsic.harness.io import write_text_atomic
+from mlfsic.harness.leaderboard_reference import load_reported
+from mlfsic.harness.leaderboard_stats import LeaderboardData, summarise
+from mlfsic.harness.page import render_page
+
+CSV_FLOATS = ("map", "map_ci95", "f1_3", "f1_5", "diff_vs_best", "diff_ci_low", "diff_ci_high", "p_value", "avg_rank")
+
+
+def _fmt(value: Any, digits: int = 6) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def leaderboard_csv(data: LeaderboardData) -> str:
+    cells = data.cells.copy()
+    ranks = dict(zip(data.average_ranks["method"], data.average_ranks["avg_rank"]))
+    cells["avg_rank"] = [ranks.get(m, math.nan) if k == "ours" else math.nan for m, k in zip(cells["method"], cells["kind"])]
+    cells["episode_sets"] = [";".join(data.groups.get(g, [])) for g in cells["group"]]
+    lines = [",".join(cells.columns)]
+    for row in cells.itertuples(index=False):
+        fields = []
+        for name, value in zip(cells.columns, row):
+            if name in CSV_FLOATS:
+                fields.append(_fmt(float(value) if value is not None else math.nan))
+            elif name in ("rank", "n_episodes", "n_seeds", "n_paired"):
+                fields.append("" if pd.isna(value) else str(int(value)))
+            else:
+                fields.append(_csv_quote("" if pd.isna(value) else str(value)))
+        lines.append(",".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+def _csv_quote(text: str) -> str:
+    if any(ch in text for ch in ',"\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _pct(value: float, digits: int = 1) -> str:
+    return "" if pd.isna(value) else f"{100.0 * value:.{digits}f}"
+
+
+def map_text(row: Any) -> str:
+    """``62.3 ± 0.8`` (percent), or the bare number for a reported row."""
+    if row.kind != "ours":
+        return _pct(row.map)
+    return f"{_pct(row.map)} ± {_pct(row.map_ci95)}" if not pd.isna(row.map_ci95) else _pct(row.map)
+
+
+def rank_text(row: Any) -> str:
+    """``1``, ``1=`` (tied with the best), ``3*`` (significantly worse), ``reported``."""
+    return "reported" if row.kind != "ours" else f"{int(row.rank)}{row.mark}"
+
+
+def diff_text(row: Any) -> str:
+    if row.kind != "ours" or row.mark == "":
+        return ""
+    return f"{_pct(row.diff_vs_best)} [{_pct(row.diff_ci_low)}, {_pct(row.diff_ci_high)}], p={row.p_value:.3g}"
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def leaderboard_markdown(data: LeaderboardData) -> str:
+    lines = ["# mlfsic leaderboard", "",
+             "mAP in percent, mean over all episodes and seeds ± half-width of the 95% t-interval over episodes. "
+             "Rank marks: `=` tied with the cell's best (paired bootstrap 95% CI of the difference contains 0), "
+             "`*` significantly worse. Δ = method − best over the shared episodes. "
+             "*reported* rows are paper numbers, never ranked. Bootstrap p-values are at least 1/(B+1).", ""]
+    if data.cells.empty:
+        lines += ["No successful results.", ""]
+    for (dataset, setting, group), cell in data.cells.groupby(["dataset", "setting", "group"], sort=False):
+        if (cell["kind"] != "ours").all():
+            continue  # reported rows are listed under the ours-cells of the same dataset/setting below
+        lines += [f"## {dataset} / {setting} (episode sets {group})", "",
+                  "| rank | method | mAP | F1@3 | F1@5 | episodes | seeds | Δ vs best [95% CI] |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in cell.itertuples(index=False):
+            lines.append(f"| {rank_text(row)} | {_md_escape(row.method)} | {map_text(row)} | {_pct(row.f1_3)} | "
+                         f"{_pct(row.f1_5)} | {row.n_episodes} | {row.n_seeds} | {diff_text(row)} |")
+        reported = data.cells[(data.cells["kind"] != "ours") & (data.cells["dataset"] == dataset)
+                              & (data.cells["setting"] == setting)]
+        for row in reported.itertuples(index=False):
+            lines.append(f"| reported | {_md_escape(row.method)} | {_pct(row.map)} |  |  |  |  | "
+                         f"{_md_escape(row.citation)} |")
+        lines.append("")
+    lines += ["## Average rank", "", "| method | average rank | cells |", "|---|---|---|"]
+    for row in data.average_ranks.itertuples(index=False):
+        lines.append(f"| {_md_escape(row.method)} | {row.avg_rank:.2f} | {row.n_cells} |")
+    lines += ["", "## Runs", ""]
+    for run in data.runs:
+        dirty = {True: " (dirty)", False: "", None: " (dirty: unknown)"}[run["git_dirty"]]
+        lines.append(f"- `{run['run_id']}` created {run['created']}, commit `{run['git_commit']}`{dirty}, "
+                     f"{len(run['episode_sets'])} episode sets, {len(run['failures'])} failures")
+        for failure in run["failures"]:
+            lines.append(f"  - FAILED {failure.get('method')} {failure.get('dataset')} {failure.get('setting')} "
+                         f"seed{failure.get('seed')}: {failure.get('error')}")
+    return "\n".join(lines) + "\n"
+
+
+def build_leaderboard(
+    run_dirs: list[Path], out_dir: Path, reference_dir: Path | None = None, n_boot: int = 10000, seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Path]:
+    """Write leaderboard.csv, leaderboard.md and leaderboard.html into ``out_dir``; return their paths.
+
+    ``reference_dir`` holds the reported-number YAML files (default: the packaged configs/reference).
+    """
+    data = summarise([Path(d) for d in run_dirs], load_reported(reference_dir), n_boot=n_boot, seed=seed,
+                     progress=progress)
+    out_dir = Path(out_dir)
+    paths = {"csv": out_dir / "leaderboard.csv", "md": out_dir / "leaderboard.md", "html": out_dir / "leaderboard.html"}
+    write_text_atomic(paths["csv"], leaderboard_csv(data))
+    write_text_atomic(paths["md"], leaderboard_markdown(data))
+    write_text_atomic(paths["html"], render_page(data))
+    return paths

@@ -1,0 +1,211 @@
+"""The self-contained leaderboard page (DESIGN 10): one HTML file that works offline.
+
+Contents, top to bottom: a sortable table (mAP ± CI per method x setting x dataset, ranks with
+significance marks, reported paper rows marked *reported*), the average ranks, one bar chart per dataset
+(mAP per setting and method, 95% CI error bars; reported numbers as hatched bars without error bars),
+one per-label AP heatmap (method x label) per cell, and a provenance block per run (git commit + dirty
+flag, episode set ids, package versions, hardware, run date).
+
+Reproducibility: plotly.js is inlined once (``include_plotlyjs=True`` on the first figure, no
+``<script src>``), every figure has a fixed ``div_id`` derived from its content's names, tables are
+sorted, and nothing depends on the build time, so the same inputs give a byte-identical page.
+The table sorts on click by a ``data-v`` value per cell (about 20 lines of inline JS).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from mlfsic.harness.leaderboard_stats import LeaderboardData, setting_order
+
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f0f0f0; cursor: pointer; user-select: none; }
+th.sorted-asc::after { content: " \\25B2"; } th.sorted-desc::after { content: " \\25BC"; }
+tr.reported td { font-style: italic; color: #666; }
+.mark-worse { color: #b00; } .mark-tied { color: #06c; }
+pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
+"""
+
+SORT_JS = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, column) {
+    th.addEventListener("click", function () {
+      var body = table.tBodies[0];
+      var ascending = !th.classList.contains("sorted-asc");
+      table.querySelectorAll("th").forEach(function (h) { h.classList.remove("sorted-asc", "sorted-desc"); });
+      th.classList.add(ascending ? "sorted-asc" : "sorted-desc");
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[column].getAttribute("data-v"), y = b.cells[column].getAttribute("data-v");
+        var nx = parseFloat(x), ny = parseFloat(y), cmp;
+        if (!isNaN(nx) && !isNaN(ny)) { cmp = nx - ny; } else { cmp = String(x).localeCompare(String(y)); }
+        return ascending ? cmp : -cmp;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+"""
+
+
+def slug(text: str) -> str:
+    """A div-id-safe name: lower case letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _num(value: Any) -> str:
+    return "" if value is None or pd.isna(value) else repr(float(value))
+
+
+def _pct(value: Any) -> str:
+    return "" if value is None or pd.isna(value) else f"{100.0 * float(value):.1f}"
+
+
+def _td(text: str, sort_value: Any, css: str = "") -> str:
+    cls = f' class="{css}"' if css else ""
+    return f'<td data-v="{_e(sort_value)}"{cls}>{_e(text)}</td>'
+
+
+def results_table(data: LeaderboardData) -> str:
+    headers = ["dataset", "setting", "episode sets", "method", "mAP ± 95% CI", "rank", "Δ vs best [95% CI]", "p",
+               "F1@3", "F1@5", "episodes", "seeds", "source"]
+    out = ['<table class="sortable" id="mlfsic-results-table"><thead><tr>']
+    out += [f"<th>{_e(h)}</th>" for h in headers]
+    out.append("</tr></thead><tbody>")
+    for row in data.cells.itertuples(index=False):
+        ours = row.kind == "ours"
+        ci = f" ± {_pct(row.map_ci95)}" if ours and not pd.isna(row.map_ci95) else ""
+        if ours:
+            rank = f"{int(row.rank)}{row.mark}"
+            css = {"=": "mark-tied", "*": "mark-worse"}.get(row.mark, "")
+            diff = "" if row.mark == "" else f"{_pct(row.diff_vs_best)} [{_pct(row.diff_ci_low)}, {_pct(row.diff_ci_high)}]"
+            p_value = "" if row.mark == "" else f"{row.p_value:.3g}"
+        else:
+            rank, css, diff, p_value = "reported", "", "", ""
+        cells = [
+            _td(row.dataset, row.dataset), _td(row.setting, setting_order(row.setting)[0]),
+            _td(row.group, row.group), _td(row.method, row.method), _td(f"{_pct(row.map)}{ci}", _num(row.map)),
+            _td(rank, int(row.rank) if ours else 10**6, css), _td(diff, _num(row.diff_vs_best) if ours else ""),
+            _td(p_value, _num(row.p_value) if ours else ""), _td(_pct(row.f1_3), _num(row.f1_3)),
+            _td(_pct(row.f1_5), _num(row.f1_5)), _td("" if not ours else int(row.n_episodes), row.n_episodes if ours else ""),
+            _td("" if not ours else int(row.n_seeds), row.n_seeds if ours else ""),
+            _td("ours (reproduced)" if ours else f"reported: {row.citation}", row.kind),
+        ]
+        out.append(f'<tr class="{"ours" if ours else "reported"}">' + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def average_rank_table(data: LeaderboardData) -> str:
+    out = ['<table class="sortable" id="mlfsic-average-rank"><thead><tr><th>method</th><th>average rank</th>'
+           "<th>cells</th></tr></thead><tbody>"]
+    for row in data.average_ranks.itertuples(index=False):
+        out.append(f"<tr>{_td(row.method, row.method)}{_td(f'{row.avg_rank:.2f}', _num(row.avg_rank))}"
+                   f"{_td(row.n_cells, row.n_cells)}</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def bar_figure(data: LeaderboardData, dataset: str) -> go.Figure:
+    """mAP per setting (x) and method (one trace each), CI error bars; reported methods hatched."""
+    cells = data.cells[data.cells["dataset"] == dataset]
+    several_groups = cells[cells["kind"] == "ours"].groupby("setting")["group"].nunique().gt(1).to_dict()
+
+    def x_of(row: Any) -> str:
+        return f"{row.setting} [{row.group}]" if several_groups.get(row.setting) and row.kind == "ours" else row.setting
+
+    x_order = sorted({x_of(r) for r in cells.itertuples(index=False)}, key=lambda x: (setting_order(x.split(" ")[0]), x))
+    figure = go.Figure()
+    for method in sorted(cells["method"].unique()):
+        rows = list(cells[cells["method"] == method].itertuples(index=False))
+        rows.sort(key=lambda r: x_order.index(x_of(r)))
+        reported = rows[0].kind != "ours"
+        figure.add_trace(go.Bar(
+            name=method, x=[x_of(r) for r in rows], y=[round(100.0 * r.map, 4) for r in rows],
+            error_y=None if reported else dict(type="data", array=[round(100.0 * r.map_ci95, 4) if not pd.isna(r.map_ci95) else 0.0 for r in rows]),
+            marker_pattern_shape="/" if reported else "",
+            hovertext=[r.citation if reported else f"rank {int(r.rank)}{r.mark}" for r in rows],
+        ))
+    figure.update_layout(
+        title=f"{dataset}: mAP (%) per setting, 95% CI", barmode="group", yaxis_title="mAP (%)",
+        xaxis=dict(categoryorder="array", categoryarray=x_order), height=420, margin=dict(t=60, b=40),
+        template="plotly_white",
+    )
+    return figure
+
+
+def heatmap_figure(data: LeaderboardData, dataset: str, setting: str, group: str) -> go.Figure:
+    """Mean AP (%) per method (rows) and label (columns) of one cell."""
+    rows = data.label_ap[(data.label_ap["dataset"] == dataset) & (data.label_ap["setting"] == setting)
+                         & (data.label_ap["group"] == group)]
+    table = rows.pivot(index="method", columns="label", values="ap").sort_index().sort_index(axis=1)
+    z = [[None if pd.isna(v) else round(100.0 * float(v), 3) for v in line] for line in table.to_numpy()]
+    figure = go.Figure(go.Heatmap(z=z, x=list(table.columns), y=list(table.index), colorscale="Viridis",
+                                  colorbar=dict(title="AP (%)"), zmin=0, zmax=100))
+    figure.update_layout(title=f"{dataset} / {setting} ({group}): per-label AP (%)", template="plotly_white",
+                         height=max(260, 60 + 28 * len(table.index)), margin=dict(t=60, b=80),
+                         yaxis=dict(autorange="reversed"))
+    return figure
+
+
+def provenance_block(data: LeaderboardData) -> str:
+    out = ['<div id="mlfsic-provenance">']
+    for run in data.runs:
+        dirty = {True: "dirty", False: "clean", None: "unknown"}[run["git_dirty"]]
+        out.append(f"<h3>run {_e(run['run_id'])}</h3><ul>"
+                   f"<li>created: {_e(run['created'])}</li>"
+                   f"<li>git commit: <code>{_e(run['git_commit'])}</code> ({dirty} working tree)</li>"
+                   f"<li>failures: {len(run['failures'])}</li></ul>")
+        for title, key in (("episode sets", "episode_sets"), ("package versions", "versions"),
+                           ("hardware", "hardware"), ("failures", "failures")):
+            out.append(f"<details><summary>{title}</summary><pre>"
+                       f"{_e(json.dumps(run[key], indent=1, sort_keys=True, default=str))}</pre></details>")
+    out.append("</div>")
+    return "".join(out)
+
+
+def render_page(data: LeaderboardData) -> str:
+    """The whole page as a string (deterministic for the same ``data``)."""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>mlfsic leaderboard</title>",
+             f"<style>{STYLE}</style></head><body>", "<h1>mlfsic leaderboard</h1>",
+             "<p>mAP in percent: mean over all episodes and seeds ± half-width of the 95% t-interval over episodes. "
+             "Rank marks: <b>=</b> tied with the cell's best (paired bootstrap 95% CI of the difference contains 0), "
+             "<b>*</b> significantly worse. Methods are paired only on identical episode sets (column "
+             "<i>episode sets</i>). Rows marked <i>reported</i> are numbers printed in papers (with citation): "
+             "different protocols and features, never ranked. Click a column header to sort.</p>",
+             "<h2>Results</h2>", results_table(data), "<h2>Average rank</h2>", average_rank_table(data)]
+    first = True
+
+    def embed(figure: go.Figure, div_id: str) -> str:
+        nonlocal first
+        fragment = figure.to_html(full_html=False, include_plotlyjs=first, div_id=div_id, config=PLOT_CONFIG)
+        first = False
+        return fragment
+
+    parts.append("<h2>mAP per setting</h2>")
+    for dataset in sorted(data.cells["dataset"].unique()):
+        if (data.cells[data.cells["dataset"] == dataset]["kind"] == "ours").any():
+            parts.append(embed(bar_figure(data, dataset), f"mlfsic-bar-{slug(dataset)}"))
+    parts.append("<h2>Per-label AP</h2>")
+    keys = data.label_ap[["dataset", "setting", "group"]].drop_duplicates()
+    ordered = sorted(keys.itertuples(index=False), key=lambda k: (k.dataset, setting_order(k.setting), k.group))
+    for key in ordered:
+        div_id = f"mlfsic-heatmap-{slug(key.dataset)}-{slug(key.setting)}-{slug(key.group)}"
+        parts.append(embed(heatmap_figure(data, key.dataset, key.setting, key.group), div_id))
+    parts += ["<h2>Provenance</h2>", provenance_block(data), f"<script>{SORT_JS}</script>", "</body></html>"]
+    return "\n".join(parts) + "\n"
