@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from mlfsic.harness.config import load_label_split, plain
 from mlfsic.harness.data import Dataset, split_pool
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.io import sha256_json
+from mlfsic.harness.io import sha256_file, sha256_json
 
 
 def ensure_dataset_files(dataset_cfg: DictConfig, progress: bool = True) -> Path:
@@ -50,10 +50,10 @@ def backbone_weights(
     """Weights file for the configured backbone (trained and cached for ``small_cnn``) and a report."""
     kind = backbone_cfg.get("kind")
     if kind == "small_cnn":
-        from mlfsic.harness.backbones import train_small_cnn
+        from mlfsic.harness import backbones
 
         key = sha256_json({"annotations": dataset.annotation_sha256, "base": split["base"], "val": split["val"],
-                           "config": backbone_cfg})
+                           "config": backbone_cfg, "code": sha256_file(backbones.__file__)})
         path = cache_root / "backbones" / f"small_cnn-{key[:20]}.pt"
         report_path = path.with_suffix(".json")
         if path.is_file() and report_path.is_file():
@@ -62,7 +62,7 @@ def backbone_weights(
             return path, json.loads(report_path.read_text())
         base = split_pool(dataset, "base", split["base"])
         val = split_pool(dataset, "val", split["val"])
-        report = train_small_cnn(
+        report = backbones.train_small_cnn(
             dataset, base.image_ids, base.targets.astype(np.float32), val.image_ids, val.targets.astype(np.float32),
             out_path=path, epochs=int(backbone_cfg["epochs"]), batch_size=int(backbone_cfg["batch_size"]),
             lr=float(backbone_cfg["lr"]), seed=int(backbone_cfg["seed"]), image_size=int(backbone_cfg["image_size"]),
