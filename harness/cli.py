@@ -71,6 +71,9 @@ def _run(overrides: list[str]) -> int:
     outcome = run_sweep(cfg)
     paths = build_leaderboard([outcome.run_path], outcome.run_path)
     print(Path(paths["md"]).read_text())
+    counts = outcome.counts
+    print(f"chunks: {counts['chunks_total']} planned, {counts['chunks_skipped']} already done, "
+          f"{counts['chunks_submitted']} computed; fit tasks: {counts['fit_tasks']}", file=sys.stderr)
     for failure in outcome.failures:
         print(f"FAILED {failure['method']} {failure['setting']} seed{failure['seed']}: {failure['error']}", file=sys.stderr)
     print(outcome.run_path)

@@ -16,6 +16,7 @@ Worker or node loss is retried by Ray (``max_retries``). Re-running the same com
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -170,6 +171,9 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
 
     # Backbone (a task: it may want the GPU), then features per shard.
     dataset_cfg = to_container(cfg.dataset)
+    if progress:
+        print(f"backbone: {cfg.dataset.backbone.kind} for {dataset.name} (trained once on the base split, then cached)",
+              file=sys.stderr, flush=True)
     weights, backbone_report = ray.get(
         ray.remote(_backbone_task).options(**options).remote(dataset_cfg, str(cache_root), num_cpus)
     )
