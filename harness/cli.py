@@ -73,7 +73,8 @@ def _run(overrides: list[str]) -> int:
     print(Path(paths["md"]).read_text())
     counts = outcome.counts
     print(f"chunks: {counts['chunks_total']} planned, {counts['chunks_skipped']} already done, "
-          f"{counts['chunks_submitted']} computed; fit tasks: {counts['fit_tasks']}", file=sys.stderr)
+          f"{counts['chunks_submitted']} computed; fits: {counts['fits_trained']} trained, "
+          f"{counts['fits_cached']} from checkpoints", file=sys.stderr)
     for failure in outcome.failures:
         print(f"FAILED {failure['method']} {failure['setting']} seed{failure['seed']}: {failure['error']}", file=sys.stderr)
     print(outcome.run_path)

@@ -219,7 +219,8 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     specs = {name: method_spec(name, method_config(name, cfg)) for name in names}
     chunk_size = int(cfg.chunk_episodes)
     pending: dict[Any, tuple[str, str, int, str | None]] = {}  # ref -> (kind, method, seed, chunk name)
-    counts = {"fit_tasks": 0, "chunks_total": 0, "chunks_skipped": 0, "chunks_submitted": 0}
+    counts = {"fit_tasks": 0, "fits_trained": 0, "fits_cached": 0, "chunks_total": 0, "chunks_skipped": 0,
+              "chunks_submitted": 0}
     planned_parts: list[str] = []
     for name in names:
         cls = get_method_class(name)
@@ -278,6 +279,7 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
                                 failures.setdefault(cell_key(name, setting, seed), _failure(name, dataset.name, setting, seed, result))
                     else:
                         fit_seconds[f"{name}/seed{seed}"] = result.fit_s
+                        counts["fits_cached" if result.cached else "fits_trained"] += 1
                     continue
                 assert part is not None
                 cell = cell_of(part)
