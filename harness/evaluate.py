@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -28,7 +29,7 @@ from mlfsic.harness.benchmark import Benchmark
 from mlfsic.harness.data import BaseData, Episode
 from mlfsic.harness.episodes import check_pool_matches, episode_seed, episode_targets, load_episode_set
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.io import atomic_path, sha256_file, sha256_json
+from mlfsic.harness.io import atomic_path, sha256_file, sha256_json, write_json_atomic
 from mlfsic.harness.metrics import episode_map, f1_at_k, per_label_ap
 from mlfsic.methods.api import parse_setting
 from mlfsic.methods.registry import create_method, get_method_class
@@ -98,8 +99,8 @@ def base_data(benchmark: Benchmark, seed: int, with_local: bool) -> BaseData:
 def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path) -> FitResult:
     """Train ``spec`` on the base split, or reuse its checkpoint. Method errors raise MethodFailure."""
     path = checkpoint_path(benchmark, spec, seed, cache_root)
-    if path.is_file():
-        return FitResult(str(path), float(torch.load(path, weights_only=False)["fit_s"]), cached=True)
+    if path.is_file() and path.with_suffix(".json").is_file():
+        return FitResult(str(path), float(json.loads(path.with_suffix(".json").read_text())["fit_s"]), cached=True)
     importlib.import_module(spec.module)
     method = create_method(spec.name, spec.config, seed)
     data = base_data(benchmark, seed, method.needs_local_features)
@@ -109,13 +110,15 @@ def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Pa
     except Exception as error:
         raise MethodFailure(f"{spec.name}.fit raised {type(error).__name__}: {error}") from error
     fit_s = time.perf_counter() - start
-    with atomic_path(path) as tmp:
+    write_json_atomic(path.with_suffix(".json"), {"fit_s": fit_s, "name": spec.name, "seed": seed,
+                                                  "config": spec.config, "config_hash": spec.config_hash})
+    with atomic_path(path) as tmp:  # written last: its presence means the fit is complete
         torch.save({"method": method, "fit_s": fit_s, "name": spec.name, "seed": seed}, tmp)
     return FitResult(str(path), fit_s, cached=False)
 
 
-@functools.lru_cache(maxsize=8)
 def _load_fitted(checkpoint: str) -> Any:
+    """A fresh copy per chunk: a method that mutates itself in predict cannot leak state across chunks."""
     return torch.load(checkpoint, weights_only=False)["method"]
 
 
@@ -199,7 +202,7 @@ def evaluate_episodes(
         })
         label_rows.extend({**common, "label": label, "ap": float(ap)} for label, ap in zip(episode.label_names, label_ap))
         if save_scores:
-            saved_scores.append(scores.astype(np.float32))
+            saved_scores.append(scores)  # float64, exactly what the metrics saw
             saved_targets.append(query_targets.astype(np.uint8))
             saved_episode.append(np.full(len(scores), index, dtype=np.int32))
     scores_out = None

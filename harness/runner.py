@@ -86,10 +86,10 @@ def _set_threads(num_cpus: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------- tasks
-def _backbone_task(dataset_cfg: dict[str, Any], cache_root: str, num_cpus: float) -> tuple[str | None, dict[str, Any]]:
+def _backbone_task(dataset_cfg: dict[str, Any], cache_root: str) -> tuple[str | None, dict[str, Any]]:
     from omegaconf import OmegaConf
 
-    _set_threads(num_cpus)
+    _set_threads(os.cpu_count() or 1)  # runs alone, before any other task of the sweep
     cfg = OmegaConf.create(dataset_cfg)
     dataset, split = load_dataset_and_split(cfg, progress=False)
     path, report = backbone_weights(dataset, split, plain(cfg.backbone), Path(cache_root), progress=False)
@@ -106,25 +106,31 @@ def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float)
     return len(image_ids)
 
 
-def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str, num_cpus: float) -> FitResult | str:
-    _set_threads(num_cpus)
+def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str) -> FitResult | str:
+    _set_threads(1)  # one thread: results do not depend on how many CPUs a task was given
     try:
         return fit_method(benchmark, spec, seed, Path(cache_root))
-    except MethodFailure as failure:
-        return str(failure)
+    except Exception as error:  # any error fails this method's cells, never the sweep
+        return _error_text(error)
 
 
 def _evaluate_task(
     benchmark: Benchmark, spec: MethodSpec, seed: int, setting: str, episode_set_path: str, indices: list[int],
-    fit: FitResult | str, run_id: str, save_scores: bool, num_cpus: float,
+    fit: FitResult | str, run_id: str, save_scores: bool,
 ) -> ChunkResult | str:
     if isinstance(fit, str):
         return fit
-    _set_threads(num_cpus)
+    _set_threads(1)
     try:
         return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, indices, fit, run_id, save_scores)
-    except MethodFailure as failure:
-        return str(failure)
+    except Exception as error:
+        return _error_text(error)
+
+
+def _error_text(error: Exception) -> str:
+    if isinstance(error, (MethodFailure, MlfsicError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 # ----------------------------------------------------------------------------------------- the sweep
@@ -170,12 +176,12 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     leakage = check_no_leakage(dataset, pools["base"], [pools[eval_split]] if eval_split != "base" else [])
 
     # Backbone (a task: it may want the GPU), then features per shard.
-    dataset_cfg = to_container(cfg.dataset)
+    dataset_cfg = {**to_container(cfg.dataset), "root": str(Path(str(cfg.dataset.root)).resolve())}
     if progress:
         print(f"backbone: {cfg.dataset.backbone.kind} for {dataset.name} (trained once on the base split, then cached)",
               file=sys.stderr, flush=True)
-    weights, backbone_report = ray.get(
-        ray.remote(_backbone_task).options(**options).remote(dataset_cfg, str(cache_root), num_cpus)
+    weights, backbone_report = _get_or_raise(
+        ray.remote(_backbone_task).options(**options).remote(dataset_cfg, str(cache_root))
     )
     from mlfsic.harness.backbones import load_backbone
     from mlfsic.harness.features import forward_passes, missing_image_ids
@@ -240,13 +246,13 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
                     todo.append((setting, part, list(range(start, min(start + chunk_size, n_episodes)))))
             if not todo:
                 continue
-            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, specs[name], seed, str(cache_root), num_cpus)
+            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, specs[name], seed, str(cache_root))
             pending[fit_ref] = ("fit", name, seed, None)
             counts["fit_tasks"] += 1
             for setting, part, indices in todo:
                 ref = ray.remote(_evaluate_task).options(**options).remote(
                     benchmark, specs[name], seed, setting, str(episode_paths[(setting, seed)]), indices, fit_ref,
-                    run_id, bool(cfg.save_scores), num_cpus,
+                    run_id, bool(cfg.save_scores),
                 )
                 pending[ref] = ("evaluate", name, seed, part)
                 counts["chunks_submitted"] += 1
@@ -312,11 +318,21 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     return SweepOutcome(run_path=run_path, failures=list(failures.values()), counts=counts)
 
 
+def _get_or_raise(ref: Any) -> Any:
+    """``ray.get`` for harness tasks: an MlfsicError inside the task stays a one-line MlfsicError."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, MlfsicError):
+            raise MlfsicError(str(error.cause)) from None
+        raise
+
+
 def _as_completed(refs: list[Any]):
     remaining = list(refs)
     while remaining:
         ready, remaining = ray.wait(remaining, num_returns=1)
-        ray.get(ready[0])
+        _get_or_raise(ready[0])
         yield ready[0]
 
 

@@ -7,12 +7,13 @@
     results/runs/<run_id>/scores/<cell>.npz     with save_scores=true
 
 A chunk counts as done once its ``.records.parquet`` exists (written last), so an interrupted sweep is
-resumed by skipping done chunks, and the assembled tables never hold partial or duplicate rows.
+resumed by skipping done chunks. The assembled tables hold complete, non-failed cells only (every
+planned chunk done), so they never hold a partial cell or a duplicate row, during a sweep or after an
+interruption.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,17 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def assemble(run_path: Path, planned_parts: list[str], failed_cells: set[str]) -> pd.DataFrame:
-    """Rebuild records.parquet, label_ap.parquet (and scores/) from the finished planned parts.
+    """Rebuild records.parquet, label_ap.parquet (and scores/) from the cells whose planned parts are all done.
 
-    Parts of failed cells, and parts left by an earlier version of a method, are left out.
+    Failed cells, unfinished cells and parts left by an earlier version of a method are left out.
     """
     parts = run_path / "parts"
-    names = sorted(n for n in planned_parts if chunk_done(run_path, n) and cell_of(n) not in failed_cells)
+    by_cell: dict[str, list[str]] = {}
+    for name in planned_parts:
+        by_cell.setdefault(cell_of(name), []).append(name)
+    complete = {cell for cell, names in by_cell.items()
+                if cell not in failed_cells and all(chunk_done(run_path, n) for n in names)}
+    names = sorted(n for n in planned_parts if cell_of(n) in complete)
     records = _concat([pd.read_parquet(parts / f"{n}.records.parquet") for n in names], RECORD_COLUMNS)
     label_ap = _concat([pd.read_parquet(parts / f"{n}.label_ap.parquet") for n in names], LABEL_AP_COLUMNS)
     keys = ["method", "dataset", "setting", "seed", "episode"]
@@ -83,6 +89,7 @@ def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFram
 
 
 def _assemble_scores(run_path: Path, names: list[str]) -> None:
+    """``scores/<cell>.npz`` for the assembled cells; a scores file of any other cell is removed."""
     by_cell: dict[str, list[str]] = {}
     for name in names:
         if (run_path / "parts" / f"{name}.scores.npz").is_file():
@@ -91,16 +98,10 @@ def _assemble_scores(run_path: Path, names: list[str]) -> None:
         loaded = [np.load(run_path / "parts" / f"{n}.scores.npz") for n in sorted(chunk_names)]
         arrays = {key: np.concatenate([part[key] for part in loaded]) for key in ("scores", "targets", "episode")}
         write_with_atomic(run_path / "scores" / f"{cell}.npz", lambda tmp, a=arrays: _save_npz(tmp, a))
-
-
-def read_run_json(run_path: Path) -> dict[str, Any]:
-    path = run_path / "run.json"
-    if not path.is_file():
-        raise MlfsicError(f"not a run directory (no run.json): {run_path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise MlfsicError(f"malformed {path}: {error}") from None
+    if (run_path / "scores").is_dir():
+        for stale in (run_path / "scores").glob("*.npz"):
+            if stale.stem not in by_cell:
+                stale.unlink()
 
 
 def write_run_json(run_path: Path, content: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """Benchmarks (``make bench``): sweep figures on the default-size coco-moji, printed one per line.
 
 Not part of the default suite (``@pytest.mark.slow``). Each sweep runs as a real ``mlfsic run``
-subprocess with its own local Ray, so 1-CPU and 2-CPU timings do not share a Ray instance.
+subprocess with its own local Ray, so 1-CPU and 2-CPU timings do not share a Ray instance. The results
+dir is fresh for every bench (``MLFSIC_BENCH_RESULTS`` overrides it), so the cold sweep is really cold.
 Figures:
 - backbone forward passes per unique image over a whole cold sweep (target 1.0);
 - evaluation throughput (episodes/s of ``predict``) per method;
@@ -27,12 +28,8 @@ pytestmark = pytest.mark.slow
 BENCH_OVERRIDES = ["n_episodes=100", "seeds=[0]", "setting=[0shot,1shot,5shot]"]
 
 
-def _results_dir() -> Path:
-    return Path(os.environ.get("MLFSIC_BENCH_RESULTS", "results/bench")).resolve()
-
-
-def _mlfsic_run(*overrides: str) -> dict:
-    command = [sys.executable, "-m", "mlfsic.harness.cli", "run", f"results_dir={_results_dir()}", *BENCH_OVERRIDES,
+def _mlfsic_run(results_dir: Path, *overrides: str) -> dict:
+    command = [sys.executable, "-m", "mlfsic.harness.cli", "run", f"results_dir={results_dir}", *BENCH_OVERRIDES,
                *overrides]
     result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -49,15 +46,16 @@ def expected_random_ap(n: int, m: int) -> float:
     return (harmonic + (m - 1) / (n - 1) * (n - harmonic)) / n
 
 
-def test_bench_sweep_figures():
-    cold = _mlfsic_run("run_id=bench-cold", "ray.num_cpus=2")
+def test_bench_sweep_figures(tmp_path):
+    results_dir = Path(os.environ.get("MLFSIC_BENCH_RESULTS", tmp_path)).resolve()
+    cold = _mlfsic_run(results_dir, "run_id=bench-cold", "ray.num_cpus=2")
     forwards = cold["run"]["forward_passes"] / cold["run"]["n_feature_images"]
     print(f"\nbench: backbone_forward_passes_per_unique_image={forwards:.3f}"
           f" (images={cold['run']['n_feature_images']}, cold sweep wall_s={cold['run']['wall_s']:.1f})")
 
     walls = {}
     for cpus in (1, 2):
-        warm = _mlfsic_run(f"run_id=bench-warm-{cpus}cpu", f"ray.num_cpus={cpus}", "save_scores=true")
+        warm = _mlfsic_run(results_dir, f"run_id=bench-warm-{cpus}cpu", f"ray.num_cpus={cpus}", "save_scores=true")
         walls[cpus] = warm["run"]["wall_s"]
         method_s = float(warm["records"]["predict_s"].sum())
         outside = 1.0 - method_s / (walls[cpus] * cpus)

@@ -24,15 +24,16 @@ def _sweep(results_dir, *extra):
 
 
 def test_sweep_writes_complete_records_and_resumes(ray_session, tiny_results_dir):
-    extra = ("method=[random,example-cosine]", "setting=[0shot,1shot]", "seeds=[0,1]", "save_scores=true")
+    extra = ("method=[random,example-cosine,protonet]", "setting=[0shot,1shot]", "seeds=[0,1]", "save_scores=true",
+             "+method_args.protonet.n_episodes=100")
     outcome = _sweep(tiny_results_dir, *extra)
     assert outcome.failures == []
     records = pd.read_parquet(outcome.run_path / "records.parquet")
     assert set(RECORD_COLUMNS) <= set(records.columns)
     keys = ["method", "dataset", "setting", "seed", "episode"]
     assert not records.duplicated(keys).any()
-    # random: 0shot and 1shot; the cosine plug-in: 1shot only (no zero-shot). No gaps.
-    expected = {("random", "0shot"), ("random", "1shot"), ("example-cosine", "1shot")}
+    # random: 0shot and 1shot; the cosine plug-in and protonet: 1shot only (no zero-shot). No gaps.
+    expected = {("random", "0shot"), ("random", "1shot"), ("example-cosine", "1shot"), ("protonet", "1shot")}
     assert set(map(tuple, records[["method", "setting"]].drop_duplicates().values)) == expected
     for (method, setting, seed), group in records.groupby(["method", "setting", "seed"]):
         assert sorted(group["episode"]) == list(range(N_EPISODES)), (method, setting, seed)
