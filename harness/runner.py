@@ -15,6 +15,7 @@ Worker or node loss is retried by Ray (``max_retries``). Re-running the same com
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -257,8 +258,13 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
                 pending[ref] = ("evaluate", name, seed, part)
                 counts["chunks_submitted"] += 1
 
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    previous = _previous_run_info(run_path)
+    invocation = {"started": now, "git": git_state(), "chunks_submitted": counts["chunks_submitted"],
+                  "fits_submitted": counts["fit_tasks"]}
     run_info: dict[str, Any] = {
-        "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": run_id, "created": previous.get("created", now),
+        "invocations": [*previous.get("invocations", []), invocation],
         "config": to_container(cfg), "methods": {n: {"config": s.config, "config_hash": s.config_hash} for n, s in specs.items()},
         "git": git_state(), "versions": package_versions(), "hardware": hardware(),
         "ray": {"address": cfg.ray.get("address"), "cluster_resources": ray.cluster_resources()},
@@ -316,6 +322,17 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     )
     write_run_json(run_path, run_info)
     return SweepOutcome(run_path=run_path, failures=list(failures.values()), counts=counts)
+
+
+def _previous_run_info(run_path: Path) -> dict[str, Any]:
+    """run.json of an earlier invocation of this run (resume), or {}."""
+    path = run_path / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
 
 
 def _get_or_raise(ref: Any) -> Any:
