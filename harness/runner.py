@@ -273,6 +273,7 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     }
     write_run_json(run_path, run_info)
 
+    prepared = time.time()  # dataset, backbone, features, episode sets ready; method tasks start
     failures: dict[str, dict[str, Any]] = {}
     fit_seconds: dict[str, float] = {}
     last_assembly = 0.0
@@ -317,6 +318,7 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     run_info.update(
         status="failed" if failures else "complete", failures=list(failures.values()), counts=counts,
         fit_seconds=fit_seconds, wall_s=round(time.time() - started, 3), n_records=int(len(records)),
+        phase_s={"prepare": round(prepared - started, 3), "fit_and_evaluate": round(time.time() - prepared, 3)},
         forward_passes=forward_passes(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256),
         n_feature_images=int(len(all_ids)),
     )

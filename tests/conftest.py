@@ -36,6 +36,17 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module, as the runner runs fit/evaluate tasks."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_results_dir(tmp_path_factory) -> Path:
     """A results dir shared by the runner tests, so the tiny dataset, backbone and features are made once."""

@@ -22,6 +22,8 @@ from mlfsic.methods.reference import hinge_rank_loss
 from mlfsic.methods.registry import create_method
 from synthetic_data import make_base_data, make_episode, make_world
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the runner gives each task one thread
+
 CONFIG = {
     "random": {},
     "wordvec-zeroshot": {"epochs": 15},
@@ -29,14 +31,6 @@ CONFIG = {
     "laso": {"steps": 200, "hidden_dim": 128},
 }
 EPISODE_SEEDS = range(8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

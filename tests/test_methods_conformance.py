@@ -24,6 +24,8 @@ from mlfsic.methods.api import Method
 from mlfsic.methods.registry import available_methods, create_method
 from synthetic_data import make_base_data, make_episode
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the runner gives each task one thread
+
 SETTINGS = ("0shot", "1shot", "5shot")
 TINY_CONFIG: dict[str, dict] = {
     "wordvec-zeroshot": {"epochs": 2},
@@ -33,14 +35,6 @@ TINY_CONFIG: dict[str, dict] = {
 METHODS = sorted(available_methods())
 BUILTIN = sorted(name for name, info in available_methods().items() if info.origin == "built-in")
 CASES = [(name, setting) for name in METHODS for setting in SETTINGS if available_methods()[name].cls.supports(setting)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
