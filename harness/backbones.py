@@ -224,6 +224,18 @@ def backbone_id(kind: str, weights_sha256: str, image_size: int) -> str:
     return sha256_json({"kind": kind, "weights_sha256": weights_sha256, "image_size": int(image_size)})
 
 
+def identify_backbone(config: Mapping[str, Any], weights_path: Path | None) -> str:
+    """The ``backbone_id`` that ``load_backbone(config, weights_path)`` has, without building the network."""
+    kind = str(config.get("kind"))
+    if kind == "small_cnn":
+        if weights_path is None or not Path(weights_path).is_file():
+            raise MlfsicError(f"small_cnn weights file not found: {weights_path} (train it with train_small_cnn)")
+        return backbone_id(kind, sha256_file(Path(weights_path)), int(config.get("image_size", 96)))
+    if kind == "resnet50":
+        return backbone_id(kind, sha256_file(find_resnet50_weights(weights_path)), int(config.get("image_size", 224)))
+    raise MlfsicError(f"dataset.backbone.kind {kind!r} is not one of {', '.join(KINDS)}")
+
+
 def load_backbone(config: Mapping[str, Any], weights_path: Path | None) -> Backbone:
     """Build the configured backbone (``config["kind"]``: small_cnn | resnet50) in eval mode.
 
@@ -259,7 +271,7 @@ def load_backbone(config: Mapping[str, Any], weights_path: Path | None) -> Backb
         kind=kind,
         module=module,
         image_size=image_size,
-        backbone_id=backbone_id(kind, sha256_file(path), image_size),
+        backbone_id=identify_backbone(config, path),
         global_dim=int(probe_global.shape[1]),
         local_shape=(int(probe_local.shape[1]), int(probe_local.shape[2])),
         batch_size=batch_size,

@@ -184,21 +184,20 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     weights, backbone_report = _get_or_raise(
         ray.remote(_backbone_task).options(**options).remote(dataset_cfg, str(cache_root))
     )
-    from mlfsic.harness.backbones import load_backbone
+    from mlfsic.harness.backbones import identify_backbone
     from mlfsic.harness.features import forward_passes, missing_image_ids
 
     bb_cfg = backbone_config(cfg.dataset)
-    backbone = load_backbone(bb_cfg, Path(weights) if weights else None)
     embeddings = plain(cfg.embeddings)
     benchmark = Benchmark(
         dataset_name=dataset.name, root=str(Path(str(cfg.dataset.root)).resolve()),
         annotations=str(cfg.dataset.annotations), images=str(cfg.dataset.images),
         annotation_sha256=dataset.annotation_sha256, split_labels={k: tuple(v) for k, v in split.items()},
-        backbone_config=bb_cfg, backbone_weights=weights, backbone_id=backbone.backbone_id,
+        backbone_config=bb_cfg, backbone_weights=weights,
+        backbone_id=identify_backbone(bb_cfg, Path(weights) if weights else None),
         feature_root=str(cache_root / "features"), embedding_encoder=str(embeddings["encoder"]),
         embedding_path=embeddings.get("path"), embedding_cache=str(cache_root / "embeddings"),
     )
-    del backbone
     all_ids = np.unique(np.concatenate([pool.image_ids for pool in pools.values()]))
     missing = missing_image_ids(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256, all_ids)
     feature_refs = [

@@ -38,3 +38,22 @@ def test_bad_setting_and_unknown_method_name_the_value(tmp_path):
 def test_leaderboard_of_a_missing_run_dir_fails_cleanly(tmp_path):
     result = _mlfsic("leaderboard", str(tmp_path / "missing"))
     assert result.returncode == 2 and result.stderr.startswith("mlfsic: error:")
+
+
+def test_data_prepare_and_episodes_commands(tmp_path):
+    out = tmp_path / "moji"
+    result = _mlfsic("data", "prepare", "coco-moji", f"out={out}", "seed=3", "n_base=120", "n_val=30", "n_test=90",
+                     f"preview={tmp_path / 'sheet.png'}")
+    assert result.returncode == 0, result.stderr
+    assert (out / "annotations.json").is_file() and (tmp_path / "sheet.png").is_file()
+    assert str(out) in result.stdout
+    result = _mlfsic("data", "prepare", "coco-moji", f"out={out}", "bogus=1")
+    assert result.returncode == 2 and "unknown option 'bogus'" in result.stderr
+
+    overrides = [f"results_dir={tmp_path}", f"dataset.root={out}", "setting=[1shot]", "seed=0", "n_episodes=10"]
+    first = _mlfsic("episodes", *overrides)
+    second = _mlfsic("episodes", *overrides)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout  # same id and path: the existing set is reused
+    episode_set_id, setting, seed, path = first.stdout.split()
+    assert (setting, seed) == ("1shot", "seed0") and path.endswith(f"{episode_set_id}.json")
