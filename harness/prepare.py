@@ -1,9 +1,12 @@
-"""Driver-side preparation of a sweep: dataset on disk, label split, pools, backbone weights.
+"""Preparation of a benchmark: dataset on disk, label split, pools, backbone weights, features.
 
 ``load_dataset_and_split`` generates coco-moji when its folder is missing (so ``mlfsic run`` works on a
 fresh machine), loads the annotation file through the COCO adapter and splits the labels.
 ``backbone_weights`` trains the coco-moji CNN on the base split (or finds ResNet-50 weights) and
-caches the result content-addressed under ``results/cache/backbones``.
+caches the result content-addressed under ``results/cache/backbones``. ``make_benchmark`` builds the
+handle tasks receive. The Ray runner runs the backbone and feature steps as tasks;
+``prepare_benchmark`` does the same work in this process, for use without Ray
+(``harness.evaluate.evaluate_cell``), producing the same cached artifacts.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from mlfsic.harness.benchmark import Benchmark
 from mlfsic.harness.config import load_label_split, plain
 from mlfsic.harness.data import Dataset, split_pool
 from mlfsic.harness.errors import MlfsicError
@@ -80,3 +84,39 @@ def backbone_weights(
 
 def backbone_config(dataset_cfg: DictConfig) -> dict[str, Any]:
     return plain(dataset_cfg.backbone)
+
+
+def make_benchmark(
+    cfg: DictConfig, dataset: Dataset, split: dict[str, list[str]], weights: str | Path | None, cache_root: Path
+) -> Benchmark:
+    """The small picklable handle of a prepared benchmark (see ``harness.benchmark``)."""
+    from mlfsic.harness.backbones import identify_backbone
+
+    bb_cfg = backbone_config(cfg.dataset)
+    embeddings = plain(cfg.embeddings)
+    return Benchmark(
+        dataset_name=dataset.name, root=str(Path(str(cfg.dataset.root)).resolve()),
+        annotations=str(cfg.dataset.annotations), images=str(cfg.dataset.images),
+        annotation_sha256=dataset.annotation_sha256, split_labels={k: tuple(v) for k, v in split.items()},
+        backbone_config=bb_cfg, backbone_weights=str(weights) if weights else None,
+        backbone_id=identify_backbone(bb_cfg, Path(weights) if weights else None),
+        feature_root=str(cache_root / "features"), embedding_encoder=str(embeddings["encoder"]),
+        embedding_path=embeddings.get("path"), embedding_cache=str(cache_root / "embeddings"),
+    )
+
+
+def prepare_benchmark(cfg: DictConfig, progress: bool = True) -> Benchmark:
+    """Dataset, backbone and features of ``cfg`` made (or found) in this process, without Ray."""
+    from mlfsic.harness.backbones import load_backbone
+    from mlfsic.harness.features import extract_shard, missing_image_ids
+
+    cache_root = Path(str(cfg.results_dir)).resolve() / "cache"
+    dataset, split = load_dataset_and_split(cfg.dataset, progress)
+    weights, _ = backbone_weights(dataset, split, backbone_config(cfg.dataset), cache_root, progress)
+    benchmark = make_benchmark(cfg, dataset, split, weights, cache_root)
+    image_ids = np.unique(np.concatenate([split_pool(dataset, name, labels).image_ids for name, labels in split.items()]))
+    missing = missing_image_ids(Path(benchmark.feature_root), benchmark.backbone_id, dataset.annotation_sha256, image_ids)
+    if len(missing):
+        backbone = load_backbone(benchmark.backbone_config, weights)
+        extract_shard(backbone, dataset, missing, Path(benchmark.feature_root), progress=progress)
+    return benchmark

@@ -35,7 +35,7 @@ from mlfsic.harness.data import split_pool
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.evaluate import ChunkResult, FitResult, MethodFailure, MethodSpec, evaluate_episodes, fit_method, method_spec
 from mlfsic.harness.io import sha256_json
-from mlfsic.harness.prepare import backbone_config, backbone_weights, load_dataset_and_split
+from mlfsic.harness.prepare import backbone_weights, load_dataset_and_split, make_benchmark
 from mlfsic.harness.provenance import git_state, hardware, package_versions
 from mlfsic.harness.store import assemble, cell_key, cell_of, chunk_done, chunk_name, write_chunk, write_run_json
 from mlfsic.methods.api import parse_setting
@@ -184,20 +184,9 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     weights, backbone_report = _get_or_raise(
         ray.remote(_backbone_task).options(**options).remote(dataset_cfg, str(cache_root))
     )
-    from mlfsic.harness.backbones import identify_backbone
     from mlfsic.harness.features import forward_passes, missing_image_ids
 
-    bb_cfg = backbone_config(cfg.dataset)
-    embeddings = plain(cfg.embeddings)
-    benchmark = Benchmark(
-        dataset_name=dataset.name, root=str(Path(str(cfg.dataset.root)).resolve()),
-        annotations=str(cfg.dataset.annotations), images=str(cfg.dataset.images),
-        annotation_sha256=dataset.annotation_sha256, split_labels={k: tuple(v) for k, v in split.items()},
-        backbone_config=bb_cfg, backbone_weights=weights,
-        backbone_id=identify_backbone(bb_cfg, Path(weights) if weights else None),
-        feature_root=str(cache_root / "features"), embedding_encoder=str(embeddings["encoder"]),
-        embedding_path=embeddings.get("path"), embedding_cache=str(cache_root / "embeddings"),
-    )
+    benchmark = make_benchmark(cfg, dataset, split, weights, cache_root)
     all_ids = np.unique(np.concatenate([pool.image_ids for pool in pools.values()]))
     missing = missing_image_ids(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256, all_ids)
     feature_refs = [

@@ -10,9 +10,10 @@ import pytest
 from conftest import tiny_overrides
 from sklearn.metrics import average_precision_score
 
-from mlfsic.harness.config import compose_config
+from mlfsic.harness.config import compose_config, method_config
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.evaluate import RECORD_COLUMNS
+from mlfsic.harness.evaluate import RECORD_COLUMNS, evaluate_cell, method_spec
+from mlfsic.harness.prepare import prepare_benchmark
 from mlfsic.harness.runner import run_sweep
 
 N_EPISODES = 30
@@ -47,6 +48,15 @@ def test_sweep_writes_complete_records_and_resumes(ray_session, tiny_results_dir
             mask = stored["episode"] == row.episode
             expected_map = average_precision_score(stored["targets"][mask], stored["scores"][mask], average="macro")
             assert row.map == pytest.approx(expected_map, abs=1e-9)
+
+    # The runner without Ray (prepare_benchmark + evaluate_cell) gives the same mAP per episode.
+    cfg = compose_config(tiny_overrides(tiny_results_dir, f"n_episodes={N_EPISODES}", *extra))
+    benchmark = prepare_benchmark(cfg, progress=False)
+    ray_rows = records.query("method == 'protonet' and seed == 1").sort_values("episode")
+    path = tiny_results_dir / "episodes" / f"{ray_rows['episode_set_id'].iloc[0]}.json"
+    spec = method_spec("protonet", method_config("protonet", cfg))
+    local = evaluate_cell(benchmark, spec, 1, "1shot", str(path), tiny_results_dir / "cache").records
+    np.testing.assert_array_equal(local["map"].to_numpy(), ray_rows["map"].to_numpy())
 
     label_ap = pd.read_parquet(outcome.run_path / "label_ap.parquet")
     per_episode = label_ap.groupby(keys)["ap"].mean().reset_index()
