@@ -80,6 +80,18 @@ def split_pool(dataset: Dataset, split: str, label_names: list[str] | tuple[str,
     )
 
 
+def find_rows(haystack_ids: np.ndarray, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row of each of ``image_ids`` in ``haystack_ids`` and whether it was found (rows of misses: 0)."""
+    ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+    haystack = np.asarray(haystack_ids, dtype=np.int64)
+    if len(haystack) == 0:
+        return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+    order = np.argsort(haystack, kind="stable")
+    positions = np.minimum(np.searchsorted(haystack[order], ids), len(haystack) - 1)
+    found = haystack[order][positions] == ids
+    return np.where(found, order[positions], 0), found
+
+
 @dataclass(frozen=True)
 class BaseData:
     """Training data for ``Method.fit``: the base split only."""

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mlfsic.harness.data import LabelledPool
+from mlfsic.harness.data import LabelledPool, find_rows
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_json, write_json_atomic
 
@@ -336,16 +336,11 @@ def check_pool_matches(episode_set: dict[str, Any], pool: LabelledPool) -> None:
 
 
 def _rows_of(pool: LabelledPool, image_ids: list[int], role: str) -> np.ndarray:
-    ids = np.asarray(image_ids, dtype=np.int64)
-    order = np.argsort(pool.image_ids, kind="stable")
-    sorted_ids = pool.image_ids[order]
-    positions = np.searchsorted(sorted_ids, ids)
-    positions = np.minimum(positions, max(len(sorted_ids) - 1, 0))
-    found = sorted_ids[positions] == ids if len(sorted_ids) else np.zeros(len(ids), dtype=bool)
+    rows, found = find_rows(pool.image_ids, np.asarray(image_ids, dtype=np.int64))
     if not found.all():
-        bad = int(ids[np.flatnonzero(~found)[0]])
+        bad = int(np.asarray(image_ids)[np.flatnonzero(~found)[0]])
         raise MlfsicError(f"{role} image {bad} is not in pool {pool.dataset}/{pool.split}")
-    return order[positions]
+    return rows
 
 
 def episode_targets(pool: LabelledPool, episode: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

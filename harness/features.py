@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mlfsic.harness.backbones import Backbone, image_paths
-from mlfsic.harness.data import Dataset
+from mlfsic.harness.data import Dataset, find_rows
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_text, write_json_atomic
 
@@ -123,13 +123,11 @@ def load_features(
     for shard, ids, global_f, local_f in shards:
         if found.all():
             break
-        order = np.argsort(ids, kind="stable")
-        positions = np.searchsorted(ids[order], requested)
-        positions = np.minimum(positions, len(ids) - 1)
-        hit = (ids[order][positions] == requested) & ~found
+        shard_rows, in_shard = find_rows(ids, requested)
+        hit = in_shard & ~found
         if not hit.any():
             continue
-        rows = order[positions[hit]]
+        rows = shard_rows[hit]
         # Fancy indexing a memmap reads only those rows; sort them for sequential access.
         sorted_rows, inverse = np.unique(rows, return_inverse=True)
         global_out[hit] = np.asarray(global_f[sorted_rows])[inverse]

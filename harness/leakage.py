@@ -22,24 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from mlfsic.harness.data import Dataset, LabelledPool
+from mlfsic.harness.data import Dataset, LabelledPool, find_rows
 from mlfsic.harness.errors import MlfsicError
 
 
 def _dataset_rows(dataset: Dataset, image_ids: np.ndarray, role: str) -> np.ndarray:
     """Rows of ``image_ids`` in ``dataset``; an id the dataset lacks is an error."""
-    ids = np.asarray(image_ids, dtype=np.int64)
-    order = np.argsort(dataset.image_ids, kind="stable")
-    sorted_ids = np.asarray(dataset.image_ids, dtype=np.int64)[order]
-    if len(sorted_ids) == 0:
-        if len(ids):
-            raise MlfsicError(f"{role} image {int(ids[0])} is not in dataset {dataset.name!r}")
-        return np.zeros(0, dtype=np.int64)
-    positions = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    found = sorted_ids[positions] == ids
+    rows, found = find_rows(dataset.image_ids, image_ids)
     if not found.all():
-        raise MlfsicError(f"{role} image {int(ids[np.flatnonzero(~found)[0]])} is not in dataset {dataset.name!r}")
-    return order[positions]
+        missing = int(np.asarray(image_ids).reshape(-1)[np.flatnonzero(~found)[0]])
+        raise MlfsicError(f"{role} image {missing} is not in dataset {dataset.name!r}")
+    return rows
 
 
 def _label_mask(dataset: Dataset, label_names: Sequence[str]) -> np.ndarray:
