@@ -10,7 +10,7 @@ task ships a few hundred bytes, never arrays.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ class Benchmark:
     embedding_encoder: str
     embedding_path: str | None
     embedding_cache: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self) -> Dataset:
         return _load_dataset(self.dataset_name, self.root, self.annotations, self.images)
