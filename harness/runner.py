@@ -149,6 +149,15 @@ def derive_run_id(cfg: DictConfig) -> str:
     return f"{cfg.dataset.name}-{sha256_json(content)[:12]}"
 
 
+@dataclass
+class _Plan:
+    """What the driver submitted: pending task refs and the part names the run dir should end up with."""
+
+    pending: dict[Any, tuple[str, str, int, str | None]]  # ref -> (kind, method, seed, part name)
+    planned_parts: list[str]
+    counts: dict[str, int]
+
+
 def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     """Run (or resume) the sweep described by ``cfg``; returns the run dir and any failed cells."""
     results_dir = Path(str(cfg.results_dir)).resolve()
@@ -157,8 +166,7 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     seeds = [int(s) for s in ([cfg.seed] if cfg.get("seed") is not None else as_list(cfg.seeds))]
     names = method_names(cfg)
     resources = plain(cfg.resources)
-    num_cpus = float(resources.get("num_cpus") or 1)
-    options = {"num_cpus": num_cpus, "num_gpus": float(resources.get("num_gpus") or 0),
+    options = {"num_cpus": float(resources.get("num_cpus") or 1), "num_gpus": float(resources.get("num_gpus") or 0),
                "max_retries": int(cfg.max_retries)}
     run_id = derive_run_id(cfg)
     run_path = results_dir / "runs" / run_id
@@ -167,16 +175,14 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     init_ray(cfg)
     check_resources(resources)
 
-    # Driver: dataset, split, leakage check, episode sets.
+    # Driver: dataset, split, leakage check. Then the backbone (a task: it may want the GPU) and features.
     dataset, split = load_dataset_and_split(cfg.dataset, progress=progress)
-    from mlfsic.harness.episodes import build_episode_set, save_episode_set
+    from mlfsic.harness.features import forward_passes
     from mlfsic.harness.leakage import check_no_leakage
 
     eval_split = split_name(str(cfg.eval_split))
     pools = {name: split_pool(dataset, name, split[name]) for name in ("base", "val", "test")}
     leakage = check_no_leakage(dataset, pools["base"], [pools[eval_split]] if eval_split != "base" else [])
-
-    # Backbone (a task: it may want the GPU), then features per shard.
     dataset_cfg = {**to_container(cfg.dataset), "root": str(Path(str(cfg.dataset.root)).resolve())}
     if progress:
         print(f"backbone: {cfg.dataset.backbone.kind} for {dataset.name} (trained once on the base split, then cached)",
@@ -184,79 +190,28 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     weights, backbone_report = _get_or_raise(
         ray.remote(_backbone_task).options(**options).remote(dataset_cfg, str(cache_root))
     )
-    from mlfsic.harness.features import forward_passes, missing_image_ids
-
     benchmark = make_benchmark(cfg, dataset, split, weights, cache_root)
     all_ids = np.unique(np.concatenate([pool.image_ids for pool in pools.values()]))
-    missing = missing_image_ids(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256, all_ids)
-    feature_refs = [
-        ray.remote(_features_task).options(**options).remote(benchmark, missing[i:i + FEATURE_SHARD_IMAGES], num_cpus)
-        for i in range(0, len(missing), FEATURE_SHARD_IMAGES)
-    ]
-    if feature_refs:
-        for _ in tqdm(_as_completed(feature_refs), total=len(feature_refs), desc="features", disable=not progress):
-            pass
+    _extract_features(benchmark, all_ids, options, progress)
     for pool in pools.values():  # embeddings into the shared cache before tasks read them
         benchmark.label_embeddings(pool.label_names)
+    episode_paths = _episode_sets(cfg, pools[eval_split], settings, seeds, results_dir)
 
-    episode_sets: dict[str, str] = {}
-    episode_paths: dict[tuple[str, int], Path] = {}
-    for setting in settings:
-        for seed in seeds:
-            episode_set = build_episode_set(
-                pools[eval_split], str(cfg.protocol), parse_setting(setting), int(cfg.n_query), int(cfg.n_episodes),
-                seed, n_way=cfg.get("n_way"),
-            )
-            episode_paths[(setting, seed)] = save_episode_set(episode_set, results_dir)
-            episode_sets[f"{dataset.name}/{setting}/seed{seed}"] = episode_set["episode_set_id"]
-
-    # Plan fits and evaluation chunks; skip finished chunks.
     specs = {name: method_spec(name, method_config(name, cfg)) for name in names}
-    chunk_size = int(cfg.chunk_episodes)
-    pending: dict[Any, tuple[str, str, int, str | None]] = {}  # ref -> (kind, method, seed, chunk name)
-    counts = {"fit_tasks": 0, "fits_trained": 0, "fits_cached": 0, "chunks_total": 0, "chunks_skipped": 0,
-              "chunks_submitted": 0}
-    planned_parts: list[str] = []
-    for name in names:
-        cls = get_method_class(name)
-        for seed in seeds:
-            todo = []
-            for setting in settings:
-                if not cls.supports(setting):
-                    continue
-                n_episodes = _n_episodes(episode_paths[(setting, seed)])
-                for chunk, start in enumerate(range(0, n_episodes, chunk_size)):
-                    counts["chunks_total"] += 1
-                    part = chunk_name(name, setting, seed, specs[name].config_hash, chunk)
-                    planned_parts.append(part)
-                    if chunk_done(run_path, part):
-                        counts["chunks_skipped"] += 1
-                        continue
-                    todo.append((setting, part, list(range(start, min(start + chunk_size, n_episodes)))))
-            if not todo:
-                continue
-            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, specs[name], seed, str(cache_root))
-            pending[fit_ref] = ("fit", name, seed, None)
-            counts["fit_tasks"] += 1
-            for setting, part, indices in todo:
-                ref = ray.remote(_evaluate_task).options(**options).remote(
-                    benchmark, specs[name], seed, setting, str(episode_paths[(setting, seed)]), indices, fit_ref,
-                    run_id, bool(cfg.save_scores),
-                )
-                pending[ref] = ("evaluate", name, seed, part)
-                counts["chunks_submitted"] += 1
+    plan = _plan_and_submit(cfg, benchmark, specs, settings, seeds, episode_paths, run_id, run_path, cache_root, options)
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     previous = _previous_run_info(run_path)
-    invocation = {"started": now, "git": git_state(), "chunks_submitted": counts["chunks_submitted"],
-                  "fits_submitted": counts["fit_tasks"]}
+    invocation = {"started": now, "git": git_state(), "chunks_submitted": plan.counts["chunks_submitted"],
+                  "fits_submitted": plan.counts["fit_tasks"]}
     run_info: dict[str, Any] = {
         "run_id": run_id, "created": previous.get("created", now),
         "invocations": [*previous.get("invocations", []), invocation],
         "config": to_container(cfg), "methods": {n: {"config": s.config, "config_hash": s.config_hash} for n, s in specs.items()},
         "git": git_state(), "versions": package_versions(), "hardware": hardware(),
         "ray": {"address": cfg.ray.get("address"), "cluster_resources": ray.cluster_resources()},
-        "episode_sets": episode_sets, "backbone": {"id": benchmark.backbone_id, "weights": weights, **backbone_report},
+        "episode_sets": {f"{dataset.name}/{setting}/seed{seed}": path.stem for (setting, seed), path in episode_paths.items()},
+        "backbone": {"id": benchmark.backbone_id, "weights": weights, **backbone_report},
         "leakage_check": leakage, "failures": [], "status": "running",
     }
     write_run_json(run_path, run_info)
@@ -264,54 +219,131 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     prepared = time.time()  # dataset, backbone, features, episode sets ready; method tasks start
     failures: dict[str, dict[str, Any]] = {}
     fit_seconds: dict[str, float] = {}
-    last_assembly = 0.0
-    bar = tqdm(total=len(pending), desc=f"sweep {run_id}", disable=not progress)
     try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
-            for ref in ready:
-                kind, name, seed, part = pending.pop(ref)
-                result = ray.get(ref)
-                bar.update(1)
-                if kind == "fit":
-                    if isinstance(result, str):
-                        for setting in settings:
-                            if get_method_class(name).supports(setting):
-                                failures.setdefault(cell_key(name, setting, seed), _failure(name, dataset.name, setting, seed, result))
-                    else:
-                        fit_seconds[f"{name}/seed{seed}"] = result.fit_s
-                        counts["fits_cached" if result.cached else "fits_trained"] += 1
-                    continue
-                assert part is not None
-                cell = cell_of(part)
-                if isinstance(result, str):
-                    setting = cell.split("__")[1]
-                    failures.setdefault(cell, _failure(name, dataset.name, setting, seed, result))
-                elif cell not in failures:
-                    write_chunk(run_path, part, result)
-            if time.time() - last_assembly > 10.0:
-                assemble(run_path, planned_parts, set(failures))
-                last_assembly = time.time()
+        _collect(plan, run_path, dataset.name, settings, failures, fit_seconds, run_id, progress)
     except KeyboardInterrupt:
-        for ref in pending:
+        for ref in plan.pending:
             ray.cancel(ref, force=True)
-        assemble(run_path, planned_parts, set(failures))
+        assemble(run_path, plan.planned_parts, set(failures))
         run_info.update(status="interrupted", failures=list(failures.values()))
         write_run_json(run_path, run_info)
         raise
-    finally:
-        bar.close()
 
-    records = assemble(run_path, planned_parts, set(failures))
+    records = assemble(run_path, plan.planned_parts, set(failures))
     run_info.update(
-        status="failed" if failures else "complete", failures=list(failures.values()), counts=counts,
+        status="failed" if failures else "complete", failures=list(failures.values()), counts=plan.counts,
         fit_seconds=fit_seconds, wall_s=round(time.time() - started, 3), n_records=int(len(records)),
         phase_s={"prepare": round(prepared - started, 3), "fit_and_evaluate": round(time.time() - prepared, 3)},
         forward_passes=forward_passes(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256),
         n_feature_images=int(len(all_ids)),
     )
     write_run_json(run_path, run_info)
-    return SweepOutcome(run_path=run_path, failures=list(failures.values()), counts=counts)
+    return SweepOutcome(run_path=run_path, failures=list(failures.values()), counts=plan.counts)
+
+
+def _extract_features(benchmark: Benchmark, image_ids: np.ndarray, options: dict[str, Any], progress: bool) -> None:
+    """One task per shard of images whose features are not stored yet."""
+    from mlfsic.harness.features import missing_image_ids
+
+    missing = missing_image_ids(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256,
+                                image_ids)
+    refs = [
+        ray.remote(_features_task).options(**options).remote(benchmark, missing[i:i + FEATURE_SHARD_IMAGES],
+                                                             options["num_cpus"])
+        for i in range(0, len(missing), FEATURE_SHARD_IMAGES)
+    ]
+    for _ in tqdm(_as_completed(refs), total=len(refs), desc="features", disable=not progress or not refs):
+        pass
+
+
+def _episode_sets(
+    cfg: DictConfig, pool: Any, settings: list[str], seeds: list[int], results_dir: Path
+) -> dict[tuple[str, int], Path]:
+    """Materialise (or reuse) the episode set of every (setting, seed); all methods share them."""
+    from mlfsic.harness.episodes import build_episode_set, save_episode_set
+
+    paths = {}
+    for setting in settings:
+        for seed in seeds:
+            episode_set = build_episode_set(pool, str(cfg.protocol), parse_setting(setting), int(cfg.n_query),
+                                            int(cfg.n_episodes), seed, n_way=cfg.get("n_way"))
+            paths[(setting, seed)] = save_episode_set(episode_set, results_dir)
+    return paths
+
+
+def _plan_and_submit(
+    cfg: DictConfig, benchmark: Benchmark, specs: dict[str, MethodSpec], settings: list[str], seeds: list[int],
+    episode_paths: dict[tuple[str, int], Path], run_id: str, run_path: Path, cache_root: Path,
+    options: dict[str, Any],
+) -> _Plan:
+    """Submit a fit per (method, seed) with unfinished chunks, and an evaluate task per unfinished chunk."""
+    chunk_size = int(cfg.chunk_episodes)
+    plan = _Plan(pending={}, planned_parts=[], counts={"fit_tasks": 0, "fits_trained": 0, "fits_cached": 0,
+                                                       "chunks_total": 0, "chunks_skipped": 0, "chunks_submitted": 0})
+    for name, spec in specs.items():
+        cls = get_method_class(name)
+        for seed in seeds:
+            todo = []
+            for setting in [s for s in settings if cls.supports(s)]:
+                n_episodes = _n_episodes(episode_paths[(setting, seed)])
+                for chunk, start in enumerate(range(0, n_episodes, chunk_size)):
+                    part = chunk_name(name, setting, seed, spec.config_hash, chunk)
+                    plan.planned_parts.append(part)
+                    plan.counts["chunks_total"] += 1
+                    if chunk_done(run_path, part):
+                        plan.counts["chunks_skipped"] += 1
+                        continue
+                    todo.append((setting, part, list(range(start, min(start + chunk_size, n_episodes)))))
+            if not todo:
+                continue
+            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(cache_root))
+            plan.pending[fit_ref] = ("fit", name, seed, None)
+            plan.counts["fit_tasks"] += 1
+            for setting, part, indices in todo:
+                ref = ray.remote(_evaluate_task).options(**options).remote(
+                    benchmark, spec, seed, setting, str(episode_paths[(setting, seed)]), indices, fit_ref, run_id,
+                    bool(cfg.save_scores),
+                )
+                plan.pending[ref] = ("evaluate", name, seed, part)
+                plan.counts["chunks_submitted"] += 1
+    return plan
+
+
+def _collect(
+    plan: _Plan, run_path: Path, dataset: str, settings: list[str], failures: dict[str, dict[str, Any]],
+    fit_seconds: dict[str, float], run_id: str, progress: bool,
+) -> None:
+    """Write results as they arrive (``ray.wait`` loop); a failed fit or chunk fails its cells only."""
+    last_assembly = 0.0
+    with tqdm(total=len(plan.pending), desc=f"sweep {run_id}", disable=not progress) as bar:
+        while plan.pending:
+            ready, _ = ray.wait(list(plan.pending), num_returns=1, timeout=5.0)
+            for ref in ready:
+                kind, name, seed, part = plan.pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as error:  # retries exhausted: worker/node lost, OOM, ...
+                    result = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+                bar.update(1)
+                if kind == "fit":
+                    if isinstance(result, str):
+                        for setting in settings:
+                            if get_method_class(name).supports(setting):
+                                failures.setdefault(cell_key(name, setting, seed),
+                                                    _failure(name, dataset, setting, seed, result))
+                    else:
+                        fit_seconds[f"{name}/seed{seed}"] = result.fit_s
+                        plan.counts["fits_cached" if result.cached else "fits_trained"] += 1
+                    continue
+                assert part is not None
+                cell = cell_of(part)
+                if isinstance(result, str):
+                    failures.setdefault(cell, _failure(name, dataset, cell.split("__")[1], seed, result))
+                elif cell not in failures:
+                    write_chunk(run_path, part, result)
+            if time.time() - last_assembly > 10.0:
+                assemble(run_path, plan.planned_parts, set(failures))
+                last_assembly = time.time()
 
 
 def _previous_run_info(run_path: Path) -> dict[str, Any]:
