@@ -3,12 +3,10 @@
 ``Dataset``       what an adapter returns: every image of an annotation file with multi-hot labels.
 ``LabelledPool``  the images of one label split (DESIGN 5.2: an image belongs to a split only if
                   *all* its labels are in that split), with label columns in the split's order.
-``BaseData``      what ``Method.fit`` receives: base-split features, targets, label names/embeddings.
-``Episode``       what ``Method.predict`` receives: support + query features, support targets,
-                  label names/embeddings. It never carries the query targets.
+``SPLITS``        the names of the three label splits, in this order.
 
-Shapes use: n images, N labels of the episode, D global feature size, L local positions,
-C local channels, E word-embedding size.
+What a method receives (``SplitData``, ``Episode``) is defined with the Method API in
+``mlfsic.methods.api``, the one module a method author imports.
 """
 
 from __future__ import annotations
@@ -19,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mlfsic.harness.errors import MlfsicError
+
+SPLITS = ("base", "val", "test")  # label splits: train on base, select on val, evaluate on test (novel)
 
 
 @dataclass(frozen=True)
@@ -90,43 +90,3 @@ def find_rows(haystack_ids: np.ndarray, image_ids: np.ndarray) -> tuple[np.ndarr
     positions = np.minimum(np.searchsorted(haystack[order], ids), len(haystack) - 1)
     found = haystack[order][positions] == ids
     return np.where(found, order[positions], 0), found
-
-
-@dataclass(frozen=True)
-class BaseData:
-    """Training data for ``Method.fit``: the base split only."""
-
-    features: np.ndarray  # (n, D) float32, global features
-    local_features: np.ndarray | None  # (n, L, C) float32, or None if the method did not ask
-    targets: np.ndarray  # (n, N_base) float32 multi-hot
-    label_names: tuple[str, ...]
-    label_embeddings: np.ndarray  # (N_base, E) float32
-    seed: int
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One evaluation episode as a method sees it. There is deliberately no query-target field.
-
-    ``support_*`` arrays have zero rows in the zero-shot setting. ``seed`` is the episode's own seed
-    (from ``numpy.random.SeedSequence``) for methods that train or sample per episode.
-    """
-
-    index: int
-    seed: int
-    k_shot: int
-    label_names: tuple[str, ...]
-    label_embeddings: np.ndarray  # (N, E) float32
-    support_features: np.ndarray  # (n_s, D) float32
-    support_local_features: np.ndarray | None  # (n_s, L, C) float32
-    support_targets: np.ndarray  # (n_s, N) float32 multi-hot
-    query_features: np.ndarray  # (n_q, D) float32
-    query_local_features: np.ndarray | None  # (n_q, L, C) float32
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.label_names)
-
-    @property
-    def n_query(self) -> int:
-        return int(self.query_features.shape[0])

@@ -222,3 +222,8 @@ def read_glove_words(glove_path: Path, wanted: set[str]) -> dict[str, np.ndarray
             if len(found) == len(wanted):
                 break
     return found
+
+
+def embedding_id(encoder: str, path: str | None) -> str:
+    """A short name of the label-embedding model: ``<encoder>-<hash of its identity>`` (records carry it)."""
+    return f"{encoder}-{sha256_json(model_identity(encoder, path))[:12]}"

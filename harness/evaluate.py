@@ -5,8 +5,9 @@ seed) with a content-addressed checkpoint, ``evaluate_episodes`` per (method, se
 episodes). The Ray runner (``harness.runner``) submits them as tasks; ``evaluate_cell`` chains them in
 one process for notebooks, tests and debugging.
 
-A method only ever receives ``BaseData`` (base-split images) and ``Episode`` objects, which carry no
-query targets; targets are looked up here, after ``predict`` returned.
+A method only ever receives ``SplitData`` (the base split, and the val split for model selection) and
+``Episode`` objects, which carry no query targets; targets are looked up here, after ``predict`` returned.
+The rows written for each chunk follow the run directory's schema in ``harness.store``.
 """
 
 from __future__ import annotations
@@ -26,19 +27,14 @@ import pandas as pd
 import torch
 
 from mlfsic.harness.benchmark import Benchmark
-from mlfsic.harness.data import BaseData, Episode
+from mlfsic.harness.embeddings import embedding_id
 from mlfsic.harness.episodes import check_pool_matches, episode_seed, episode_targets, load_episode_set
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, sha256_file, sha256_json, write_json_atomic
 from mlfsic.harness.metrics import episode_map, f1_at_k, per_label_ap
-from mlfsic.methods.api import parse_setting
+from mlfsic.harness.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
+from mlfsic.methods.api import Episode, SplitData, parse_setting
 from mlfsic.methods.registry import create_method, get_method_class
-
-RECORD_COLUMNS = (
-    "run_id", "method", "method_config_hash", "dataset", "setting", "k_shot", "seed", "episode_set_id",
-    "episode", "map", "f1_3", "f1_5", "n_labels", "n_query", "fit_s", "predict_s", "status",
-)
-LABEL_AP_COLUMNS = ("run_id", "method", "dataset", "setting", "seed", "episode_set_id", "episode", "label", "ap")
 
 
 class MethodFailure(Exception):
@@ -69,24 +65,32 @@ class FitResult:
     checkpoint: str
     fit_s: float
     cached: bool
+    report: dict[str, Any]  # the method's ``fit_report`` (e.g. the kept epoch and its val mAP)
 
 
-def checkpoint_path(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path) -> Path:
+def fit_splits(eval_split: str) -> tuple[str, ...]:
+    """The splits ``Method.fit`` receives: base, plus val for model selection unless val is evaluated."""
+    return ("base",) if eval_split == "val" else ("base", "val")
+
+
+def checkpoint_path(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path, eval_split: str) -> Path:
     key = sha256_json({
         "method": spec.config_hash,
         "backbone": benchmark.backbone_id,
         "annotations": benchmark.annotation_sha256,
-        "base_labels": list(benchmark.split_labels["base"]),
+        "fit_labels": {split: list(benchmark.split_labels[split]) for split in fit_splits(eval_split)},
         "embeddings": [benchmark.embedding_encoder, benchmark.embedding_path],
         "seed": seed,
     })
     return cache_root / "checkpoints" / f"{spec.name}-{key[:20]}.pt"
 
 
-def base_data(benchmark: Benchmark, seed: int, with_local: bool) -> BaseData:
-    pool = benchmark.pool("base")
+def split_data(benchmark: Benchmark, split: str, seed: int, with_local: bool) -> SplitData:
+    """The images of one label split as ``Method.fit`` receives them."""
+    pool = benchmark.pool(split)
     features, local = benchmark.features(pool.image_ids, with_local)
-    return BaseData(
+    return SplitData(
+        split=split,
         features=np.asarray(features, dtype=np.float32),
         local_features=None if local is None else np.asarray(local, dtype=np.float32),
         targets=pool.targets.astype(np.float32),
@@ -96,25 +100,32 @@ def base_data(benchmark: Benchmark, seed: int, with_local: bool) -> BaseData:
     )
 
 
-def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path) -> FitResult:
-    """Train ``spec`` on the base split, or reuse its checkpoint. Method errors raise MethodFailure."""
-    path = checkpoint_path(benchmark, spec, seed, cache_root)
+def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path, eval_split: str = "test") -> FitResult:
+    """Train ``spec`` on the base split (val for model selection), or reuse its checkpoint.
+
+    The evaluated split never reaches ``fit``: with ``eval_split="val"`` the method gets ``val=None``.
+    Method errors raise MethodFailure.
+    """
+    path = checkpoint_path(benchmark, spec, seed, cache_root, eval_split)
     if path.is_file() and path.with_suffix(".json").is_file():
-        return FitResult(str(path), float(json.loads(path.with_suffix(".json").read_text())["fit_s"]), cached=True)
+        info = json.loads(path.with_suffix(".json").read_text())
+        return FitResult(str(path), float(info["fit_s"]), cached=True, report=info.get("fit_report", {}))
     importlib.import_module(spec.module)
     method = create_method(spec.name, spec.config, seed)
-    data = base_data(benchmark, seed, method.needs_local_features)
+    base = split_data(benchmark, "base", seed, method.needs_local_features)
+    val = split_data(benchmark, "val", seed, method.needs_local_features) if "val" in fit_splits(eval_split) else None
     start = time.perf_counter()
     try:
-        method.fit(data)
+        method.fit(base, val)
     except Exception as error:
         raise MethodFailure(f"{spec.name}.fit raised {type(error).__name__}: {error}") from error
     fit_s = time.perf_counter() - start
-    write_json_atomic(path.with_suffix(".json"), {"fit_s": fit_s, "name": spec.name, "seed": seed,
+    report = dict(getattr(method, "fit_report", {}) or {})
+    write_json_atomic(path.with_suffix(".json"), {"fit_s": fit_s, "name": spec.name, "seed": seed, "fit_report": report,
                                                   "config": spec.config, "config_hash": spec.config_hash})
     with atomic_path(path) as tmp:  # written last: its presence means the fit is complete
         torch.save({"method": method, "fit_s": fit_s, "name": spec.name, "seed": seed}, tmp)
-    return FitResult(str(path), fit_s, cached=False)
+    return FitResult(str(path), fit_s, cached=False, report=report)
 
 
 def _load_fitted(checkpoint: str) -> Any:
@@ -155,13 +166,6 @@ def build_episode(
     return episode, np.asarray(query_targets, dtype=np.float32)
 
 
-@dataclass
-class ChunkResult:
-    records: pd.DataFrame
-    label_ap: pd.DataFrame
-    scores: dict[str, np.ndarray] | None  # "scores", "targets", "episode" when save_scores
-
-
 def evaluate_episodes(
     benchmark: Benchmark,
     spec: MethodSpec,
@@ -177,6 +181,8 @@ def evaluate_episodes(
     method = _load_fitted(fit.checkpoint)
     episode_set = cached_episode_set(str(episode_set_path))
     k_shot = parse_setting(setting)
+    protocol = str(episode_set["protocol"])
+    embeddings = embedding_id(benchmark.embedding_encoder, benchmark.embedding_path)
     records: list[dict[str, Any]] = []
     label_rows: list[dict[str, Any]] = []
     saved_scores: list[np.ndarray] = []
@@ -195,7 +201,8 @@ def evaluate_episodes(
         common = {"run_id": run_id, "method": spec.name, "dataset": benchmark.dataset_name, "setting": setting,
                   "seed": seed, "episode_set_id": episode_set["episode_set_id"], "episode": index}
         records.append({
-            **common, "method_config_hash": spec.config_hash, "k_shot": k_shot,
+            **common, "method_config_hash": spec.config_hash, "k_shot": k_shot, "protocol": protocol,
+            "backbone_id": benchmark.backbone_id, "embedding_id": embeddings,
             "map": episode_map(scores, query_targets), "f1_3": f1_at_k(scores, query_targets, 3),
             "f1_5": f1_at_k(scores, query_targets, 5), "n_labels": episode.n_labels, "n_query": episode.n_query,
             "fit_s": fit.fit_s, "predict_s": predict_s, "status": "ok",
@@ -241,7 +248,8 @@ def evaluate_cell(
     """Fit (or reuse the checkpoint) and evaluate every episode of a set, in this process."""
     if not get_method_class(spec.name).supports(setting):
         raise MlfsicError(f"method {spec.name!r} does not support setting {setting!r}")
-    fit = fit_method(benchmark, spec, seed, cache_root)
-    n_episodes = len(cached_episode_set(str(episode_set_path))["episodes"])
+    episode_set = cached_episode_set(str(episode_set_path))
+    fit = fit_method(benchmark, spec, seed, cache_root, eval_split=str(episode_set["params"]["split"]))
+    n_episodes = len(episode_set["episodes"])
     return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, list(range(n_episodes)), fit,
                              run_id, save_scores)

@@ -6,10 +6,11 @@ independently, against the **full** ``Dataset`` targets rather than the pools' o
 has columns for its split's labels, so it cannot show a label it dropped):
 
 1. the splits' label sets are disjoint and every label exists in the dataset;
-2. every base training image exists in the dataset and carries base labels only (so ``Method.fit``
-   never sees an image with a novel or validation label);
-3. every evaluation image carries its own split's labels only, and none is a base training image
-   or in the base pool.
+2. every base training image exists in the dataset and carries base labels only, and every image of
+   the val split handed to ``Method.fit`` for model selection carries val labels only (so ``fit`` never
+   sees an image with a label of the evaluated split);
+3. every evaluation image carries its own split's labels only, and none is an image ``fit`` receives
+   (base training, base pool or the val split given to ``fit``).
 
 The first violation raises ``MlfsicError`` naming the image and the label; success returns a small,
 JSON-ready report that the runner stores in ``run.json``.
@@ -60,15 +61,25 @@ def check_no_leakage(
     base_pool: LabelledPool,
     eval_pools: Sequence[LabelledPool],
     base_training_ids: np.ndarray | None = None,
+    val_pool: LabelledPool | None = None,
 ) -> dict[str, Any]:
-    """Prove that base training holds no non-base label and that no evaluation image is a base image.
+    """Prove that what ``Method.fit`` receives holds no label of an evaluated split, and no evaluation
+    image is one ``fit`` sees.
 
-    ``base_training_ids`` are the images ``Method.fit`` will see (default: the whole base pool).
-    Returns ``{"ok": True, "base": {...}, "eval": {split: {...}}}`` with image and label counts.
+    ``base_training_ids`` are the base images ``Method.fit`` will see (default: the whole base pool);
+    ``val_pool`` is the val split ``fit`` receives for model selection (None when it gets none).
+    Returns ``{"ok": True, "base": {...}, "val": {...} | None, "eval": {split: {...}},
+    "fit_receives": [...], "evaluated_split_reaches_fit": False}`` with image and label counts.
     """
     training_ids = np.asarray(base_pool.image_ids if base_training_ids is None else base_training_ids, dtype=np.int64)
     base_labels = set(base_pool.label_names)
+    fit_pools = [base_pool] + ([val_pool] if val_pool is not None else [])
     for pool in eval_pools:
+        if val_pool is not None:
+            shared = sorted(set(pool.label_names) & set(val_pool.label_names))
+            if shared:
+                raise MlfsicError(f"leakage: label {shared[0]!r} is in both the val split given to fit and the "
+                                  f"evaluated {pool.split} split")
         shared = [name for name in pool.label_names if name in base_labels]
         if shared:
             raise MlfsicError(f"leakage: label {shared[0]!r} is in both the {base_pool.split} and {pool.split} splits")
@@ -82,9 +93,16 @@ def check_no_leakage(
     _check_only_labels(dataset, training_ids, base_allowed, f"{base_pool.split} training", base_pool.split)
 
     base_ids = np.union1d(np.asarray(base_pool.image_ids, dtype=np.int64), training_ids)
+    if val_pool is not None:
+        _check_only_labels(dataset, val_pool.image_ids, _label_mask(dataset, val_pool.label_names), "val (given to fit)",
+                           val_pool.split)
+        base_ids = np.union1d(base_ids, np.asarray(val_pool.image_ids, dtype=np.int64))
     report: dict[str, Any] = {
         "ok": True,
         "base": {"split": base_pool.split, "images": int(len(training_ids)), "labels": len(base_pool.label_names)},
+        "val": None if val_pool is None else {"images": len(val_pool), "labels": len(val_pool.label_names)},
+        "fit_receives": [pool.split for pool in fit_pools],
+        "evaluated_split_reaches_fit": False,
         "eval": {},
     }
     for pool in eval_pools:
@@ -94,8 +112,8 @@ def check_no_leakage(
             image = int(eval_ids[np.flatnonzero(overlap)[0]])
             labels = [dataset.label_names[j] for j in np.flatnonzero(dataset.targets[_dataset_rows(dataset, np.array([image]), pool.split)[0]])]
             raise MlfsicError(
-                f"leakage: {pool.split} image {image} (labels {', '.join(map(repr, labels)) or 'none'}) is also a "
-                f"{base_pool.split} image ({int(overlap.sum())} such images)"
+                f"leakage: {pool.split} image {image} (labels {', '.join(map(repr, labels)) or 'none'}) is also an "
+                f"image given to fit ({int(overlap.sum())} such images)"
             )
         _check_only_labels(dataset, eval_ids, _label_mask(dataset, pool.label_names), pool.split, pool.split)
         report["eval"][pool.split] = {"images": int(len(eval_ids)), "labels": len(pool.label_names)}

@@ -33,11 +33,19 @@ from mlfsic.harness.benchmark import Benchmark
 from mlfsic.harness.config import as_list, method_config, method_names, plain, settings_of, split_name, to_container
 from mlfsic.harness.data import split_pool
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.evaluate import ChunkResult, FitResult, MethodFailure, MethodSpec, evaluate_episodes, fit_method, method_spec
+from mlfsic.harness.evaluate import (
+    FitResult,
+    MethodFailure,
+    MethodSpec,
+    evaluate_episodes,
+    fit_method,
+    fit_splits,
+    method_spec,
+)
 from mlfsic.harness.io import sha256_json
 from mlfsic.harness.prepare import backbone_weights, load_dataset_and_split, make_benchmark
 from mlfsic.harness.provenance import git_state, hardware, package_versions
-from mlfsic.harness.store import assemble, cell_key, cell_of, chunk_done, chunk_name, write_chunk, write_run_json
+from mlfsic.harness.store import ChunkResult, assemble, cell_key, cell_of, chunk_done, chunk_name, write_chunk, write_run_json
 from mlfsic.methods.api import parse_setting
 from mlfsic.methods.registry import get_method_class
 
@@ -107,10 +115,10 @@ def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float)
     return len(image_ids)
 
 
-def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str) -> FitResult | str:
+def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str, eval_split: str) -> FitResult | str:
     _set_threads(1)  # one thread: results do not depend on how many CPUs a task was given
     try:
-        return fit_method(benchmark, spec, seed, Path(cache_root))
+        return fit_method(benchmark, spec, seed, Path(cache_root), eval_split)
     except Exception as error:  # any error fails this method's cells, never the sweep
         return _error_text(error)
 
@@ -182,7 +190,8 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
 
     eval_split = split_name(str(cfg.eval_split))
     pools = {name: split_pool(dataset, name, split[name]) for name in ("base", "val", "test")}
-    leakage = check_no_leakage(dataset, pools["base"], [pools[eval_split]] if eval_split != "base" else [])
+    leakage = check_no_leakage(dataset, pools["base"], [pools[eval_split]] if eval_split != "base" else [],
+                               val_pool=pools["val"] if "val" in fit_splits(eval_split) else None)
     dataset_cfg = {**to_container(cfg.dataset), "root": str(Path(str(cfg.dataset.root)).resolve())}
     if progress:
         print(f"backbone: {cfg.dataset.backbone.kind} for {dataset.name} (trained once on the base split, then cached)",
@@ -219,8 +228,9 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     prepared = time.time()  # dataset, backbone, features, episode sets ready; method tasks start
     failures: dict[str, dict[str, Any]] = {}
     fit_seconds: dict[str, float] = {}
+    fit_reports: dict[str, dict[str, Any]] = {}
     try:
-        _collect(plan, run_path, dataset.name, settings, failures, fit_seconds, run_id, progress)
+        _collect(plan, run_path, dataset.name, settings, failures, fit_seconds, fit_reports, run_id, progress)
     except KeyboardInterrupt:
         for ref in plan.pending:
             ray.cancel(ref, force=True)
@@ -232,7 +242,7 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     records = assemble(run_path, plan.planned_parts, set(failures))
     run_info.update(
         status="failed" if failures else "complete", failures=list(failures.values()), counts=plan.counts,
-        fit_seconds=fit_seconds, wall_s=round(time.time() - started, 3), n_records=int(len(records)),
+        fit_seconds=fit_seconds, fit_reports=fit_reports, wall_s=round(time.time() - started, 3), n_records=int(len(records)),
         phase_s={"prepare": round(prepared - started, 3), "fit_and_evaluate": round(time.time() - prepared, 3)},
         forward_passes=forward_passes(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256),
         n_feature_images=int(len(all_ids)),
@@ -296,7 +306,8 @@ def _plan_and_submit(
                     todo.append((setting, part, list(range(start, min(start + chunk_size, n_episodes)))))
             if not todo:
                 continue
-            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(cache_root))
+            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(cache_root),
+                                                                            str(cfg.eval_split))
             plan.pending[fit_ref] = ("fit", name, seed, None)
             plan.counts["fit_tasks"] += 1
             for setting, part, indices in todo:
@@ -311,7 +322,7 @@ def _plan_and_submit(
 
 def _collect(
     plan: _Plan, run_path: Path, dataset: str, settings: list[str], failures: dict[str, dict[str, Any]],
-    fit_seconds: dict[str, float], run_id: str, progress: bool,
+    fit_seconds: dict[str, float], fit_reports: dict[str, dict[str, Any]], run_id: str, progress: bool,
 ) -> None:
     """Write results as they arrive (``ray.wait`` loop); a failed fit or chunk fails its cells only."""
     last_assembly = 0.0
@@ -333,6 +344,8 @@ def _collect(
                                                     _failure(name, dataset, setting, seed, result))
                     else:
                         fit_seconds[f"{name}/seed{seed}"] = result.fit_s
+                        if result.report:
+                            fit_reports[f"{name}/seed{seed}"] = result.report
                         plan.counts["fits_cached" if result.cached else "fits_trained"] += 1
                     continue
                 assert part is not None

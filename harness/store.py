@@ -14,6 +14,7 @@ interruption.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,27 @@ import numpy as np
 import pandas as pd
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.evaluate import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
 from mlfsic.harness.io import write_json_atomic, write_with_atomic
+
+# records.parquet: one row per (method, dataset, setting, seed, episode). ``backbone_id``,
+# ``embedding_id`` and ``protocol`` say which features, label embeddings and episode protocol a number
+# was computed on: rows that differ in them are never paired or ranked together.
+RECORD_COLUMNS = (
+    "run_id", "method", "method_config_hash", "dataset", "setting", "k_shot", "seed", "episode_set_id",
+    "episode", "map", "f1_3", "f1_5", "n_labels", "n_query", "fit_s", "predict_s", "status",
+    "protocol", "backbone_id", "embedding_id",
+)
+# label_ap.parquet: one row per (method, dataset, setting, seed, episode, label).
+LABEL_AP_COLUMNS = ("run_id", "method", "dataset", "setting", "seed", "episode_set_id", "episode", "label", "ap")
+
+
+@dataclass
+class ChunkResult:
+    """What an evaluation task returns for one chunk of episodes; written as one part of the run dir."""
+
+    records: pd.DataFrame  # RECORD_COLUMNS
+    label_ap: pd.DataFrame  # LABEL_AP_COLUMNS
+    scores: dict[str, np.ndarray] | None  # "scores", "targets", "episode" when save_scores
 
 
 def cell_key(method: str, setting: str, seed: int) -> str:

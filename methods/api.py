@@ -1,14 +1,22 @@
-"""The Method API (DESIGN 4.3): one class per method, registered under a name.
+"""The Method API: everything a method author touches, in one module (docs/architecture.md, "Methods").
 
-A method declares which settings it supports (``zero_shot`` / ``few_shot``: any K >= 1), whether it
-needs local features, and implements::
+    from mlfsic.methods.api import Episode, Method, SplitData, register
 
-    fit(base: BaseData) -> None            # train on the base split only
-    predict(episode: Episode) -> ndarray   # scores (n_query, n_labels), higher = more likely
+A method is one class, registered under a name with ``@register("name")``. It declares which settings
+it supports (``zero_shot`` / ``few_shot``: any K >= 1), whether it needs local features, and implements::
 
-Constructor arguments are the method's hyperparameters; ``configs/methods/<name>.yaml`` holds the
-values the harness uses, and ``seed`` is always passed. A fitted method is checkpointed by pickling
-the whole object (``torch.save``), so methods keep their state in plain attributes and modules.
+    fit(base: SplitData, val: SplitData | None) -> None   # train on base; val only for model selection
+    predict(episode: Episode) -> ndarray                  # scores (n_query, n_labels), higher = more likely
+
+``val`` holds the val split (its own labels and images) for model selection and early stopping; it is
+None when the val split is the one being evaluated (``eval_split=val``). The evaluated (novel) split
+never reaches ``fit``; the leakage check of every sweep proves it and records it in run.json.
+
+Constructor arguments are the method's hyperparameters, with their defaults in the signature;
+``configs/methods/<name>.yaml`` holds only the values a benchmark run uses that differ from those
+defaults, and ``seed`` is always passed. A fitted method is checkpointed by pickling the whole object
+(``torch.save``), so methods keep their state in plain attributes and modules. A method may set
+``fit_report`` (a small JSON-ready dict, e.g. the kept epoch and its val mAP): run.json records it.
 
 Setting names are ``0shot``, ``1shot``, ``5shot`` (any ``Kshot``): the same strings in configs,
 records and file names.
@@ -18,11 +26,12 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from mlfsic.harness.data import BaseData, Episode
 from mlfsic.harness.errors import MlfsicError
 
 _SETTING_PATTERN = re.compile(r"^(\d+)shot$")
@@ -36,17 +45,63 @@ def parse_setting(setting: str) -> int:
     return int(match.group(1))
 
 
+@dataclass(frozen=True)
+class SplitData:
+    """What ``Method.fit`` receives of one label split (``split`` = "base" or "val").
+
+    Shapes: n images, N labels of the split, D global feature size, L local positions, C local channels,
+    E word-embedding size. An image is in a split only if all its labels are split labels.
+    """
+
+    split: str
+    features: np.ndarray  # (n, D) float32, global features
+    local_features: np.ndarray | None  # (n, L, C) float32, or None if the method did not ask
+    targets: np.ndarray  # (n, N) float32 multi-hot
+    label_names: tuple[str, ...]
+    label_embeddings: np.ndarray  # (N, E) float32
+    seed: int
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One evaluation episode as a method sees it. There is deliberately no query-target field.
+
+    ``support_*`` arrays have zero rows in the zero-shot setting. ``seed`` is the episode's own seed
+    (from ``numpy.random.SeedSequence``) for methods that train or sample per episode.
+    """
+
+    index: int
+    seed: int
+    k_shot: int
+    label_names: tuple[str, ...]
+    label_embeddings: np.ndarray  # (N, E) float32
+    support_features: np.ndarray  # (n_s, D) float32
+    support_local_features: np.ndarray | None  # (n_s, L, C) float32
+    support_targets: np.ndarray  # (n_s, N) float32 multi-hot
+    query_features: np.ndarray  # (n_q, D) float32
+    query_local_features: np.ndarray | None  # (n_q, L, C) float32
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def n_query(self) -> int:
+        return int(self.query_features.shape[0])
+
+
 class Method(ABC):
     """Base class of every method. Subclasses set the class attributes and implement fit/predict."""
 
     name: ClassVar[str] = ""  # set by @register
     zero_shot: ClassVar[bool] = False  # supports 0shot (labels known only by name/embedding)
     few_shot: ClassVar[bool] = True  # supports Kshot for K >= 1
-    needs_local_features: ClassVar[bool] = False  # wants (n, L, C) local features in BaseData/Episode
+    needs_local_features: ClassVar[bool] = False  # wants (n, L, C) local features in SplitData/Episode
     transductive: ClassVar[bool] = False  # scores of one query may depend on the other queries
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
+        self.fit_report: dict[str, Any] = {}
 
     @classmethod
     def supports(cls, setting: str) -> bool:
@@ -59,9 +114,19 @@ class Method(ABC):
         return ",".join(parts)
 
     @abstractmethod
-    def fit(self, base: BaseData) -> None:
-        """Train on the base split. Never sees an image carrying a non-base label."""
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
+        """Train on the base split; ``val`` (or None) is for model selection and early stopping only."""
 
     @abstractmethod
     def predict(self, episode: Episode) -> np.ndarray:
         """Return scores of shape (episode.n_query, episode.n_labels); higher means more likely."""
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: ``@register("protonet")`` makes the class available under that name.
+
+    The registry itself (built-ins and the ``mlfsic.methods`` entry points) is ``mlfsic.methods.registry``.
+    """
+    from mlfsic.methods import registry
+
+    return registry.register(name)

@@ -7,18 +7,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mlfsic.harness.data import BaseData, Episode
-from mlfsic.methods.api import Method
-from mlfsic.methods.registry import register
+from mlfsic.methods.api import Episode, Method, SplitData, register
 from mlfsic.methods.torch_utils import (
-    check_base_data,
     check_episode,
-    fit_standardiser,
     linear,
     minibatches,
     mlp,
     numpy_rng,
     standardise,
+    standardised_base,
     torch_generator,
 )
 
@@ -94,11 +91,9 @@ class LaSO(Method):
         self.progress = progress
 
     # -------------------------------------------------------------------------------------- base training
-    def fit(self, base: BaseData) -> None:
-        check_base_data(base, self.name)
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
+        features = standardised_base(self, base, val)
         generator = torch_generator(self.seed, 0)
-        self.feature_mean, self.feature_std = fit_standardiser(base.features)
-        features = standardise(base.features, self.feature_mean, self.feature_std)
         targets = torch.as_tensor(base.targets, dtype=torch.float32).gt(0.5).float()
         n, dim = features.shape
 

@@ -8,17 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mlfsic.harness.data import BaseData, Episode
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.methods.api import Method
-from mlfsic.methods.registry import register
+from mlfsic.methods.api import Episode, Method, SplitData, register
 from mlfsic.methods.torch_utils import (
-    check_base_data,
     check_episode,
-    fit_standardiser,
     mlp,
     numpy_rng,
     standardise,
+    standardised_base,
     torch_generator,
 )
 
@@ -75,14 +72,12 @@ class MultiLabelProtoNet(Method):
         self.weight_decay = weight_decay
         self.progress = progress
 
-    def fit(self, base: BaseData) -> None:
-        check_base_data(base, self.name)
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
         if self.n_way < 2 or self.max_train_shot < 1 or self.n_query < 1:
             raise MlfsicError(f"{self.name}: n_way must be >= 2, max_train_shot and n_query >= 1")
         rng = numpy_rng(self.seed, 1)
         generator = torch_generator(self.seed, 0)
-        self.feature_mean, self.feature_std = fit_standardiser(base.features)
-        features = standardise(base.features, self.feature_mean, self.feature_std)
+        features = standardised_base(self, base, val)
         targets = np.asarray(base.targets) > 0.5
         members = [np.flatnonzero(targets[:, j]) for j in range(targets.shape[1])]
         eligible = np.array([j for j, m in enumerate(members) if m.size >= self.max_train_shot + self.n_query])

@@ -14,18 +14,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mlfsic.harness.data import BaseData, Episode
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.methods.api import Method
-from mlfsic.methods.registry import register
+from mlfsic.methods.api import Episode, Method, SplitData, register
 from mlfsic.methods.torch_utils import (
-    check_base_data,
+    check_split_data,
     check_episode,
-    fit_standardiser,
     linear,
     minibatches,
     numpy_rng,
     standardise,
+    standardised_base,
     torch_generator,
 )
 
@@ -44,8 +42,8 @@ class RandomScores(Method):
     zero_shot = True
     few_shot = True
 
-    def fit(self, base: BaseData) -> None:
-        check_base_data(base, self.name)
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
+        check_split_data(base, self.name)
         self.feature_dim = int(base.features.shape[1])
 
     def predict(self, episode: Episode) -> np.ndarray:
@@ -103,11 +101,9 @@ class WordVectorZeroShot(Method):
         self.scale = scale
         self.progress = progress
 
-    def fit(self, base: BaseData) -> None:
-        check_base_data(base, self.name)
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
+        features = standardised_base(self, base, val)
         generator = torch_generator(self.seed, 0)
-        self.feature_mean, self.feature_std = fit_standardiser(base.features)
-        features = standardise(base.features, self.feature_mean, self.feature_std)
         targets = torch.as_tensor(base.targets, dtype=torch.float32) > 0.5
         words = F.normalize(torch.as_tensor(base.label_embeddings, dtype=torch.float32), dim=-1)
         self.visual_to_word = linear(features.shape[1], words.shape[1], generator)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlfsic.harness.data import BaseData, Episode
+from mlfsic.methods.api import Episode, Method, SplitData
 from mlfsic.harness.errors import MlfsicError
 
 
@@ -86,29 +86,41 @@ def standardise(features: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> 
 
 
 # ------------------------------------------------------------------------------------------ checks
-def check_base_data(base: BaseData, method: str) -> None:
-    """Shapes and values of ``BaseData`` agree; raise a one-line MlfsicError naming the field otherwise."""
-    features, targets, embeddings = base.features, base.targets, base.label_embeddings
+def check_split_data(data: SplitData, method: str) -> None:
+    """Shapes and values of a ``SplitData`` agree; raise a one-line MlfsicError naming the field otherwise."""
+    features, targets, embeddings, name = data.features, data.targets, data.label_embeddings, data.split
     if features.ndim != 2 or features.shape[0] == 0:
-        raise MlfsicError(f"{method}.fit: base.features must be a non-empty (n, D) array, got shape {features.shape}")
+        raise MlfsicError(f"{method}.fit: {name}.features must be a non-empty (n, D) array, got shape {features.shape}")
     if targets.ndim != 2 or targets.shape[0] != features.shape[0]:
         raise MlfsicError(
-            f"{method}.fit: base.targets has shape {targets.shape}, expected ({features.shape[0]}, n_labels)"
+            f"{method}.fit: {name}.targets has shape {targets.shape}, expected ({features.shape[0]}, n_labels)"
         )
-    if targets.shape[1] != len(base.label_names):
+    if targets.shape[1] != len(data.label_names):
         raise MlfsicError(
-            f"{method}.fit: base.targets has {targets.shape[1]} columns but base.label_names has {len(base.label_names)}"
+            f"{method}.fit: {name}.targets has {targets.shape[1]} columns but {name}.label_names has "
+            f"{len(data.label_names)}"
         )
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(base.label_names):
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(data.label_names):
         raise MlfsicError(
-            f"{method}.fit: base.label_embeddings has shape {embeddings.shape}, "
-            f"expected ({len(base.label_names)}, E)"
+            f"{method}.fit: {name}.label_embeddings has shape {embeddings.shape}, "
+            f"expected ({len(data.label_names)}, E)"
         )
     if not np.all(np.isfinite(features)):
-        raise MlfsicError(f"{method}.fit: base.features contains NaN or infinite values")
+        raise MlfsicError(f"{method}.fit: {name}.features contains NaN or infinite values")
     empty = np.flatnonzero(targets.sum(axis=0) == 0)
     if empty.size:
-        raise MlfsicError(f"{method}.fit: base label {base.label_names[int(empty[0])]!r} has no image")
+        raise MlfsicError(f"{method}.fit: {name} label {data.label_names[int(empty[0])]!r} has no image")
+
+
+def standardised_base(method: Method, base: SplitData, val: SplitData | None = None) -> torch.Tensor:
+    """The shared start of a built-in ``fit``: check ``base`` (and ``val``), store the base split's
+    per-dimension mean and std on the method (``feature_mean``, ``feature_std``) and return the base
+    features standardised, (n, D) float32."""
+    check_split_data(base, method.name)
+    if val is not None:
+        check_split_data(val, method.name)
+    method.feature_mean, method.feature_std = fit_standardiser(base.features)
+    return standardise(base.features, method.feature_mean, method.feature_std)
 
 
 def check_episode(episode: Episode, method: str, feature_dim: int, zero_shot: bool, few_shot: bool) -> None:

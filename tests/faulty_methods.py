@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlfsic.harness.data import BaseData, Episode
-from mlfsic.methods.api import Method
-from mlfsic.methods.registry import register
+from mlfsic.methods.api import Episode, Method, SplitData, register
 
 
 @register("test-raises")
 class RaisesInPredict(Method):
-    def fit(self, base: BaseData) -> None:
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
         return None
 
     def predict(self, episode: Episode) -> np.ndarray:
@@ -20,7 +18,7 @@ class RaisesInPredict(Method):
 
 @register("test-nan")
 class ReturnsNaN(Method):
-    def fit(self, base: BaseData) -> None:
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
         return None
 
     def predict(self, episode: Episode) -> np.ndarray:
@@ -32,7 +30,7 @@ class ReturnsNaN(Method):
 
 @register("test-wrong-shape")
 class WrongShape(Method):
-    def fit(self, base: BaseData) -> None:
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
         return None
 
     def predict(self, episode: Episode) -> np.ndarray:
@@ -41,7 +39,7 @@ class WrongShape(Method):
 
 @register("test-fit-raises")
 class RaisesInFit(Method):
-    def fit(self, base: BaseData) -> None:
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
         raise ValueError("cannot fit")
 
     def predict(self, episode: Episode) -> np.ndarray:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlfsic.harness.data import BaseData, Episode
+from mlfsic.methods.api import Episode, SplitData
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _images(world: World, columns: np.ndarray, count: int, must: int | None, rng
     return features.astype(np.float32), targets
 
 
-def make_base_data(n: int = 300, seed: int = 0, world: World = DEFAULT_WORLD) -> BaseData:
+def make_base_data(n: int = 300, seed: int = 0, world: World = DEFAULT_WORLD) -> SplitData:
     """Base split: ``n`` images over the world's base labels (every label guaranteed an image)."""
     rng = np.random.default_rng([seed, 1])
     columns = np.arange(len(world.base_labels))
@@ -89,7 +89,8 @@ def make_base_data(n: int = 300, seed: int = 0, world: World = DEFAULT_WORLD) ->
     for label in np.flatnonzero(targets.sum(axis=0) == 0):  # only possible for tiny n
         targets[label % n, label] = 1.0
         features[label % n] += world.centroids[label]
-    return BaseData(
+    return SplitData(
+        split="base",
         features=features,
         local_features=None,
         targets=targets,

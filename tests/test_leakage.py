@@ -43,9 +43,27 @@ def test_clean_split_passes(dataset):
     novel = split_pool(dataset, "test", NOVEL)
     val = split_pool(dataset, "val", VAL)
     report = check_no_leakage(dataset, base, [val, novel])
-    assert report == {"ok": True, "base": {"split": "base", "images": len(base), "labels": 8},
+    assert report == {"ok": True, "base": {"split": "base", "images": len(base), "labels": 8}, "val": None,
+                      "fit_receives": ["base"], "evaluated_split_reaches_fit": False,
                       "eval": {"val": {"images": len(val), "labels": 2}, "test": {"images": len(novel), "labels": 4}}}
     assert len(base) > 50 and len(novel) > 10
+
+
+def test_val_split_given_to_fit_is_checked(dataset):
+    """``fit`` receives base + val: the report says so, and a val image carrying a novel label is caught."""
+    base = split_pool(dataset, "base", BASE)
+    novel = split_pool(dataset, "test", NOVEL)
+    val = split_pool(dataset, "val", VAL)
+    report = check_no_leakage(dataset, base, [novel], val_pool=val)
+    assert report["fit_receives"] == ["base", "val"] and report["val"] == {"images": len(val), "labels": 2}
+    with pytest.raises(MlfsicError, match="label 'novel_0' is in both the val split given to fit"):
+        check_no_leakage(dataset, base, [novel], val_pool=LabelledPool(
+            "synthetic", "val", (*VAL, "novel_0"), val.image_ids, np.zeros((len(val), 3), bool), val.annotation_sha256))
+    planted = int(leaky_ids(dataset, VAL, NOVEL)[0])
+    sloppy = LabelledPool("synthetic", "val", tuple(VAL), np.r_[val.image_ids, planted],
+                          np.zeros((len(val) + 1, 2), bool), val.annotation_sha256)
+    with pytest.raises(MlfsicError, match=rf"val \(given to fit\) image {planted} carries label "):
+        check_no_leakage(dataset, base, [novel], val_pool=sloppy)
 
 
 def test_base_training_image_with_novel_label(dataset):
@@ -75,7 +93,7 @@ def test_eval_image_in_base_pool(dataset):
     leaky = LabelledPool("synthetic", "test", tuple(NOVEL), np.r_[novel.image_ids, shared],
                          np.vstack([novel.targets, np.zeros((1, 4), bool)]), "f" * 64)
     assert base.targets[row].any()
-    with pytest.raises(MlfsicError, match=rf"test image {shared} \(labels 'base_\d'.*\) is also a base image"):
+    with pytest.raises(MlfsicError, match=rf"test image {shared} \(labels 'base_\d'.*\) is also an image given to fit"):
         check_no_leakage(dataset, base, [leaky])
 
 

@@ -39,7 +39,7 @@ def methods():
     fitted = {}
     for name, config in CONFIG.items():
         fitted[name] = create_method(name, config, seed=0)
-        fitted[name].fit(base)
+        fitted[name].fit(base, None)
     return fitted
 
 
@@ -68,7 +68,7 @@ def test_random_is_at_chance_and_seeded(methods):
     other_seed = dataclasses.replace(episode, seed=episode.seed + 1)
     assert not np.array_equal(methods["random"].predict(other_seed), scores)
     other_method = create_method("random", {}, seed=1)
-    other_method.fit(make_base_data(n=50))
+    other_method.fit(make_base_data(n=50), None)
     assert not np.array_equal(other_method.predict(episode), scores)
 
 
@@ -76,8 +76,8 @@ def test_laso_union_augmentation_changes_scores():
     base = make_base_data(n=200, seed=1)
     with_union = create_method("laso", {"steps": 50, "hidden_dim": 32}, seed=0)
     without_union = create_method("laso", {"steps": 50, "hidden_dim": 32, "union_augmentation": False}, seed=0)
-    with_union.fit(base)
-    without_union.fit(base)
+    with_union.fit(base, None)
+    without_union.fit(base, None)
     episode, _ = make_episode(5, seed=4)
     assert not np.allclose(with_union.predict(episode), without_union.predict(episode))
 
@@ -120,7 +120,7 @@ def test_time_budget_at_benchmark_size(name, fit_budget_s, predict_budget_ms):
     base = make_base_data(n=6000, world=world)
     method = create_method(name, {}, seed=0)
     start = time.perf_counter()
-    method.fit(base)
+    method.fit(base, None)
     fit_s = time.perf_counter() - start
     k_shot = 0 if name == "wordvec-zeroshot" else 5
     episodes = [make_episode(k_shot, seed=seed, world=world)[0] for seed in range(20)]

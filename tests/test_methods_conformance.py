@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from mlfsic.harness.data import Episode
+
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.methods.api import Method
+from mlfsic.methods.api import Episode, Method
 from mlfsic.methods.registry import available_methods, create_method
 from synthetic_data import make_base_data, make_episode
 
@@ -44,8 +44,19 @@ def base():
 
 def fitted(name: str, base, seed: int = 0) -> Method:
     method = create_method(name, TINY_CONFIG.get(name, {}), seed)
-    method.fit(base)
+    method.fit(base, None)
     return method
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_fit_takes_a_val_split(name, base):
+    """``fit(base, val)``: a method given the val split (its own labels and images) still fits and predicts."""
+    val = dataclasses.replace(make_base_data(n=60, seed=5), split="val", label_names=tuple(f"val_{i}" for i in range(8)))
+    method = create_method(name, TINY_CONFIG.get(name, {}), 0)
+    method.fit(base, val)
+    setting = "1shot" if method.few_shot else "0shot"
+    episode, _ = make_episode(k_of(setting), seed=3)
+    assert np.isfinite(np.asarray(method.predict(episode), dtype=np.float64)).all()
 
 
 def k_of(setting: str) -> int:
@@ -132,7 +143,7 @@ def test_builtin_bad_input_is_one_line_error(name, base):
             method.predict(dataclasses.replace(episode, support_targets=no_support))
     broken = dataclasses.replace(base, targets=base.targets[:-1])
     with pytest.raises(MlfsicError, match="base.targets"):
-        create_method(name, TINY_CONFIG.get(name, {}), 0).fit(broken)
+        create_method(name, TINY_CONFIG.get(name, {}), 0).fit(broken, None)
 
 
 @pytest.mark.parametrize("name", BUILTIN)

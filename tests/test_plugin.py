@@ -31,7 +31,7 @@ def test_builtins_keep_builtin_origin():
 
 def test_example_plugin_runs_through_the_registry():
     method = create_method("example-cosine", {}, seed=0)
-    method.fit(make_base_data(n=50))
+    method.fit(make_base_data(n=50), None)
     episode, _ = make_episode(1, seed=0)
     scores = method.predict(episode)
     assert scores.shape == (episode.n_query, episode.n_labels) and np.all(np.isfinite(scores))

@@ -12,7 +12,8 @@ from sklearn.metrics import average_precision_score
 
 from mlfsic.harness.config import compose_config, method_config
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.evaluate import RECORD_COLUMNS, evaluate_cell, method_spec
+from mlfsic.harness.evaluate import evaluate_cell, method_spec
+from mlfsic.harness.store import RECORD_COLUMNS
 from mlfsic.harness.prepare import prepare_benchmark
 from mlfsic.harness.runner import run_sweep
 

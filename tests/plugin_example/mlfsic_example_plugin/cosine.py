@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlfsic.harness.data import BaseData, Episode
-from mlfsic.methods.api import Method
+from mlfsic.methods.api import Episode, Method, SplitData
 
 
 class CosinePrototypes(Method):
     zero_shot = False
     few_shot = True
 
-    def fit(self, base: BaseData) -> None:
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
         return None
 
     def predict(self, episode: Episode) -> np.ndarray:
