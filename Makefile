@@ -6,11 +6,21 @@ ARGS ?=
 
 .PHONY: run test bench venv clean
 
-$(VENV)/.installed: pyproject.toml tests/plugin_example/pyproject.toml
+# The example plug-in of the tests lives outside the venv, on the tests' PYTHONPATH only, so the default
+# sweep (`make run`, method=all) ranks registered methods only.
+TEST_PLUGINS := $(abspath $(VENV))/test-plugins
+TEST_ENV := PYTHONPATH=$(TEST_PLUGINS)
+
+$(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch/torchvision install from this machine's disk; pinned here so pip never picks another build
 	$(PIP) torch==2.14.1 torchvision==0.29.1
-	$(PIP) -e '.[test]' -e tests/plugin_example
+	$(PIP) -e '.[test]'
+	touch $@
+
+$(TEST_PLUGINS)/.installed: $(VENV)/.installed $(wildcard tests/plugin_example/pyproject.toml tests/plugin_example/*/*.py)
+	rm -rf $(TEST_PLUGINS)
+	$(PIP) --no-deps --no-build-isolation --target $(TEST_PLUGINS) ./tests/plugin_example
 	touch $@
 
 venv: $(VENV)/.installed
@@ -18,11 +28,11 @@ venv: $(VENV)/.installed
 run: venv
 	$(VENV)/bin/mlfsic run $(ARGS)
 
-test: venv
-	$(PY) -m pytest $(ARGS)
+test: venv $(TEST_PLUGINS)/.installed
+	$(TEST_ENV) $(PY) -m pytest $(ARGS)
 
-bench: venv
-	$(PY) -m pytest -m slow -s $(ARGS)
+bench: venv $(TEST_PLUGINS)/.installed
+	$(TEST_ENV) $(PY) -m pytest -m slow -s $(ARGS)
 
 clean:
 	rm -rf $(VENV) results/runs results/cache results/episodes results/data

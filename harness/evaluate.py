@@ -52,7 +52,11 @@ class MethodSpec:
 
 
 def method_spec(name: str, config: dict[str, Any]) -> MethodSpec:
+    """The method with every hyperparameter spelled out: constructor defaults updated by ``config``."""
     cls = get_method_class(name)
+    defaults = {key: parameter.default for key, parameter in inspect.signature(cls.__init__).parameters.items()
+                if key not in ("self", "seed") and parameter.default is not inspect.Parameter.empty}
+    config = {**defaults, **config}
     source = inspect.getsourcefile(cls)
     code = sha256_file(source) if source else cls.__qualname__
     version = metadata.version("mlfsic")

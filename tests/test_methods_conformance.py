@@ -148,7 +148,8 @@ def test_builtin_bad_input_is_one_line_error(name, base):
 
 @pytest.mark.parametrize("name", BUILTIN)
 def test_builtin_config_file_holds_constructor_arguments(name):
-    """``configs/methods/<name>.yaml`` exists and every key is a typed constructor keyword argument."""
+    """``configs/methods/<name>.yaml`` exists and every key is a typed constructor keyword argument whose
+    value differs from its default: the constructor signature is the one home of a method's defaults."""
     path = importlib.resources.files("mlfsic.configs") / "methods" / f"{name}.yaml"
     values = yaml.safe_load(path.read_text()) or {}
     parameters = inspect.signature(available_methods()[name].cls.__init__).parameters
@@ -156,4 +157,5 @@ def test_builtin_config_file_holds_constructor_arguments(name):
         assert key in parameters and key != "seed", f"{path}: {key!r} is not a constructor argument"
         default = parameters[key].default
         assert isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)), key
+        assert value != default, f"{path}: {key!r} repeats the constructor default {default!r}; drop it"
     create_method(name, values, seed=0)

@@ -1,6 +1,7 @@
 """Third-party methods register through the ``mlfsic.methods`` entry-point group (DESIGN 2, 4.3).
 
-The example package ``tests/plugin_example`` (installed by ``make test``) declares ``example-cosine``.
+The example package ``tests/plugin_example`` declares ``example-cosine``; ``make test`` installs it into
+``.venv/test-plugins``, which only the tests have on their PYTHONPATH (so ``make run`` never ranks it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from synthetic_data import make_base_data, make_episode
 
 def test_example_plugin_is_registered_with_entry_point_origin():
     declared = {entry_point.name for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    assert "example-cosine" in declared, "run `make test` (installs tests/plugin_example) first"
+    assert "example-cosine" in declared, "run through `make test` (puts tests/plugin_example on PYTHONPATH)"
     info = available_methods()["example-cosine"]
     assert info.origin.startswith("entry point")
     assert "mlfsic-example-plugin" in info.origin
