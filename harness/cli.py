@@ -64,7 +64,7 @@ def _key_values(options: list[str]) -> dict[str, str]:
 
 def _run(overrides: list[str]) -> int:
     from mlfsic.harness.config import compose_config
-    from mlfsic.harness.leaderboard import build_leaderboard
+    from mlfsic.harness.report import build_leaderboard
     from mlfsic.harness.runner import run_sweep
 
     cfg = compose_config(overrides)
@@ -82,7 +82,7 @@ def _run(overrides: list[str]) -> int:
 
 
 def _leaderboard(args: list[str]) -> int:
-    from mlfsic.harness.leaderboard import build_leaderboard
+    from mlfsic.harness.report import build_leaderboard
 
     run_dirs = [Path(a) for a in args if "=" not in a]
     options = _key_values([a for a in args if "=" in a])

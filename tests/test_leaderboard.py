@@ -19,9 +19,9 @@ import pytest
 from scipy import stats
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.leaderboard import build_leaderboard
-from mlfsic.harness.leaderboard_reference import load_reported
-from mlfsic.harness.leaderboard_stats import group_tag, summarise
+from mlfsic.harness.report import build_leaderboard
+from mlfsic.harness.report.reference import load_reported
+from mlfsic.harness.report.stats import group_tag, summarise
 
 N_BOOT = 2000
 

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from mlfsic.harness.leaderboard_stats import LeaderboardData, setting_order
+from mlfsic.harness.report.stats import LeaderboardData, setting_order
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 

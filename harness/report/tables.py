@@ -1,9 +1,4 @@
-"""Build ``leaderboard.{csv,md,html}`` from one or more run dirs (DESIGN 4.1 ``mlfsic leaderboard``, 10).
-
-The statistics live in ``leaderboard_stats`` (loading, merging, grouping by episode sets, CIs, paired
-bootstrap, ranks), the paper numbers in ``leaderboard_reference``, the HTML page in ``page``. This module
-writes the three files atomically. Every output is a pure function of the inputs (sorted tables, fixed
-bootstrap seed, no build timestamp), so rebuilding gives byte-identical files.
+"""The leaderboard's csv and markdown tables (DESIGN 4.1 ``mlfsic leaderboard``, 10).
 
 csv: one row per (dataset, setting, episode-set group, method); mAP, CI half-widths and differences as
 fractions; ``kind`` is ``ours`` or ``reported``; ``avg_rank`` repeats the method's average rank.
@@ -13,15 +8,11 @@ md: one table per cell with mAP in percent, then the average ranks and the runs'
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mlfsic.harness.io import write_text_atomic
-from mlfsic.harness.leaderboard_reference import load_reported
-from mlfsic.harness.leaderboard_stats import LeaderboardData, summarise
-from mlfsic.harness.page import render_page
+from mlfsic.harness.report.stats import LeaderboardData
 
 CSV_FLOATS = ("map", "map_ci95", "f1_3", "f1_5", "diff_vs_best", "diff_ci_low", "diff_ci_high", "p_value", "avg_rank")
 
@@ -120,21 +111,3 @@ def leaderboard_markdown(data: LeaderboardData) -> str:
             lines.append(f"  - FAILED {failure.get('method')} {failure.get('dataset')} {failure.get('setting')} "
                          f"seed{failure.get('seed')}: {failure.get('error')}")
     return "\n".join(lines) + "\n"
-
-
-def build_leaderboard(
-    run_dirs: list[Path], out_dir: Path, reference_dir: Path | None = None, n_boot: int = 10000, seed: int = 0,
-    progress: bool = False,
-) -> dict[str, Path]:
-    """Write leaderboard.csv, leaderboard.md and leaderboard.html into ``out_dir``; return their paths.
-
-    ``reference_dir`` holds the reported-number YAML files (default: the packaged configs/reference).
-    """
-    data = summarise([Path(d) for d in run_dirs], load_reported(reference_dir), n_boot=n_boot, seed=seed,
-                     progress=progress)
-    out_dir = Path(out_dir)
-    paths = {"csv": out_dir / "leaderboard.csv", "md": out_dir / "leaderboard.md", "html": out_dir / "leaderboard.html"}
-    write_text_atomic(paths["csv"], leaderboard_csv(data))
-    write_text_atomic(paths["md"], leaderboard_markdown(data))
-    write_text_atomic(paths["html"], render_page(data))
-    return paths

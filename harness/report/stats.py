@@ -19,8 +19,8 @@ separately ranked groups. Within a group, the paired statistics use the (episode
 pairs that every method of the group has (normally all of them; ``n_paired`` says how many).
 
 Per (cell, method): mean mAP over all episodes and seeds with the 95% t-interval over episodes, mean
-F1@3 / F1@5, episode and seed counts, the paired bootstrap of method - best (``metrics.paired_bootstrap``)
-and the rank with ties (``metrics.ranks_with_ties``). Marks: ``=`` tied with the best (the difference's
+F1@3 / F1@5, episode and seed counts, the paired bootstrap of method - best (``intervals.paired_bootstrap``)
+and the rank with ties (``intervals.ranks_with_ties``). Marks: ``=`` tied with the best (the difference's
 95% CI contains 0), ``*`` significantly worse, empty for the best itself. Average rank per method is the
 mean of its ranks over the cells it appears in (methods that cannot run a setting, e.g. zero-shot, are
 averaged over fewer cells; ``n_cells`` says how many).
@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_text
-from mlfsic.harness.metrics import mean_ci, ranks_with_ties
+from mlfsic.harness.report.intervals import mean_ci, ranks_with_ties
 
 RECORD_NEEDED = ("run_id", "method", "method_config_hash", "dataset", "setting", "seed", "episode_set_id",
                  "episode", "map", "f1_3", "f1_5", "status")
