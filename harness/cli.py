@@ -63,12 +63,12 @@ def _key_values(options: list[str]) -> dict[str, str]:
 
 
 def _run(overrides: list[str]) -> int:
-    from mlfsic.harness.config import compose_config
     from mlfsic.harness.report import build_leaderboard
     from mlfsic.harness.runner import run_sweep
+    from mlfsic.harness.sweep import load_sweep
 
-    cfg = compose_config(overrides)
-    outcome = run_sweep(cfg)
+    sweep = load_sweep(overrides)  # every key validated here, before Ray starts or anything is written
+    outcome = run_sweep(sweep)
     paths = build_leaderboard([outcome.run_path], outcome.run_path)
     print(Path(paths["md"]).read_text())
     counts = outcome.counts
@@ -100,23 +100,16 @@ def _leaderboard(args: list[str]) -> int:
 
 
 def _episodes(overrides: list[str]) -> int:
-    from mlfsic.harness.config import as_list, compose_config, settings_of, split_name
     from mlfsic.harness.data import split_pool
-    from mlfsic.harness.episodes import build_episode_set, save_episode_set
+    from mlfsic.harness.episodes import materialise_episode_sets
     from mlfsic.harness.prepare import load_dataset_and_split
-    from mlfsic.methods.api import parse_setting
+    from mlfsic.harness.sweep import load_sweep
 
-    cfg = compose_config(overrides)
-    dataset, split = load_dataset_and_split(cfg.dataset)
-    eval_split = split_name(str(cfg.eval_split))
-    pool = split_pool(dataset, eval_split, split[eval_split])
-    seeds = [cfg.seed] if cfg.get("seed") is not None else as_list(cfg.seeds)
-    for setting in settings_of(cfg):
-        for seed in seeds:
-            episode_set = build_episode_set(pool, str(cfg.protocol), parse_setting(setting), int(cfg.n_query),
-                                            int(cfg.n_episodes), int(seed), n_way=cfg.get("n_way"))
-            path = save_episode_set(episode_set, Path(str(cfg.results_dir)))
-            print(f"{episode_set['episode_set_id']}  {setting}  seed{seed}  {path}")
+    sweep = load_sweep(overrides)
+    dataset, split = load_dataset_and_split(sweep.dataset_config())
+    pool = split_pool(dataset, sweep.eval_split, split[sweep.eval_split])
+    for ref in materialise_episode_sets(pool, sweep):
+        print(f"{ref.episode_set_id}  {ref.setting}  seed{ref.seed}  {ref.path}")
     return 0
 
 

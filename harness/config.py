@@ -11,11 +11,12 @@ The config tree ships inside the package (``mlfsic.configs``), so ``mlfsic`` wor
 Method hyperparameters are deliberately *not* a Hydra group: ``method=[lcm,protonet]`` is a plain list
 override, and a group named ``method`` would capture it. Override a hyperparameter with
 ``+method_args.<name>.<key>=<value>``.
+
+The composed config is read once, by ``harness.sweep.resolve_sweep``, into a typed ``Sweep``.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.resources
 import json
 from collections.abc import Mapping
@@ -29,7 +30,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.methods.api import parse_setting
 
 
 def config_dir() -> Path:
@@ -54,51 +54,15 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return container
 
 
-def as_list(value: Any) -> list[Any]:
-    """A scalar override (``setting=1shot``) and a list override (``setting=[1shot,5shot]``) alike."""
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
-        return list(value)
-    return [value]
-
-
-def settings_of(cfg: DictConfig) -> list[str]:
-    settings = [str(s) for s in as_list(cfg.setting)]
-    for setting in settings:
-        parse_setting(setting)
-    return settings
-
-
-def method_names(cfg: DictConfig) -> list[str]:
-    """``method: all`` -> every registered method; otherwise the names given, checked against the registry."""
-    from mlfsic.methods.registry import available_methods, get_method_class
-
-    for module in as_list(cfg.get("method_modules")):
-        try:
-            importlib.import_module(str(module))
-        except ImportError as error:
-            raise MlfsicError(f"method_modules: cannot import {module!r}: {error}") from None
-    names = [str(n) for n in as_list(cfg.method)]
-    if names == ["all"]:
-        return list(available_methods())
-    for name in names:
-        get_method_class(name)
-    return names
-
-
-def method_config(name: str, cfg: DictConfig | None = None) -> dict[str, Any]:
-    """Hyperparameters of method ``name``: ``configs/methods/<name>.yaml`` updated by ``method_args.<name>``."""
+def method_yaml(name: str) -> dict[str, Any]:
+    """Hyperparameters a run uses for registered method ``name``: ``configs/methods/<name>.yaml`` ({} if none)."""
     path = config_dir() / "methods" / f"{name}.yaml"
-    values: dict[str, Any] = {}
-    if path.is_file():
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise MlfsicError(f"{path}: expected a mapping of hyperparameters")
-        values.update(loaded)
-    if cfg is not None and cfg.get("method_args") and name in cfg.method_args:
-        values.update(OmegaConf.to_container(cfg.method_args[name], resolve=True))  # type: ignore[arg-type]
-    return values
+    if not path.is_file():
+        return {}
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise MlfsicError(f"{path}: expected a mapping of hyperparameters")
+    return loaded
 
 
 def load_label_split(split_file: str, dataset_labels: tuple[str, ...], restrict: bool) -> dict[str, list[str]]:
@@ -124,12 +88,6 @@ def load_label_split(split_file: str, dataset_labels: tuple[str, ...], restrict:
             raise MlfsicError(f"{path}: {part} label {unknown[0]!r} is not a category of the dataset")
         split[part] = [label for label in labels if label in known]
     return split
-
-
-def split_name(eval_split: str) -> str:
-    if eval_split not in ("base", "val", "test"):
-        raise MlfsicError(f"eval_split {eval_split!r} must be one of base, val, test")
-    return eval_split
 
 
 def plain(mapping: Mapping[str, Any] | DictConfig) -> dict[str, Any]:

@@ -49,7 +49,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -57,6 +57,9 @@ from tqdm import tqdm
 from mlfsic.harness.data import LabelledPool, find_rows
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from mlfsic.harness.sweep import Sweep
 
 PROTOCOLS = ("episodic-v1", "fixed-support")
 SAMPLER_VERSION = "1"
@@ -287,6 +290,39 @@ def save_episode_set(episode_set: dict[str, Any], results_dir: Path) -> Path:
             pass  # a damaged file under the right name: rewrite it with the content we hold
     write_json_atomic(path, episode_set, indent=None)
     return path
+
+
+@dataclass(frozen=True)
+class EpisodeSetRef:
+    """A materialised episode set of a sweep: which (dataset, setting, seed) it serves and where it is."""
+
+    dataset: str
+    setting: str
+    seed: int
+    episode_set_id: str
+    path: Path
+    n_episodes: int
+
+    @property
+    def key(self) -> str:
+        """``<dataset>/<setting>/seed<k>``: its key in run.json's ``episode_sets``."""
+        return f"{self.dataset}/{self.setting}/seed{self.seed}"
+
+
+def materialise_episode_sets(pool: LabelledPool, sweep: Sweep, progress: bool = False) -> list[EpisodeSetRef]:
+    """Build (or reuse) the episode set of every (setting, seed) of ``sweep``; all its methods share them."""
+    from mlfsic.methods.api import parse_setting
+
+    refs = []
+    for setting in sweep.settings:
+        for seed in sweep.seeds:
+            episode_set = build_episode_set(pool, sweep.protocol, parse_setting(setting), sweep.n_query,
+                                            sweep.n_episodes, seed, n_way=sweep.n_way, progress=progress)
+            path = save_episode_set(episode_set, sweep.results_dir)
+            refs.append(EpisodeSetRef(dataset=pool.dataset, setting=setting, seed=seed,
+                                      episode_set_id=str(episode_set["episode_set_id"]), path=path,
+                                      n_episodes=len(episode_set["episodes"])))
+    return refs
 
 
 def load_episode_set(path: Path) -> dict[str, Any]:

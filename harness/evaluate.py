@@ -43,25 +43,38 @@ class MethodFailure(Exception):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method with its resolved hyperparameters; ``config_hash`` covers name, config and code."""
+    """A method with its resolved hyperparameters; ``config_hash`` covers the method, config and code.
+
+    ``name`` is what records carry: a registered method, or a variant of the registered method ``base``
+    (``harness.sweep``). The hash covers the instantiated method, not the variant's name, so a variant
+    equal to its base shares its checkpoint.
+    """
 
     name: str
     module: str  # imported by workers before the method is created (registers one-file methods)
     config: dict[str, Any]
     config_hash: str
+    base: str = ""  # the registered method a variant instantiates; "" = ``name`` itself
+
+    @property
+    def method(self) -> str:
+        """The registered method that is instantiated."""
+        return self.base or self.name
 
 
-def method_spec(name: str, config: dict[str, Any]) -> MethodSpec:
+def method_spec(name: str, config: dict[str, Any], base: str | None = None) -> MethodSpec:
     """The method with every hyperparameter spelled out: constructor defaults updated by ``config``."""
-    cls = get_method_class(name)
+    method = base or name
+    cls = get_method_class(method)
     defaults = {key: parameter.default for key, parameter in inspect.signature(cls.__init__).parameters.items()
                 if key not in ("self", "seed") and parameter.default is not inspect.Parameter.empty}
     config = {**defaults, **config}
     source = inspect.getsourcefile(cls)
     code = sha256_file(source) if source else cls.__qualname__
     version = metadata.version("mlfsic")
-    config_hash = sha256_json({"name": name, "config": config, "code": code, "v": version})
-    return MethodSpec(name=name, module=cls.__module__, config=dict(config), config_hash=config_hash)
+    config_hash = sha256_json({"name": method, "config": config, "code": code, "v": version})
+    return MethodSpec(name=name, module=cls.__module__, config=dict(config), config_hash=config_hash,
+                      base="" if method == name else method)
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,7 @@ def checkpoint_path(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_roo
         "embeddings": [benchmark.embedding_encoder, benchmark.embedding_path],
         "seed": seed,
     })
-    return cache_root / "checkpoints" / f"{spec.name}-{key[:20]}.pt"
+    return cache_root / "checkpoints" / f"{spec.method}-{key[:20]}.pt"
 
 
 def split_data(benchmark: Benchmark, split: str, seed: int, with_local: bool) -> SplitData:
@@ -115,7 +128,7 @@ def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Pa
         info = json.loads(path.with_suffix(".json").read_text())
         return FitResult(str(path), float(info["fit_s"]), cached=True, report=info.get("fit_report", {}))
     importlib.import_module(spec.module)
-    method = create_method(spec.name, spec.config, seed)
+    method = create_method(spec.method, spec.config, seed)
     base = split_data(benchmark, "base", seed, method.needs_local_features)
     val = split_data(benchmark, "val", seed, method.needs_local_features) if "val" in fit_splits(eval_split) else None
     start = time.perf_counter()
@@ -125,10 +138,10 @@ def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Pa
         raise MethodFailure(f"{spec.name}.fit raised {type(error).__name__}: {error}") from error
     fit_s = time.perf_counter() - start
     report = dict(getattr(method, "fit_report", {}) or {})
-    write_json_atomic(path.with_suffix(".json"), {"fit_s": fit_s, "name": spec.name, "seed": seed, "fit_report": report,
+    write_json_atomic(path.with_suffix(".json"), {"fit_s": fit_s, "name": spec.method, "seed": seed, "fit_report": report,
                                                   "config": spec.config, "config_hash": spec.config_hash})
     with atomic_path(path) as tmp:  # written last: its presence means the fit is complete
-        torch.save({"method": method, "fit_s": fit_s, "name": spec.name, "seed": seed}, tmp)
+        torch.save({"method": method, "fit_s": fit_s, "name": spec.method, "seed": seed}, tmp)
     return FitResult(str(path), fit_s, cached=False, report=report)
 
 
@@ -250,7 +263,7 @@ def evaluate_cell(
     save_scores: bool = False,
 ) -> ChunkResult:
     """Fit (or reuse the checkpoint) and evaluate every episode of a set, in this process."""
-    if not get_method_class(spec.name).supports(setting):
+    if not get_method_class(spec.method).supports(setting):
         raise MlfsicError(f"method {spec.name!r} does not support setting {setting!r}")
     episode_set = cached_episode_set(str(episode_set_path))
     fit = fit_method(benchmark, spec, seed, cache_root, eval_split=str(episode_set["params"]["split"]))

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import ray
-from omegaconf import DictConfig
 from tqdm import tqdm
 
 from mlfsic.harness.benchmark import Benchmark
-from mlfsic.harness.config import as_list, method_config, method_names, plain, settings_of, split_name, to_container
+from mlfsic.harness.config import plain
 from mlfsic.harness.data import split_pool
+from mlfsic.harness.episodes import EpisodeSetRef, materialise_episode_sets
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.evaluate import (
     FitResult,
@@ -42,38 +42,35 @@ from mlfsic.harness.evaluate import (
     fit_splits,
     method_spec,
 )
-from mlfsic.harness.io import sha256_json
 from mlfsic.harness.prepare import backbone_weights, load_dataset_and_split, make_benchmark
 from mlfsic.harness.provenance import git_state, hardware, package_versions
-from mlfsic.harness.store import ChunkResult, assemble, cell_key, cell_of, chunk_done, chunk_name, write_chunk, write_run_json
-from mlfsic.methods.api import parse_setting
+from mlfsic.harness.store import ChunkResult, assemble, cell_key, chunk_done, chunk_name, write_chunk, write_run_json
+from mlfsic.harness.sweep import RayOptions, Sweep, TaskResources
 from mlfsic.methods.registry import get_method_class
 
 FEATURE_SHARD_IMAGES = 2048
-RUN_ID_IGNORED_KEYS = ("ray", "resources", "results_dir", "run_id", "max_retries")
 
 
 # ----------------------------------------------------------------------------------------- Ray set-up
-def init_ray(cfg: DictConfig) -> None:
+def init_ray(options: RayOptions) -> None:
     """Local Ray with explicit CPUs and a capped object store, or connect to ``ray.address``."""
     if ray.is_initialized():
         return
-    address = cfg.ray.get("address")
-    if address:
-        ray.init(address=str(address), log_to_driver=False)
+    if options.address:
+        ray.init(address=options.address, log_to_driver=False)
         return
     ray.init(
-        num_cpus=int(cfg.ray.num_cpus) if cfg.ray.get("num_cpus") else os.cpu_count(),
-        object_store_memory=int(cfg.ray.object_store_memory),
+        num_cpus=options.num_cpus or os.cpu_count(),
+        object_store_memory=options.object_store_memory,
         include_dashboard=False,
         log_to_driver=False,
     )
 
 
-def check_resources(resources: dict[str, Any]) -> None:
+def check_resources(resources: TaskResources) -> None:
     """Reject a per-task request no node of the cluster can satisfy, before anything is submitted."""
-    need_cpus = float(resources.get("num_cpus") or 0)
-    need_gpus = float(resources.get("num_gpus") or 0)
+    need_cpus = resources.num_cpus
+    need_gpus = resources.num_gpus
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     total = ray.cluster_resources()
     if need_gpus > 0 and not any(node.get("GPU", 0) >= need_gpus for node in nodes):
@@ -150,64 +147,61 @@ class SweepOutcome:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def derive_run_id(cfg: DictConfig) -> str:
-    if cfg.get("run_id"):
-        return str(cfg.run_id)
-    content = {k: v for k, v in to_container(cfg).items() if k not in RUN_ID_IGNORED_KEYS}
-    return f"{cfg.dataset.name}-{sha256_json(content)[:12]}"
+@dataclass(frozen=True)
+class _Task:
+    """What a submitted task computes: a fit of (method, seed) or one chunk of a (method, setting, seed) cell."""
+
+    kind: str  # "fit" or "evaluate"
+    method: str  # the sweep's name (a registered method or a variant)
+    seed: int
+    settings: tuple[str, ...]  # fit: the settings its failure fails; evaluate: the chunk's setting
+    part: str | None = None  # evaluate: the part name
 
 
 @dataclass
 class _Plan:
     """What the driver submitted: pending task refs and the part names the run dir should end up with."""
 
-    pending: dict[Any, tuple[str, str, int, str | None]]  # ref -> (kind, method, seed, part name)
+    pending: dict[Any, _Task]
     planned_parts: list[str]
     counts: dict[str, int]
 
 
-def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
-    """Run (or resume) the sweep described by ``cfg``; returns the run dir and any failed cells."""
-    results_dir = Path(str(cfg.results_dir)).resolve()
-    cache_root = results_dir / "cache"
-    settings = settings_of(cfg)
-    seeds = [int(s) for s in ([cfg.seed] if cfg.get("seed") is not None else as_list(cfg.seeds))]
-    names = method_names(cfg)
-    resources = plain(cfg.resources)
-    options = {"num_cpus": float(resources.get("num_cpus") or 1), "num_gpus": float(resources.get("num_gpus") or 0),
-               "max_retries": int(cfg.max_retries)}
-    run_id = derive_run_id(cfg)
-    run_path = results_dir / "runs" / run_id
+def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
+    """Run (or resume) ``sweep`` (see ``harness.sweep.resolve_sweep``); returns the run dir and any failed cells."""
+    cache_root = sweep.cache_root
+    options = {"num_cpus": sweep.resources.num_cpus, "num_gpus": sweep.resources.num_gpus,
+               "max_retries": sweep.max_retries}
+    run_id, run_path = sweep.run_id, sweep.run_path
     started = time.time()
 
-    init_ray(cfg)
-    check_resources(resources)
+    init_ray(sweep.ray)
+    check_resources(sweep.resources)
 
     # Driver: dataset, split, leakage check. Then the backbone (a task: it may want the GPU) and features.
-    dataset, split = load_dataset_and_split(cfg.dataset, progress=progress)
+    dataset, split = load_dataset_and_split(sweep.dataset_config(), progress=progress)
     from mlfsic.harness.features import forward_passes
     from mlfsic.harness.leakage import check_no_leakage
 
-    eval_split = split_name(str(cfg.eval_split))
+    eval_split = sweep.eval_split
     pools = {name: split_pool(dataset, name, split[name]) for name in ("base", "val", "test")}
     leakage = check_no_leakage(dataset, pools["base"], [pools[eval_split]] if eval_split != "base" else [],
                                val_pool=pools["val"] if "val" in fit_splits(eval_split) else None)
-    dataset_cfg = {**to_container(cfg.dataset), "root": str(Path(str(cfg.dataset.root)).resolve())}
     if progress:
-        print(f"backbone: {cfg.dataset.backbone.kind} for {dataset.name} (trained once on the base split, then cached)",
-              file=sys.stderr, flush=True)
+        print(f"backbone: {sweep.dataset['backbone']['kind']} for {dataset.name} (trained once on the base split, "
+              "then cached)", file=sys.stderr, flush=True)
     weights, backbone_report = _get_or_raise(
-        ray.remote(_backbone_task).options(**options).remote(dataset_cfg, str(cache_root))
+        ray.remote(_backbone_task).options(**options).remote(sweep.dataset, str(cache_root))
     )
-    benchmark = make_benchmark(cfg, dataset, split, weights, cache_root)
+    benchmark = make_benchmark(sweep.as_dictconfig(), dataset, split, weights, cache_root)
     all_ids = np.unique(np.concatenate([pool.image_ids for pool in pools.values()]))
     _extract_features(benchmark, all_ids, options, progress)
     for pool in pools.values():  # embeddings into the shared cache before tasks read them
         benchmark.label_embeddings(pool.label_names)
-    episode_paths = _episode_sets(cfg, pools[eval_split], settings, seeds, results_dir)
+    episode_sets = materialise_episode_sets(pools[eval_split], sweep)
 
-    specs = {name: method_spec(name, method_config(name, cfg)) for name in names}
-    plan = _plan_and_submit(cfg, benchmark, specs, settings, seeds, episode_paths, run_id, run_path, cache_root, options)
+    specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}
+    plan = _plan_and_submit(sweep, benchmark, specs, episode_sets, options)
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     previous = _previous_run_info(run_path)
@@ -216,10 +210,11 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     run_info: dict[str, Any] = {
         "run_id": run_id, "created": previous.get("created", now),
         "invocations": [*previous.get("invocations", []), invocation],
-        "config": to_container(cfg), "methods": {n: {"config": s.config, "config_hash": s.config_hash} for n, s in specs.items()},
+        "config": sweep.config,
+        "methods": {n: {"method": s.method, "config": s.config, "config_hash": s.config_hash} for n, s in specs.items()},
         "git": git_state(), "versions": package_versions(), "hardware": hardware(),
-        "ray": {"address": cfg.ray.get("address"), "cluster_resources": ray.cluster_resources()},
-        "episode_sets": {f"{dataset.name}/{setting}/seed{seed}": path.stem for (setting, seed), path in episode_paths.items()},
+        "ray": {"address": sweep.ray.address, "cluster_resources": ray.cluster_resources()},
+        "episode_sets": {ref.key: ref.episode_set_id for ref in episode_sets},
         "backbone": {"id": benchmark.backbone_id, "weights": weights, **backbone_report},
         "leakage_check": leakage, "failures": [], "status": "running",
     }
@@ -230,7 +225,7 @@ def run_sweep(cfg: DictConfig, progress: bool = True) -> SweepOutcome:
     fit_seconds: dict[str, float] = {}
     fit_reports: dict[str, dict[str, Any]] = {}
     try:
-        _collect(plan, run_path, dataset.name, settings, failures, fit_seconds, fit_reports, run_id, progress)
+        _collect(plan, run_path, dataset.name, failures, fit_seconds, fit_reports, run_id, progress)
     except KeyboardInterrupt:
         for ref in plan.pending:
             ray.cancel(ref, force=True)
@@ -266,62 +261,48 @@ def _extract_features(benchmark: Benchmark, image_ids: np.ndarray, options: dict
         pass
 
 
-def _episode_sets(
-    cfg: DictConfig, pool: Any, settings: list[str], seeds: list[int], results_dir: Path
-) -> dict[tuple[str, int], Path]:
-    """Materialise (or reuse) the episode set of every (setting, seed); all methods share them."""
-    from mlfsic.harness.episodes import build_episode_set, save_episode_set
-
-    paths = {}
-    for setting in settings:
-        for seed in seeds:
-            episode_set = build_episode_set(pool, str(cfg.protocol), parse_setting(setting), int(cfg.n_query),
-                                            int(cfg.n_episodes), seed, n_way=cfg.get("n_way"))
-            paths[(setting, seed)] = save_episode_set(episode_set, results_dir)
-    return paths
-
-
 def _plan_and_submit(
-    cfg: DictConfig, benchmark: Benchmark, specs: dict[str, MethodSpec], settings: list[str], seeds: list[int],
-    episode_paths: dict[tuple[str, int], Path], run_id: str, run_path: Path, cache_root: Path,
+    sweep: Sweep, benchmark: Benchmark, specs: dict[str, MethodSpec], episode_sets: list[EpisodeSetRef],
     options: dict[str, Any],
 ) -> _Plan:
     """Submit a fit per (method, seed) with unfinished chunks, and an evaluate task per unfinished chunk."""
-    chunk_size = int(cfg.chunk_episodes)
+    chunk_size = sweep.chunk_episodes
+    sets = {(ref.setting, ref.seed): ref for ref in episode_sets}
     plan = _Plan(pending={}, planned_parts=[], counts={"fit_tasks": 0, "fits_trained": 0, "fits_cached": 0,
                                                        "chunks_total": 0, "chunks_skipped": 0, "chunks_submitted": 0})
     for name, spec in specs.items():
-        cls = get_method_class(name)
-        for seed in seeds:
+        cls = get_method_class(spec.method)
+        supported = tuple(s for s in sweep.settings if cls.supports(s))
+        for seed in sweep.seeds:
             todo = []
-            for setting in [s for s in settings if cls.supports(s)]:
-                n_episodes = _n_episodes(episode_paths[(setting, seed)])
-                for chunk, start in enumerate(range(0, n_episodes, chunk_size)):
+            for setting in supported:
+                episode_set = sets[(setting, seed)]
+                for chunk, start in enumerate(range(0, episode_set.n_episodes, chunk_size)):
                     part = chunk_name(name, setting, seed, spec.config_hash, chunk)
                     plan.planned_parts.append(part)
                     plan.counts["chunks_total"] += 1
-                    if chunk_done(run_path, part):
+                    if chunk_done(sweep.run_path, part):
                         plan.counts["chunks_skipped"] += 1
                         continue
-                    todo.append((setting, part, list(range(start, min(start + chunk_size, n_episodes)))))
+                    todo.append((episode_set, part, list(range(start, min(start + chunk_size, episode_set.n_episodes)))))
             if not todo:
                 continue
-            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(cache_root),
-                                                                            str(cfg.eval_split))
-            plan.pending[fit_ref] = ("fit", name, seed, None)
+            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(sweep.cache_root),
+                                                                            sweep.eval_split)
+            plan.pending[fit_ref] = _Task("fit", name, seed, supported)
             plan.counts["fit_tasks"] += 1
-            for setting, part, indices in todo:
+            for episode_set, part, indices in todo:
                 ref = ray.remote(_evaluate_task).options(**options).remote(
-                    benchmark, spec, seed, setting, str(episode_paths[(setting, seed)]), indices, fit_ref, run_id,
-                    bool(cfg.save_scores),
+                    benchmark, spec, seed, episode_set.setting, str(episode_set.path), indices, fit_ref, sweep.run_id,
+                    sweep.save_scores,
                 )
-                plan.pending[ref] = ("evaluate", name, seed, part)
+                plan.pending[ref] = _Task("evaluate", name, seed, (episode_set.setting,), part)
                 plan.counts["chunks_submitted"] += 1
     return plan
 
 
 def _collect(
-    plan: _Plan, run_path: Path, dataset: str, settings: list[str], failures: dict[str, dict[str, Any]],
+    plan: _Plan, run_path: Path, dataset: str, failures: dict[str, dict[str, Any]],
     fit_seconds: dict[str, float], fit_reports: dict[str, dict[str, Any]], run_id: str, progress: bool,
 ) -> None:
     """Write results as they arrive (``ray.wait`` loop); a failed fit or chunk fails its cells only."""
@@ -330,30 +311,24 @@ def _collect(
         while plan.pending:
             ready, _ = ray.wait(list(plan.pending), num_returns=1, timeout=5.0)
             for ref in ready:
-                kind, name, seed, part = plan.pending.pop(ref)
+                task = plan.pending.pop(ref)
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayError as error:  # retries exhausted: worker/node lost, OOM, ...
                     result = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
                 bar.update(1)
-                if kind == "fit":
-                    if isinstance(result, str):
-                        for setting in settings:
-                            if get_method_class(name).supports(setting):
-                                failures.setdefault(cell_key(name, setting, seed),
-                                                    _failure(name, dataset, setting, seed, result))
-                    else:
-                        fit_seconds[f"{name}/seed{seed}"] = result.fit_s
-                        if result.report:
-                            fit_reports[f"{name}/seed{seed}"] = result.report
-                        plan.counts["fits_cached" if result.cached else "fits_trained"] += 1
-                    continue
-                assert part is not None
-                cell = cell_of(part)
-                if isinstance(result, str):
-                    failures.setdefault(cell, _failure(name, dataset, cell.split("__")[1], seed, result))
-                elif cell not in failures:
-                    write_chunk(run_path, part, result)
+                if isinstance(result, str):  # a fit fails all its settings' cells, a chunk its own cell
+                    for setting in task.settings:
+                        failures.setdefault(cell_key(task.method, setting, task.seed),
+                                            _failure(task.method, dataset, setting, task.seed, result))
+                elif task.kind == "fit":
+                    fit_seconds[f"{task.method}/seed{task.seed}"] = result.fit_s
+                    if result.report:
+                        fit_reports[f"{task.method}/seed{task.seed}"] = result.report
+                    plan.counts["fits_cached" if result.cached else "fits_trained"] += 1
+                elif cell_key(task.method, task.settings[0], task.seed) not in failures:
+                    assert task.part is not None
+                    write_chunk(run_path, task.part, result)
             if time.time() - last_assembly > 10.0:
                 assemble(run_path, plan.planned_parts, set(failures))
                 last_assembly = time.time()
@@ -386,12 +361,6 @@ def _as_completed(refs: list[Any]):
         ready, remaining = ray.wait(remaining, num_returns=1)
         _get_or_raise(ready[0])
         yield ready[0]
-
-
-def _n_episodes(path: Path) -> int:
-    from mlfsic.harness.evaluate import cached_episode_set
-
-    return len(cached_episode_set(str(path))["episodes"])
 
 
 def _failure(method: str, dataset: str, setting: str, seed: int, error: str) -> dict[str, Any]:

@@ -10,19 +10,19 @@ import pytest
 from conftest import tiny_overrides
 from sklearn.metrics import average_precision_score
 
-from mlfsic.harness.config import compose_config, method_config
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.evaluate import evaluate_cell, method_spec
 from mlfsic.harness.store import RECORD_COLUMNS
 from mlfsic.harness.prepare import prepare_benchmark
 from mlfsic.harness.runner import run_sweep
+from mlfsic.harness.sweep import load_sweep
 
 N_EPISODES = 30
 
 
 def _sweep(results_dir, *extra):
-    cfg = compose_config(tiny_overrides(results_dir, f"n_episodes={N_EPISODES}", "chunk_episodes=10", *extra))
-    return run_sweep(cfg, progress=False)
+    sweep = load_sweep(tiny_overrides(results_dir, f"n_episodes={N_EPISODES}", "chunk_episodes=10", *extra))
+    return run_sweep(sweep, progress=False)
 
 
 def test_sweep_writes_complete_records_and_resumes(ray_session, tiny_results_dir):
@@ -51,11 +51,11 @@ def test_sweep_writes_complete_records_and_resumes(ray_session, tiny_results_dir
             assert row.map == pytest.approx(expected_map, abs=1e-9)
 
     # The runner without Ray (prepare_benchmark + evaluate_cell) gives the same mAP per episode.
-    cfg = compose_config(tiny_overrides(tiny_results_dir, f"n_episodes={N_EPISODES}", *extra))
-    benchmark = prepare_benchmark(cfg, progress=False)
+    sweep = load_sweep(tiny_overrides(tiny_results_dir, f"n_episodes={N_EPISODES}", *extra))
+    benchmark = prepare_benchmark(sweep.as_dictconfig(), progress=False)
     ray_rows = records.query("method == 'protonet' and seed == 1").sort_values("episode")
     path = tiny_results_dir / "episodes" / f"{ray_rows['episode_set_id'].iloc[0]}.json"
-    spec = method_spec("protonet", method_config("protonet", cfg))
+    spec = method_spec("protonet", sweep.methods["protonet"].config)
     local = evaluate_cell(benchmark, spec, 1, "1shot", str(path), tiny_results_dir / "cache").records
     np.testing.assert_array_equal(local["map"].to_numpy(), ray_rows["map"].to_numpy())
 
@@ -103,6 +103,6 @@ def test_failing_methods_fail_their_cells_only(ray_session, tiny_results_dir):
 
 
 def test_gpu_request_on_cpu_cluster_is_rejected_up_front(ray_session, tiny_results_dir):
-    cfg = compose_config(tiny_overrides(tiny_results_dir, "resources.num_gpus=1", "method=[random]"))
+    sweep = load_sweep(tiny_overrides(tiny_results_dir, "resources.num_gpus=1", "method=[random]"))
     with pytest.raises(MlfsicError, match="num_gpus=1 requested, but no node of the Ray cluster has that many GPUs"):
-        run_sweep(cfg, progress=False)
+        run_sweep(sweep, progress=False)
