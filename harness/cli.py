@@ -140,10 +140,12 @@ def _data_prepare(name: str, options: list[str]) -> int:
 
 
 def _methods() -> int:
-    from mlfsic.methods.registry import available_methods
+    from mlfsic.methods.registry import available_methods, broken_methods
 
     rows = [(info.name, info.cls.settings_label(), "local" if info.cls.needs_local_features else "global", info.origin)
             for info in available_methods().values()]
+    rows += [(info.name, f"BROKEN: {info.error}", "-", f"{info.origin} ({info.target})")
+             for info in broken_methods().values()]
     header = ("method", "settings", "features", "origin")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:

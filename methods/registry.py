@@ -7,11 +7,16 @@ A plug-in package declares, in its pyproject.toml::
     my-method = "my_package.module:MyMethod"
 
 and ``MyMethod`` subclasses ``mlfsic.methods.api.Method``.
+
+Entry points load one by one: one that fails (missing module, import error, not a Method, a name taken)
+is skipped with a one-line warning on stderr and listed by ``broken_methods()`` (``mlfsic methods``
+shows it as BROKEN); selecting it is a one-line error naming it. The other methods keep working.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,7 +42,18 @@ class MethodInfo:
     origin: str  # "built-in" or "entry point <dist name> <version>"
 
 
+@dataclass(frozen=True)
+class BrokenMethod:
+    """An entry point of the ``mlfsic.methods`` group that failed to load."""
+
+    name: str
+    target: str  # the entry point's value, "module:attr"
+    origin: str  # "entry point <dist name> <version>"
+    error: str  # one line: "<ExceptionType>: <message>"
+
+
 _REGISTRY: dict[str, MethodInfo] = {}
+_BROKEN: dict[str, BrokenMethod] = {}
 _LOADED = False
 
 
@@ -58,33 +74,53 @@ def register(name: str, origin: str = "built-in") -> Callable[[type[Method]], ty
 
 
 def _load_entry_points() -> None:
+    """Load every entry point of the group on its own: a broken plug-in must not take the harness down."""
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = entry_point.dist
         origin = f"entry point {dist.name} {dist.version}" if dist is not None else "entry point"
         try:
             cls = entry_point.load()
-        except Exception as error:  # a broken plug-in must not take the harness down
-            raise MlfsicError(f"entry point {entry_point.name!r} ({entry_point.value}) failed to load: {error}")
-        if entry_point.name in _REGISTRY and _REGISTRY[entry_point.name].cls is cls:
-            _REGISTRY[entry_point.name] = MethodInfo(entry_point.name, cls, origin)
-            continue
-        register(entry_point.name, origin=origin)(cls)
+            if entry_point.name in _REGISTRY and _REGISTRY[entry_point.name].cls is cls:
+                _REGISTRY[entry_point.name] = MethodInfo(entry_point.name, cls, origin)
+            else:
+                register(entry_point.name, origin=origin)(cls)
+        except Exception as error:  # noqa: BLE001 - any failure of third-party code: skip that plug-in
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            broken = BrokenMethod(entry_point.name, entry_point.value, origin,
+                                  f"{type(error).__name__}: {message}" if message else type(error).__name__)
+            _BROKEN[entry_point.name] = broken
+            print(f"mlfsic: warning: skipping method plug-in {broken.name!r} ({broken.target}, {broken.origin}): "
+                  f"{broken.error}", file=sys.stderr)
 
 
-def available_methods() -> dict[str, MethodInfo]:
-    """All registered methods by name (built-ins first, then entry points), loading them once."""
+def _load() -> None:
     global _LOADED
     if not _LOADED:
         for module in BUILTIN_MODULES:
             importlib.import_module(module)
+        _LOADED = True  # before the entry points: a failing one is reported once, not on every call
         _load_entry_points()
-        _LOADED = True
+
+
+def available_methods() -> dict[str, MethodInfo]:
+    """All registered methods by name (built-ins, one-file modules, entry points), loading them once."""
+    _load()
     return dict(sorted(_REGISTRY.items()))
+
+
+def broken_methods() -> dict[str, BrokenMethod]:
+    """Entry points that failed to load, by name (skipped by ``available_methods``)."""
+    _load()
+    return {name: info for name, info in sorted(_BROKEN.items()) if name not in _REGISTRY}
 
 
 def get_method_class(name: str) -> type[Method]:
     methods = available_methods()
     if name not in methods:
+        broken = broken_methods().get(name)
+        if broken is not None:
+            raise MlfsicError(f"method {name!r} is a plug-in that failed to load ({broken.target}, {broken.origin}): "
+                              f"{broken.error}; fix or uninstall it, or leave it out of method=[...]")
         raise MlfsicError(f"unknown method {name!r}; registered: {', '.join(methods)}")
     return methods[name].cls
 
