@@ -45,8 +45,17 @@ def make_run_dir(
     protocol: str = "episodic-v1",
     config_hash: dict[str, str] | None = None,
     rng_seed: int = 0,
+    features: dict[str, str] | None = None,
+    seed_offsets: dict[str, dict[int, float]] | None = None,
+    only: dict[str, tuple[str, ...]] | None = None,
+    noise: float = 0.05,
 ) -> Path:
-    """Per-label AP ~ method level + label offset + episode difficulty + noise; mAP = mean of the label APs."""
+    """Per-label AP ~ method level + label offset + episode difficulty + noise; mAP = mean of the label APs.
+
+    ``features``: protocol/backbone_id/embedding_id columns for the records (None: a run made before
+    records had them). ``seed_offsets[method][seed]`` adds a per-seed level (a seed effect); ``only[method]``
+    restricts a method to some settings (e.g. a zero-shot method).
+    """
     rng = np.random.default_rng(rng_seed)
     run_dir = root / run_id
     run_dir.mkdir(parents=True)
@@ -58,11 +67,13 @@ def make_run_dir(
                 sets[f"{dataset}/{setting}/seed{seed}"] = es
                 difficulty = rng.normal(0.0, 0.08, size=n_episodes)
                 for method in sorted(methods):
-                    level = methods[method]
+                    if only and method in only and setting not in only[method]:
+                        continue
+                    level = methods[method] + ((seed_offsets or {}).get(method) or {}).get(seed, 0.0)
                     for episode in range(n_episodes):
-                        ap = np.clip(level + difficulty[episode] + rng.normal(0.0, 0.05, size=len(LABELS))
+                        ap = np.clip(level + difficulty[episode] + rng.normal(0.0, noise, size=len(LABELS))
                                      + np.linspace(-0.1, 0.1, len(LABELS)), 0.0, 1.0)
-                        records.append({
+                        records.append({**(features or {}),
                             "run_id": run_id, "method": method,
                             "method_config_hash": (config_hash or {}).get(method, hashlib.sha256(method.encode()).hexdigest()),
                             "dataset": dataset, "setting": setting, "k_shot": int(setting[0]), "seed": seed,
@@ -248,3 +259,171 @@ def test_a_run_without_successful_records_gives_an_empty_board(tmp_path):
     assert "No successful results." in paths["md"].read_text() and "FAILED broken" in paths["md"].read_text()
     assert "mlfsic-provenance" in paths["html"].read_text()
     assert paths["csv"].read_text().startswith("kind,dataset,setting")
+
+
+# ---------------------------------------------------------------- issue 13: seeds, comparable ranks, undefined metrics
+
+FIVE_SEEDS = (0, 1, 2, 3, 4)
+COMMON_SEED_EFFECT = {0: 0.10, 1: -0.10, 2: 0.05, 3: -0.05, 4: 0.0}
+BETA_VS_ALPHA = {0: 0.06, 1: -0.10, 2: 0.04, 3: -0.08, 4: 0.02}  # mean -0.012, but it swings from seed to seed
+
+
+def _seed_effect_run(root: Path, run_id: str, strong: bool) -> Path:
+    offsets = {"alpha": dict(COMMON_SEED_EFFECT),
+               "beta": {s: COMMON_SEED_EFFECT[s] + BETA_VS_ALPHA[s] for s in FIVE_SEEDS}} if strong else None
+    return make_run_dir(root, run_id, {"alpha": 0.62, "beta": 0.62}, settings=("1shot",), seeds=FIVE_SEEDS,
+                        n_episodes=100, seed_offsets=offsets)
+
+
+def _by_seed(records: pd.DataFrame, method: str) -> list[np.ndarray]:
+    rows = records[records["method"] == method].sort_values(["episode_set_id", "episode"])
+    return [group["map"].to_numpy() for _, group in rows.groupby("episode_set_id", sort=True)]
+
+
+def _loop_half_width(by_seed: list[np.ndarray], n_boot: int = 3000, seed: int = 7) -> float:
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(n_boot):
+        drawn = [by_seed[s][rng.integers(0, by_seed[s].size, size=by_seed[s].size)]
+                 for s in rng.integers(0, len(by_seed), size=len(by_seed))]
+        means.append(np.concatenate(drawn).mean())
+    low, high = np.percentile(means, [2.5, 97.5])
+    return (high - low) / 2
+
+
+def test_a_strong_seed_effect_widens_the_interval_and_decides_the_marks(tmp_path):
+    from mlfsic.harness.report.intervals import paired_bootstrap
+
+    stormy = _seed_effect_run(tmp_path, "stormy", strong=True)
+    calm = _seed_effect_run(tmp_path, "calm", strong=False)
+    widths = {}
+    for run in (stormy, calm):
+        data = summarise([run], n_boot=N_BOOT)
+        records = pd.read_parquet(run / "records.parquet")
+        alpha = _ours(data, "alpha")
+        assert alpha["interval"] == "seeds+episodes" and alpha["n_seeds"] == 5
+        values = records[records["method"] == "alpha"]["map"].to_numpy()
+        naive = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+        # the reported half-width is the seed-then-episode bootstrap's, checked against a plain loop
+        assert alpha["map_ci95"] == pytest.approx(_loop_half_width(_by_seed(records, "alpha")), rel=0.12)
+        widths[run.name] = (alpha["map_ci95"], naive)
+        if run is stormy:
+            a = np.concatenate(_by_seed(records, "alpha"))
+            b = np.concatenate(_by_seed(records, "beta"))
+            worse, better = (b, a) if a.mean() > b.mean() else (a, b)
+            episode_level = paired_bootstrap(worse, better, n_boot=N_BOOT)
+            assert not episode_level["ci_low"] <= 0 <= episode_level["ci_high"]  # naive pairing: significant
+            loser = _ours(data, "beta" if a.mean() > b.mean() else "alpha")
+            assert loser["diff_ci_low"] <= 0 <= loser["diff_ci_high"]  # across seeds: not
+            assert loser["mark"] == "=" and loser["rank"] == 1
+    (seed_stormy, naive_stormy), (seed_calm, naive_calm) = widths["stormy"], widths["calm"]
+    assert seed_stormy > 4 * naive_stormy and seed_stormy > 4 * seed_calm
+    assert seed_calm < 2.5 * naive_calm
+    assert naive_stormy < 2 * naive_calm  # the naive interval barely notices the seed effect
+
+
+def test_fewer_than_three_seeds_are_marked_episode_level_only(tmp_path):
+    run = make_run_dir(tmp_path / "runs", "run-a", {"alpha": 0.7, "beta": 0.6}, settings=("1shot",))
+    paths = build_leaderboard([run], tmp_path / "out", n_boot=N_BOOT)
+    table = pd.read_csv(paths["csv"], keep_default_na=False)
+    assert set(table["interval"]) == {"episodes"}
+    assert "Intervals are episode-level only: 2 seeds" in paths["md"].read_text()
+    assert ">episodes only<" in paths["html"].read_text()
+    run3 = make_run_dir(tmp_path / "runs", "run-b", {"alpha": 0.7, "beta": 0.6}, settings=("1shot",), seeds=(0, 1, 2))
+    paths = build_leaderboard([run3], tmp_path / "out3", n_boot=N_BOOT)
+    assert set(pd.read_csv(paths["csv"], keep_default_na=False)["interval"]) == {"seeds+episodes"}
+    assert "hierarchical bootstrap over the 3 seeds" in paths["md"].read_text()
+
+
+def test_average_ranks_compare_like_with_like(tmp_path):
+    only = {"zs": ("0shot",), "alpha": ("1shot", "5shot"), "beta": ("1shot", "5shot")}
+    run = make_run_dir(tmp_path / "runs", "run-a", {"chance": 0.3, "zs": 0.5, "alpha": 0.8, "beta": 0.6},
+                       settings=("0shot", "1shot", "5shot"), only=only)
+    paths = build_leaderboard([run], tmp_path / "out", n_boot=N_BOOT)
+    data = summarise([run], n_boot=N_BOOT)
+    ranks = data.average_ranks
+    few_shot = ranks[ranks["cells"] == "coco-moji/1shot, coco-moji/5shot"]
+    zero_shot = ranks[ranks["cells"] == "coco-moji/0shot"]
+    assert sorted(few_shot["method"]) == ["alpha", "beta", "chance"] and set(few_shot["n_cells"]) == {2}
+    assert sorted(zero_shot["method"]) == ["chance", "zs"] and set(zero_shot["n_cells"]) == {1}
+    assert len(ranks) == 5  # chance is averaged within each family, never across them
+    expected = {m: np.mean([_ours(data, m, s)["rank"] for s in ("1shot", "5shot")])
+                for m in ("alpha", "beta", "chance")}
+    assert dict(zip(few_shot["method"], few_shot["avg_rank"])) == pytest.approx(expected)
+    assert dict(zip(zero_shot["method"], zero_shot["avg_rank"])) == {"zs": 1.0, "chance": 2.0}
+    assert few_shot["family"].iloc[0] == 1 and zero_shot["family"].iloc[0] == 2  # more cells first
+    table = pd.read_csv(paths["csv"], keep_default_na=False)
+    chance = table[table["method"] == "chance"].set_index("setting")["avg_rank"]
+    assert chance["0shot"] == pytest.approx(2.0) and chance["1shot"] == pytest.approx(expected["chance"])
+    md = paths["md"].read_text()
+    assert "### Family 1: coco-moji/1shot, coco-moji/5shot" in md and "### Family 2: coco-moji/0shot" in md
+    assert 'id="mlfsic-average-rank-2"' in paths["html"].read_text()
+
+
+def test_f1_at_k_is_undefined_when_k_reaches_the_episode_labels(tmp_path):
+    run = make_run_dir(tmp_path / "runs", "run-a", {"alpha": 0.7, "beta": 0.6}, settings=("1shot",))
+    frame = pd.read_parquet(run / "records.parquet")
+    frame.loc[frame["episode"] < 3, "n_labels"] = 3  # F1@3 predicts every label on these episodes
+    frame.to_parquet(run / "records.parquet", index=False)
+    paths = build_leaderboard([run], tmp_path / "out", n_boot=N_BOOT)
+    data = summarise([run], n_boot=N_BOOT)
+    for method in ("alpha", "beta"):
+        row = _ours(data, method)
+        assert math.isnan(row["f1_5"])  # 4 labels: top-5 is every label, on every episode
+        rows = frame[(frame["method"] == method) & (frame["episode"] >= 3)]
+        assert row["f1_3"] == pytest.approx(rows["f1_3"].mean(), abs=1e-12)
+    table = pd.read_csv(paths["csv"], keep_default_na=False)
+    assert set(table["f1_5"]) == {""}
+    md = paths["md"].read_text()
+    assert "| n/a |" in md and "F1@5 is missing: undefined on every episode (k = 5 >= the episode's 3-4 labels" in md
+    assert "F1@3 is the mean over the 18 of 24 episodes where it is defined" in md
+    assert ">n/a<" in paths["html"].read_text()
+
+
+def test_an_episode_without_positives_is_counted_and_left_out(tmp_path):
+    run = make_run_dir(tmp_path / "runs", "run-a", {"alpha": 0.7, "beta": 0.6}, settings=("1shot",), seeds=(0, 1, 2))
+    frame = pd.read_parquet(run / "records.parquet")
+    seed0 = frame["seed"] == 0
+    no_positive = seed0 & (frame["episode"] == 3)
+    frame.loc[no_positive, ["map"]] = np.nan
+    frame.loc[no_positive, ["f1_3", "f1_5"]] = 0.0  # what f1_at_k returns without a positive
+    frame.to_parquet(run / "records.parquet", index=False)
+    labels = pd.read_parquet(run / "label_ap.parquet")
+    labels.loc[(labels["seed"] == 0) & (labels["episode"] == 3), "ap"] = np.nan
+    labels.to_parquet(run / "label_ap.parquet", index=False)
+    paths = build_leaderboard([run], tmp_path / "out", n_boot=N_BOOT)
+    data = summarise([run], n_boot=N_BOOT)
+    for method in ("alpha", "beta"):
+        row = _ours(data, method)
+        rows = frame[frame["method"] == method]
+        assert row["n_episodes"] == 36 and row["n_map_undefined"] == 1 and row["n_paired"] == 35
+        assert row["map"] == pytest.approx(rows["map"].dropna().mean(), abs=1e-12)
+        assert row["f1_3"] == pytest.approx(rows.loc[rows["map"].notna(), "f1_3"].mean(), abs=1e-12)
+        assert np.isfinite(row["map_ci95"])
+    assert "alpha: 1 of 36 episodes have no positive label (mAP undefined)" in paths["md"].read_text()
+    assert set(pd.read_csv(paths["csv"], keep_default_na=False)["n_map_undefined"]) == {1}
+
+
+def test_runs_on_different_features_are_never_paired_or_ranked_together(tmp_path):
+    features = {"protocol": "episodic-v1", "embedding_id": "minilm-0123"}
+    run_a = make_run_dir(tmp_path, "run-a", {"alpha": 0.7, "beta": 0.6}, settings=("1shot",),
+                         features={**features, "backbone_id": "smallcnn-aaaa"})
+    run_b = make_run_dir(tmp_path, "run-b", {"alpha": 0.5, "beta": 0.65}, settings=("1shot",), rng_seed=3,
+                         features={**features, "backbone_id": "resnet50-bbbb"})
+    data = summarise([run_a, run_b], n_boot=N_BOOT)  # same methods, same episodes: no "disagrees" error
+    ours = data.cells[data.cells["kind"] == "ours"]
+    assert len(ours) == 4 and ours["group"].nunique() == 2
+    for backbone, best in (("smallcnn-aaaa", "alpha"), ("resnet50-bbbb", "beta")):
+        rows = ours[ours["backbone_id"] == backbone]
+        assert rows["group"].nunique() == 1 and set(rows["best"]) == {best}
+        tag = rows["group"].iloc[0]
+        assert data.group_features[tag] == {**features, "backbone_id": backbone}
+        assert tag == group_tag(tuple(episode_set_id("coco-moji", "1shot", s) for s in (0, 1)),
+                                backbone_id=backbone, **features)
+    assert data.average_ranks["family"].nunique() == 2  # one family per feature set
+    assert any("2 groups on different features or episode sets" in note for note in data.notes)
+    assert not any("unknown" in note for note in data.notes)
+    old = make_run_dir(tmp_path, "run-old", {"alpha": 0.7}, settings=("1shot",))
+    mixed = summarise([run_a, old], n_boot=N_BOOT)
+    assert set(mixed.cells["backbone_id"]) == {"smallcnn-aaaa", "unknown"}
+    assert any("read as 'unknown'" in note for note in mixed.notes)

@@ -1,7 +1,8 @@
 """The self-contained leaderboard page (DESIGN 10): one HTML file that works offline.
 
 Contents, top to bottom: a sortable table (mAP ± CI per method x setting x dataset, ranks with
-significance marks, reported paper rows marked *reported*), the average ranks, one bar chart per dataset
+significance marks, which interval, reported paper rows marked *reported*), the notes (intervals,
+undefined metrics, groups on different features), the average ranks per rank family, one bar chart per dataset
 (mAP per setting and method, 95% CI error bars; reported numbers as hatched bars without error bars),
 one per-label AP heatmap (method x label) per cell, and a provenance block per run (git commit + dirty
 flag, episode set ids, package versions, hardware, run date).
@@ -23,6 +24,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from mlfsic.harness.report.stats import LeaderboardData, setting_order
+from mlfsic.harness.report.tables import INTERVALS_TEXT, interval_text
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -83,27 +85,29 @@ def _td(text: str, sort_value: Any, css: str = "") -> str:
 
 def results_table(data: LeaderboardData) -> str:
     headers = ["dataset", "setting", "episode sets", "method", "mAP ± 95% CI", "rank", "Δ vs best [95% CI]", "p",
-               "F1@3", "F1@5", "episodes", "seeds", "source"]
+               "F1@3", "F1@5", "episodes", "seeds", "interval", "source"]
     out = ['<table class="sortable" id="mlfsic-results-table"><thead><tr>']
     out += [f"<th>{_e(h)}</th>" for h in headers]
     out.append("</tr></thead><tbody>")
     for row in data.cells.itertuples(index=False):
         ours = row.kind == "ours"
         ci = f" ± {_pct(row.map_ci95)}" if ours and not pd.isna(row.map_ci95) else ""
-        if ours:
+        ranked = ours and not pd.isna(row.rank)
+        if ranked:
             rank = f"{int(row.rank)}{row.mark}"
             css = {"=": "mark-tied", "*": "mark-worse"}.get(row.mark, "")
             diff = "" if row.mark == "" else f"{_pct(row.diff_vs_best)} [{_pct(row.diff_ci_low)}, {_pct(row.diff_ci_high)}]"
             p_value = "" if row.mark == "" else f"{row.p_value:.3g}"
         else:
-            rank, css, diff, p_value = "reported", "", "", ""
+            rank, css, diff, p_value = "reported" if not ours else "-", "", "", ""
         cells = [
             _td(row.dataset, row.dataset), _td(row.setting, setting_order(row.setting)[0]),
             _td(row.group, row.group), _td(row.method, row.method), _td(f"{_pct(row.map)}{ci}", _num(row.map)),
-            _td(rank, int(row.rank) if ours else 10**6, css), _td(diff, _num(row.diff_vs_best) if ours else ""),
-            _td(p_value, _num(row.p_value) if ours else ""), _td(_pct(row.f1_3), _num(row.f1_3)),
-            _td(_pct(row.f1_5), _num(row.f1_5)), _td("" if not ours else int(row.n_episodes), row.n_episodes if ours else ""),
+            _td(rank, int(row.rank) if ranked else 10**6, css), _td(diff, _num(row.diff_vs_best) if ranked else ""),
+            _td(p_value, _num(row.p_value) if ranked else ""), _td(_f1(row, row.f1_3), _num(row.f1_3)),
+            _td(_f1(row, row.f1_5), _num(row.f1_5)), _td("" if not ours else int(row.n_episodes), row.n_episodes if ours else ""),
             _td("" if not ours else int(row.n_seeds), row.n_seeds if ours else ""),
+            _td(interval_text(row.interval) if ours else "", row.interval if ours else ""),
             _td("ours (reproduced)" if ours else f"reported: {row.citation}", row.kind),
         ]
         out.append(f'<tr class="{"ours" if ours else "reported"}">' + "".join(cells) + "</tr>")
@@ -111,13 +115,39 @@ def results_table(data: LeaderboardData) -> str:
     return "".join(out)
 
 
+def _f1(row: Any, value: Any) -> str:
+    return "n/a" if row.kind == "ours" and pd.isna(value) else _pct(value)
+
+
+def notes_block(data: LeaderboardData) -> str:
+    """The board's notes, then each cell's (intervals, undefined metrics), as lists."""
+    out = ['<div id="mlfsic-notes">']
+    if data.notes:
+        out.append("<ul>" + "".join(f"<li>{_e(note)}</li>" for note in data.notes) + "</ul>")
+    def order(item: Any) -> tuple[Any, ...]:
+        (dataset, setting, group), _ = item
+        return dataset, setting_order(setting), group
+
+    for (dataset, setting, group), notes in sorted(data.cell_notes.items(), key=order):
+        out.append(f"<h3>{_e(dataset)} / {_e(setting)} ({_e(group)})</h3><ul>"
+                   + "".join(f"<li>{_e(note)}</li>" for note in notes) + "</ul>")
+    out.append("</div>")
+    return "".join(out)
+
+
 def average_rank_table(data: LeaderboardData) -> str:
-    out = ['<table class="sortable" id="mlfsic-average-rank"><thead><tr><th>method</th><th>average rank</th>'
-           "<th>cells</th></tr></thead><tbody>"]
-    for row in data.average_ranks.itertuples(index=False):
-        out.append(f"<tr>{_td(row.method, row.method)}{_td(f'{row.avg_rank:.2f}', _num(row.avg_rank))}"
-                   f"{_td(row.n_cells, row.n_cells)}</tr>")
-    out.append("</tbody></table>")
+    """One sortable table per rank family (cells holding the same methods on the same features)."""
+    out = ['<div id="mlfsic-average-rank"><p>Per rank family: the cells that hold exactly the same methods on the '
+           "same features; every method of a family is ranked in each of its cells.</p>"]
+    for family, block in data.average_ranks.groupby("family", sort=True):
+        out.append(f"<h3>Family {_e(family)}: {_e(block['cells'].iloc[0])}</h3>"
+                   f'<table class="sortable" id="mlfsic-average-rank-{_e(family)}"><thead><tr><th>method</th>'
+                   "<th>average rank</th><th>cells</th></tr></thead><tbody>")
+        for row in block.itertuples(index=False):
+            out.append(f"<tr>{_td(row.method, row.method)}{_td(f'{row.avg_rank:.2f}', _num(row.avg_rank))}"
+                       f"{_td(row.n_cells, row.n_cells)}</tr>")
+        out.append("</tbody></table>")
+    out.append("</div>")
     return "".join(out)
 
 
@@ -139,7 +169,8 @@ def bar_figure(data: LeaderboardData, dataset: str) -> go.Figure:
             name=method, x=[x_of(r) for r in rows], y=[round(100.0 * r.map, 4) for r in rows],
             error_y=None if reported else dict(type="data", array=[round(100.0 * r.map_ci95, 4) if not pd.isna(r.map_ci95) else 0.0 for r in rows]),
             marker_pattern_shape="/" if reported else "",
-            hovertext=[r.citation if reported else f"rank {int(r.rank)}{r.mark}" for r in rows],
+            hovertext=[r.citation if reported else ("not ranked" if pd.isna(r.rank) else f"rank {int(r.rank)}{r.mark}")
+                       for r in rows],
         ))
     figure.update_layout(
         title=f"{dataset}: mAP (%) per setting, 95% CI", barmode="group", yaxis_title="mAP (%)",
@@ -183,12 +214,15 @@ def render_page(data: LeaderboardData) -> str:
     """The whole page as a string (deterministic for the same ``data``)."""
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>mlfsic leaderboard</title>",
              f"<style>{STYLE}</style></head><body>", "<h1>mlfsic leaderboard</h1>",
-             "<p>mAP in percent: mean over all episodes and seeds ± half-width of the 95% t-interval over episodes. "
+             "<p>mAP in percent: mean over all episodes and seeds ± half-width of its 95% interval. "
+             f"{_e(INTERVALS_TEXT)} (column <i>interval</i>: <i>seeds+episodes</i> or <i>episodes only</i>). "
              "Rank marks: <b>=</b> tied with the cell's best (paired bootstrap 95% CI of the difference contains 0), "
-             "<b>*</b> significantly worse. Methods are paired only on identical episode sets (column "
-             "<i>episode sets</i>). Rows marked <i>reported</i> are numbers printed in papers (with citation): "
+             "<b>*</b> significantly worse. Methods are paired and ranked only on identical episode sets and "
+             "features: backbone, label embedding, protocol (column <i>episode sets</i>). n/a: undefined (see the "
+             "notes). Rows marked <i>reported</i> are numbers printed in papers (with citation): "
              "different protocols and features, never ranked. Click a column header to sort.</p>",
-             "<h2>Results</h2>", results_table(data), "<h2>Average rank</h2>", average_rank_table(data)]
+             "<h2>Results</h2>", results_table(data), "<h2>Notes</h2>", notes_block(data),
+             "<h2>Average rank</h2>", average_rank_table(data)]
     first = True
 
     def embed(figure: go.Figure, div_id: str) -> str:

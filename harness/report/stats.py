@@ -1,29 +1,48 @@
 """Leaderboard statistics: load run dirs, merge them, and summarise every cell (DESIGN 5.4, 10).
 
 Inputs are run dirs (DESIGN 4.2): ``run.json``, ``records.parquet`` (one row per method, dataset,
-setting, seed, episode) and ``label_ap.parquet`` (one row per ..., episode, label). Only rows with
-``status == "ok"`` count.
+setting, seed, episode) and ``label_ap.parquet`` (one row per ..., episode, label); their columns are
+``store.RECORD_COLUMNS`` and ``store.LABEL_AP_COLUMNS``. Only rows with ``status == "ok"`` count.
+Runs made before records carried ``protocol``, ``backbone_id`` and ``embedding_id`` read them as
+``"unknown"`` (and the board says so).
 
-Merging runs. Rows are keyed by (method, dataset, setting, episode_set_id, episode). The same key in
-two runs (a rerun or a resumed copy) is kept once, from the run whose ``run_id`` sorts first, provided the
-two agree on mAP, F1@3 and F1@5 to 1e-6; if they disagree the method is not deterministic and the
-build stops with an error naming the method, episode set, episode and both runs. A method name that
-appears with several ``method_config_hash`` values (a changed config or code) is shown as one entry per
-hash, named ``<method>@<hash[:8]>``, so different configurations are never averaged together.
+Merging runs. Rows are keyed by (method, dataset, setting, protocol, backbone_id, embedding_id,
+episode_set_id, episode). The same key in two runs (a rerun or a resumed copy) is kept once, from the
+run whose ``run_id`` sorts first, provided the two agree on mAP, F1@3 and F1@5 to 1e-6; if they disagree
+the method is not deterministic and the build stops with an error naming the method, episode set,
+episode and both runs. A method name that appears with several ``method_config_hash`` values (a changed
+config or code) is shown as one entry per hash, named ``<method>@<hash[:8]>``, so different
+configurations are never averaged together.
 
-Groups. A leaderboard cell is (dataset, setting, episode sets): a method's rows in a (dataset, setting)
-carry one episode set per seed, and its *episode-set group* is the sorted tuple of those ids, tagged
-``es-<sha256[:8]>``. Methods are compared only with methods of the same group, so rows from different
-episode sets are never paired (DESIGN 5.3); a (dataset, setting) that ran on two protocols shows two
-separately ranked groups. Within a group, the paired statistics use the (episode_set_id, episode)
-pairs that every method of the group has (normally all of them; ``n_paired`` says how many).
+Groups. A leaderboard cell is (dataset, setting, group): a method's rows in a (dataset, setting) carry
+one episode set per seed and one (protocol, backbone_id, embedding_id); its *group* is the sorted tuple
+of episode set ids together with those three feature ids, tagged ``es-<sha256[:8]>``. Methods are
+compared only with methods of the same group, so rows from different episode sets or different
+features are never paired or ranked together (DESIGN 5.3); a (dataset, setting) that ran on two
+protocols or backbones shows separately ranked groups, and a note says why. Within a group, the paired
+statistics use the (episode_set_id, episode) pairs on which every method of the group has a defined mAP
+(normally all of them; ``n_paired`` says how many).
 
-Per (cell, method): mean mAP over all episodes and seeds with the 95% t-interval over episodes, mean
-F1@3 / F1@5, episode and seed counts, the paired bootstrap of method - best (``intervals.paired_bootstrap``)
-and the rank with ties (``intervals.ranks_with_ties``). Marks: ``=`` tied with the best (the difference's
-95% CI contains 0), ``*`` significantly worse, empty for the best itself. Average rank per method is the
-mean of its ranks over the cells it appears in (methods that cannot run a setting, e.g. zero-shot, are
-averaged over fewer cells; ``n_cells`` says how many).
+Per (cell, method): mean mAP over the episodes with a defined mAP, its 95% interval and the paired
+comparison with the cell's best (``intervals.ranks_with_ties``). With >= 3 seeds (episode sets) both
+intervals come from a hierarchical bootstrap: resample seeds, then episodes within each seed
+(``interval = "seeds+episodes"``), so they cover a rerun on other seeds; with fewer seeds they are
+episode-level only (t-interval over episodes, paired bootstrap over episodes; ``interval = "episodes"``).
+Marks: ``=`` tied with the best (the difference's 95% CI contains 0), ``*`` significantly worse, empty for
+the best itself.
+
+Undefined metrics. An episode whose mAP is NaN (no label with a positive) is counted in ``n_episodes``
+and ``n_map_undefined`` and left out of every mean and pairing. F1@k of an episode with k >= its number
+of labels predicts every label, a constant no method can change: it is undefined there (and on an
+episode without positives), F1@k is averaged over the episodes where it is defined, and a cell in which
+it is undefined on every episode shows it as missing, with a note.
+
+Average ranks compare like with like: the cells (one rank per method per (dataset, setting, group))
+are gathered into *rank families*, the cells that hold exactly the same methods on the same features,
+and a method's average rank is the mean of its ranks over the cells of one family. Every method of a
+family ran in every one of its cells, so the averages within a family are comparable; a method that
+ran only some settings (e.g. zero-shot) is ranked in the families of the cells it ran in, never
+against a method averaged over other cells.
 """
 
 from __future__ import annotations
@@ -40,13 +59,18 @@ from tqdm import tqdm
 
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_text
-from mlfsic.harness.report.intervals import mean_ci, ranks_with_ties
+from mlfsic.harness.report.intervals import EPISODE_LEVEL, MIN_SEEDS, ranks_with_ties
+from mlfsic.harness.store import LABEL_AP_COLUMNS, RECORD_COLUMNS
 
-RECORD_NEEDED = ("run_id", "method", "method_config_hash", "dataset", "setting", "seed", "episode_set_id",
-                 "episode", "map", "f1_3", "f1_5", "status")
-LABEL_AP_NEEDED = ("run_id", "method", "dataset", "setting", "seed", "episode_set_id", "episode", "label", "ap")
-EPISODE_KEY = ["method", "dataset", "setting", "episode_set_id", "episode"]
+FEATURE_COLUMNS = ("protocol", "backbone_id", "embedding_id")  # "unknown" in runs made before records had them
+UNKNOWN = "unknown"
+RECORD_NEEDED = tuple(column for column in RECORD_COLUMNS if column not in FEATURE_COLUMNS)
+LABEL_AP_NEEDED = LABEL_AP_COLUMNS
+EPISODE_KEY = ["method", "dataset", "setting", *FEATURE_COLUMNS, "episode_set_id", "episode"]
+LABEL_KEY = ["run_id", "method", "dataset", "setting", "episode_set_id", "episode"]  # one run: one feature set
+F1_KS = {"f1_3": 3, "f1_5": 5}
 AGREEMENT_ATOL = 1e-6
+assert set(FEATURE_COLUMNS) <= set(RECORD_COLUMNS)
 
 
 @dataclass
@@ -54,10 +78,14 @@ class LeaderboardData:
     """Everything the csv, md and html writers show; every table is sorted deterministically."""
 
     cells: pd.DataFrame  # one row per (dataset, setting, group, method), ours and reported
-    average_ranks: pd.DataFrame  # method, avg_rank, n_cells
+    average_ranks: pd.DataFrame  # method, avg_rank, n_cells, family, cells (one block per rank family)
     label_ap: pd.DataFrame  # dataset, setting, group, method, label, ap (mean over episodes)
     runs: list[dict[str, Any]] = field(default_factory=list)  # provenance per run, sorted by run_id
     groups: dict[str, list[str]] = field(default_factory=dict)  # group tag -> episode_set_ids
+    group_features: dict[str, dict[str, str]] = field(default_factory=dict)  # group tag -> FEATURE_COLUMNS
+    cell_notes: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)  # (dataset, setting, group)
+    rank_families: dict[tuple[str, str, str], int] = field(default_factory=dict)  # cell -> rank family
+    notes: list[str] = field(default_factory=list)  # board-wide notes (features, separate groups)
 
 
 def setting_order(setting: str) -> tuple[int, str]:
@@ -66,8 +94,11 @@ def setting_order(setting: str) -> tuple[int, str]:
     return (int(match.group(1)), setting) if match else (1 << 30, setting)
 
 
-def group_tag(episode_set_ids: tuple[str, ...]) -> str:
-    return "es-" + sha256_text("\n".join(sorted(episode_set_ids)))[:8]
+def group_tag(episode_set_ids: tuple[str, ...], protocol: str = UNKNOWN, backbone_id: str = UNKNOWN,
+              embedding_id: str = UNKNOWN) -> str:
+    """``es-<8 hex>`` of the sorted episode set ids and the three feature ids."""
+    features = f"protocol={protocol}\nbackbone_id={backbone_id}\nembedding_id={embedding_id}"
+    return "es-" + sha256_text("\n".join(sorted(episode_set_ids)) + "\n" + features)[:8]
 
 
 def _read_table(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
@@ -123,7 +154,10 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[di
             continue  # the same run given twice
         runs[run_id] = _provenance(info)
         frame = _read_table(run_dir / "records.parquet", RECORD_NEEDED)
-        records.append(frame.loc[frame["status"] == "ok", list(RECORD_NEEDED)])
+        frame = frame.loc[frame["status"] == "ok"].copy()
+        for column in FEATURE_COLUMNS:
+            frame[column] = frame[column].fillna(UNKNOWN).astype(str) if column in frame.columns else UNKNOWN
+        records.append(frame[[*RECORD_NEEDED, *FEATURE_COLUMNS]])
         label_ap.append(_read_table(run_dir / "label_ap.parquet", LABEL_AP_NEEDED)[list(LABEL_AP_NEEDED)])
     records_all = pd.concat(records, ignore_index=True)
     return records_all, pd.concat(label_ap, ignore_index=True), [runs[key] for key in sorted(runs)]
@@ -143,14 +177,15 @@ def merge_runs(records: pd.DataFrame, label_ap: pd.DataFrame) -> tuple[pd.DataFr
     """Rename methods by config hash, drop duplicate episodes across runs (error when they disagree)."""
     records = records.copy()
     names = display_names(records)
-    run_method = dict(zip(zip(records["run_id"], records["method"]), names))
+    renames = pd.DataFrame({"run_id": records["run_id"], "method": records["method"], "display": names})
+    renames = renames.drop_duplicates(["run_id", "method"])
     records["method"] = names
     records = records.sort_values(["run_id", *EPISODE_KEY], kind="stable").reset_index(drop=True)
     duplicated = records.duplicated(EPISODE_KEY, keep=False)
     if duplicated.any():
         for _, copies in records[duplicated].groupby(EPISODE_KEY, sort=True):
             values = copies[["map", "f1_3", "f1_5"]].to_numpy(dtype=np.float64)
-            if not np.allclose(values, values[0], rtol=0.0, atol=AGREEMENT_ATOL):
+            if not np.allclose(values, values[0], rtol=0.0, atol=AGREEMENT_ATOL, equal_nan=True):
                 first, other = copies.iloc[0], copies.iloc[1]
                 raise MlfsicError(
                     f"method {first['method']!r} disagrees with itself on episode set {first['episode_set_id'][:12]} "
@@ -158,60 +193,127 @@ def merge_runs(records: pd.DataFrame, label_ap: pd.DataFrame) -> tuple[pd.DataFr
                     f"(mAP {first['map']:.6f} vs {other['map']:.6f})"
                 )
     kept = records.drop_duplicates(EPISODE_KEY, keep="first")
-    label_ap = label_ap.copy()
-    label_ap["method"] = [run_method.get((r, m), m) for r, m in zip(label_ap["run_id"], label_ap["method"])]
-    winners = kept[["run_id", *EPISODE_KEY]]
-    label_ap = label_ap.merge(winners, on=["run_id", *EPISODE_KEY], how="inner")
+    label_ap = label_ap.merge(renames, on=["run_id", "method"], how="left")
+    label_ap["method"] = label_ap["display"].fillna(label_ap["method"])
+    label_ap = label_ap.drop(columns="display")
+    winners = kept[LABEL_KEY].drop_duplicates()
+    label_ap = label_ap.merge(winners, on=LABEL_KEY, how="inner")
     return kept.reset_index(drop=True), label_ap
 
 
-def _assign_groups(records: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    sets = records.groupby(["dataset", "setting", "method"], sort=True)["episode_set_id"].agg(
-        lambda ids: tuple(sorted(set(ids)))
-    )
-    tags = {key: group_tag(ids) for key, ids in sets.items()}
-    groups = {group_tag(ids): list(ids) for ids in sets}
-    records = records.copy()
-    records["group"] = [tags[key] for key in zip(records["dataset"], records["setting"], records["method"])]
-    return records, dict(sorted(groups.items()))
+def _assign_groups(records: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, dict[str, str]]]:
+    keys = ["dataset", "setting", "method", *FEATURE_COLUMNS]
+    sets = records.groupby(keys, sort=True)["episode_set_id"].agg(lambda ids: tuple(sorted(set(ids))))
+    tags, groups, features = [], {}, {}
+    for key, ids in sets.items():
+        feature = dict(zip(FEATURE_COLUMNS, key[3:]))
+        tag = group_tag(ids, **feature)
+        tags.append(tag)
+        groups[tag], features[tag] = list(ids), feature
+    tagged = sets.index.to_frame(index=False).assign(group=tags)
+    records = records.merge(tagged, on=keys, how="left", validate="many_to_one")
+    return records, dict(sorted(groups.items())), dict(sorted(features.items()))
 
 
-def _cell_rows(cell: pd.DataFrame, n_boot: int, seed: int) -> list[dict[str, Any]]:
-    """Summary rows of one (dataset, setting, group): stats per method plus paired ranks."""
+def _f1_defined(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """F1@k is defined where k < the episode's number of labels and the episode has a positive (finite mAP)."""
+    labels = pd.to_numeric(rows["n_labels"], errors="coerce").to_numpy(dtype=np.float64)
+    return np.isfinite(rows[column].to_numpy(dtype=np.float64)) & np.isfinite(rows["map"].to_numpy(dtype=np.float64)) \
+        & ~(labels <= F1_KS[column])
+
+
+def _cell_notes(cell: pd.DataFrame, per_method: dict[str, pd.DataFrame], n_sets: int, interval: str) -> list[str]:
+    notes = []
+    if interval == EPISODE_LEVEL:
+        notes.append(f"Intervals are episode-level only: {n_sets} seed{'s' if n_sets != 1 else ''} (episode "
+                     f"set{'s' if n_sets != 1 else ''}), fewer than the {MIN_SEEDS} a seed-level interval needs; "
+                     "a rerun on other seeds may fall outside them.")
+    else:
+        notes.append(f"Intervals: hierarchical bootstrap over the {n_sets} seeds (episode sets), then the "
+                     "episodes within each seed.")
+    for column, k in F1_KS.items():
+        defined = _f1_defined(cell, column)
+        labels = sorted({int(n) for n in pd.to_numeric(cell["n_labels"], errors="coerce").dropna()})
+        label_text = "?" if not labels else str(labels[0]) if len(labels) == 1 else f"{labels[0]}-{labels[-1]}"
+        if not defined.any():
+            notes.append(f"F1@{k} is missing: undefined on every episode (k = {k} >= the episode's {label_text} "
+                         "labels: every label is predicted, a constant no method can change).")
+        elif not defined.all() and (cell["n_labels"] <= k).any():
+            per_episode = pd.Series(defined, index=cell.index).groupby(
+                [cell["episode_set_id"], cell["episode"]]).any()
+            notes.append(f"F1@{k} is the mean over the {int(per_episode.sum())} of {per_episode.size} episodes where "
+                         f"it is defined (k = {k} < the episode's labels, and a positive label).")
+    for name, rows in per_method.items():
+        undefined = int(rows["map"].isna().sum())
+        if undefined:
+            notes.append(f"{name}: {undefined} of {len(rows)} episodes have no positive label (mAP undefined): "
+                         "counted in the episodes, left out of the mean and of the pairing.")
+    return notes
+
+
+def _cell_rows(cell: pd.DataFrame, n_boot: int, seed: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Summary rows of one (dataset, setting, group): stats per method plus paired ranks; and its notes."""
     per_method = {name: rows for name, rows in cell.groupby("method", sort=True)}
     keyed = {name: rows.set_index(["episode_set_id", "episode"])["map"] for name, rows in per_method.items()}
     shared = None
     for series in keyed.values():
         shared = series.index if shared is None else shared.intersection(series.index)
     assert shared is not None
-    shared = shared.sort_values()
+    dataset, setting = cell["dataset"].iloc[0], cell["setting"].iloc[0]
     if len(shared) == 0:
-        dataset, setting = cell["dataset"].iloc[0], cell["setting"].iloc[0]
         raise MlfsicError(f"{dataset}/{setting}: methods share no episodes on their episode sets; cannot pair them")
-    ranking = ranks_with_ties({name: series.loc[shared].to_numpy() for name, series in keyed.items()},
-                              n_boot=n_boot, seed=seed)
+    union = None
+    for series in keyed.values():
+        union = series.index if union is None else union.union(series.index)
+    assert union is not None
+    union = union.sort_values()
+    values = {name: series.reindex(union).to_numpy(dtype=np.float64) for name, series in keyed.items()}
+    clusters = union.get_level_values("episode_set_id").to_numpy()
+    n_sets = int(pd.unique(clusters).size)
+    defined_everywhere = np.logical_and.reduce([np.isfinite(v) for v in values.values()])
+    ranking = ranks_with_ties(values, n_boot=n_boot, seed=seed, clusters=clusters) if defined_everywhere.any() else {}
     out = []
     for name, rows in per_method.items():
-        mean, half = mean_ci(rows["map"].to_numpy())
-        rank = ranking[name]
+        rank = ranking.get(name)
+        features = {column: rows[column].iloc[0] for column in FEATURE_COLUMNS}
+        f1 = {column: (float(rows[column].to_numpy(dtype=np.float64)[_f1_defined(rows, column)].mean())
+                       if _f1_defined(rows, column).any() else np.nan) for column in F1_KS}
+        base = {
+            "kind": "ours", "dataset": dataset, "setting": setting, "group": rows["group"].iloc[0], "method": name,
+            **f1, "n_episodes": int(len(rows)), "n_seeds": int(rows["seed"].nunique()), "citation": "",
+            "n_map_undefined": int(rows["map"].isna().sum()), **features,
+        }
+        if rank is None:  # no episode on which every method has a defined mAP: nothing to rank or pair
+            finite = rows["map"].to_numpy(dtype=np.float64)
+            finite = finite[np.isfinite(finite)]
+            out.append({**base, "map": float(finite.mean()) if finite.size else np.nan, "map_ci95": np.nan,
+                        "n_paired": 0, "rank": np.nan, "mark": "", "best": "", "diff_vs_best": np.nan,
+                        "diff_ci_low": np.nan, "diff_ci_high": np.nan, "p_value": np.nan, "interval": "",
+                        "map_ci_low": np.nan, "map_ci_high": np.nan})
+            continue
         comparison = rank["vs_best"] or {}
         mark = "" if name == rank["best"] else ("=" if rank["tied_with_best"] else "*")
+        interval = rank["mean_interval"]
         out.append({
-            "kind": "ours", "dataset": rows["dataset"].iloc[0], "setting": rows["setting"].iloc[0],
-            "group": rows["group"].iloc[0], "method": name, "map": mean, "map_ci95": half,
-            "f1_3": float(rows["f1_3"].mean()), "f1_5": float(rows["f1_5"].mean()),
-            "n_episodes": int(len(rows)), "n_seeds": int(rows["seed"].nunique()), "n_paired": int(len(shared)),
+            **base, "map": interval["mean"], "map_ci95": interval["half_width"], "n_paired": rank["n_paired"],
             "rank": int(rank["rank"]), "mark": mark, "best": rank["best"],
             "diff_vs_best": comparison.get("mean_diff", 0.0) if comparison else 0.0,
             "diff_ci_low": comparison.get("ci_low", np.nan), "diff_ci_high": comparison.get("ci_high", np.nan),
-            "p_value": comparison.get("p_value", np.nan), "citation": "",
+            "p_value": comparison.get("p_value", np.nan), "interval": rank["interval"],
+            "map_ci_low": interval["ci_low"], "map_ci_high": interval["ci_high"],
         })
-    return out
+    interval_kind = next(iter(ranking.values()))["interval"] if ranking else EPISODE_LEVEL
+    notes = _cell_notes(cell, per_method, n_sets, interval_kind)
+    if not ranking:
+        notes.append("No episode has a defined mAP for every method: nothing is ranked or paired.")
+    return out, notes
 
 
+# the csv columns, in order; those after "citation" were added with seed-level intervals and feature groups
 CELL_COLUMNS = ["kind", "dataset", "setting", "group", "method", "map", "map_ci95", "f1_3", "f1_5", "n_episodes",
                 "n_seeds", "n_paired", "rank", "mark", "best", "diff_vs_best", "diff_ci_low", "diff_ci_high",
-                "p_value", "citation"]
+                "p_value", "citation", "interval", "map_ci_low", "map_ci_high", "n_map_undefined", *FEATURE_COLUMNS]
+AVERAGE_RANK_COLUMNS = ["method", "avg_rank", "n_cells", "family", "cells"]
 
 
 def sort_cells(cells: pd.DataFrame) -> pd.DataFrame:
@@ -231,6 +333,60 @@ def sort_cells(cells: pd.DataFrame) -> pd.DataFrame:
     return cells.loc[order, CELL_COLUMNS].reset_index(drop=True)
 
 
+def cell_label(dataset: str, setting: str, group: str, several_groups: bool) -> str:
+    return f"{dataset}/{setting}" + (f" [{group}]" if several_groups else "")
+
+
+def average_ranks(ours: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple[str, str, str], int]]:
+    """Average rank per rank family (cells with the same methods on the same features); family per cell.
+
+    Families are numbered 1, 2, ... by decreasing number of cells, then decreasing number of methods,
+    then their cell labels.
+    """
+    ranked = ours[ours["rank"].notna()]
+    if ranked.empty:
+        return pd.DataFrame(columns=AVERAGE_RANK_COLUMNS), {}
+    several = ranked.groupby(["dataset", "setting"])["group"].nunique().gt(1).to_dict()
+    families: dict[tuple[Any, ...], list[tuple[str, str, str]]] = {}
+    for (dataset, setting, group), cell in ranked.groupby(["dataset", "setting", "group"], sort=True):
+        key = (tuple(cell[list(FEATURE_COLUMNS)].iloc[0]), tuple(sorted(cell["method"])))
+        families.setdefault(key, []).append((dataset, setting, group))
+    for members in families.values():
+        members.sort(key=lambda c: (c[0], setting_order(c[1]), c[2]))
+
+    def label(members: list[tuple[str, str, str]]) -> str:
+        return ", ".join(cell_label(d, s, g, several.get((d, s), False)) for d, s, g in members)
+
+    ordered = sorted(families.items(), key=lambda item: (-len(item[1]), -len(item[0][1]), label(item[1])))
+    rows, family_of = [], {}
+    for number, ((_, methods), members) in enumerate(ordered, start=1):
+        in_family = ranked.set_index(["dataset", "setting", "group"]).loc[members].reset_index()
+        means = in_family.groupby("method", sort=True)["rank"].mean()
+        block = [{"method": m, "avg_rank": float(means[m]), "n_cells": len(members), "family": number,
+                  "cells": label(members)} for m in methods]
+        rows.extend(sorted(block, key=lambda r: (r["avg_rank"], r["method"])))
+        family_of.update({cell: number for cell in members})
+    return pd.DataFrame(rows, columns=AVERAGE_RANK_COLUMNS), family_of
+
+
+def _board_notes(records: pd.DataFrame, groups: dict[str, list[str]], features: dict[str, dict[str, str]]) -> list[str]:
+    notes = []
+    missing = [c for c in FEATURE_COLUMNS if (records[c] == UNKNOWN).any()]
+    if missing:
+        notes.append(f"Some records carry no {', '.join(missing)} (runs made before records had them): read as "
+                     f"'{UNKNOWN}', and grouped apart from records that have them.")
+    for (dataset, setting), cell in records.groupby(["dataset", "setting"], sort=True):
+        tags = sorted(set(cell["group"]))
+        if len(tags) < 2:
+            continue
+        described = "; ".join(
+            f"{tag}: " + ", ".join(f"{c} {features[tag][c]}" for c in FEATURE_COLUMNS)
+            + f", {len(groups[tag])} episode sets" for tag in tags)
+        notes.append(f"{dataset} / {setting}: {len(tags)} groups on different features or episode sets, never "
+                     f"paired or ranked together ({described}).")
+    return notes
+
+
 def summarise(
     run_dirs: list[Path], reported: pd.DataFrame | None = None, n_boot: int = 10000, seed: int = 0,
     progress: bool = False,
@@ -240,24 +396,27 @@ def summarise(
     if records.empty:  # every cell failed: an empty board that still shows provenance and failures
         return LeaderboardData(
             cells=sort_cells(pd.DataFrame(columns=CELL_COLUMNS)),
-            average_ranks=pd.DataFrame(columns=["method", "avg_rank", "n_cells"]),
+            average_ranks=pd.DataFrame(columns=AVERAGE_RANK_COLUMNS),
             label_ap=pd.DataFrame(columns=["dataset", "setting", "group", "method", "label", "ap"]), runs=runs,
         )
     records, label_ap = merge_runs(records, label_ap)
-    records, groups = _assign_groups(records)
+    records, groups, group_features = _assign_groups(records)
     rows: list[dict[str, Any]] = []
+    cell_notes: dict[tuple[str, str, str], list[str]] = {}
     cells = list(records.groupby(["dataset", "setting", "group"], sort=True))
-    for _, cell in tqdm(cells, desc="leaderboard cells", disable=not progress):
-        rows.extend(_cell_rows(cell, n_boot, seed))
+    for key, cell in tqdm(cells, desc="leaderboard cells", disable=not progress):
+        cell_rows, notes = _cell_rows(cell, n_boot, seed)
+        rows.extend(cell_rows)
+        cell_notes[key] = notes
     ours = pd.DataFrame(rows, columns=CELL_COLUMNS)
-    average = (ours.groupby("method", sort=True)["rank"].agg(["mean", "size"])
-               .rename(columns={"mean": "avg_rank", "size": "n_cells"}).reset_index())
-    average = average.sort_values(["avg_rank", "method"], kind="stable").reset_index(drop=True)
+    average, family_of = average_ranks(ours)
     frames = [ours]
     if reported is not None and not reported.empty:
         frames.append(reported[reported["dataset"].isin(set(ours["dataset"]))].reindex(columns=CELL_COLUMNS))
     cells_all = sort_cells(pd.concat([f for f in frames if not f.empty], ignore_index=True))
-    label_ap = label_ap.merge(records[["run_id", *EPISODE_KEY, "group"]], on=["run_id", *EPISODE_KEY], how="inner")
+    label_ap = label_ap.merge(records[[*LABEL_KEY, "group"]], on=LABEL_KEY, how="inner")
     label_mean = (label_ap.groupby(["dataset", "setting", "group", "method", "label"], sort=True)["ap"]
                   .mean().reset_index())
-    return LeaderboardData(cells=cells_all, average_ranks=average, label_ap=label_mean, runs=runs, groups=groups)
+    return LeaderboardData(cells=cells_all, average_ranks=average, label_ap=label_mean, runs=runs, groups=groups,
+                           group_features=group_features, cell_notes=cell_notes, rank_families=family_of,
+                           notes=_board_notes(records, groups, group_features))

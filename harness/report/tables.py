@@ -1,8 +1,11 @@
 """The leaderboard's csv and markdown tables (DESIGN 4.1 ``mlfsic leaderboard``, 10).
 
-csv: one row per (dataset, setting, episode-set group, method); mAP, CI half-widths and differences as
-fractions; ``kind`` is ``ours`` or ``reported``; ``avg_rank`` repeats the method's average rank.
-md: one table per cell with mAP in percent, then the average ranks and the runs' provenance.
+csv: one row per (dataset, setting, group, method); mAP, CI half-widths and differences as fractions;
+``kind`` is ``ours`` or ``reported``; ``avg_rank`` repeats the method's average rank in the rank family of
+the row's cell; ``interval`` says whether the intervals are ``seeds+episodes`` (hierarchical bootstrap)
+or ``episodes`` (episode-level only, < 3 seeds); an undefined metric is an empty field.
+md: one table per cell with mAP in percent and the cell's notes, then the average ranks per rank
+family, the board's notes and the runs' provenance.
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ from typing import Any
 
 import pandas as pd
 
-from mlfsic.harness.report.stats import LeaderboardData
+from mlfsic.harness.report.stats import CELL_COLUMNS, FEATURE_COLUMNS, LeaderboardData
 
-CSV_FLOATS = ("map", "map_ci95", "f1_3", "f1_5", "diff_vs_best", "diff_ci_low", "diff_ci_high", "p_value", "avg_rank")
+CSV_FLOATS = ("map", "map_ci95", "f1_3", "f1_5", "diff_vs_best", "diff_ci_low", "diff_ci_high", "p_value", "avg_rank",
+              "map_ci_low", "map_ci_high")
+CSV_INTS = ("rank", "n_episodes", "n_seeds", "n_paired", "n_map_undefined")
+INTERVALS_TEXT = (
+    "With >= 3 seeds the 95% intervals are a hierarchical bootstrap (resample seeds, then episodes within each "
+    "seed), so they cover a rerun on other seeds; with fewer seeds they are episode-level only (t-interval over "
+    "episodes, paired bootstrap over episodes) and the cell says so."
+)
 
 
 def _fmt(value: Any, digits: int = 6) -> str:
@@ -27,16 +37,23 @@ def _fmt(value: Any, digits: int = 6) -> str:
 
 def leaderboard_csv(data: LeaderboardData) -> str:
     cells = data.cells.copy()
-    ranks = dict(zip(data.average_ranks["method"], data.average_ranks["avg_rank"]))
-    cells["avg_rank"] = [ranks.get(m, math.nan) if k == "ours" else math.nan for m, k in zip(cells["method"], cells["kind"])]
+    ranks = {(f, m): r for f, m, r in zip(data.average_ranks["family"], data.average_ranks["method"],
+                                          data.average_ranks["avg_rank"])}
+    cells["avg_rank"] = [
+        ranks.get((data.rank_families.get((d, s, g)), m), math.nan) if k == "ours" else math.nan
+        for d, s, g, m, k in zip(cells["dataset"], cells["setting"], cells["group"], cells["method"], cells["kind"])
+    ]
     cells["episode_sets"] = [";".join(data.groups.get(g, [])) for g in cells["group"]]
+    # the columns of earlier versions first (through episode_sets), then those added since
+    first = CELL_COLUMNS[:CELL_COLUMNS.index("citation") + 1] + ["avg_rank", "episode_sets"]
+    cells = cells[first + [c for c in cells.columns if c not in first]]
     lines = [",".join(cells.columns)]
     for row in cells.itertuples(index=False):
         fields = []
         for name, value in zip(cells.columns, row):
             if name in CSV_FLOATS:
                 fields.append(_fmt(float(value) if value is not None else math.nan))
-            elif name in ("rank", "n_episodes", "n_seeds", "n_paired"):
+            elif name in CSV_INTS:
                 fields.append("" if pd.isna(value) else str(int(value)))
             else:
                 fields.append(_csv_quote("" if pd.isna(value) else str(value)))
@@ -62,12 +79,23 @@ def map_text(row: Any) -> str:
 
 
 def rank_text(row: Any) -> str:
-    """``1``, ``1=`` (tied with the best), ``3*`` (significantly worse), ``reported``."""
-    return "reported" if row.kind != "ours" else f"{int(row.rank)}{row.mark}"
+    """``1``, ``1=`` (tied with the best), ``3*`` (significantly worse), ``reported``; ``-``: not ranked."""
+    if row.kind != "ours":
+        return "reported"
+    return "-" if pd.isna(row.rank) else f"{int(row.rank)}{row.mark}"
+
+
+def f1_text(row: Any, value: float) -> str:
+    """F1 in percent; ``n/a`` for one of ours that is undefined (see the cell's notes)."""
+    return "n/a" if row.kind == "ours" and pd.isna(value) else _pct(value)
+
+
+def interval_text(kind: str) -> str:
+    return {"seeds+episodes": "seeds+episodes", "episodes": "episodes only"}.get(kind, "")
 
 
 def diff_text(row: Any) -> str:
-    if row.kind != "ours" or row.mark == "":
+    if row.kind != "ours" or row.mark == "" or pd.isna(row.rank):
         return ""
     return f"{_pct(row.diff_vs_best)} [{_pct(row.diff_ci_low)}, {_pct(row.diff_ci_high)}], p={row.p_value:.3g}"
 
@@ -78,31 +106,49 @@ def _md_escape(text: str) -> str:
 
 def leaderboard_markdown(data: LeaderboardData) -> str:
     lines = ["# mlfsic leaderboard", "",
-             "mAP in percent, mean over all episodes and seeds ± half-width of the 95% t-interval over episodes. "
-             "Rank marks: `=` tied with the cell's best (paired bootstrap 95% CI of the difference contains 0), "
-             "`*` significantly worse. Δ = method − best over the shared episodes. "
-             "*reported* rows are paper numbers, never ranked. Bootstrap p-values are at least 1/(B+1).", ""]
+             "mAP in percent, mean over all episodes and seeds ± half-width of its 95% interval. " + INTERVALS_TEXT
+             + " Rank marks: `=` tied with the cell's best (paired bootstrap 95% CI of the difference contains 0), "
+             "`*` significantly worse. Δ = method − best over the shared episodes. Methods are paired and ranked "
+             "only on the same episode sets and features (backbone, label embedding, protocol). "
+             "*reported* rows are paper numbers, never ranked. Bootstrap p-values are at least 1/(B+1). "
+             "n/a: undefined (see the cell's notes).", ""]
     if data.cells.empty:
         lines += ["No successful results.", ""]
     for (dataset, setting, group), cell in data.cells.groupby(["dataset", "setting", "group"], sort=False):
         if (cell["kind"] != "ours").all():
             continue  # reported rows are listed under the ours-cells of the same dataset/setting below
+        features = data.group_features.get(group, {})
         lines += [f"## {dataset} / {setting} (episode sets {group})", "",
+                  "Features: " + ", ".join(f"{c} `{features.get(c, 'unknown')}`" for c in FEATURE_COLUMNS) + ".", "",
                   "| rank | method | mAP | F1@3 | F1@5 | episodes | seeds | Δ vs best [95% CI] |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in cell.itertuples(index=False):
-            lines.append(f"| {rank_text(row)} | {_md_escape(row.method)} | {map_text(row)} | {_pct(row.f1_3)} | "
-                         f"{_pct(row.f1_5)} | {row.n_episodes} | {row.n_seeds} | {diff_text(row)} |")
+            if row.kind != "ours":
+                continue
+            lines.append(f"| {rank_text(row)} | {_md_escape(row.method)} | {map_text(row)} | "
+                         f"{f1_text(row, row.f1_3)} | {f1_text(row, row.f1_5)} | {row.n_episodes} | {row.n_seeds} | "
+                         f"{diff_text(row)} |")
         reported = data.cells[(data.cells["kind"] != "ours") & (data.cells["dataset"] == dataset)
                               & (data.cells["setting"] == setting)]
         for row in reported.itertuples(index=False):
             lines.append(f"| reported | {_md_escape(row.method)} | {_pct(row.map)} |  |  |  |  | "
                          f"{_md_escape(row.citation)} |")
         lines.append("")
-    lines += ["## Average rank", "", "| method | average rank | cells |", "|---|---|---|"]
-    for row in data.average_ranks.itertuples(index=False):
-        lines.append(f"| {_md_escape(row.method)} | {row.avg_rank:.2f} | {row.n_cells} |")
-    lines += ["", "## Runs", ""]
+        for note in data.cell_notes.get((dataset, setting, group), []):
+            lines.append(f"- {_md_escape(note)}")
+        lines.append("")
+    lines += ["## Average rank", "",
+              "Per rank family: the cells that hold exactly the same methods on the same features; every method "
+              "of a family is ranked in each of its cells, so its averages are comparable.", ""]
+    for family, block in data.average_ranks.groupby("family", sort=True):
+        lines += [f"### Family {family}: {_md_escape(block['cells'].iloc[0])}", "",
+                  "| method | average rank | cells |", "|---|---|---|"]
+        for row in block.itertuples(index=False):
+            lines.append(f"| {_md_escape(row.method)} | {row.avg_rank:.2f} | {row.n_cells} |")
+        lines.append("")
+    if data.notes:
+        lines += ["## Notes", ""] + [f"- {_md_escape(note)}" for note in data.notes] + [""]
+    lines += ["## Runs", ""]
     for run in data.runs:
         dirty = {True: " (dirty)", False: "", None: " (dirty: unknown)"}[run["git_dirty"]]
         lines.append(f"- `{run['run_id']}` created {run['created']}, commit `{run['git_commit']}`{dirty}, "
