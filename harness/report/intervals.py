@@ -38,10 +38,9 @@ from scipy import stats
 
 from mlfsic.harness.errors import MlfsicError
 
-try:  # scikit-learn's dependency: keeps BLAS to one thread in the bootstrap loop (idle BLAS threads spin
-    from threadpoolctl import threadpool_limits  # and slow the random draws that alternate with the products)
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
+# Keeps BLAS to one thread in the bootstrap loop (idle BLAS threads spin and slow the random draws that
+# alternate with the products).
+from threadpoolctl import threadpool_limits
 
 _BOOTSTRAP_CHUNK = 256  # bootstrap replicates drawn per block: bounds memory at 256 x n_episodes indices
 _DRAWS_PER_BLOCK = 1 << 21  # hierarchical bootstrap: episode draws per block of replicates
@@ -144,11 +143,8 @@ def cluster_bootstrap_means(
     rng = np.random.default_rng(seed)
     out = np.empty((n_boot, k), dtype=np.float64)
     block = max(1, _DRAWS_PER_BLOCK // (n_seeds * n_max))
-    if threadpool_limits is None:
+    with threadpool_limits(limits=1, user_api="blas"):
         _draw_blocks(out, rng, weights, sizes, offsets, equal, block, k)
-    else:
-        with threadpool_limits(limits=1, user_api="blas"):
-            _draw_blocks(out, rng, weights, sizes, offsets, equal, block, k)
     return out
 
 
