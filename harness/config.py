@@ -17,15 +17,17 @@ The composed config is read once, by ``harness.sweep.resolve_sweep``, into a typ
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -37,15 +39,93 @@ def config_dir() -> Path:
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose ``configs/config.yaml`` with command-line overrides; errors become one-line MlfsicErrors."""
+    """Compose ``configs/config.yaml`` with command-line overrides; errors become one-line MlfsicErrors.
+
+    Each override is parsed on its own first, so a syntax error names the override at fault. Values are
+    checked later, by ``harness.sweep.resolve_sweep``.
+    """
+    overrides = [str(o) for o in overrides]
+    parsed = {override: _parse_override(override) for override in overrides}
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            cfg = compose(config_name="config", overrides=list(overrides))
+            cfg = compose(config_name="config", overrides=overrides)
         OmegaConf.resolve(cfg)
-    except (HydraException, OmegaConfBaseException) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MlfsicError(f"bad config override ({' '.join(overrides)}): {first_line}") from None
+    except MissingConfigException as error:
+        group, _, name = str(error.missing_cfg_file or "").rpartition("/")
+        options = ", ".join(sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))) or "(none)"
+        if group:
+            raise MlfsicError(f"{group}={name}: no such {group} config; expected one of {options} "
+                              f"(configs/{group}/<name>.yaml)") from None
+        raise MlfsicError(f"bad config override ({' '.join(overrides)}): {_first_line(error)}") from None
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError, KeyError) as error:
+        raise MlfsicError(_explain(error, parsed)) from None
     return cfg
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _parse_override(override: str) -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    expected = "key=value, e.g. seeds=[0,1,2] or +method_args.protonet.lr=0.01 (quote a value holding spaces)"
+    try:
+        parsed = OverridesParser.create().parse_overrides([override])[0]
+    except Exception as error:  # noqa: BLE001 - Hydra's grammar errors come in several types
+        message = _first_line(error)
+        if message.startswith("Error parsing override"):  # the next line says what is wrong
+            lines = str(error).strip().splitlines()
+            message = lines[1] if len(lines) > 1 else message
+        raise MlfsicError(f"override {override!r}: not valid override syntax ({message}); expected {expected}") from None
+    if not parsed.key_or_group:
+        raise MlfsicError(f"override {override!r}: no key before '='; expected {expected}")
+    if parsed.is_sweep_override():
+        raise MlfsicError(f"override {override!r}: {parsed.key_or_group} takes one value per run; expected a list "
+                          f"{parsed.key_or_group}=[a,b] (quote a string holding commas)")
+    return parsed
+
+
+def _explain(error: BaseException, parsed: dict[str, Any]) -> str:
+    """One line naming the override behind a composition error."""
+    text = str(error).strip()
+    match = re.search(r"Could not (?:override|append to config\.|delete from config\.) '([^']+)'", text)
+    if match is None:
+        match = re.search(r"Could not \w+ '([^']+)'", text)
+    if match:
+        key = match.group(1)
+        override = next((o for o, p in parsed.items() if p.key_or_group == key), key)
+        top = key.split(".")[0]
+        known = ", ".join(top_level_keys())
+        if top not in top_level_keys():
+            return f"{override}: unknown config key {top!r}; expected one of {known}"
+        if top in ("method_args", "variants"):  # open mappings: a new entry takes a leading +
+            return f"{override}: {key!r} is not in the config yet; expected +{override.lstrip('+')} to add it"
+        parent, _, _ = key.rpartition(".")
+        section = _config_yaml().get(parent) if "." not in parent else None
+        if isinstance(section, dict):
+            expected = "one of " + ", ".join(f"{parent}.{k}" for k in section)
+        else:
+            expected = f"a key that configs/config.yaml or configs/{top}/*.yaml defines"
+        return f"{override}: unknown config key {key!r}; expected {expected}"
+    if isinstance(error, OmegaConfBaseException) and "Interpolation" in type(error).__name__:
+        culprits = [o for o in parsed if "${" in o]
+        where = culprits[0] if culprits else " ".join(parsed)
+        return f"{where}: {_first_line(error)}; expected an interpolation ${{key}} of an existing key"
+    return f"bad config override ({' '.join(parsed)}): {_first_line(error)}"
+
+
+@functools.lru_cache(maxsize=1)
+def _config_yaml() -> dict[str, Any]:
+    return yaml.safe_load((config_dir() / "config.yaml").read_text()) or {}
+
+
+def top_level_keys() -> tuple[str, ...]:
+    """The keys ``configs/config.yaml`` defines, and its config groups (``dataset``)."""
+    raw = _config_yaml()
+    groups = [next(iter(entry)) for entry in raw.get("defaults", []) if isinstance(entry, dict)]
+    return tuple(key for key in [*raw, *groups] if key != "defaults")
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -33,6 +33,9 @@ Method variants (ablations in one sweep, one leaderboard)
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +43,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlfsic.harness.config import compose_config, method_yaml, to_container
+from mlfsic.harness.config import compose_config, config_dir, method_yaml, to_container, top_level_keys
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_json
 
@@ -153,46 +156,299 @@ def load_sweep(overrides: Sequence[str] = ()) -> Sweep:
 
 
 def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
-    """Validate the composed config and resolve it into a ``Sweep`` (one-line MlfsicError on a bad value)."""
-    config = to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
-    from mlfsic.methods.api import parse_setting
+    """Validate the composed config and resolve it into a ``Sweep``.
 
-    settings = tuple(str(s) for s in _as_list(config.get("setting")))
-    for setting in settings:
-        parse_setting(setting)
-    seed = config.get("seed")
-    seeds = (int(seed),) if seed is not None else tuple(int(s) for s in _as_list(config.get("seeds")))
-    eval_split = str(config["eval_split"])
-    if eval_split not in ("base", "val", "test"):
-        raise MlfsicError(f"eval_split {eval_split!r} must be one of base, val, test")
+    Every documented key is checked; a bad value raises one MlfsicError line naming the key, the value
+    and what is accepted. Nothing is written and nothing is started here (``method_modules`` are imported).
+    """
+    config = to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    _check_keys(config)
+    settings = _settings(config["setting"])
+    seeds = _seeds(config["seeds"], config["seed"])
+    n_episodes = _integer("n_episodes", config["n_episodes"], 1)
+    n_query = _integer("n_query", config["n_query"], 1)
+    n_way = None if config["n_way"] is None else _integer("n_way", config["n_way"], 1, "null (all labels) or an integer >= 1")
+    protocol = _choice("protocol", config["protocol"], _protocols())
+    eval_split = _choice("eval_split", config["eval_split"], ("test", "val", "base"))
+    chunk_episodes = _integer("chunk_episodes", config["chunk_episodes"], 1)
+    max_retries = _integer("max_retries", config["max_retries"], 0)
+    save_scores = _boolean("save_scores", config["save_scores"])
+    run_id = _run_id(config)
+    results_dir = _results_dir(config["results_dir"])
+    ray_options = _ray_options(config["ray"])
+    resources = _resources(config["resources"])
+    embeddings = _embeddings(config["embeddings"])
+    dataset = _dataset(config["dataset"])
+    method_modules = _method_modules(config["method_modules"])
     methods = _resolve_methods(config)
-    ray_cfg, resources, embeddings = config["ray"], config["resources"], config["embeddings"]
-    dataset = dict(config["dataset"])
-    dataset["root"] = str(Path(str(dataset["root"])).resolve())
     return Sweep(
-        methods=methods,
-        settings=settings,
-        seeds=seeds,
-        n_episodes=int(config["n_episodes"]),
-        n_query=int(config["n_query"]),
-        n_way=None if config.get("n_way") is None else int(config["n_way"]),
-        protocol=str(config["protocol"]),
-        eval_split=eval_split,
-        results_dir=Path(str(config["results_dir"])).resolve(),
-        run_id=derive_run_id(config),
-        save_scores=bool(config["save_scores"]),
-        chunk_episodes=int(config["chunk_episodes"]),
-        max_retries=int(config["max_retries"]),
-        ray=RayOptions(address=ray_cfg.get("address") or None,
-                       num_cpus=int(ray_cfg["num_cpus"]) if ray_cfg.get("num_cpus") else None,
-                       object_store_memory=int(ray_cfg["object_store_memory"])),
-        resources=TaskResources(num_cpus=float(resources.get("num_cpus") or 1),
-                                num_gpus=float(resources.get("num_gpus") or 0)),
-        embeddings=EmbeddingOptions(encoder=str(embeddings["encoder"]), path=embeddings.get("path")),
-        dataset=dataset,
-        method_modules=tuple(str(m) for m in _as_list(config.get("method_modules"))),
-        config=config,
+        methods=methods, settings=settings, seeds=seeds, n_episodes=n_episodes, n_query=n_query, n_way=n_way,
+        protocol=protocol, eval_split=eval_split, results_dir=results_dir, run_id=run_id, save_scores=save_scores,
+        chunk_episodes=chunk_episodes, max_retries=max_retries, ray=ray_options, resources=resources,
+        embeddings=embeddings, dataset=dataset, method_modules=method_modules, config=config,
     )
+
+
+# ----------------------------------------------------------------------------------------- messages
+def _show(value: Any) -> str:
+    """A value as it is typed in an override: ``[0,x]``, ``null``, ``true``, ``{method:protonet}``."""
+    if value is None:
+        return "null"
+    if value == "":
+        return "''"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_show(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _bad(key: str, value: Any, expected: str, problem: str | None = None) -> MlfsicError:
+    """``<key>=<value>: <problem>; expected <what is accepted>`` -- one line."""
+    where = f"{key}={_show(value)}"
+    return MlfsicError(f"{where}: {problem}; expected {expected}" if problem else f"{where}: expected {expected}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _missing(value: Any) -> bool:
+    return value == "???"
+
+
+# ----------------------------------------------------------------------------------------- keys
+def _check_keys(config: Mapping[str, Any]) -> None:
+    known = top_level_keys()
+    for key in config:
+        if key not in known:
+            raise _bad(key, config[key], f"one of the keys of configs/config.yaml: {', '.join(sorted(known))}",
+                       f"unknown config key {key!r}")
+    for key in known:
+        if key not in config:
+            raise MlfsicError(f"{key}: the config key is missing (deleted with ~{key}?); expected a value, "
+                              f"as configs/config.yaml documents")
+
+
+def _check_subkeys(key: str, value: Any, known: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(key, value, f"a mapping with keys {', '.join(known)}")
+    for sub in value:
+        if sub not in known:
+            raise _bad(f"{key}.{sub}", value[sub], f"one of {', '.join(f'{key}.{k}' for k in known)}",
+                       f"unknown key {sub!r} of {key}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------- scalar keys
+SEEDS_EXPECTED = "a seed or a list of distinct seeds (integers >= 0), e.g. seeds=[0,1,2]"
+SETTINGS_EXPECTED = "a setting or a list of distinct settings <K>shot, e.g. setting=[0shot,1shot,5shot]"
+_SETTING = re.compile(r"^\d+shot$")
+
+
+def _integer(key: str, value: Any, minimum: int, expected: str | None = None) -> int:
+    expected = expected or f"an integer >= {minimum}"
+    if not _is_int(value):
+        raise _bad(key, value, expected, f"{value!r} is not an integer")
+    if value < minimum:
+        raise _bad(key, value, expected, f"{value} is below {minimum}")
+    return int(value)
+
+
+def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise _bad(key, value, f"one of {', '.join(choices)}", f"{value!r} is not known")
+    return str(value)
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(key, value, "true or false", f"{value!r} is not a boolean")
+    return value
+
+
+def _protocols() -> tuple[str, ...]:
+    from mlfsic.harness.episodes import PROTOCOLS
+
+    return PROTOCOLS
+
+
+def _settings(raw: Any) -> tuple[str, ...]:
+    items = _as_list(raw)
+    if not items:
+        raise _bad("setting", raw, SETTINGS_EXPECTED, "no setting")
+    for item in items:
+        if not isinstance(item, str) or not _SETTING.match(item):
+            raise _bad("setting", raw, SETTINGS_EXPECTED, f"{item!r} is not a setting")
+    if len(set(items)) < len(items):
+        raise _bad("setting", raw, SETTINGS_EXPECTED, "a setting is listed twice")
+    return tuple(items)
+
+
+def _seeds(raw: Any, seed: Any) -> tuple[int, ...]:
+    items = _as_list(raw)
+    if not items:
+        raise _bad("seeds", raw, SEEDS_EXPECTED, "no seed")
+    for item in items:
+        if not _is_int(item) or item < 0:
+            raise _bad("seeds", raw, SEEDS_EXPECTED, f"{item!r} is not an integer >= 0")
+    if len(set(items)) < len(items):
+        raise _bad("seeds", raw, SEEDS_EXPECTED, "a seed is listed twice")
+    if seed is not None:  # a single seed overrides seeds
+        return (_integer("seed", seed, 0, "null (use seeds) or one seed, an integer >= 0"),)
+    return tuple(int(item) for item in items)
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def _run_id(config: Mapping[str, Any]) -> str:
+    value = config["run_id"]
+    if value is not None and value != "":
+        if not (isinstance(value, str) or _is_int(value)) or not _RUN_ID.match(str(value)):
+            raise _bad("run_id", value, "null (derived from the config) or a directory name of letters, digits and "
+                       "._+- not starting with . or -", "not a plain directory name")
+    return derive_run_id(config)
+
+
+def _results_dir(value: Any) -> Path:
+    expected = "a directory (created when missing) for runs, episodes, cache and generated data"
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "" or _missing(value):
+        raise _bad("results_dir", value, expected, "not a path")
+    path = Path(str(value)).expanduser().resolve()
+    for existing in [path, *path.parents]:
+        if existing.exists():
+            if not existing.is_dir():
+                problem = "is an existing file" if existing == path else f"{existing} is a file, not a directory"
+                raise _bad("results_dir", value, expected, problem)
+            break
+    return path
+
+
+OBJECT_STORE_MINIMUM_BYTES = 75 * 1024 * 1024  # Ray's minimum (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES)
+
+
+def _ray_options(value: Any) -> RayOptions:
+    ray_cfg = _check_subkeys("ray", value, ("address", "num_cpus", "object_store_memory"))
+    address = ray_cfg.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise _bad("ray.address", address, "null (start a local Ray), auto, or host:port of a cluster's head")
+    num_cpus = ray_cfg.get("num_cpus")
+    if num_cpus is not None:
+        num_cpus = _integer("ray.num_cpus", num_cpus, 1, "null (all cores) or an integer >= 1")
+    memory = _integer("ray.object_store_memory", ray_cfg.get("object_store_memory"), OBJECT_STORE_MINIMUM_BYTES,
+                      f"bytes, an integer >= {OBJECT_STORE_MINIMUM_BYTES} (Ray's minimum, 75 MiB)")
+    return RayOptions(address=address, num_cpus=num_cpus, object_store_memory=memory)
+
+
+def _resources(value: Any) -> TaskResources:
+    resources = _check_subkeys("resources", value, ("num_cpus", "num_gpus"))
+    amounts = {}
+    for key, minimum in (("num_cpus", "> 0"), ("num_gpus", ">= 0")):
+        amount = resources.get(key)
+        expected = f"a number {minimum} per task (a fraction, or a whole number above 1)"
+        if not _is_number(amount):
+            raise _bad(f"resources.{key}", amount, expected, f"{amount!r} is not a number")
+        if amount < 0 or (amount == 0 and key == "num_cpus"):
+            raise _bad(f"resources.{key}", amount, expected, "out of range")
+        if amount > 1 and amount != int(amount):
+            raise _bad(f"resources.{key}", amount, expected, "Ray takes fractions of one unit only")
+        amounts[key] = float(amount)
+    return TaskResources(**amounts)
+
+
+def _embeddings(value: Any) -> EmbeddingOptions:
+    from mlfsic.harness.embeddings import ENCODERS
+
+    embeddings = _check_subkeys("embeddings", value, ("encoder", "path"))
+    encoder = _choice("embeddings.encoder", embeddings.get("encoder"), ENCODERS)
+    path = embeddings.get("path")
+    if encoder == "minilm":
+        return EmbeddingOptions(encoder=encoder, path=None if path is None else str(path))
+    kind = {"glove": "a GloVe text file", "hf": "a local Hugging Face model directory"}[encoder]
+    if not isinstance(path, str) or not path:
+        raise _bad("embeddings.path", path, f"{kind} with embeddings.encoder={encoder}", "not set")
+    exists = Path(path).is_file() if encoder == "glove" else Path(path).is_dir()
+    if not exists:
+        raise _bad("embeddings.path", path, f"{kind} with embeddings.encoder={encoder}", "not found")
+    return EmbeddingOptions(encoder=encoder, path=path)
+
+
+_DATASET_INTEGERS = {"generate": {"seed": 0, "image_size": 8, "n_base": 1, "n_val": 1, "n_test": 1},
+                     "backbone": {"image_size": 8, "epochs": 1, "batch_size": 1, "seed": 0}}
+BACKBONES = ("small_cnn", "resnet50")
+
+
+def _dataset(value: Any) -> dict[str, Any]:
+    """The dataset config with an absolute root; files it names are checked unless the dataset is generated."""
+    if not isinstance(value, dict):
+        raise _bad("dataset", value, "a dataset config name (dataset=coco_moji, dataset=coco)")
+    dataset = dict(value)
+    for key in ("name", "root", "annotations", "images", "split_file"):
+        item = dataset.get(key)
+        if not isinstance(item, str) or not item or _missing(item):
+            problem = "not set" if item is None or _missing(item) else f"{item!r} is not a string"
+            raise _bad(f"dataset.{key}", item, "a non-empty string" if key != "root" else
+                       "the dataset folder, e.g. dataset.root=/data/coco", problem)
+    for group, minimums in _DATASET_INTEGERS.items():
+        section = dataset.get(group)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise _bad(f"dataset.{group}", section, "a mapping")
+        for key, minimum in minimums.items():
+            if key in section:
+                _integer(f"dataset.{group}.{key}", section[key], minimum)
+    backbone = dataset.get("backbone")
+    if not isinstance(backbone, dict):
+        raise _bad("dataset.backbone", backbone, f"a mapping with kind: {' or '.join(BACKBONES)}")
+    _choice("dataset.backbone.kind", backbone.get("kind"), BACKBONES)
+    if "lr" in backbone and (not _is_number(backbone["lr"]) or backbone["lr"] <= 0):
+        raise _bad("dataset.backbone.lr", backbone["lr"], "a number > 0")
+    weights = backbone.get("weights")
+    if weights is not None and not Path(str(weights)).is_file():
+        raise _bad("dataset.backbone.weights", weights, "null (torch cache) or a .pth file", "file not found")
+    if "restrict_split" in dataset:
+        _boolean("dataset.restrict_split", dataset["restrict_split"])
+    split_file = Path(dataset["split_file"])
+    if not split_file.is_file() and not (config_dir() / "splits" / dataset["split_file"]).is_file():
+        raise _bad("dataset.split_file", dataset["split_file"], "a file of configs/splits/ or a path to one",
+                   "not found")
+    root = Path(dataset["root"]).expanduser().resolve()
+    if dataset.get("generate") is None:  # a real dataset: its files must be there
+        for key, is_there in (("annotations", Path.is_file), ("images", Path.is_dir)):
+            if not is_there(root / dataset[key]):
+                raise _bad("dataset.root", dataset["root"], f"the folder holding {dataset['annotations']} and "
+                           f"{dataset['images']}/ of dataset {dataset['name']}", f"{root / dataset[key]} not found")
+    else:  # generated there when missing: the folder must be one we can create
+        existing = next(p for p in [root, *root.parents] if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) and existing != root:
+            raise _bad("dataset.root", dataset["root"], f"a folder to generate {dataset['name']} in (or holding it)",
+                       f"{existing} is not a writable directory")
+    dataset["root"] = str(root)
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------- methods
+def _method_modules(value: Any) -> tuple[str, ...]:
+    expected = "a list of importable modules (on PYTHONPATH) that @register methods, e.g. method_modules=[my_method]"
+    modules = _as_list(value)
+    for module in modules:
+        if not isinstance(module, str) or not module:
+            raise _bad("method_modules", value, expected, f"{module!r} is not a module name")
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - any import-time failure of user code is a config error
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise _bad("method_modules", value, expected,
+                       f"cannot import {module!r} ({type(error).__name__}: {message})") from None
+    return tuple(modules)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -205,21 +461,104 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _resolve_methods(config: Mapping[str, Any]) -> dict[str, SweepMethod]:
-    from mlfsic.methods.registry import available_methods, get_method_class
+    """``method`` resolved against the registry; hyperparameters checked against each constructor."""
+    from mlfsic.methods.registry import available_methods, broken_methods
 
-    for module in _as_list(config.get("method_modules")):
-        try:
-            importlib.import_module(str(module))
-        except ImportError as error:
-            raise MlfsicError(f"method_modules: cannot import {module!r}: {error}") from None
-    names = [str(n) for n in _as_list(config.get("method"))]
+    registered = available_methods()
+    method_args = config["method_args"]
+    if method_args is None:
+        method_args = {}
+    if not isinstance(method_args, dict):
+        raise _bad("method_args", method_args, "a mapping <method>: {<hyperparameter>: <value>}, "
+                   "e.g. +method_args.protonet.lr=0.01")
+    for name, values in method_args.items():
+        key = f"method_args.{name}"
+        if name not in registered:
+            _unknown_method(key, values, name, registered, broken_methods())
+        if not isinstance(values, dict):
+            raise _bad(key, values, f"hyperparameters of {name!r}, e.g. +{key}.<key>=<value>")
+        check_hyperparameters(name, values, key)
+    raw = config["method"]
+    names = _as_list(raw)
+    expected = f"all, or a list of registered methods ({', '.join(registered)})"
+    if not names:
+        raise _bad("method", raw, expected, "no method")
+    for name in names:
+        if not isinstance(name, str) or (name == "all" and len(names) > 1):
+            raise _bad("method", raw, expected, f"{name!r} is not a method name")
+    if len(set(names)) < len(names):
+        raise _bad("method", raw, expected, "a method is listed twice")
     if names == ["all"]:
-        names = list(available_methods())
-    method_args = config.get("method_args") or {}
+        names = list(registered)
     methods = {}
     for name in names:
-        get_method_class(name)
-        values = {**method_yaml(name), **(method_args.get(name) or {})}
-        methods[name] = SweepMethod(name=name, base=name, config=values)
+        if name not in registered:
+            _unknown_method("method", raw, name, registered, broken_methods())
+        yaml_values = method_yaml(name)
+        check_hyperparameters(name, yaml_values, f"configs/methods/{name}.yaml:")
+        methods[name] = SweepMethod(name=name, base=name, config={**yaml_values, **method_args.get(name, {})})
     return methods
 
+
+def _unknown_method(key: str, value: Any, name: str, registered: Mapping[str, Any], broken: Mapping[str, Any]) -> None:
+    if name in broken:
+        info = broken[name]
+        raise _bad(key, value, "a method that loads", f"method {name!r} is a plug-in that failed to load "
+                   f"({info.target}, {info.origin}: {info.error}); fix or uninstall it, or leave it out")
+    raise _bad(key, value, f"registered methods: {', '.join(registered)}", f"unknown method {name!r}")
+
+
+def check_hyperparameters(method: str, values: Mapping[str, Any], key: str) -> None:
+    """Each value must be a constructor argument of ``method``'s class, of the type of its default."""
+    from mlfsic.methods.registry import get_method_class
+
+    parameters = inspect.signature(get_method_class(method).__init__).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    named = {k: p for k, p in parameters.items() if k not in ("self", "seed")
+             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    sep = " " if key.endswith(":") else "."
+    for name, value in values.items():
+        where = f"{key}{sep}{name}"
+        if name == "seed":
+            raise _bad(where, value, "seeds=[...] (the harness passes each method its seed)",
+                       "the seed is not a hyperparameter")
+        if name not in named:
+            if accepts_any:
+                continue
+            raise _bad(where, value, f"a hyperparameter of {method!r}: {', '.join(named) or '(none)'}",
+                       f"{method!r} has no hyperparameter {name!r}")
+        default = named[name].default
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        kind = _type_name(default)
+        if kind is not None and not _same_kind(default, value):
+            raise _bad(where, value, f"{kind} (default of {method!r}: {_show(default)})",
+                       f"{value!r} is not {kind}")
+
+
+def _type_name(default: Any) -> str | None:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, (list, tuple)):
+        return "a list"
+    if isinstance(default, dict):
+        return "a mapping"
+    return None
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return _is_int(value)
+    if isinstance(default, float):
+        return _is_number(value)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
