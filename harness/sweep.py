@@ -461,10 +461,11 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _resolve_methods(config: Mapping[str, Any]) -> dict[str, SweepMethod]:
-    """``method`` resolved against the registry; hyperparameters checked against each constructor."""
+    """``method`` resolved against the registry and ``variants``; hyperparameters checked against each constructor."""
     from mlfsic.methods.registry import available_methods, broken_methods
 
     registered = available_methods()
+    variants = _variants(config["variants"], registered)
     method_args = config["method_args"]
     if method_args is None:
         method_args = {}
@@ -473,6 +474,9 @@ def _resolve_methods(config: Mapping[str, Any]) -> dict[str, SweepMethod]:
                    "e.g. +method_args.protonet.lr=0.01")
     for name, values in method_args.items():
         key = f"method_args.{name}"
+        if name in variants:
+            raise _bad(key, values, f"variants.{name}.<hyperparameter>=<value> for a variant",
+                       f"{name!r} is a variant, not a registered method")
         if name not in registered:
             _unknown_method(key, values, name, registered, broken_methods())
         if not isinstance(values, dict):
@@ -480,7 +484,8 @@ def _resolve_methods(config: Mapping[str, Any]) -> dict[str, SweepMethod]:
         check_hyperparameters(name, values, key)
     raw = config["method"]
     names = _as_list(raw)
-    expected = f"all, or a list of registered methods ({', '.join(registered)})"
+    expected = f"all, or a list of registered methods ({', '.join(registered)})" + (
+        f" and variants ({', '.join(variants)})" if variants else "")
     if not names:
         raise _bad("method", raw, expected, "no method")
     for name in names:
@@ -489,23 +494,63 @@ def _resolve_methods(config: Mapping[str, Any]) -> dict[str, SweepMethod]:
     if len(set(names)) < len(names):
         raise _bad("method", raw, expected, "a method is listed twice")
     if names == ["all"]:
-        names = list(registered)
+        names = [*registered, *variants]
     methods = {}
     for name in names:
-        if name not in registered:
-            _unknown_method("method", raw, name, registered, broken_methods())
-        yaml_values = method_yaml(name)
-        check_hyperparameters(name, yaml_values, f"configs/methods/{name}.yaml:")
-        methods[name] = SweepMethod(name=name, base=name, config={**yaml_values, **method_args.get(name, {})})
+        base, own = variants.get(name, (name, {}))
+        if base not in registered:
+            _unknown_method("method", raw, name, registered, broken_methods(), variants)
+        yaml_values = method_yaml(base)
+        check_hyperparameters(base, yaml_values, f"configs/methods/{base}.yaml:")
+        methods[name] = SweepMethod(name=name, base=base,
+                                    config={**yaml_values, **method_args.get(base, {}), **own})
     return methods
 
 
-def _unknown_method(key: str, value: Any, name: str, registered: Mapping[str, Any], broken: Mapping[str, Any]) -> None:
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def _variants(value: Any, registered: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``variants`` checked: name -> (registered base method, the variant's own hyperparameters)."""
+    from mlfsic.methods.registry import broken_methods
+
+    if value is None:
+        return {}
+    schema = "{method: <registered method>, <hyperparameter>: <value>, ...}"
+    if not isinstance(value, dict):
+        raise _bad("variants", value, f"a mapping <variant name>: {schema}")
+    variants = {}
+    for name, spec in value.items():
+        key = f"variants.{name}"
+        if not isinstance(name, str) or not _VARIANT_NAME.match(name) or "__" in name or name == "all":
+            raise _bad(key, spec, "a variant name of letters, digits and ._+- (no '__', not 'all')",
+                       f"{name!r} cannot name a variant")
+        if name in registered or name in broken_methods():
+            raise _bad(key, spec, "a name that no registered method has", f"{name!r} is a registered method")
+        if not isinstance(spec, dict) or "method" not in spec:
+            raise _bad(key, spec, schema, "no method: the variant names the registered method it varies")
+        base = spec["method"]
+        if not isinstance(base, str) or base not in registered:
+            if isinstance(base, str) and base in value:
+                raise _bad(f"{key}.method", base, "a registered method", f"{base!r} is a variant; variants of "
+                           "variants are not supported, repeat its hyperparameters instead")
+            _unknown_method(f"{key}.method", base, str(base), registered, broken_methods())
+        own = {k: v for k, v in spec.items() if k != "method"}
+        check_hyperparameters(base, own, key)
+        variants[name] = (base, own)
+    return variants
+
+
+def _unknown_method(key: str, value: Any, name: str, registered: Mapping[str, Any], broken: Mapping[str, Any],
+                    variants: Mapping[str, Any] | None = None) -> None:
     if name in broken:
         info = broken[name]
         raise _bad(key, value, "a method that loads", f"method {name!r} is a plug-in that failed to load "
                    f"({info.target}, {info.origin}: {info.error}); fix or uninstall it, or leave it out")
-    raise _bad(key, value, f"registered methods: {', '.join(registered)}", f"unknown method {name!r}")
+    known = f"registered methods: {', '.join(registered)}"
+    if variants:
+        known += f"; variants: {', '.join(variants)}"
+    raise _bad(key, value, known, f"unknown method {name!r}")
 
 
 def check_hyperparameters(method: str, values: Mapping[str, Any], key: str) -> None:

@@ -106,3 +106,23 @@ def test_gpu_request_on_cpu_cluster_is_rejected_up_front(ray_session, tiny_resul
     sweep = load_sweep(tiny_overrides(tiny_results_dir, "resources.num_gpus=1", "method=[random]"))
     with pytest.raises(MlfsicError, match="num_gpus=1 requested, but no node of the Ray cluster has that many GPUs"):
         run_sweep(sweep, progress=False)
+
+
+def test_variants_are_fitted_and_evaluated_under_their_own_name(ray_session, tiny_results_dir):
+    outcome = _sweep(tiny_results_dir, "+variants.protonet-e16.method=protonet", "+variants.protonet-e16.embed_dim=16",
+                     "+method_args.protonet.n_episodes=100", "method=[protonet,protonet-e16]", "setting=[1shot]",
+                     "seeds=[0]")
+    assert outcome.failures == []
+    records = pd.read_parquet(outcome.run_path / "records.parquet")
+    assert set(records["method"]) == {"protonet", "protonet-e16"}
+    assert (records.groupby("method")["episode"].count() == N_EPISODES).all()
+    assert records.groupby("method")["method_config_hash"].nunique().eq(1).all()
+    assert records["method_config_hash"].nunique() == 2  # different models, different checkpoints
+    run_json = json.loads((outcome.run_path / "run.json").read_text())
+    variant = run_json["methods"]["protonet-e16"]
+    assert variant["method"] == "protonet"
+    assert variant["config"]["embed_dim"] == 16 and variant["config"]["n_episodes"] == 100  # base's args + own
+    assert run_json["methods"]["protonet"]["config"]["embed_dim"] == 128
+    assert run_json["config"]["variants"] == {"protonet-e16": {"method": "protonet", "embed_dim": 16}}
+    checkpoint = tiny_results_dir / "cache" / "checkpoints"
+    assert any(json.loads(p.read_text())["config"].get("embed_dim") == 16 for p in checkpoint.glob("protonet-*.json"))

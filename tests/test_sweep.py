@@ -53,3 +53,42 @@ def test_sweep_is_typed_frozen_and_keeps_the_resolved_config(tmp_path):
 
 def test_seed_overrides_seeds():
     assert load_sweep(["method=[random]", "seed=7"]).seeds == (7,)
+
+
+def test_sweep_preset_resolves_to_variants():
+    sweep = load_sweep(["+sweep=protonet_ablation", "+method_args.protonet.n_episodes=100", "seeds=[0]"])
+    assert list(sweep.methods) == ["protonet-e32", "protonet-e128"]
+    assert sweep.settings == ("1shot", "5shot") and sweep.seeds == (0,)
+    e32, e128 = sweep.methods["protonet-e32"], sweep.methods["protonet-e128"]
+    assert e32.base == e128.base == "protonet" and e32.is_variant
+    # base yaml, then method_args.<base>, then the variant's own values
+    assert e32.config == {"n_episodes": 100, "embed_dim": 32} and e128.config["embed_dim"] == 128
+    assert sweep.config["variants"]["protonet-e32"] == {"method": "protonet", "embed_dim": 32}  # run.json["config"]
+    assert sweep.run_id != load_sweep(["method=[protonet]", "setting=[1shot,5shot]", "seeds=[0]"]).run_id
+
+
+def test_variant_hashes_cover_the_merged_hyperparameters_not_the_name():
+    from mlfsic.harness.evaluate import method_spec
+
+    sweep = load_sweep(["+sweep=protonet_ablation", "method=[protonet,protonet-e32,protonet-e128]"])
+    specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}
+    assert specs["protonet-e32"].method == "protonet" and specs["protonet-e32"].name == "protonet-e32"
+    assert specs["protonet-e32"].config["embed_dim"] == 32  # every hyperparameter spelled out
+    assert specs["protonet-e32"].config_hash != specs["protonet"].config_hash
+    # embed_dim=128 is protonet's default: the same model, so the same checkpoint
+    assert specs["protonet-e128"].config_hash == specs["protonet"].config_hash
+    assert specs["protonet"].base == ""
+
+
+def test_all_runs_registered_methods_and_variants():
+    sweep = load_sweep(["+variants.p16.method=random", "method=all"])
+    assert "p16" in sweep.methods and "random" in sweep.methods and sweep.methods["p16"].base == "random"
+
+
+def test_method_args_of_a_variant_points_to_variants():
+    from mlfsic.harness.errors import MlfsicError
+
+    with pytest.raises(MlfsicError, match=r"variants\.protonet-e32\.<hyperparameter>"):
+        load_sweep(["+sweep=protonet_ablation", "+method_args.protonet-e32.lr=0.1"])
+    with pytest.raises(MlfsicError, match="variants of variants"):
+        load_sweep(["+sweep=protonet_ablation", "+variants.x.method=protonet-e32"])
