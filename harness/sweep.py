@@ -202,7 +202,7 @@ def _show(value: Any) -> str:
         return "[" + ",".join(_show(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{_show(v)}" for k, v in value.items()) + "}"
-    return str(value)
+    return str(value).replace("\n", "\\n")  # the message stays one line
 
 
 def _bad(key: str, value: Any, expected: str, problem: str | None = None) -> MlfsicError:
