@@ -1,0 +1,313 @@
+"""Shared pieces of the adapters that read published datasets from disk (VOC, NUS-WIDE, iMaterialist).
+
+Each adapter reads its dataset as distributed, checks every file it names up front and returns a
+``harness.data.Dataset``. What they share lives here:
+
+``Digest``             sha256 over every annotation file read (path and bytes) and the options that change
+                       the targets, so caches keyed on ``Dataset.annotation_sha256`` follow the content.
+``read_bytes`` / ``read_lines``  one-line ``MlfsicError`` naming the file (and line) at fault.
+``LabelTable``         image rows collected from several sources; an image listed twice with different
+                       labels is an error naming both places.
+``check_images``       which listed image files are missing (an error, or dropped with ``missing_images: drop``).
+``summarize`` / ``format_summary``  the printable validation report: images, labels, images per split after
+                       the strict rule (``harness.data.split_pool``), missing files, split provenance.
+
+Nothing here reads pixels or writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlfsic.harness.data import SPLITS, Dataset, split_pool
+from mlfsic.harness.errors import MlfsicError
+
+MISSING_IMAGE_MODES = ("error", "drop")
+FEW_IMAGES = 10  # a split label with fewer images than this in its pool is listed in the summary
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """An adapter's result: the dataset and what the summary should say about how it was read."""
+
+    dataset: Dataset
+    notes: tuple[str, ...] = ()
+    sources: tuple[tuple[str, int], ...] = ()  # (annotation source, images it lists)
+    missing_images: int = 0  # dropped with missing_images: drop (with "error" any missing image raises)
+
+
+class Digest:
+    """sha256 over (relative path, size, bytes) of each file read, then the options that change the targets."""
+
+    def __init__(self, root: Path, adapter: str):
+        self._root = Path(root)
+        self._hash = hashlib.sha256(f"mlfsic-disk-adapter:{adapter}\n".encode())
+
+    def add_file(self, path: Path, data: bytes) -> None:
+        try:
+            name = Path(path).relative_to(self._root).as_posix()
+        except ValueError:
+            name = Path(path).name
+        self._hash.update(f"file:{name}:{len(data)}\n".encode())
+        self._hash.update(data)
+
+    def add_options(self, options: Mapping[str, Any]) -> None:
+        self._hash.update(("options:" + json.dumps(options, sort_keys=True, default=str) + "\n").encode())
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def read_bytes(path: Path, what: str = "annotation file") -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise MlfsicError(f"{what} not found: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise MlfsicError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
+def decode_text(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise MlfsicError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x})") from None
+
+
+def read_lines(path: Path, digest: Digest | None, what: str = "annotation file") -> list[str]:
+    """The file's lines, right-stripped (Windows line ends allowed); counted into ``digest``."""
+    data = read_bytes(path, what)
+    if digest is not None:
+        digest.add_file(path, data)
+    return [line.rstrip() for line in decode_text(path, data).splitlines()]
+
+
+def read_json(path: Path, digest: Digest | None, what: str = "annotation file") -> Any:
+    data = read_bytes(path, what)
+    if digest is not None:
+        digest.add_file(path, data)
+    try:
+        return json.loads(decode_text(path, data))
+    except json.JSONDecodeError as error:
+        raise MlfsicError(f"{path}:{error.lineno}: malformed JSON ({error.msg}, column {error.colno})") from None
+
+
+@dataclass
+class LabelTable:
+    """Rows (image id -> file name, label set, where it was read) gathered from one or more sources."""
+
+    rows: dict[int, tuple[str, frozenset[int], str]] = field(default_factory=dict)
+    duplicates: int = 0  # images listed again with the same labels (kept once)
+
+    def add(self, image_id: int, file_name: str, labels: Iterable[int], where: str) -> None:
+        labels = frozenset(labels)
+        previous = self.rows.get(image_id)
+        if previous is None:
+            self.rows[image_id] = (file_name, labels, where)
+            return
+        if previous[0] != file_name:
+            raise MlfsicError(f"{where}: image id {image_id} ({file_name}) is already used by {previous[0]} "
+                              f"({previous[2]}); image ids must be unique")
+        if previous[1] != labels:
+            raise MlfsicError(f"{where}: image {file_name} is listed again with different labels "
+                              f"(first at {previous[2]})")
+        self.duplicates += 1
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def check_images(image_root: Path, file_names: Sequence[str], where: Sequence[str], mode: str) -> np.ndarray:
+    """Mask of the listed images whose file exists; with ``mode == "error"`` a missing one raises.
+
+    ``where[i]`` names the annotation source that listed image ``i`` (the error names the first one).
+    """
+    if mode not in MISSING_IMAGE_MODES:
+        raise MlfsicError(f"missing_images={mode!r}: expected one of {', '.join(MISSING_IMAGE_MODES)}")
+    if not Path(image_root).is_dir():
+        raise MlfsicError(f"image folder not found: {image_root}")
+    root = os.fspath(image_root)
+    present = np.fromiter((os.path.isfile(os.path.join(root, name)) for name in file_names), dtype=bool,
+                          count=len(file_names))
+    if mode == "error" and not present.all():
+        missing = np.flatnonzero(~present)
+        first = int(missing[0])
+        raise MlfsicError(f"{len(missing)} of {len(file_names)} images are missing, first "
+                          f"{Path(image_root) / file_names[first]} (listed in {where[first]}); "
+                          f"missing_images=drop leaves them out")
+    return present
+
+
+def make_dataset(name: str, image_root: Path, table: LabelTable, label_names: Sequence[str], digest: Digest,
+                 keep: np.ndarray | None = None) -> Dataset:
+    """The ``Dataset`` of ``table``'s rows (sorted by image id); ``keep`` masks rows in that order."""
+    image_ids = np.array(sorted(table.rows), dtype=np.int64)
+    targets = np.zeros((len(image_ids), len(label_names)), dtype=bool)
+    file_names = []
+    for row, image_id in enumerate(image_ids.tolist()):
+        file_name, labels, _ = table.rows[image_id]
+        file_names.append(file_name)
+        if labels:
+            targets[row, sorted(labels)] = True
+    if keep is not None:
+        image_ids, targets = image_ids[keep], targets[keep]
+        file_names = [f for f, k in zip(file_names, keep.tolist()) if k]
+    return Dataset(name=name, image_root=Path(image_root), image_ids=image_ids, file_names=tuple(file_names),
+                   label_names=tuple(label_names), targets=targets, annotation_sha256=digest.hexdigest())
+
+
+def finish(name: str, image_root: Path, table: LabelTable, label_names: Sequence[str], digest: Digest,
+           check: bool, missing_images: str) -> tuple[Dataset, int]:
+    """Check image files (``check`` false skips it unless ``missing_images == "drop"``: then the files decide
+    which images exist, so every process must look) and build the dataset; returns it and the dropped count."""
+    if missing_images not in MISSING_IMAGE_MODES:
+        raise MlfsicError(f"missing_images={missing_images!r}: expected one of {', '.join(MISSING_IMAGE_MODES)}")
+    keep = None
+    dropped = 0
+    if check or missing_images == "drop":
+        order = sorted(table.rows)
+        present = check_images(image_root, [table.rows[i][0] for i in order], [table.rows[i][2] for i in order],
+                               missing_images)
+        if not present.all():
+            keep = present
+            dropped = int((~present).sum())
+            digest.add_options({"dropped_missing": [table.rows[i][0] for i, p in zip(order, present) if not p]})
+    return make_dataset(name, image_root, table, label_names, digest, keep), dropped
+
+
+# ------------------------------------------------------------------------------------------ options
+def option(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default) if hasattr(cfg, "get") else default
+    return default if value is None and default is not None else value
+
+
+def str_list(cfg: Mapping[str, Any], key: str, default: Sequence[str]) -> list[str]:
+    value = option(cfg, key, None)
+    if value is None:
+        return list(default)
+    if isinstance(value, str):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise MlfsicError(f"dataset.{key}={value!r}: expected a list of strings") from None
+    if not items or not all(isinstance(item, str) and item for item in items):
+        raise MlfsicError(f"dataset.{key}={value!r}: expected a non-empty list of strings")
+    return items
+
+
+def bool_option(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = option(cfg, key, None)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise MlfsicError(f"dataset.{key}={value!r}: expected true or false")
+
+
+def root_of(cfg: Mapping[str, Any], what: str) -> Path:
+    value = option(cfg, "root", None)
+    if not isinstance(value, str) or not value or value == "???":
+        raise MlfsicError(f"dataset.root is not set; expected {what}, e.g. root=/data/... (dataset.root=...)")
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise MlfsicError(f"dataset.root={value}: folder not found; expected {what}")
+    return root
+
+
+# ------------------------------------------------------------------------------------------ summary
+def split_file_meta(split_file: str | os.PathLike[str]) -> dict[str, Any]:
+    """``provisional`` and ``note`` of a split file (``configs/splits/<file>`` or a path); {} if unreadable."""
+    from mlfsic.harness.config import config_dir
+
+    path = Path(split_file)
+    if not path.is_absolute() and not path.exists():
+        path = config_dir() / "splits" / str(split_file)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {"path": str(path), "provisional": bool(raw.get("provisional", False)), "note": raw.get("note")}
+
+
+def summarize(loaded: Loaded, split: Mapping[str, Sequence[str]], split_file: str | None = None) -> dict[str, Any]:
+    """Counts a user checks before a sweep: images, labels, images per split after the strict rule."""
+    dataset = loaded.dataset
+    labels_per_image = dataset.targets.sum(axis=1)
+    per_split: dict[str, int] = {}
+    few: dict[str, list[str]] = {}
+    assigned = np.zeros(len(dataset.image_ids), dtype=bool)
+    for name in SPLITS:
+        labels = list(split.get(name, []))
+        pool = split_pool(dataset, name, labels)
+        per_split[name] = len(pool)
+        counts = pool.targets.sum(axis=0) if len(labels) else np.zeros(0, dtype=int)
+        few[name] = [f"{label} ({int(n)})" for label, n in zip(labels, counts.tolist()) if n < FEW_IMAGES]
+        if labels:
+            assigned |= np.isin(dataset.image_ids, pool.image_ids)
+    meta = split_file_meta(split_file) if split_file else {}
+    return {
+        "dataset": dataset.name,
+        "image_root": str(dataset.image_root),
+        "n_images": int(len(dataset.image_ids)),
+        "n_labels": int(len(dataset.label_names)),
+        "images_without_labels": int((labels_per_image == 0).sum()),
+        "mean_labels_per_labelled_image": float(labels_per_image[labels_per_image > 0].mean())
+        if (labels_per_image > 0).any() else 0.0,
+        "sources": [list(s) for s in loaded.sources],
+        "missing_images_dropped": int(loaded.missing_images),
+        "split_file": meta.get("path", split_file),
+        "split_provisional": bool(meta.get("provisional", False)),
+        "split_note": meta.get("note"),
+        "split_labels": {name: len(split.get(name, [])) for name in SPLITS},
+        "images_per_split": per_split,
+        "images_in_no_split": int((~assigned & (labels_per_image > 0)).sum()),
+        "labels_with_few_images": few,
+        "notes": list(loaded.notes),
+        "annotation_sha256": dataset.annotation_sha256,
+    }
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The report ``mlfsic data prepare NAME`` prints."""
+    lines = [f"{summary['dataset']}: {summary['n_images']} images, {summary['n_labels']} labels "
+             f"(images under {summary['image_root']})"]
+    if summary["sources"]:
+        lines.append("  read: " + ", ".join(f"{source} ({n} images)" for source, n in summary["sources"]))
+    lines.append(f"  image files: all present" if not summary["missing_images_dropped"] else
+                 f"  image files: {summary['missing_images_dropped']} missing, left out (missing_images=drop)")
+    lines.append(f"  labels per labelled image: {summary['mean_labels_per_labelled_image']:.2f}; "
+                 f"images without labels: {summary['images_without_labels']}")
+    provisional = " PROVISIONAL" if summary["split_provisional"] else ""
+    counts = summary["split_labels"]
+    lines.append(f"  label split{provisional} {summary['split_file']}: "
+                 + " / ".join(f"{name} {counts[name]}" for name in SPLITS) + " labels")
+    if summary.get("split_note"):
+        lines.append(f"    note: {summary['split_note']}")
+    per_split = summary["images_per_split"]
+    lines.append("  images per split (an image is in a split only if all its labels are): "
+                 + ", ".join(f"{name} {per_split[name]}" for name in SPLITS)
+                 + f"; labelled images in no split {summary['images_in_no_split']}")
+    for name in SPLITS:
+        few = summary["labels_with_few_images"][name]
+        if few:
+            shown = ", ".join(few[:12]) + (f", ... ({len(few)} in all)" if len(few) > 12 else "")
+            lines.append(f"  {name} labels with fewer than {FEW_IMAGES} images in the {name} pool: {shown}")
+    for note in summary["notes"]:
+        lines.append(f"  {note}")
+    lines.append(f"  annotation sha256 {summary['annotation_sha256'][:16]}")
+    return "\n".join(lines)
