@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     "mlfsic.methods.reference",
     "mlfsic.methods.protonet",
     "mlfsic.methods.laso",
+    "mlfsic.methods.lcm",
 )
 
 

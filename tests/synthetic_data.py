@@ -12,6 +12,15 @@ An image carries 1-3 labels of its split; its feature is the sum of its labels' 
 offset (so standardisation matters) and Gaussian noise. Episodes follow ``episodic-v1`` (DESIGN 5.3):
 every episode label has K support and ``n_query`` query images carrying it (an image may carry other
 episode labels too); the ``Episode`` has no query targets, which ``make_episode`` returns separately.
+
+Local features (for methods with ``needs_local_features``, e.g. lcm/wvga): a grid of ``local_positions``
+positions (default 9, a 3x3 grid; 0 or None for none) of D channels per image, made from the global
+feature and the targets with a separate random stream, so global features and targets are exactly what
+they are without local features. Each carried label occupies its own random region of about L/4
+positions, which holds that label's centroid (scaled so it averages to the centroid over the grid); the
+rest is noise. The grid is then shifted so that its mean over positions equals the global feature, as
+the mean-pooled last feature map of a real backbone does. ``local_regions`` of ``make_local_grid``
+returns the regions, so tests can check what local-feature selection keeps.
 """
 
 from __future__ import annotations
@@ -81,18 +90,47 @@ def _images(world: World, columns: np.ndarray, count: int, must: int | None, rng
     return features.astype(np.float32), targets
 
 
-def make_base_data(n: int = 300, seed: int = 0, world: World = DEFAULT_WORLD) -> SplitData:
-    """Base split: ``n`` images over the world's base labels (every label guaranteed an image)."""
+DEFAULT_LOCAL_POSITIONS = 9
+
+
+def make_local_grid(
+    world: World, columns: np.ndarray, features: np.ndarray, targets: np.ndarray, positions: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local grid (n, L, D) float32 whose mean over L is ``features`` (n, D), and the label regions
+    (n, n_labels, L) bool: ``regions[i, j]`` marks the positions holding label ``j`` of image ``i``
+    (all False where the image does not carry the label)."""
+    n, dim = features.shape
+    size = max(1, positions // 4)
+    regions = np.zeros((n, columns.size, positions), dtype=bool)
+    structured = world.noise * rng.normal(size=(n, positions, dim))
+    for row in range(n):
+        for label in np.flatnonzero(targets[row] > 0.5):
+            where = rng.choice(positions, size=size, replace=False)
+            regions[row, label, where] = True
+            structured[row, where] += world.centroids[columns[label]] * (positions / size)
+    local = features[:, None, :] + structured - structured.mean(axis=1, keepdims=True)
+    return local.astype(np.float32), regions
+
+
+def make_base_data(
+    n: int = 300, seed: int = 0, world: World = DEFAULT_WORLD, local_positions: int | None = DEFAULT_LOCAL_POSITIONS
+) -> SplitData:
+    """Base split: ``n`` images over the world's base labels (every label guaranteed an image), with a
+    local grid of ``local_positions`` positions per image (None or 0: ``local_features=None``)."""
     rng = np.random.default_rng([seed, 1])
     columns = np.arange(len(world.base_labels))
     features, targets = _images(world, columns, n, None, rng)
     for label in np.flatnonzero(targets.sum(axis=0) == 0):  # only possible for tiny n
         targets[label % n, label] = 1.0
         features[label % n] += world.centroids[label]
+    local = None
+    if local_positions:
+        local, _ = make_local_grid(world, columns, features, targets, local_positions, np.random.default_rng([seed, 1, 7]))
     return SplitData(
         split="base",
         features=features,
-        local_features=None,
+        local_features=local,
         targets=targets,
         label_names=world.base_labels,
         label_embeddings=world.embeddings[columns].copy(),
@@ -101,9 +139,11 @@ def make_base_data(n: int = 300, seed: int = 0, world: World = DEFAULT_WORLD) ->
 
 
 def make_episode(
-    k_shot: int, seed: int = 0, n_query: int = 4, n_way: int | None = None, world: World = DEFAULT_WORLD
+    k_shot: int, seed: int = 0, n_query: int = 4, n_way: int | None = None, world: World = DEFAULT_WORLD,
+    local_positions: int | None = DEFAULT_LOCAL_POSITIONS,
 ) -> tuple[Episode, np.ndarray]:
-    """An episode over the world's novel labels (all, or ``n_way`` of them) and its query targets (n_q, N)."""
+    """An episode over the world's novel labels (all, or ``n_way`` of them) and its query targets (n_q, N);
+    support and query local grids of ``local_positions`` positions (None or 0: no local features)."""
     rng = np.random.default_rng([seed, 2])
     n_novel = len(world.novel_labels)
     chosen = np.sort(rng.choice(n_novel, size=n_way or n_novel, replace=False))
@@ -116,6 +156,11 @@ def make_episode(
     support_features, support_targets = draw(k_shot) if k_shot > 0 else (
         np.zeros((0, world.dim), np.float32), np.zeros((0, columns.size), np.float32))
     query_features, query_targets = draw(n_query)
+    support_local = query_local = None
+    if local_positions:
+        local_rng = np.random.default_rng([seed, 2, 7])
+        support_local, _ = make_local_grid(world, columns, support_features, support_targets, local_positions, local_rng)
+        query_local, _ = make_local_grid(world, columns, query_features, query_targets, local_positions, local_rng)
     episode = Episode(
         index=seed,
         seed=int(np.random.SeedSequence([seed, 3]).generate_state(1)[0]),
@@ -123,9 +168,9 @@ def make_episode(
         label_names=tuple(world.novel_labels[i] for i in chosen),
         label_embeddings=world.embeddings[columns].copy(),
         support_features=support_features,
-        support_local_features=None,
+        support_local_features=support_local,
         support_targets=support_targets,
         query_features=query_features,
-        query_local_features=None,
+        query_local_features=query_local,
     )
     return episode, query_targets

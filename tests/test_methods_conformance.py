@@ -31,6 +31,8 @@ TINY_CONFIG: dict[str, dict] = {
     "wordvec-zeroshot": {"epochs": 2},
     "protonet": {"n_episodes": 20, "hidden_dim": 32, "embed_dim": 16},
     "laso": {"steps": 20, "classifier_epochs": 1, "hidden_dim": 32, "episode_steps": 10, "max_union_pairs": 20},
+    "lcm": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2},
+    "wvga": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2},
 }
 METHODS = sorted(available_methods())
 BUILTIN = sorted(name for name, info in available_methods().items() if info.origin == "built-in")
