@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,10 +127,10 @@ class LabelTable:
         return len(self.rows)
 
 
-def check_images(image_root: Path, file_names: Sequence[str], where: Sequence[str], mode: str) -> np.ndarray:
+def check_images(image_root: Path, file_names: Sequence[str], where: Callable[[int], str], mode: str) -> np.ndarray:
     """Mask of the listed images whose file exists; with ``mode == "error"`` a missing one raises.
 
-    ``where[i]`` names the annotation source that listed image ``i`` (the error names the first one).
+    ``where(i)`` names the annotation source (file:line) that listed image ``i`` (the error names the first).
     """
     if mode not in MISSING_IMAGE_MODES:
         raise MlfsicError(f"missing_images={mode!r}: expected one of {', '.join(MISSING_IMAGE_MODES)}")
@@ -143,46 +143,122 @@ def check_images(image_root: Path, file_names: Sequence[str], where: Sequence[st
         missing = np.flatnonzero(~present)
         first = int(missing[0])
         raise MlfsicError(f"{len(missing)} of {len(file_names)} images are missing, first "
-                          f"{Path(image_root) / file_names[first]} (listed in {where[first]}); "
+                          f"{Path(image_root) / file_names[first]} (listed in {where(first)}); "
                           f"missing_images=drop leaves them out")
     return present
 
 
-def make_dataset(name: str, image_root: Path, table: LabelTable, label_names: Sequence[str], digest: Digest,
-                 keep: np.ndarray | None = None) -> Dataset:
-    """The ``Dataset`` of ``table``'s rows (sorted by image id); ``keep`` masks rows in that order."""
-    image_ids = np.array(sorted(table.rows), dtype=np.int64)
-    targets = np.zeros((len(image_ids), len(label_names)), dtype=bool)
-    file_names = []
-    for row, image_id in enumerate(image_ids.tolist()):
-        file_name, labels, _ = table.rows[image_id]
-        file_names.append(file_name)
-        if labels:
-            targets[row, sorted(labels)] = True
-    if keep is not None:
-        image_ids, targets = image_ids[keep], targets[keep]
-        file_names = [f for f, k in zip(file_names, keep.tolist()) if k]
-    return Dataset(name=name, image_root=Path(image_root), image_ids=image_ids, file_names=tuple(file_names),
-                   label_names=tuple(label_names), targets=targets, annotation_sha256=digest.hexdigest())
+def build_dataset(name: str, image_root: Path, image_ids: np.ndarray, file_names: Sequence[str],
+                  label_names: Sequence[str], targets: np.ndarray, digest: Digest, check: bool, missing_images: str,
+                  where: Callable[[int], str]) -> tuple[Dataset, int]:
+    """The ``Dataset`` (rows sorted by image id) and how many images were dropped as missing.
+
+    Image files are checked when ``check`` is true, and always with ``missing_images == "drop"``: then the
+    files decide which images exist, so every process that rebuilds the dataset must look. Dropped files
+    enter the digest.
+    """
+    if missing_images not in MISSING_IMAGE_MODES:
+        raise MlfsicError(f"missing_images={missing_images!r}: expected one of {', '.join(MISSING_IMAGE_MODES)}")
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    if len(np.unique(image_ids)) != len(image_ids):
+        raise MlfsicError(f"dataset {name!r}: image ids are not unique")  # adapters check this with context first
+    dropped = 0
+    if check or missing_images == "drop":
+        present = check_images(image_root, file_names, where, missing_images)
+        if not present.all():
+            dropped = int((~present).sum())
+            digest.add_options({"dropped_missing": [f for f, p in zip(file_names, present.tolist()) if not p]})
+            image_ids, targets = image_ids[present], targets[present]
+            file_names = [f for f, p in zip(file_names, present.tolist()) if p]
+    order = np.argsort(image_ids, kind="stable")
+    dataset = Dataset(name=name, image_root=Path(image_root), image_ids=image_ids[order].copy(),
+                      file_names=tuple(file_names[i] for i in order.tolist()), label_names=tuple(label_names),
+                      targets=np.ascontiguousarray(targets[order], dtype=bool), annotation_sha256=digest.hexdigest())
+    return dataset, dropped
 
 
 def finish(name: str, image_root: Path, table: LabelTable, label_names: Sequence[str], digest: Digest,
            check: bool, missing_images: str) -> tuple[Dataset, int]:
-    """Check image files (``check`` false skips it unless ``missing_images == "drop"``: then the files decide
-    which images exist, so every process must look) and build the dataset; returns it and the dropped count."""
-    if missing_images not in MISSING_IMAGE_MODES:
-        raise MlfsicError(f"missing_images={missing_images!r}: expected one of {', '.join(MISSING_IMAGE_MODES)}")
-    keep = None
-    dropped = 0
-    if check or missing_images == "drop":
-        order = sorted(table.rows)
-        present = check_images(image_root, [table.rows[i][0] for i in order], [table.rows[i][2] for i in order],
-                               missing_images)
-        if not present.all():
-            keep = present
-            dropped = int((~present).sum())
-            digest.add_options({"dropped_missing": [table.rows[i][0] for i, p in zip(order, present) if not p]})
-    return make_dataset(name, image_root, table, label_names, digest, keep), dropped
+    """``build_dataset`` of a ``LabelTable``'s rows."""
+    order = sorted(table.rows)
+    targets = np.zeros((len(order), len(label_names)), dtype=bool)
+    for row, image_id in enumerate(order):
+        labels = table.rows[image_id][1]
+        if labels:
+            targets[row, sorted(labels)] = True
+    return build_dataset(name, image_root, np.array(order, dtype=np.int64), [table.rows[i][0] for i in order],
+                         label_names, targets, digest, check, missing_images, lambda i: table.rows[order[i]][2])
+
+
+_BYTE_KIND = np.zeros(256, dtype=np.uint8)
+_BYTE_KIND[[9, 10, 13, 32]] = 1
+_BYTE_KIND[ord("0")] = 2
+_BYTE_KIND[ord("1")] = 3
+
+
+def read_binary_matrix(path: Path, digest: Digest | None, n_rows: int, n_cols: int, rows_from: str,
+                       chunk_bytes: int = 1 << 25) -> np.ndarray:
+    """A text file of ``n_rows`` lines of ``n_cols`` whitespace-separated 0/1 values, as a bool matrix.
+
+    NUS-WIDE's ``Labels_<concept>.txt`` (one value a line) and ``AllTags1k.txt`` (1000 a line, ~0.5 GB) are
+    read this way, vectorised in chunks of whole lines. Blank lines are allowed only at the end. Any other
+    deviation is an error naming the file and line; ``rows_from`` names the file that fixes ``n_rows``.
+    """
+    data = read_bytes(path)
+    if digest is not None:
+        digest.add_file(path, data)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    out = np.zeros((n_rows, n_cols), dtype=bool)
+    row = 0
+    line_base = 1  # line number of the chunk's first line
+    blank_line = 0  # first blank line seen (0: none); a value line after it is an error
+    position = 0
+    while position < len(buffer):
+        end = min(position + chunk_bytes, len(buffer))
+        if end < len(buffer):
+            newline = data.rfind(b"\n", position, end)
+            if newline < 0:
+                newline = data.find(b"\n", end)
+            end = len(buffer) if newline < 0 else newline + 1
+        chunk = buffer[position:end]
+        newlines = np.flatnonzero(chunk == 10)
+
+        def line_of(offset: int) -> int:
+            return line_base + int(np.searchsorted(newlines, offset, side="left"))
+
+        kind = _BYTE_KIND[chunk]  # 0 other, 1 whitespace, 2 "0", 3 "1"
+        digit = kind >= 2
+        if not kind.all():
+            offset = int(np.argmin(kind))
+            raise MlfsicError(f"{path}:{line_of(offset)}: expected 0/1 values, found {chr(chunk[offset])!r}")
+        glued = digit[:-1] & digit[1:]
+        if glued.any():
+            offset = int(np.argmax(glued))
+            raise MlfsicError(f"{path}:{line_of(offset)}: expected whitespace-separated 0/1 values")
+        starts = np.concatenate([[0], newlines + 1])
+        starts = starts[starts < len(chunk)]
+        counts = np.add.reduceat(digit, starts, dtype=np.int64) if len(starts) else np.zeros(0, dtype=np.int64)
+        wrong = np.flatnonzero((counts != 0) & (counts != n_cols))
+        if len(wrong):
+            index = int(wrong[0])
+            raise MlfsicError(f"{path}:{line_base + index}: {counts[index]} values, expected {n_cols}")
+        blank = np.flatnonzero(counts == 0)
+        filled = np.flatnonzero(counts == n_cols)
+        if len(filled):
+            first_blank = blank_line or (line_base + int(blank[0]) if len(blank) and blank[0] < filled[-1] else 0)
+            if first_blank:
+                raise MlfsicError(f"{path}:{first_blank}: blank line (rows follow the lines of {rows_from})")
+            if row + len(filled) > n_rows:
+                raise MlfsicError(f"{path}: more than {n_rows} lines of values; {rows_from} lists {n_rows} images")
+            out[row:row + len(filled)] = (kind[digit] == 3).reshape(len(filled), n_cols)
+            row += len(filled)
+        if len(blank) and not blank_line:
+            blank_line = line_base + int(blank[0])
+        line_base += len(newlines)
+        position = end
+    if row != n_rows:
+        raise MlfsicError(f"{path}: {row} lines of values, but {rows_from} lists {n_rows} images (truncated?)")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -228,13 +304,19 @@ def root_of(cfg: Mapping[str, Any], what: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ summary
-def split_file_meta(split_file: str | os.PathLike[str]) -> dict[str, Any]:
-    """``provisional`` and ``note`` of a split file (``configs/splits/<file>`` or a path); {} if unreadable."""
+def split_path(split_file: str | os.PathLike[str]) -> Path:
+    """Where a split file is: a path, else ``configs/splits/<file>`` (as ``harness.config.load_label_split``)."""
     from mlfsic.harness.config import config_dir
 
     path = Path(split_file)
     if not path.is_absolute() and not path.exists():
         path = config_dir() / "splits" / str(split_file)
+    return path
+
+
+def split_file_meta(split_file: str | os.PathLike[str]) -> dict[str, Any]:
+    """``provisional`` and ``note`` of a split file (``configs/splits/<file>`` or a path); {} if unreadable."""
+    path = split_path(split_file)
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError):

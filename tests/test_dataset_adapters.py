@@ -198,3 +198,171 @@ def test_voc_same_image_two_years_must_agree(tmp_path):
     _image(v12 / "JPEGImages" / "2007_000005.jpg")
     with pytest.raises(MlfsicError, match=r"image id 2007000005 .* is already used by VOC2007/JPEGImages/000005.jpg"):
         voc.load({"root": str(devkit), "sets": ["VOC2007/trainval", "VOC2012/seg"]})
+
+
+# ------------------------------------------------------------------------------------------- NUS-WIDE
+CONCEPTS81 = _split_json("nuswide_zsl925.json")["test"]
+NUS_IMAGES = [  # (Imagelist.txt line, concepts)
+    ("actor\\0001_2124494179.jpg", {"sky", "clouds"}),
+    ("actor\\0002_174174086.jpg", {"tiger"}),
+    ("C:\\ImageData\\Flickr\\airport\\0001_22334455.jpg", {"beach"}),
+    ("airport\\0002_33445566.jpg", {"sky", "tiger"}),
+    ("animal\\0001_55566677.jpg", set()),
+    ("animal\\0002_66677788.jpg", {"zebra", "birds"}),
+    ("zoo\\0001_77788899.jpg", {"airport"}),
+]
+SEEN_TAGS = [f"tag{k:02d}" for k in range(12)]
+TAGS = SEEN_TAGS[:3] + ["sky", "tiger"] + SEEN_TAGS[3:]  # two tags equal a concept name: not seen labels
+
+
+def _write_nuswide(root: Path, images=NUS_IMAGES, tag_rows=None) -> Path:
+    (root / "ImageList").mkdir(parents=True)
+    (root / "ImageList" / "Imagelist.txt").write_text("\r\n".join(line for line, _ in images) + "\r\n")
+    (root / "ConceptsList").mkdir()
+    (root / "ConceptsList" / "Concepts81.txt").write_text("\n".join(CONCEPTS81) + "\n")
+    labels = root / "Groundtruth" / "AllLabels"
+    labels.mkdir(parents=True)
+    for concept in CONCEPTS81:
+        (labels / f"Labels_{concept}.txt").write_text("".join(f"{int(concept in c)}\n" for _, c in images))
+    for line, _ in images:
+        folder, file = line.split("\\")[-2:]
+        _image(root / "Flickr" / folder / file)
+    (root / "NUS_WID_Tags").mkdir()
+    (root / "NUS_WID_Tags" / "TagList1k.txt").write_text("\n".join(TAGS) + "\n")
+    rows = tag_rows if tag_rows is not None else [[int((i + j) % 3 == 0) for j in range(len(TAGS))]
+                                                  for i in range(len(images))]
+    (root / "NUS_WID_Tags" / "AllTags1k.txt").write_text("".join("\t".join(map(str, r)) + "\t\n" for r in rows))
+    return root
+
+
+def test_nuswide_concepts_multi_hot_and_pools(tmp_path):
+    from mlfsic.datasets import nuswide
+
+    root = _write_nuswide(tmp_path / "NUS-WIDE")
+    loaded = nuswide.read({"name": "nuswide", "root": str(root)})
+    dataset = loaded.dataset
+    assert dataset.label_names == tuple(CONCEPTS81)
+    assert _rows(dataset) == {i + 1: concepts for i, (_, concepts) in enumerate(NUS_IMAGES)}
+    assert dataset.file_names[:3] == ("actor/0001_2124494179.jpg", "actor/0002_174174086.jpg",
+                                      "airport/0001_22334455.jpg")
+    assert dataset.image_root == root / "Flickr"
+
+    split = nuswide.label_split({"split_file": "nuswide.json"}, dataset)
+    assert (len(split["base"]), len(split["val"]), len(split["test"])) == (52, 10, 19)
+    assert _pool_rows(split_pool(dataset, "base", split["base"])) == {1: {"sky", "clouds"}, 7: {"airport"}}
+    assert _pool_rows(split_pool(dataset, "val", split["val"])) == {3: {"beach"}}
+    assert _pool_rows(split_pool(dataset, "test", split["test"])) == {2: {"tiger"}, 6: {"zebra", "birds"}}
+    summary = disk.summarize(loaded, split, "nuswide.json")
+    assert summary["images_per_split"] == {"base": 2, "val": 1, "test": 2}
+    assert summary["images_without_labels"] == 1 and summary["images_in_no_split"] == 1  # 5 unlabelled; 4 mixed
+    assert summary["split_provisional"] is True
+    assert "labels with fewer than 10 images" in disk.format_summary(summary)
+
+
+def test_nuswide_split_file_is_the_documented_rule():
+    split = _split_json("nuswide.json")
+    assert split["provisional"] is True and "PROVISIONAL" in split["note"]
+    broad = ["sky", "clouds", "person", "water", "animal"]
+    others = [c for c in CONCEPTS81 if c not in broad]
+    assert split["test"] == [c for i, c in enumerate(others) if i % 4 == 3]
+    assert split["val"] == [c for i, c in enumerate(others) if i % 8 == 1]
+    assert split["train"] == [c for c in CONCEPTS81 if c not in split["test"] + split["val"]]
+    assert sorted(CONCEPTS81) == CONCEPTS81 and len(CONCEPTS81) == 81
+
+
+def test_nuswide_zsl925_protocol(tmp_path):
+    from mlfsic.datasets import nuswide
+
+    root = _write_nuswide(tmp_path / "NUS-WIDE")
+    cfg = {"name": "nuswide-zsl", "root": str(root), "protocol": "zsl925", "split_file": "nuswide_zsl925.json"}
+    loaded = nuswide.read(cfg)
+    dataset = loaded.dataset
+    assert dataset.label_names == tuple(SEEN_TAGS + CONCEPTS81)  # seen tags (TagList1k order), then concepts
+    tags = np.array([[int((i + j) % 3 == 0) for j in range(len(TAGS))] for i in range(len(NUS_IMAGES))], dtype=bool)
+    seen_columns = [TAGS.index(t) for t in SEEN_TAGS]
+    assert (dataset.targets[:, :12] == tags[:, seen_columns]).all()
+    assert _rows(dataset)[2] - set(SEEN_TAGS) == {"tiger"}  # the concept's human label, not the tag
+    assert "12 seen labels = the 14 tags" in loaded.notes[0]
+
+    split = nuswide.label_split(cfg, dataset)
+    assert split["test"] == CONCEPTS81 and split["val"] == ["tag09"]
+    assert split["base"] == [t for t in SEEN_TAGS if t != "tag09"]
+    expected_test = {i: c for i, c in _rows(dataset).items() if c and c <= set(CONCEPTS81)}
+    assert _pool_rows(split_pool(dataset, "test", split["test"])) == expected_test
+    with pytest.raises(MlfsicError, match="needs dataset.protocol=zsl925"):
+        nuswide.label_split({"split_file": "nuswide_zsl925.json"}, nuswide.load({"root": str(root)}))
+
+
+def test_nuswide_duplicates_and_missing_images(tmp_path):
+    from mlfsic.datasets import nuswide
+
+    images = NUS_IMAGES + [NUS_IMAGES[1]]  # the same path again, same labels: kept once
+    root = _write_nuswide(tmp_path / "a", images)
+    loaded = nuswide.read({"root": str(root)})
+    assert loaded.dataset.image_ids.tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert any("kept once" in note for note in loaded.notes)
+    images = NUS_IMAGES + [(NUS_IMAGES[1][0], {"zebra"})]
+    root = _write_nuswide(tmp_path / "b", images)
+    with pytest.raises(MlfsicError, match=r"Imagelist.txt:8: image actor/0002_174174086.jpg is listed again with "
+                                          r"different labels \(first at line 2\)"):
+        nuswide.load({"root": str(root)})
+    root = _write_nuswide(tmp_path / "c")
+    (root / "Flickr" / "animal" / "0001_55566677.jpg").unlink()
+    with pytest.raises(MlfsicError, match=r"1 of 7 images are missing, first .*Flickr/animal/0001_55566677.jpg "
+                                          r"\(listed in .*Imagelist.txt:5\)"):
+        nuswide.load({"root": str(root)})
+    dropped = nuswide.read({"root": str(root), "missing_images": "drop"})
+    assert dropped.dataset.image_ids.tolist() == [1, 2, 3, 4, 6, 7] and dropped.missing_images == 1
+    assert dropped.dataset.annotation_sha256 != nuswide.load({"root": str(root)}, check_images=False).annotation_sha256
+    # with drop, the files decide even when the caller skips checks (workers rebuild the same dataset)
+    assert nuswide.load({"root": str(root), "missing_images": "drop"}, check_images=False).image_ids.tolist() == \
+        [1, 2, 3, 4, 6, 7]
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("truncated_labels", r"Labels_tiger.txt: 5 lines of values, but .*Imagelist.txt lists 7 images"),
+    ("bad_value", r"Labels_sky.txt:3: expected 0/1 values, found '2'"),
+    ("missing_label_file", r"Concepts81.txt:81: concept 'zebra' has no label file .*AllLabels/Labels_zebra.txt"),
+    ("unknown_concept", r"Concepts81.txt:82: concept 'kitten' has no label file .*Labels_kitten.txt"),
+    ("duplicate_concept", r"Concepts81.txt:82: 'sky' is listed twice \(first at line 56\)"),
+    ("empty_list", r"Imagelist.txt: empty image list"),
+    ("blank_line_in_list", r"Imagelist.txt:3: blank line"),
+    ("tag_row_short", r"AllTags1k.txt:4: 13 values, expected 14"),
+    ("tag_rows_missing", r"AllTags1k.txt: 6 lines of values, but .*Imagelist.txt lists 7 images"),
+    ("no_tag_list", r"tag list not found: .*NUS_WID_Tags/TagList1k.txt"),
+    ("bad_protocol", r"dataset.protocol='zsl': expected one of concepts81, zsl925"),
+])
+def test_nuswide_bad_input_is_one_line_naming_the_file(tmp_path, case, pattern):
+    from mlfsic.datasets import nuswide
+
+    root = _write_nuswide(tmp_path / "NUS-WIDE")
+    labels = root / "Groundtruth" / "AllLabels"
+    cfg = {"root": str(root), "protocol": "zsl925"}
+    if case == "truncated_labels":
+        (labels / "Labels_tiger.txt").write_text("0\n1\n0\n1\n0\n")
+    elif case == "bad_value":
+        (labels / "Labels_sky.txt").write_text("1\n0\n2\n1\n0\n0\n0\n")
+    elif case == "missing_label_file":
+        (labels / "Labels_zebra.txt").unlink()
+    elif case == "unknown_concept":
+        (root / "ConceptsList" / "Concepts81.txt").write_text("\n".join(CONCEPTS81 + ["kitten"]) + "\n")
+    elif case == "duplicate_concept":
+        (root / "ConceptsList" / "Concepts81.txt").write_text("\n".join(CONCEPTS81 + ["sky"]) + "\n")
+    elif case == "empty_list":
+        (root / "ImageList" / "Imagelist.txt").write_text("\n\n")
+    elif case == "blank_line_in_list":
+        (root / "ImageList" / "Imagelist.txt").write_text("a\\1_1.jpg\na\\2_2.jpg\n\na\\3_3.jpg\n")
+    elif case == "tag_row_short":
+        rows = (root / "NUS_WID_Tags" / "AllTags1k.txt").read_text().splitlines()
+        rows[3] = rows[3][:-3]
+        (root / "NUS_WID_Tags" / "AllTags1k.txt").write_text("\n".join(rows) + "\n")
+    elif case == "tag_rows_missing":
+        rows = (root / "NUS_WID_Tags" / "AllTags1k.txt").read_text().splitlines()
+        (root / "NUS_WID_Tags" / "AllTags1k.txt").write_text("\n".join(rows[:-1]) + "\n")
+    elif case == "no_tag_list":
+        (root / "NUS_WID_Tags" / "TagList1k.txt").unlink()
+    elif case == "bad_protocol":
+        cfg["protocol"] = "zsl"
+    with pytest.raises(MlfsicError, match=pattern) as error:
+        nuswide.load(cfg)
+    assert "\n" not in str(error.value)
