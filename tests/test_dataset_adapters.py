@@ -366,3 +366,141 @@ def test_nuswide_bad_input_is_one_line_naming_the_file(tmp_path, case, pattern):
     with pytest.raises(MlfsicError, match=pattern) as error:
         nuswide.load(cfg)
     assert "\n" not in str(error.value)
+
+
+# --------------------------------------------------------------------------------------- iMaterialist
+IMAT_TRAIN = {"1": ["1", "2"], "2": ["5"], "3": ["3", "5"], "4": ["10", "20"], "5": ["13"], "6": []}
+IMAT_VAL = {"1": ["15", "25"], "2": ["2", "4"]}
+
+
+def _imat_json(labels: dict[str, list[str]]) -> dict:
+    return {"images": [{"imageId": i, "url": f"https://example.invalid/{i}.jpg"} for i in labels],
+            "annotations": [{"imageId": i, "labelId": ids} for i, ids in labels.items()],
+            "license": {"id": 1, "name": "fixture"}}
+
+
+def _write_imat(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for name, labels in (("train", IMAT_TRAIN), ("validation", IMAT_VAL)):
+        (root / f"{name}.json").write_text(json.dumps(_imat_json(labels)))
+        for image_id in labels:
+            _image(root / name / f"{image_id}.jpg")
+    return root
+
+
+def test_imaterialist_multi_hot_ids_and_pools(tmp_path):
+    from mlfsic.datasets import imaterialist
+
+    root = _write_imat(tmp_path / "imat")
+    cfg = {"name": "imaterialist", "root": str(root)}
+    loaded = imaterialist.read(cfg)
+    dataset = loaded.dataset
+    assert dataset.label_names == tuple(f"label_{i}" for i in range(1, 229))
+    assert _rows(dataset) == {
+        1: {"label_1", "label_2"}, 2: {"label_5"}, 3: {"label_3", "label_5"}, 4: {"label_10", "label_20"},
+        5: {"label_13"}, 6: set(), 1_000_000_001: {"label_15", "label_25"}, 1_000_000_002: {"label_2", "label_4"}}
+    assert dataset.file_name_of()[1_000_000_002] == "validation/2.jpg"
+    assert loaded.sources == (("train.json", 6), ("validation.json", 2))
+    assert any("label_<id>" in note for note in loaded.notes)
+    split = imaterialist.label_split(cfg, dataset)
+    assert _pool_rows(split_pool(dataset, "base", split["base"])) == {
+        1: {"label_1", "label_2"}, 1_000_000_002: {"label_2", "label_4"}}
+    assert _pool_rows(split_pool(dataset, "val", split["val"])) == {5: {"label_13"}}
+    assert _pool_rows(split_pool(dataset, "test", split["test"])) == {
+        2: {"label_5"}, 4: {"label_10", "label_20"}, 1_000_000_001: {"label_15", "label_25"}}
+    summary = disk.summarize(loaded, split, "imaterialist.json")
+    assert summary["images_without_labels"] == 1 and summary["images_per_split"] == {"base": 2, "val": 1, "test": 3}
+    assert "PROVISIONAL" in disk.format_summary(summary)
+    only_val = imaterialist.load({"root": str(root), "annotations": ["validation.json"], "images": ["validation"]})
+    assert only_val.image_ids.tolist() == [1, 2]
+
+
+def test_imaterialist_label_names_csv_and_json(tmp_path):
+    from mlfsic.datasets import imaterialist
+
+    root = _write_imat(tmp_path / "imat")
+    rows = ["labelId,taskId,labelName,taskName"] + [
+        f"{i},{1 + i % 3},{'Other' if i in (2, 3) else f'attr {i}'},{['Category', 'Color', 'Style'][i % 3]}"
+        for i in range(1, 229)]
+    (root / "label_map_228.csv").write_text("\n".join(rows) + "\n")
+    cfg = {"root": str(root), "label_names": "label_map_228.csv"}
+    dataset = imaterialist.load(cfg)
+    assert dataset.label_names[:4] == ("attr 1", "Other (Style)", "Other (Category)", "attr 4")
+    assert _rows(dataset)[1] == {"attr 1", "Other (Style)"}
+    split = imaterialist.label_split(cfg, dataset)  # the id-named split, mapped to the names
+    assert split["test"][:2] == ["attr 5", "attr 10"] and split["val"][0] == "Other (Category)"
+    assert dataset.annotation_sha256 != imaterialist.load({"root": str(root)}).annotation_sha256
+
+    (root / "names.json").write_text(json.dumps({str(i): f"n{i}" for i in range(1, 30)}))
+    dataset = imaterialist.load({"root": str(root), "label_names": "names.json"})
+    assert len(dataset.label_names) == 29 and _rows(dataset)[4] == {"n10", "n20"}
+
+
+def test_imaterialist_split_file_is_the_documented_rule():
+    split = _split_json("imaterialist.json")
+    assert split["provisional"] is True and "PROVISIONAL" in split["note"]
+    assert split["test"] == [f"label_{i}" for i in range(1, 229) if i % 5 == 0]
+    assert split["val"] == [f"label_{i}" for i in range(1, 229) if i % 10 == 3]
+    assert len(split["train"]) == 160 and set(split["train"] + split["val"] + split["test"]) == {
+        f"label_{i}" for i in range(1, 229)}
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("truncated_json", r"train.json:1: malformed JSON \(.*column \d+\)"),
+    ("no_annotations", r"validation.json: missing list 'annotations'"),
+    ("unknown_label", r"train.json: annotations\[1\]: unknown label id 999 \(label ids are 1..228"),
+    ("bad_label", r"train.json: annotations\[0\]: labelId 'x7' is not a positive integer id"),
+    ("twice_different", r"train.json: annotations\[6\]: image 2 is listed again with different labels "
+                        r"\(first at annotations\[1\]\)"),
+    ("not_listed", r"validation.json: annotations\[2\]: image 77 is not in 'images'"),
+    ("missing_image", r"1 of 8 images are missing, first .*validation/2.jpg \(listed in .*validation.json: images\[1\]\)"),
+    ("names_duplicate", r"names.csv:3: name 'a' is also given at .*names.csv:2, and the file has no task column"),
+    ("names_header", r"names.csv:1: header 'foo,bar' lacks an id column"),
+    ("unknown_split_label", r"own.json: test label 'label_999' is not a category of the dataset"),
+    ("lists_differ", r"dataset.annotations has 2 files but dataset.images 1 folders"),
+])
+def test_imaterialist_bad_input_is_one_line_naming_the_file(tmp_path, case, pattern):
+    from mlfsic.datasets import imaterialist
+
+    root = _write_imat(tmp_path / "imat")
+    cfg = {"root": str(root)}
+    train = _imat_json(IMAT_TRAIN)
+    if case == "truncated_json":
+        (root / "train.json").write_text(json.dumps(train)[:50])
+    elif case == "no_annotations":
+        (root / "validation.json").write_text(json.dumps({"images": [{"imageId": "1", "url": "u"}]}))
+    elif case == "unknown_label":
+        train["annotations"][1]["labelId"] = ["999"]
+        (root / "train.json").write_text(json.dumps(train))
+    elif case == "bad_label":
+        train["annotations"][0]["labelId"] = ["x7"]
+        (root / "train.json").write_text(json.dumps(train))
+    elif case == "twice_different":
+        train["annotations"].append({"imageId": "2", "labelId": ["6"]})
+        (root / "train.json").write_text(json.dumps(train))
+    elif case == "not_listed":
+        content = _imat_json(IMAT_VAL)
+        content["annotations"].append({"imageId": "77", "labelId": ["1"]})
+        (root / "validation.json").write_text(json.dumps(content))
+    elif case == "missing_image":
+        (root / "validation" / "2.jpg").unlink()
+    elif case == "names_duplicate":
+        (root / "names.csv").write_text("labelId,labelName\n1,a\n2,a\n")
+        cfg["label_names"] = "names.csv"
+    elif case == "names_header":
+        (root / "names.csv").write_text("foo,bar\n1,a\n")
+        cfg["label_names"] = "names.csv"
+    elif case == "unknown_split_label":
+        (tmp_path / "own.json").write_text(json.dumps({"train": ["label_1"], "val": ["label_2"], "test": ["label_999"]}))
+        cfg["split_file"] = str(tmp_path / "own.json")
+        with pytest.raises(MlfsicError, match=pattern) as error:
+            imaterialist.label_split(cfg, imaterialist.load(cfg))
+        assert "\n" not in str(error.value)
+        return
+    elif case == "lists_differ":
+        cfg["images"] = ["train"]
+    with pytest.raises(MlfsicError, match=pattern) as error:
+        imaterialist.load(cfg)
+    assert "\n" not in str(error.value)
+    if case == "missing_image":
+        assert imaterialist.read({**cfg, "missing_images": "drop"}).missing_images == 1
