@@ -304,6 +304,27 @@ def root_of(cfg: Mapping[str, Any], what: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ summary
+@dataclass(frozen=True)
+class Prepared:
+    """What ``mlfsic data prepare NAME`` reports: the checked dataset, its label split and the summary."""
+
+    dataset: Dataset
+    split: dict[str, list[str]]
+    summary: dict[str, Any]
+
+    def text(self) -> str:
+        return format_summary(self.summary)
+
+
+def prepare(adapter: Any, cfg: Mapping[str, Any]) -> Prepared:
+    """Read ``cfg``'s dataset with ``adapter`` (a module with ``read`` and ``label_split``), checking every
+    file it names (image files included), split its labels and summarise; writes nothing."""
+    loaded = adapter.read(cfg, check_images=True)
+    split = adapter.label_split(cfg, loaded.dataset)
+    return Prepared(dataset=loaded.dataset, split=split,
+                    summary=summarize(loaded, split, str(option(cfg, "split_file", "")) or None))
+
+
 def split_path(split_file: str | os.PathLike[str]) -> Path:
     """Where a split file is: a path, else ``configs/splits/<file>`` (as ``harness.config.load_label_split``)."""
     from mlfsic.harness.config import config_dir

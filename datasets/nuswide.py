@@ -32,14 +32,16 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlfsic.datasets.disk import Digest, Loaded, build_dataset, decode_text, option, read_binary_matrix, \
+from mlfsic.datasets.disk import Digest, Loaded, Prepared, build_dataset, decode_text, option, read_binary_matrix, \
     read_bytes, read_lines, root_of, split_path
+from mlfsic.datasets.disk import prepare as prepare_with
 from mlfsic.harness.config import load_label_split
 from mlfsic.harness.data import Dataset
 from mlfsic.harness.errors import MlfsicError
@@ -68,6 +70,11 @@ def read(cfg: Mapping[str, Any], check_images: bool = True) -> Loaded:
     return read_nuswide(str(option(cfg, "name", "nuswide")), root, protocol=str(option(cfg, "protocol", "concepts81")),
                         missing_images=str(option(cfg, "missing_images", "error")), check_images=check_images,
                         **paths)
+
+
+def prepare(cfg: Mapping[str, Any]) -> Prepared:
+    """Dataset, label split and printable summary (``.text()``) of ``cfg``, every file checked."""
+    return prepare_with(sys.modules[__name__], cfg)
 
 
 def read_nuswide(name: str, root: str | Path, *, image_list: str = DEFAULTS["image_list"],
