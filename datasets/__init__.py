@@ -1,1 +1,1 @@
-"""mlfsic.datasets: dataset adapters (COCO format, ...) and the coco-moji generator (DESIGN 6)."""
+"""mlfsic.datasets: dataset adapters (COCO format, ...) and the coco-moji generator (docs/architecture.md §6)."""

@@ -1,9 +1,10 @@
-"""COCO-format adapter (DESIGN 6.1): real COCO 2014 and the generated coco-moji go through this code.
+"""The ``coco`` adapter (docs/architecture.md §6.1): real COCO 2014 and the generated coco-moji go through it.
 
 Reads an instances json with pycocotools and returns a ``harness.data.Dataset``: every image id, its
 file name, and multi-hot labels over the categories in the file's category order. Files are checked up
 front; a missing or malformed file is a one-line ``MlfsicError`` naming it. Pixels are not read here
-(features are extracted once, lazily, by the feature store).
+(features are extracted once, lazily, by the feature store). Config keys (``configs/dataset/coco.yaml``):
+``root``, ``annotations`` (relative to root), ``images`` (image folder), ``split_file``, ``restrict_split``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,44 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 
+from mlfsic.datasets.disk import Loaded, Prepared, bool_option, root_of
+from mlfsic.datasets.disk import prepare as prepare_with
 from mlfsic.harness.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_file
+
+
+def read(cfg: Mapping[str, Any], check_images: bool = True) -> Loaded:
+    root = root_of(cfg, "the COCO folder holding the annotation file and the image folder")
+    annotations, images = str(cfg.get("annotations")), str(cfg.get("images"))
+    dataset = load_coco(str(cfg.get("name", "coco")), root, annotations, images, check_images=check_images)
+    return Loaded(dataset=dataset, sources=((annotations, len(dataset.image_ids)),))
+
+
+def load(cfg: Mapping[str, Any], check_images: bool = True) -> Dataset:
+    """The dataset a ``configs/dataset/coco.yaml``-style config describes."""
+    return read(cfg, check_images).dataset
+
+
+def label_split(cfg: Mapping[str, Any], dataset: Dataset) -> dict[str, list[str]]:
+    """The label split of ``cfg.split_file`` (``configs/splits/coco.json``: 52 / 12 / 16)."""
+    from mlfsic.harness.config import load_label_split
+
+    return load_label_split(str(cfg.get("split_file", "coco.json")), dataset.label_names,
+                            bool_option(cfg, "restrict_split", False))
+
+
+def prepare(cfg: Mapping[str, Any]) -> Prepared:
+    """Dataset, label split and printable summary of ``cfg``, every file checked."""
+    return prepare_with(sys.modules[__name__], cfg)
 
 
 def load_coco(name: str, root: str | Path, annotations: str, images: str, check_images: bool = True) -> Dataset:

@@ -1,4 +1,4 @@
-"""Image backbones (DESIGN 7): frozen feature extractors giving a global vector and a local grid per image.
+"""Image backbones (docs/architecture.md §7): frozen feature extractors giving a global vector and a local grid per image.
 
 Every backbone module implements ``forward_features(x) -> (global (B, D), local (B, L, C))``; the
 local grid is the last convolutional feature map flattened row-major (L = h * w positions of C

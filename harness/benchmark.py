@@ -1,8 +1,8 @@
 """The prepared benchmark: dataset, label split, pools, backbone and features, resolved once per sweep.
 
-``prepare_benchmark(cfg)`` runs in the driver: it generates coco-moji when missing, loads the
-annotation file through the COCO adapter, splits the labels (DESIGN 5.1/5.2), trains or loads the
-backbone and returns a small, picklable ``Benchmark`` that Ray tasks receive. Tasks then rebuild what
+``prepare_benchmark(cfg)`` runs in the driver: it generates coco-moji when missing, reads the dataset
+through its adapter (``mlfsic.datasets.registry``), splits the labels (docs/architecture.md §5.1/5.2),
+trains or loads the backbone and returns a small, picklable ``Benchmark`` that Ray tasks receive. Tasks then rebuild what
 they need from disk (``Benchmark.dataset()``, ``pool()``, ``features()``), cached per process, so a
 task ships a few hundred bytes, never arrays.
 """
@@ -10,6 +10,7 @@ task ships a few hundred bytes, never arrays.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ import numpy as np
 from mlfsic.harness.data import Dataset, LabelledPool, split_pool
 from mlfsic.harness.errors import MlfsicError
 
-SPLITS = ("base", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,7 @@ class Benchmark:
     """Everything a task needs to find the prepared data on shared storage."""
 
     dataset_name: str
-    root: str
-    annotations: str
-    images: str
+    dataset_config: str  # the dataset config as canonical JSON (absolute root): what the adapter reads
     annotation_sha256: str
     split_labels: dict[str, tuple[str, ...]]
     backbone_config: dict[str, Any]
@@ -41,12 +39,12 @@ class Benchmark:
     embedding_cache: str
 
     def dataset(self) -> Dataset:
-        return _load_dataset(self.dataset_name, self.root, self.annotations, self.images)
+        return _load_dataset(self.dataset_config)
 
     def pool(self, split: str) -> LabelledPool:
         if split not in self.split_labels:
             raise MlfsicError(f"unknown split {split!r}; known: {', '.join(self.split_labels)}")
-        return _pool(self.dataset_name, self.root, self.annotations, self.images, split, self.split_labels[split])
+        return _pool(self.dataset_config, split, self.split_labels[split])
 
     def features(self, image_ids: np.ndarray, with_local: bool) -> tuple[np.ndarray, np.ndarray | None]:
         from mlfsic.harness.features import load_features
@@ -58,15 +56,15 @@ class Benchmark:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_dataset(name: str, root: str, annotations: str, images: str) -> Dataset:
-    from mlfsic.datasets.coco import load_coco
+def _load_dataset(dataset_config: str) -> Dataset:
+    from mlfsic.datasets.registry import load_dataset
 
-    return load_coco(name, root, annotations, images, check_images=False)
+    return load_dataset(json.loads(dataset_config), check_images=False)
 
 
 @functools.lru_cache(maxsize=16)
-def _pool(name: str, root: str, annotations: str, images: str, split: str, labels: tuple[str, ...]) -> LabelledPool:
-    return split_pool(_load_dataset(name, root, annotations, images), split, labels)
+def _pool(dataset_config: str, split: str, labels: tuple[str, ...]) -> LabelledPool:
+    return split_pool(_load_dataset(dataset_config), split, labels)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,4 +1,4 @@
-"""The ``mlfsic`` command (DESIGN 4.1).
+"""The ``mlfsic`` command (docs/architecture.md §4.1).
 
     mlfsic run [HYDRA OVERRIDES...]      a sweep; prints the run dir
     mlfsic leaderboard RUN_DIR [...]     (re)build leaderboard.{csv,md,html}; out=DIR relocates them
@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("name", help="coco-moji, or a dataset config name (coco, ...)")
     prepare.add_argument("options", nargs="*", help="key=value options")
     commands.add_parser("methods", help="list registered methods")
+    explain = commands.add_parser("explain", help="PNG of the local positions LCM keeps and its attention")
+    explain.add_argument("options", nargs="*", help="key=value options (see mlfsic.harness.explain)")
+    backbone = commands.add_parser("backbone", help="benchmark backbone utilities")
+    backbone_commands = backbone.add_subparsers(dest="backbone_command", required=True)
+    backbone_train = backbone_commands.add_parser("train", help="retrain the pinned benchmark backbone")
+    backbone_train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=coco-moji")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -43,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
             return _episodes(args.overrides)
         if args.command == "data":
             return _data_prepare(args.name, args.options)
+        if args.command == "explain":
+            from mlfsic.harness.explain import explain_command
+
+            return explain_command(_key_values(args.options))
+        if args.command == "backbone":
+            from mlfsic.harness.backbone_training import train_command
+
+            return train_command(args.overrides)
         return _methods()
     except MlfsicError as error:
         print(f"mlfsic: error: {error}", file=sys.stderr)
@@ -114,28 +128,9 @@ def _episodes(overrides: list[str]) -> int:
 
 
 def _data_prepare(name: str, options: list[str]) -> int:
-    values = _key_values(options)
-    if name in ("coco-moji", "coco_moji"):
-        from mlfsic.datasets.coco_moji import format_summary, generate_coco_moji
+    from mlfsic.datasets.registry import prepare_dataset
 
-        known = {"out", "seed", "preview", "image_size", "n_base", "n_val", "n_test"}
-        unknown = set(values) - known
-        if unknown:
-            raise MlfsicError(f"unknown option {sorted(unknown)[0]!r} for coco-moji (known: {', '.join(sorted(known))})")
-        out = Path(values.get("out", "results/data/coco-moji-seed" + values.get("seed", "0")))
-        sizes = {k: int(values[k]) for k in ("image_size", "n_base", "n_val", "n_test") if k in values}
-        summary = generate_coco_moji(out, seed=int(values.get("seed", 0)),
-                                     preview=Path(values["preview"]) if "preview" in values else None, **sizes)
-        print(format_summary(summary))
-        print(out)
-        return 0
-    from mlfsic.harness.config import compose_config
-    from mlfsic.harness.prepare import load_dataset_and_split
-
-    cfg = compose_config([f"dataset={name.replace('-', '_')}"] + [f"dataset.{k}={v}" for k, v in values.items()])
-    dataset, split = load_dataset_and_split(cfg.dataset)
-    print(f"{dataset.name}: {len(dataset.image_ids)} images, {len(dataset.label_names)} labels, "
-          f"split base/val/test = {len(split['base'])}/{len(split['val'])}/{len(split['test'])} labels; files OK")
+    print(prepare_dataset(name, _key_values(options)))
     return 0
 
 

@@ -6,7 +6,7 @@ The config tree ships inside the package (``mlfsic.configs``), so ``mlfsic`` wor
     configs/dataset/<name>.yaml  one file per dataset (a Hydra group: ``dataset=coco``)
     configs/methods/<name>.yaml  hyperparameters of built-in method ``<name>`` (constructor keyword arguments)
     configs/sweep/<name>.yaml    sweep presets (``+sweep=<name>``, ``# @package _global_``): method, variants, ...
-    configs/splits/*.json        label splits (DESIGN 5.1)
+    configs/splits/*.json        label splits (docs/architecture.md §5.1)
     configs/reference/*.yaml     paper-reported numbers with citations
 
 Method hyperparameters are deliberately *not* a Hydra group: ``method=[lcm,protonet]`` is a plain list

@@ -1,7 +1,7 @@
-"""The data types that flow through the harness (DESIGN 3, 4.3).
+"""The data types that flow through the harness (docs/architecture.md §3, 4.3).
 
 ``Dataset``       what an adapter returns: every image of an annotation file with multi-hot labels.
-``LabelledPool``  the images of one label split (DESIGN 5.2: an image belongs to a split only if
+``LabelledPool``  the images of one label split (docs/architecture.md §5.2: an image belongs to a split only if
                   *all* its labels are in that split), with label columns in the split's order.
 ``SPLITS``        the names of the three label splits, in this order.
 
@@ -63,7 +63,7 @@ class LabelledPool:
 
 
 def split_pool(dataset: Dataset, split: str, label_names: list[str] | tuple[str, ...]) -> LabelledPool:
-    """Images whose labels are all in ``label_names`` (and that have at least one), DESIGN 5.2."""
+    """Images whose labels are all in ``label_names`` (and that have at least one), docs/architecture.md §5.2."""
     columns = [dataset.label_column(name) for name in label_names]
     inside = np.zeros(len(dataset.label_names), dtype=bool)
     inside[columns] = True

@@ -1,4 +1,4 @@
-"""Label word embeddings (DESIGN 6.3): one L2-normalised vector per label name.
+"""Label word embeddings (docs/architecture.md §6.3): one L2-normalised vector per label name.
 
 Methods receive these vectors in ``BaseData.label_embeddings`` / ``Episode.label_embeddings``; the
 zero-shot methods score images against them, the word-guided methods (WVGA, LCM) use them as

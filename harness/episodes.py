@@ -1,4 +1,4 @@
-"""Episode samplers and frozen episode-set files (DESIGN 5.3).
+"""Episode samplers and frozen episode-set files (docs/architecture.md §5.3).
 
 An *episode set* is drawn once from a ``LabelledPool`` and frozen in a JSON file, so every method of a
 sweep (and of later sweeps) is scored on the same support/query images. The file holds image ids, label

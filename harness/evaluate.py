@@ -1,6 +1,6 @@
 """Fit a method on the base split and evaluate it on an episode set -- the runner without Ray.
 
-These functions are the units of work of a sweep (DESIGN 9): ``fit_method`` per (method, dataset,
+These functions are the units of work of a sweep (docs/architecture.md §9): ``fit_method`` per (method, dataset,
 seed) with a content-addressed checkpoint, ``evaluate_episodes`` per (method, setting, chunk of
 episodes). The Ray runner (``harness.runner``) submits them as tasks; ``evaluate_cell`` chains them in
 one process for notebooks, tests and debugging.

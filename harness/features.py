@@ -1,4 +1,4 @@
-"""The feature store (DESIGN 3, 7): each image goes through the backbone once, shared by every method.
+"""The feature store (docs/architecture.md §3, 7): each image goes through the backbone once, shared by every method.
 
 Layout, content-addressed by (backbone_id, annotation file sha256, image id)::
 
@@ -105,42 +105,91 @@ def load_features(
     store_root: Path, backbone_id: str, annotation_sha256: str, image_ids: np.ndarray, with_local: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Global features float32 (n, D) and, if ``with_local``, local features float16 (n, L, C), in the
-    order of ``image_ids`` (repeats allowed). A missing id is an error naming it and the store."""
+    order of ``image_ids`` (repeats allowed). A missing id is an error naming it and the store.
+
+    An id stored in several shards (two writers that split the same images differently) is read from
+    the first shard in name order. The id -> (shard, row) index of a store is built once per process
+    and rebuilt when a shard is published (the ``shards/`` folder's mtime changes) or an id is missing.
+    """
     directory = store_dir(store_root, backbone_id, annotation_sha256)
     requested = np.asarray(image_ids, dtype=np.int64).reshape(-1)
-    shards = [(shard, *_open_shard(shard, with_local)) for shard in _shard_dirs(directory)]
-    if not shards:
+    index = _store_index(directory)
+    shard_no, rows, found = index.lookup(requested)
+    if not found.all():  # a shard published since the index was built, within the mtime's resolution
+        index = _store_index(directory, rebuild=True)
+        shard_no, rows, found = index.lookup(requested)
+    if not index.shards:
         if len(requested) == 0:
             raise MlfsicError(f"no features stored in {directory}")
         raise MlfsicError(f"no features stored in {directory} (first requested image id: {int(requested[0])})")
-
-    global_out = np.empty((len(requested), shards[0][2].shape[1]), dtype=np.float32)
-    local_out = None
-    if with_local:
-        _, _, _, first_local = shards[0]
-        local_out = np.empty((len(requested), *first_local.shape[1:]), dtype=first_local.dtype)
-    found = np.zeros(len(requested), dtype=bool)
-    for shard, ids, global_f, local_f in shards:
-        if found.all():
-            break
-        shard_rows, in_shard = find_rows(ids, requested)
-        hit = in_shard & ~found
-        if not hit.any():
-            continue
-        rows = shard_rows[hit]
-        # Fancy indexing a memmap reads only those rows; sort them for sequential access.
-        sorted_rows, inverse = np.unique(rows, return_inverse=True)
-        global_out[hit] = np.asarray(global_f[sorted_rows])[inverse]
-        if local_out is not None and local_f is not None:
-            local_out[hit] = np.asarray(local_f[sorted_rows])[inverse]
-        found |= hit
     if not found.all():
         missing = requested[~found]
         raise MlfsicError(
             f"features missing for {len(missing)} image(s) in {directory} (first: image id {int(missing[0])}); "
             "run extraction first"
         )
+
+    _, first_global, first_local = _open_shard(index.shards[0], with_local)
+    global_out = np.empty((len(requested), first_global.shape[1]), dtype=np.float32)
+    local_out = None
+    if with_local:
+        assert first_local is not None
+        local_out = np.empty((len(requested), *first_local.shape[1:]), dtype=first_local.dtype)
+    for number in np.unique(shard_no):
+        hit = shard_no == number
+        _, global_f, local_f = _open_shard(index.shards[int(number)], with_local)
+        # Fancy indexing a memmap reads only those rows; sort them for sequential access.
+        sorted_rows, inverse = np.unique(rows[hit], return_inverse=True)
+        global_out[hit] = np.asarray(global_f[sorted_rows])[inverse]
+        if local_out is not None and local_f is not None:
+            local_out[hit] = np.asarray(local_f[sorted_rows])[inverse]
     return global_out, local_out
+
+
+@dataclass(frozen=True)
+class _StoreIndex:
+    """Every stored id of one store folder, sorted, with the shard (first in name order) and row holding it."""
+
+    shards: tuple[Path, ...]
+    mtime_ns: int
+    ids: np.ndarray  # sorted, unique
+    shard_no: np.ndarray
+    row: np.ndarray
+
+    def lookup(self, requested: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if len(self.ids) == 0:
+            zeros = np.zeros(len(requested), dtype=np.int64)
+            return zeros, zeros, np.zeros(len(requested), dtype=bool)
+        positions = np.minimum(np.searchsorted(self.ids, requested), len(self.ids) - 1)
+        found = self.ids[positions] == requested
+        return self.shard_no[positions], self.row[positions], found
+
+
+_STORE_INDEX: dict[Path, _StoreIndex] = {}
+
+
+def _store_index(directory: Path, rebuild: bool = False) -> _StoreIndex:
+    shards_dir = directory / "shards"
+    try:
+        mtime_ns = shards_dir.stat().st_mtime_ns
+    except OSError:
+        mtime_ns = -1
+    index = _STORE_INDEX.get(directory)
+    if index is not None and index.mtime_ns == mtime_ns and not rebuild:
+        return index
+    shards = tuple(_shard_dirs(directory))
+    ids = [_open_shard(shard, False)[0] for shard in shards]
+    if ids:
+        all_ids = np.concatenate(ids).astype(np.int64, copy=False)
+        shard_no = np.repeat(np.arange(len(ids), dtype=np.int64), [len(part) for part in ids])
+        row = np.concatenate([np.arange(len(part), dtype=np.int64) for part in ids])
+        unique, first = np.unique(all_ids, return_index=True)  # first occurrence = first shard in name order
+        index = _StoreIndex(shards, mtime_ns, unique, shard_no[first], row[first])
+    else:
+        empty = np.zeros(0, dtype=np.int64)
+        index = _StoreIndex(shards, mtime_ns, empty, empty, empty)
+    _STORE_INDEX[directory] = index
+    return index
 
 
 def forward_passes(store_root: Path, backbone_id: str, annotation_sha256: str) -> int:

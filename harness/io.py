@@ -1,7 +1,7 @@
 """Atomic writes and content hashes: every artifact is written to a temp file and renamed into place.
 
 A reader therefore sees either nothing or a complete file, and an interrupted command leaves no
-half-written artifact behind (DESIGN 3).
+half-written artifact behind (docs/architecture.md §3).
 """
 
 from __future__ import annotations
@@ -79,3 +79,25 @@ def write_with_atomic(path: str | os.PathLike[str], writer: Callable[[Path], Non
     with atomic_path(path) as tmp:
         writer(tmp)
 
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    For artifacts that an atomic rename alone does not protect from duplicated work or a mixed result:
+    two processes (two sweeps into one results dir, or Ray workers) that would both generate a dataset or
+    train a backbone. The second waits, then finds the artifact made. The lock is released when the
+    block ends or the process dies, so a killed holder never leaves a stale lock. Needs a file system
+    with working ``flock`` (local disks, NFSv4); the lock file itself is empty and harmless to leave.
+    """
+    import fcntl
+
+    lock = Path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

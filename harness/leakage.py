@@ -1,4 +1,4 @@
-"""The leakage check run by every sweep (DESIGN 5.2).
+"""The leakage check run by every sweep (docs/architecture.md §5.2).
 
 An image belongs to a split only if *all* its labels are in that split's label set (the rule of Yan et
 al., AAAI 2022 / 2024 for COCO). ``split_pool`` implements the rule; this module proves its outcome

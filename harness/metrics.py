@@ -1,4 +1,4 @@
-"""Per-episode metrics (DESIGN 5.4): AP, mAP and F1@k. The leaderboard statistics (intervals, paired
+"""Per-episode metrics (docs/architecture.md §5.4): AP, mAP and F1@k. The leaderboard statistics (intervals, paired
 bootstrap, ranks) live in ``mlfsic.harness.report.intervals``.
 
 Per episode

@@ -1,7 +1,8 @@
 """Preparation of a benchmark: dataset on disk, label split, pools, backbone weights, features.
 
-``load_dataset_and_split`` generates coco-moji when its folder is missing (so ``mlfsic run`` works on a
-fresh machine), loads the annotation file through the COCO adapter and splits the labels.
+``load_dataset_and_split`` goes through the dataset factory (``mlfsic.datasets.registry``): it generates
+coco-moji when its folder is missing (so ``mlfsic run`` works on a fresh machine), reads the dataset with
+the adapter its config names and splits the labels.
 ``backbone_weights`` trains the coco-moji CNN on the base split (or finds ResNet-50 weights) and
 caches the result content-addressed under ``results/cache/backbones``. ``make_benchmark`` builds the
 handle tasks receive. The Ray runner runs the backbone and feature steps as tasks;
@@ -11,6 +12,8 @@ handle tasks receive. The Ray runner runs the backbone and feature steps as task
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +21,22 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mlfsic.harness.benchmark import Benchmark
-from mlfsic.harness.config import load_label_split, plain
+from mlfsic.harness.config import plain
 from mlfsic.harness.data import Dataset, split_pool
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_file, sha256_json
 
 
-def ensure_dataset_files(dataset_cfg: DictConfig, progress: bool = True) -> Path:
-    """The dataset root; coco-moji is generated there first when it is missing."""
-    root = Path(str(dataset_cfg.root))
-    if (root / str(dataset_cfg.annotations)).is_file():
-        return root
-    generate = dataset_cfg.get("generate")
-    if generate is None:
-        raise MlfsicError(f"dataset {dataset_cfg.name!r}: annotation file not found: {root / dataset_cfg.annotations}")
-    from mlfsic.datasets.coco_moji import generate_coco_moji
+def load_dataset_and_split(
+    dataset_cfg: DictConfig | Mapping[str, Any], progress: bool = True
+) -> tuple[Dataset, dict[str, list[str]]]:
+    """The dataset (made first when its adapter generates it, as coco-moji) and its label split."""
+    from mlfsic.datasets import registry
 
-    generate_coco_moji(root, seed=int(generate.seed), image_size=int(generate.image_size), n_base=int(generate.n_base),
-                       n_val=int(generate.n_val), n_test=int(generate.n_test), progress=progress)
-    return root
-
-
-def load_dataset_and_split(dataset_cfg: DictConfig, progress: bool = True) -> tuple[Dataset, dict[str, list[str]]]:
-    from mlfsic.datasets.coco import load_coco
-
-    root = ensure_dataset_files(dataset_cfg, progress)
-    dataset = load_coco(str(dataset_cfg.name), root, str(dataset_cfg.annotations), str(dataset_cfg.images))
-    split = load_label_split(str(dataset_cfg.split_file), dataset.label_names, bool(dataset_cfg.get("restrict_split")))
-    return dataset, split
+    cfg = plain(dataset_cfg)
+    registry.ensure_files(cfg, progress)
+    dataset = registry.load_dataset(cfg)
+    return dataset, registry.label_split(cfg, dataset)
 
 
 def backbone_weights(
@@ -94,9 +85,9 @@ def make_benchmark(
 
     bb_cfg = backbone_config(cfg.dataset)
     embeddings = plain(cfg.embeddings)
+    dataset_cfg = {**plain(cfg.dataset), "root": str(Path(str(cfg.dataset.root)).resolve())}
     return Benchmark(
-        dataset_name=dataset.name, root=str(Path(str(cfg.dataset.root)).resolve()),
-        annotations=str(cfg.dataset.annotations), images=str(cfg.dataset.images),
+        dataset_name=dataset.name, dataset_config=json.dumps(dataset_cfg, sort_keys=True),
         annotation_sha256=dataset.annotation_sha256, split_labels={k: tuple(v) for k, v in split.items()},
         backbone_config=bb_cfg, backbone_weights=str(weights) if weights else None,
         backbone_id=identify_backbone(bb_cfg, Path(weights) if weights else None),

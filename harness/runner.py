@@ -1,4 +1,4 @@
-"""The Ray sweep runner behind ``mlfsic run`` (DESIGN 9).
+"""The Ray sweep runner behind ``mlfsic run`` (docs/architecture.md §9).
 
 Plain Ray tasks, no Tune: the driver resolves every job, skips what already exists and submits the rest.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,11 +38,13 @@ from mlfsic.harness.evaluate import (
     FitResult,
     MethodFailure,
     MethodSpec,
+    checkpoint_path,
     evaluate_episodes,
     fit_method,
     fit_splits,
     method_spec,
 )
+from mlfsic.harness.io import canonical_json, file_lock
 from mlfsic.harness.prepare import backbone_weights, load_dataset_and_split, make_benchmark
 from mlfsic.harness.provenance import git_state, hardware, package_versions
 from mlfsic.harness.store import ChunkResult, assemble, cell_key, chunk_done, chunk_name, write_chunk, write_run_json
@@ -49,6 +52,53 @@ from mlfsic.harness.sweep import RayOptions, Sweep, TaskResources
 from mlfsic.methods.registry import get_method_class
 
 FEATURE_SHARD_IMAGES = 2048
+
+
+# ----------------------------------------------------------------------------------------- progress
+class _Progress:
+    """A tqdm bar on a terminal; elsewhere (a log file, a pipe) plain lines: one about every 10% and a summary.
+
+    A bar redraws itself with carriage returns, which a log file keeps as one endless line; so when
+    stderr is not a TTY, ``update`` prints ``<desc>: <done>/<total> <unit> (<pct>%) <elapsed> s`` each
+    time another tenth is done, and ``close(summary)`` prints ``<desc>: <summary> in <elapsed> s``.
+    """
+
+    def __init__(self, desc: str, total: int, unit: str, enabled: bool, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.desc, self.total, self.unit, self.enabled = desc, total, unit, enabled
+        self.tty = enabled and _is_tty(self.stream)
+        self.done, self.started, self.next_line = 0, time.time(), 1
+        self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, disable=not self.tty or total == 0)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.tty:
+            self.bar.update(n)
+            return
+        if not self.enabled or self.total < 10:
+            return
+        if self.done * 10 >= self.next_line * self.total and self.done < self.total:
+            self.next_line = self.done * 10 // self.total + 1
+            self.line(f"{self.done}/{self.total} {self.unit} ({100 * self.done // self.total}%) "
+                      f"{self.elapsed():.1f} s")
+
+    def close(self, summary: str) -> None:
+        self.bar.close()
+        if self.enabled:
+            self.line(f"{summary} in {self.elapsed():.1f} s")
+
+    def line(self, text: str) -> None:
+        print(f"{self.desc}: {text}", file=self.stream, flush=True)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------- Ray set-up
@@ -98,7 +148,9 @@ def _backbone_task(dataset_cfg: dict[str, Any], cache_root: str) -> tuple[str | 
     _set_threads(os.cpu_count() or 1)  # runs alone, before any other task of the sweep
     cfg = OmegaConf.create(dataset_cfg)
     dataset, split = load_dataset_and_split(cfg, progress=False)
-    path, report = backbone_weights(dataset, split, plain(cfg.backbone), Path(cache_root), progress=False)
+    # Two sweeps sharing a results dir train the backbone once: the second waits here, then finds it cached.
+    with file_lock(Path(cache_root) / "backbones" / f".{dataset.name}-{dataset.annotation_sha256[:16]}.lock"):
+        path, report = backbone_weights(dataset, split, plain(cfg.backbone), Path(cache_root), progress=False)
     return (str(path) if path else None), report
 
 
@@ -115,7 +167,10 @@ def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float)
 def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str, eval_split: str) -> FitResult | str:
     _set_threads(1)  # one thread: results do not depend on how many CPUs a task was given
     try:
-        return fit_method(benchmark, spec, seed, Path(cache_root), eval_split)
+        # One writer per checkpoint (two sweeps sharing a results dir, or a variant equal to its base): the
+        # second waits and reuses it, so no chunk is ever evaluated with a checkpoint replaced under it.
+        with file_lock(checkpoint_path(benchmark, spec, seed, Path(cache_root), eval_split).with_suffix(".lock")):
+            return fit_method(benchmark, spec, seed, Path(cache_root), eval_split)
     except Exception as error:  # any error fails this method's cells, never the sweep
         return _error_text(error)
 
@@ -179,7 +234,7 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     check_resources(sweep.resources)
 
     # Driver: dataset, split, leakage check. Then the backbone (a task: it may want the GPU) and features.
-    dataset, split = load_dataset_and_split(sweep.dataset_config(), progress=progress)
+    dataset, split = _load_dataset(sweep, progress)
     from mlfsic.harness.features import forward_passes
     from mlfsic.harness.leakage import check_no_leakage
 
@@ -196,8 +251,9 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     benchmark = make_benchmark(sweep.as_dictconfig(), dataset, split, weights, cache_root)
     all_ids = np.unique(np.concatenate([pool.image_ids for pool in pools.values()]))
     _extract_features(benchmark, all_ids, options, progress)
-    for pool in pools.values():  # embeddings into the shared cache before tasks read them
-        benchmark.label_embeddings(pool.label_names)
+    with file_lock(Path(benchmark.embedding_cache) / ".lock"):  # computed by one sweep, read by the others
+        for pool in pools.values():  # embeddings into the shared cache before tasks read them
+            benchmark.label_embeddings(pool.label_names)
     episode_sets = materialise_episode_sets(pools[eval_split], sweep)
 
     specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}
@@ -205,7 +261,7 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     previous = _previous_run_info(run_path)
-    invocation = {"started": now, "git": git_state(), "chunks_submitted": plan.counts["chunks_submitted"],
+    invocation = {"started": now, "host": socket.gethostname(), "pid": os.getpid(), "git": git_state(), "chunks_submitted": plan.counts["chunks_submitted"],
                   "fits_submitted": plan.counts["fit_tasks"]}
     run_info: dict[str, Any] = {
         "run_id": run_id, "created": previous.get("created", now),
@@ -218,7 +274,7 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
         "backbone": {"id": benchmark.backbone_id, "weights": weights, **backbone_report},
         "leakage_check": leakage, "failures": [], "status": "running",
     }
-    write_run_json(run_path, run_info)
+    _write_run_info(run_path, run_info)
 
     prepared = time.time()  # dataset, backbone, features, episode sets ready; method tasks start
     failures: dict[str, dict[str, Any]] = {}
@@ -231,7 +287,7 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
             ray.cancel(ref, force=True)
         assemble(run_path, plan.planned_parts, set(failures))
         run_info.update(status="interrupted", failures=list(failures.values()))
-        write_run_json(run_path, run_info)
+        _write_run_info(run_path, run_info)
         raise
 
     records = assemble(run_path, plan.planned_parts, set(failures))
@@ -242,12 +298,48 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
         forward_passes=forward_passes(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256),
         n_feature_images=int(len(all_ids)),
     )
-    write_run_json(run_path, run_info)
+    _write_run_info(run_path, run_info)
     return SweepOutcome(run_path=run_path, failures=list(failures.values()), counts=plan.counts)
 
 
+def _load_dataset(sweep: Sweep, progress: bool) -> tuple[Any, dict[str, list[str]]]:
+    """Dataset and label split; a generated dataset (coco-moji) is generated by one process at a time.
+
+    Two sweeps started at once on a fresh results dir would otherwise both render the whole dataset
+    (the generator's final rename keeps the result correct, but the work is done twice): the second
+    waits on a lock file beside the dataset folder, then reads what the first wrote.
+    """
+    cfg = sweep.dataset_config()
+    started = time.time()
+    tty = _is_tty(sys.stderr)
+    root = Path(str(cfg.root))
+    if cfg.get("generate") is not None and not (root / str(cfg.annotations)).is_file():
+        with file_lock(root.parent / f".{root.name}.lock"):
+            dataset, split = load_dataset_and_split(cfg, progress=progress and tty)
+    else:
+        dataset, split = load_dataset_and_split(cfg, progress=progress and tty)
+    if progress and not tty:
+        print(f"dataset: {dataset.name}, {len(dataset.image_ids)} images, ready in {time.time() - started:.1f} s",
+              file=sys.stderr, flush=True)
+    return dataset, split
+
+
 def _extract_features(benchmark: Benchmark, image_ids: np.ndarray, options: dict[str, Any], progress: bool) -> None:
-    """One task per shard of images whose features are not stored yet."""
+    """One task per shard of images whose features are not stored yet.
+
+    Under a lock on the store, so that two sweeps sharing a results dir never compute overlapping shards
+    (features of one image from two forward passes could differ in the last bit): the second waits and
+    finds nothing missing.
+    """
+    from mlfsic.harness.features import store_dir
+
+    with file_lock(store_dir(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256)
+                   / ".extract.lock"):
+        _extract_missing_features(benchmark, image_ids, options, progress)
+
+
+def _extract_missing_features(benchmark: Benchmark, image_ids: np.ndarray, options: dict[str, Any],
+                              progress: bool) -> None:
     from mlfsic.harness.features import missing_image_ids
 
     missing = missing_image_ids(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256,
@@ -257,8 +349,11 @@ def _extract_features(benchmark: Benchmark, image_ids: np.ndarray, options: dict
                                                              options["num_cpus"])
         for i in range(0, len(missing), FEATURE_SHARD_IMAGES)
     ]
-    for _ in tqdm(_as_completed(refs), total=len(refs), desc="features", disable=not progress or not refs):
-        pass
+    bar = _Progress("features", len(refs), "shards", progress)
+    for _ in _as_completed(refs):
+        bar.update(1)
+    n_stored = len(image_ids) - len(missing)
+    bar.close(f"{len(missing)} images computed ({len(refs)} shards), {n_stored} already stored,")
 
 
 def _plan_and_submit(
@@ -305,33 +400,56 @@ def _collect(
     plan: _Plan, run_path: Path, dataset: str, failures: dict[str, dict[str, Any]],
     fit_seconds: dict[str, float], fit_reports: dict[str, dict[str, Any]], run_id: str, progress: bool,
 ) -> None:
-    """Write results as they arrive (``ray.wait`` loop); a failed fit or chunk fails its cells only."""
-    last_assembly = 0.0
-    with tqdm(total=len(plan.pending), desc=f"sweep {run_id}", disable=not progress) as bar:
-        while plan.pending:
-            ready, _ = ray.wait(list(plan.pending), num_returns=1, timeout=5.0)
-            for ref in ready:
-                task = plan.pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as error:  # retries exhausted: worker/node lost, OOM, ...
-                    result = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
-                bar.update(1)
-                if isinstance(result, str):  # a fit fails all its settings' cells, a chunk its own cell
-                    for setting in task.settings:
-                        failures.setdefault(cell_key(task.method, setting, task.seed),
-                                            _failure(task.method, dataset, setting, task.seed, result))
-                elif task.kind == "fit":
-                    fit_seconds[f"{task.method}/seed{task.seed}"] = result.fit_s
-                    if result.report:
-                        fit_reports[f"{task.method}/seed{task.seed}"] = result.report
-                    plan.counts["fits_cached" if result.cached else "fits_trained"] += 1
-                elif cell_key(task.method, task.settings[0], task.seed) not in failures:
-                    assert task.part is not None
-                    write_chunk(run_path, task.part, result)
-            if time.time() - last_assembly > 10.0:
-                assemble(run_path, plan.planned_parts, set(failures))
-                last_assembly = time.time()
+    """Write results as they arrive (``ray.wait`` loop); a failed fit or chunk fails its cells only.
+
+    The driver only waits and writes each finished chunk as a part; it does not re-assemble
+    records.parquet while tasks run (that is done once, at the end or on Ctrl-C), so on a small machine
+    the CPUs stay with the tasks.
+    """
+    counts = plan.counts
+    bar = _Progress("sweep", len(plan.pending), "tasks", progress)
+    while plan.pending:
+        refs = list(plan.pending)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=5.0)
+        if ready and len(refs) > 1:  # take every result that is ready, not one per round trip
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            task = plan.pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as error:  # retries exhausted: worker/node lost, OOM, ...
+                result = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+            bar.update(1)
+            if isinstance(result, str):  # a fit fails all its settings' cells, a chunk its own cell
+                for setting in task.settings:
+                    failures.setdefault(cell_key(task.method, setting, task.seed),
+                                        _failure(task.method, dataset, setting, task.seed, result))
+            elif task.kind == "fit":
+                fit_seconds[f"{task.method}/seed{task.seed}"] = result.fit_s
+                if result.report:
+                    fit_reports[f"{task.method}/seed{task.seed}"] = result.report
+                counts["fits_cached" if result.cached else "fits_trained"] += 1
+            elif cell_key(task.method, task.settings[0], task.seed) not in failures:
+                assert task.part is not None
+                write_chunk(run_path, task.part, result)
+    bar.close(f"{counts['chunks_total']} chunks ({counts['chunks_skipped']} skipped, {counts['chunks_submitted']} "
+              f"computed), {counts['fit_tasks']} fits ({counts['fits_cached']} from checkpoints)")
+
+
+def _write_run_info(run_path: Path, run_info: dict[str, Any]) -> None:
+    """Write run.json, keeping the invocations another process of the same run id recorded meanwhile.
+
+    Two ``mlfsic run`` of the same run id may run at once (users of a shared results dir); under a lock,
+    each write merges the invocation list on disk into its own, so neither invocation is lost.
+    """
+    with file_lock(run_path / ".run.lock"):
+        on_disk = _previous_run_info(run_path)
+        mine = {canonical_json(item) for item in run_info["invocations"]}
+        others = [item for item in on_disk.get("invocations", []) if canonical_json(item) not in mine]
+        if others:
+            run_info["invocations"] = sorted([*run_info["invocations"], *others], key=lambda i: str(i.get("started")))
+            run_info["created"] = min(str(run_info["created"]), str(on_disk.get("created", run_info["created"])))
+        write_run_json(run_path, run_info)
 
 
 def _previous_run_info(run_path: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN 4.2): finished work is written per chunk, atomically, as it arrives.
+"""The run directory (docs/architecture.md §4.2): finished work is written per chunk, atomically, as it arrives.
 
     results/runs/<run_id>/run.json              resolved config, provenance, episode sets, failures
     results/runs/<run_id>/parts/<chunk>.*       one finished evaluation chunk: records, label AP, scores

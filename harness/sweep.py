@@ -388,9 +388,12 @@ BACKBONES = ("small_cnn", "resnet50")
 def _dataset(value: Any) -> dict[str, Any]:
     """The dataset config with an absolute root; files it names are checked unless the dataset is generated."""
     if not isinstance(value, dict):
-        raise _bad("dataset", value, "a dataset config name (dataset=coco_moji, dataset=coco)")
+        raise _bad("dataset", value, "a dataset config name (dataset=coco-moji, dataset=coco)")
     dataset = dict(value)
-    for key in ("name", "root", "annotations", "images", "split_file"):
+    from mlfsic.datasets.registry import ADAPTERS
+
+    _choice("dataset.adapter", dataset.get("adapter"), tuple(sorted(ADAPTERS)))
+    for key in ("name", "root", "split_file"):
         item = dataset.get(key)
         if not isinstance(item, str) or not item or _missing(item):
             problem = "not set" if item is None or _missing(item) else f"{item!r} is not a string"
@@ -421,7 +424,9 @@ def _dataset(value: Any) -> dict[str, Any]:
         raise _bad("dataset.split_file", dataset["split_file"], "a file of configs/splits/ or a path to one",
                    "not found")
     root = Path(dataset["root"]).expanduser().resolve()
-    if dataset.get("generate") is None:  # a real dataset: its files must be there
+    if dataset.get("generate") is None and not root.is_dir():
+        raise _bad("dataset.root", dataset["root"], f"the folder of dataset {dataset['name']}", "folder not found")
+    if dataset.get("generate") is None and dataset["adapter"] == "coco":  # its files must be there
         for key, is_there in (("annotations", Path.is_file), ("images", Path.is_dir)):
             if not is_there(root / dataset[key]):
                 raise _bad("dataset.root", dataset["root"], f"the folder holding {dataset['annotations']} and "

@@ -1,1 +1,1 @@
-"""mlfsic.methods: the Method API, the registry and one module per method (DESIGN 4.3, 8)."""
+"""mlfsic.methods: the Method API, the registry and one module per method (docs/architecture.md §4.3, 8)."""

@@ -59,19 +59,19 @@ def alignment_logits(visual: torch.Tensor, prototypes: torch.Tensor, scale: floa
 
 
 def alignment_loss_and_grad(
-    visual: torch.Tensor, word_prototypes: torch.Tensor, targets: torch.Tensor, scale: float
+    visual: torch.Tensor, word_prototypes: torch.Tensor, targets: torch.Tensor, scale: float, normalised: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image alignment loss and the gradient of the mean loss, in closed form (no autograd: this runs
     several times per episode and the autograd engine's overhead would dominate on tiny tensors).
 
-    visual (n, H), word_prototypes (N, H), targets (n, N) -> per-image summed BCE (n,) and
-    d mean-BCE / d visual (n, H), the mean taken over the n * N entries. With v^ = v / |v|,
+    visual (n, H), word_prototypes (N, H) (already L2-normalised if ``normalised``), targets (n, N) ->
+    per-image summed BCE (n,) and d mean-BCE / d visual (n, H), the mean taken over the n * N entries. With v^ = v / |v|,
     c = v^ . w^, d = sqrt(2 - 2c), z = s (1 - d): dl/dz = sigmoid(z) - y, dz/dc = s / d,
     dc/dv = (w^ - c v^) / |v|.
     """
     norm = visual.norm(dim=1, keepdim=True).clamp_min(1e-12)
     v_hat = visual / norm
-    w_hat = F.normalize(word_prototypes, dim=1)
+    w_hat = word_prototypes if normalised else F.normalize(word_prototypes, dim=1)
     cosine = v_hat @ w_hat.T  # (n, N)
     distance = (2.0 - 2.0 * cosine).clamp_min(1e-12).sqrt()
     logits = scale * (1.0 - distance)
@@ -126,7 +126,7 @@ def position_importance(
         raise MlfsicError(f"position_importance: method must be 'first_order' or 'exact', got {method!r}")
     n, positions, _ = local.shape
     local, weight, bias = local.detach(), weight.detach(), bias.detach()
-    words, targets = word_prototypes.detach(), targets.detach()
+    words, targets = F.normalize(word_prototypes.detach(), dim=1), targets.detach()
     n_entries = float(n * words.shape[0])
     projected = local @ weight.T / positions if method == "exact" else None  # (n, L, H): each position's share
     rho = torch.ones(n, positions, dtype=local.dtype)
@@ -138,7 +138,7 @@ def position_importance(
     for step in range(steps):
         pooled = torch.bmm(rho.unsqueeze(1), local).squeeze(1) / positions  # (n, C) = mean_l rho * local
         visual = pooled @ weight.T + bias  # (n, H)
-        per_image, grad_visual = alignment_loss_and_grad(visual, words, targets, scale)  # (n,), (n, H)
+        per_image, grad_visual = alignment_loss_and_grad(visual, words, targets, scale, normalised=True)  # (n,), (n, H)
         grad = (local * (grad_visual @ weight).unsqueeze(1)).sum(dim=-1) / positions  # (n, L) dL/drho
         if method == "first_order":
             change = (grad * rho).abs()
@@ -220,9 +220,11 @@ class CrossInteraction(nn.Module):
         dynamic_rank: int,
         visual_residual: bool,
         generator: torch.Generator,
+        dense_ratio: float = 8.0,
     ) -> None:
         super().__init__()
         self.visual_residual = visual_residual
+        self.dense_ratio = dense_ratio  # attend densely when N * n_s <= dense_ratio * P (a speed choice only)
         if dim % heads:
             raise MlfsicError(f"embed_dim {dim} is not divisible by heads {heads}")
         self.dim, self.heads = dim, heads
@@ -261,11 +263,15 @@ class CrossInteraction(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """words (N, H), tokens (n_s, L, H), keep (n_s, L) bool, pair_image / pair_label (P,) int ->
         per-pair prototypes z (P, H) and attention weights (P, h, L) (zero at dropped positions)."""
-        heads, head_dim = self.heads, self.dim // self.heads
-        pair_words = words[pair_label]  # (P, H)
+        heads, head_dim, dim = self.heads, self.dim // self.heads, self.dim
         key_value_weight = torch.cat([self.key.weight, self.value.weight])  # keys and values in one product
         key_value_bias = torch.cat([self.key.bias, self.value.bias])
-        if self.channel_attention or self.dynamic_conv:
+        scale = 1.0 / math.sqrt(head_dim)
+        n_labels, (n_images, positions) = words.shape[0], tokens.shape[:2]
+        per_pair = self.channel_attention or self.dynamic_conv
+        if per_pair or n_labels * n_images > self.dense_ratio * pair_image.shape[0]:
+            # one attention per (image, label) pair over that pair's tokens (P, L, H)
+            pair_words = words[pair_label]  # (P, H)
             pair_tokens = tokens[pair_image]  # (P, L, H)
             if self.channel_attention:
                 gate = torch.sigmoid(self.gate_out(F.relu(self.gate_in(pair_tokens + pair_words.unsqueeze(1)))))
@@ -273,23 +279,39 @@ class CrossInteraction(nn.Module):
             if self.dynamic_conv:
                 pair_tokens = pair_tokens + self._dynamic_conv(pair_tokens, pair_words)
             key_value = F.linear(self.norm_kv(pair_tokens), key_value_weight, key_value_bias)  # (P, L, 2H)
+            pairs = key_value.shape[0]
+            query = self.query(self.norm_q(pair_words)).reshape(pairs * heads, 1, head_dim)
+            keys = key_value[..., :dim].reshape(pairs, positions, heads, head_dim).permute(0, 2, 3, 1)
+            values = key_value[..., dim:].reshape(pairs, positions, heads, head_dim).transpose(1, 2)
+            logits = torch.bmm(query * scale, keys.reshape(pairs * heads, head_dim, positions))
+            logits = logits.reshape(pairs, heads, positions).masked_fill(~keep[pair_image].unsqueeze(1), -math.inf)
+            attention = torch.softmax(logits, dim=-1)  # (P, h, L)
+            flat = attention.reshape(pairs * heads, 1, positions)
+            mixed = self.out(torch.bmm(flat, values.reshape(pairs * heads, positions, head_dim)).reshape(pairs, dim))
+            if self.visual_residual:  # + the attention-weighted tokens themselves (identity values), per head
+                raw = pair_tokens.reshape(pairs, positions, heads, head_dim).transpose(1, 2)
+                mixed = mixed + torch.bmm(flat, raw.reshape(pairs * heads, positions, head_dim)).reshape(pairs, dim)
         else:
-            # keys and values do not depend on the label: computed once per image, then gathered per pair
-            key_value = F.linear(self.norm_kv(tokens), key_value_weight, key_value_bias)[pair_image]  # (P, L, 2H)
-        pairs, positions = key_value.shape[:2]
-        query = self.query(self.norm_q(pair_words)).reshape(pairs * heads, 1, head_dim)
-        keys = key_value[..., : self.dim].reshape(pairs, positions, heads, head_dim).permute(0, 2, 3, 1)
-        values = key_value[..., self.dim :].reshape(pairs, positions, heads, head_dim).transpose(1, 2)
-        logits = torch.bmm(query, keys.reshape(pairs * heads, head_dim, positions)).reshape(pairs, heads, positions)
-        logits = (logits / math.sqrt(head_dim)).masked_fill(~keep[pair_image].unsqueeze(1), -math.inf)
-        attention = torch.softmax(logits, dim=-1)  # (P, h, L)
-        attended = torch.bmm(attention.reshape(pairs * heads, 1, positions), values.reshape(pairs * heads, positions, head_dim))
-        attended = attended.reshape(pairs, self.dim)  # (P, H)
-        mixed = self.out(attended)  # no residual to the word query: the prototype is built from visual values
-        if self.visual_residual:  # + the attention-weighted tokens themselves (identity values), per head
-            raw = (pair_tokens if self.channel_attention or self.dynamic_conv else tokens[pair_image])
-            raw = raw.reshape(pairs, positions, heads, head_dim).transpose(1, 2).reshape(pairs * heads, positions, head_dim)
-            mixed = mixed + torch.bmm(attention.reshape(pairs * heads, 1, positions), raw).reshape(pairs, self.dim)
+            # keys/values do not depend on the label: attend densely over all (image, label) combinations,
+            # laid out (h, n_s, N, L), and keep the pairs (cheaper than gathering (P, L, 2H) when N * n_s
+            # is not much larger than P, as in evaluation episodes)
+            key_value = F.linear(self.norm_kv(tokens), key_value_weight, key_value_bias)  # (n_s, L, 2H)
+            query = self.query(self.norm_q(words)).reshape(n_labels, heads, head_dim).transpose(0, 1)  # (h, N, d)
+            keys = key_value[..., :dim].reshape(n_images, positions, heads, head_dim).permute(2, 0, 3, 1)  # (h, n_s, d, L)
+            values = key_value[..., dim:].reshape(n_images, positions, heads, head_dim).permute(2, 0, 1, 3)  # (h, n_s, L, d)
+            logits = torch.matmul((query * scale).unsqueeze(1), keys)  # (h, n_s, N, L)
+            logits = logits.masked_fill(~keep[None, :, None, :], -math.inf)
+            attention_all = torch.softmax(logits, dim=-1)  # (h, n_s, N, L)
+            attended = torch.matmul(attention_all, values)  # (h, n_s, N, d)
+            if self.visual_residual:
+                raw = tokens.reshape(n_images, positions, heads, head_dim).permute(2, 0, 1, 3)  # (h, n_s, L, d)
+                residual = torch.matmul(attention_all, raw)[:, pair_image, pair_label]  # (h, P, d)
+            attended = attended[:, pair_image, pair_label]  # (h, P, d)
+            pairs = attended.shape[1]
+            mixed = self.out(attended.transpose(0, 1).reshape(pairs, dim))
+            if self.visual_residual:
+                mixed = mixed + residual.transpose(0, 1).reshape(pairs, dim)
+            attention = attention_all[:, pair_image, pair_label].transpose(0, 1)  # (P, h, L)
         z = self.norm_out(mixed + self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(mixed)))))
         return z, attention
 
@@ -342,9 +364,10 @@ class LCM(Method):
     carrying them. Adam (default betas, no weight decay), linear warm-up from lr/100 to ``lr`` over
     ``warmup_steps`` then constant (the released schedule's shape).
 
-    Model selection (DESIGN 4.3): when ``val`` is given, every ``eval_every`` steps (None: steps // 10)
-    the model scores ``n_val_episodes`` fixed val episodes (all val labels with enough images,
-    ``val_shot`` support + ``n_query`` query images per label, drawn once from the seed) in 0shot
+    Model selection (docs/architecture.md §4.3): when ``val`` is given, every ``eval_every`` steps (None: steps // 10)
+    the model scores ``n_val_episodes`` fixed val episodes (the harness's ``episodic-v1`` sampler on the
+    val split: all val labels with enough images, ``val_shot`` support and ``n_query`` query images per
+    label, drawn once from the seed) in 0shot
     (with ``val_zero_shot``) and ``val_shot``-shot; val mAP = mean of the settings. The best state is
     kept; training stops after ``patience`` checkpoints without improvement (0: never).
     ``fit_report = {"kept_step", "val_map", "val_curve", "steps_run"}``. Without ``val`` the full
@@ -690,18 +713,30 @@ class LCM(Method):
 
     # ------------------------------------------------------------------------------------ validation
     def _val_episodes(self, val: SplitData) -> list[dict]:
-        """Fixed val episodes (episodic-v1 style, drawn once from the seed): all val labels with at least
-        ``val_shot + n_query`` images; an empty list (no selection) when fewer than 2 labels qualify."""
+        """Fixed val episodes drawn once from the seed by the harness's ``episodic-v1`` sampler: all val
+        labels with at least ``val_shot + n_query`` images, each carried by >= ``val_shot`` support images
+        and ``n_query`` query images. An episode the sampler cannot complete (co-occurring labels' support
+        took the images) is skipped; no episodes (no selection) when fewer than 2 labels qualify."""
+        from mlfsic.harness.data import LabelledPool
+        from mlfsic.harness.episodes import SamplerParams, make_episode
+
         targets = np.asarray(val.targets) > 0.5
-        members = [np.flatnonzero(targets[:, j]) for j in range(targets.shape[1])]
-        labels = np.array([j for j, m in enumerate(members) if m.size >= self.val_shot + self.n_query])
+        labels = np.flatnonzero(targets.sum(axis=0) >= self.val_shot + self.n_query)
         if labels.size < 2 or self.n_val_episodes < 1:
             return []
-        rng = numpy_rng(self.seed, 3)
+        pool = LabelledPool(dataset="val", split="val", label_names=tuple(val.label_names[j] for j in labels),
+                            image_ids=np.arange(targets.shape[0], dtype=np.int64), targets=targets[:, labels],
+                            annotation_sha256="")
+        params = SamplerParams(protocol="episodic-v1", k_shot=self.val_shot, n_query=self.n_query)
+        seed = int(numpy_rng(self.seed, 3).integers(2**31))
         episodes = []
-        for _ in range(self.n_val_episodes):
-            support, query = sample_episode(members, labels, self.val_shot, self.n_query, targets.shape[0], rng)
-            episodes.append({"labels": labels, "support": support, "query": query})
+        for index in range(self.n_val_episodes):
+            try:
+                drawn = make_episode(pool, params, seed, index)
+            except MlfsicError:
+                continue
+            episodes.append({"labels": labels, "support": np.asarray(drawn["support"], dtype=np.int64),
+                             "query": np.asarray(drawn["query"], dtype=np.int64)})
         return episodes
 
     def _validate(self, val: SplitData, episodes: list[dict]) -> dict:
@@ -729,7 +764,7 @@ class LCM(Method):
     # --------------------------------------------------------------------------------------- predict
     def predict(self, episode: Episode) -> np.ndarray:
         self._check_episode(episode)
-        with torch.no_grad():
+        with torch.inference_mode():
             logits = self._episode_logits(
                 episode.support_features, episode.support_local_features, episode.support_targets,
                 episode.label_embeddings, episode.query_features,

@@ -1,4 +1,4 @@
-"""Multi-label prototypical network (DESIGN 8), trained episodically on the base split."""
+"""Multi-label prototypical network (docs/architecture.md §8), trained episodically on the base split."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reference methods (DESIGN 8): ``random``, the sanity floor, and ``wordvec-zeroshot``, a DeViSE-style
+"""Reference methods (docs/architecture.md §8): ``random``, the sanity floor, and ``wordvec-zeroshot``, a DeViSE-style
 visual-semantic embedding that scores labels known only by their word embedding.
 
 Every other method should beat ``random`` clearly; ``wordvec-zeroshot`` is the simplest zero-shot method

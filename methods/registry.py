@@ -1,5 +1,5 @@
 """The method registry: built-in methods and third-party ones from the entry-point group
-``mlfsic.methods`` (DESIGN 2, 4.3), in the style of timm's ``register_model``.
+``mlfsic.methods`` (docs/architecture.md §2, 4.3), in the style of timm's ``register_model``.
 
 A plug-in package declares, in its pyproject.toml::
 

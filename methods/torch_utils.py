@@ -1,6 +1,6 @@
 """Small helpers shared by the built-in methods: seeding, layer construction, standardisation, input checks.
 
-Determinism (DESIGN 4.3): a method never relies on global RNG state. ``fit`` draws from generators made
+Determinism (docs/architecture.md §4.3): a method never relies on global RNG state. ``fit`` draws from generators made
 here from ``self.seed``; ``predict`` from generators made from ``(self.seed, episode.seed)``. Layers are
 therefore built with ``linear`` / ``mlp``, which initialise weights from an explicit ``torch.Generator``
 (PyTorch's default initialisation uses the global generator), and no method uses dropout (which cannot

@@ -9,7 +9,7 @@ image of ``z`` plus a label-specific component. So
   can learn), because novel latents lie in the span of the base latents (``latent_dim`` <= n base labels).
 
 An image carries 1-3 labels of its split; its feature is the sum of its labels' centroids, a constant
-offset (so standardisation matters) and Gaussian noise. Episodes follow ``episodic-v1`` (DESIGN 5.3):
+offset (so standardisation matters) and Gaussian noise. Episodes follow ``episodic-v1`` (docs/architecture.md §5.3):
 every episode label has K support and ``n_query`` query images carrying it (an image may carry other
 episode labels too); the ``Episode`` has no query targets, which ``make_episode`` returns separately.
 

@@ -146,7 +146,9 @@ def test_data_prepare_and_episodes_commands(tmp_path):
     assert (out / "annotations.json").is_file() and (tmp_path / "sheet.png").is_file()
     assert str(out) in result.stdout
     result = _mlfsic("data", "prepare", "coco-moji", f"out={out}", "bogus=1")
-    assert result.returncode == 2 and "unknown option 'bogus'" in result.stderr
+    assert result.returncode == 2 and "dataset.bogus=1: unknown config key" in result.stderr
+    result = _mlfsic("data", "prepare", "nope")
+    assert result.returncode == 2 and "unknown dataset 'nope'; known: coco, coco-moji" in result.stderr
 
     overrides = [f"results_dir={tmp_path}", f"dataset.root={out}", "setting=[1shot]", "seed=0", "n_episodes=10"]
     first = _mlfsic("episodes", *overrides)

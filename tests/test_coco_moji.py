@@ -1,4 +1,4 @@
-"""The coco-moji generator (DESIGN 6.2): catalogue, COCO output, split rule, determinism, atomicity."""
+"""The coco-moji generator (docs/architecture.md §6.2): catalogue, COCO output, split rule, determinism, atomicity."""
 
 from __future__ import annotations
 

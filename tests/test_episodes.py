@@ -59,7 +59,7 @@ def labels_of(pool: LabelledPool) -> dict[int, set[str]]:
 
 def check_episode_set(content: dict, pool: LabelledPool, protocol: str, k_shot: int, n_query: int,
                       n_episodes: int, seed: int, n_way: int | None) -> None:
-    """Independent re-check of DESIGN 5.3 from the stored ids and the pool."""
+    """Independent re-check of docs/architecture.md §5.3 from the stored ids and the pool."""
     image_labels = labels_of(pool)
     assert content["protocol"] == protocol
     assert content["annotation_sha256"] == pool.annotation_sha256

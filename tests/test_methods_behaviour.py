@@ -1,7 +1,7 @@
 """Behaviour of the built-in methods on class-structured synthetic data (tests/synthetic_data.py).
 
 * protonet / laso (1shot, 5shot) and wordvec-zeroshot (0shot) beat ``random`` clearly in mAP
-  (sklearn's ``average_precision_score``, macro over labels, as the harness defines it, DESIGN 5.4);
+  (sklearn's ``average_precision_score``, macro over labels, as the harness defines it, docs/architecture.md §5.4);
 * LaSO's union augmentation changes the scores (the ablation is not a no-op);
 * helpers checked against brute-force references: DeViSE's hinge rank loss, ProtoNet's episode sampler;
 * the slow benchmark (``make bench``) checks the fit / predict time budgets at the default benchmark's size.

@@ -1,4 +1,4 @@
-"""Conformance of every registered method (DESIGN 4.3), parametrised over the registry as timm does.
+"""Conformance of every registered method (docs/architecture.md §4.3), parametrised over the registry as timm does.
 
 For each method (built-in and entry-point plug-ins) and each setting it supports (0shot, 1shot, 5shot):
 scores are finite with shape (n_query, n_labels); two fresh instances with the same seed give identical

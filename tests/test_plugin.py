@@ -1,4 +1,4 @@
-"""Third-party methods register through the ``mlfsic.methods`` entry-point group (DESIGN 2, 4.3).
+"""Third-party methods register through the ``mlfsic.methods`` entry-point group (docs/architecture.md §2, 4.3).
 
 The example package ``tests/plugin_example`` declares ``example-cosine``; ``make test`` installs it into
 ``.venv/test-plugins``, which only the tests have on their PYTHONPATH (so ``make run`` never ranks it).

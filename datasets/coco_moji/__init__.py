@@ -1,4 +1,4 @@
-"""coco-moji: the embedded default benchmark, generated offline from OpenMoji glyphs (DESIGN 6.2).
+"""coco-moji: the embedded default benchmark, generated offline from OpenMoji glyphs (docs/architecture.md §6.2).
 
 A scene is a small RGB canvas with 1-4 glyphs of distinct COCO categories (random position, scale,
 rotation, colour jitter) on a textured background, plus 0-2 unlabelled distractor glyphs. Labels use

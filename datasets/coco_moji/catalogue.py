@@ -1,6 +1,6 @@
 """Hand-written glyph catalogue: which OpenMoji glyphs may stand for which COCO 2014 category.
 
-Only **semantically correct** glyphs are listed (DESIGN 6.2): a glyph counts for a category when a COCO
+Only **semantically correct** glyphs are listed (docs/architecture.md §6.2): a glyph counts for a category when a COCO
 annotator would put that category's label on the object it shows. Rules followed:
 
 * One glyph, one COCO object. Glyphs that show two COCO objects (fork-and-knife U+1F374, bowl with spoon
@@ -13,7 +13,7 @@ annotator would put that category's label on the object it shows. Rules followed
   U+1F403 are left out of bear / horse / cow, gloves U+1F9E4 are not a baseball glove, badminton U+1F3F8
   is not tennis.
 * A category without any correct glyph is left out of the benchmark (``NOT_DRAWABLE`` says why), so
-  coco-moji uses the COCO label split restricted to ``drawable_categories()`` (DESIGN 5.1).
+  coco-moji uses the COCO label split restricted to ``drawable_categories()`` (docs/architecture.md §5.1).
 * Only standard single-codepoint Unicode emoji are used (no ZWJ sequences, which need text shaping, and no
   OpenMoji private-use extras, whose codepoints are not stable across releases).
 

@@ -9,7 +9,7 @@ The output is a COCO instances file: ``info`` (with ``generator_version`` and th
 ``params``), ``licenses`` (OpenMoji, CC BY-SA 4.0), ``images``, ``categories`` with the official COCO
 2014 ids, names and supercategories of the drawable split categories, and ``annotations`` with the box
 and area of each glyph's visible pixels. Each image record also has ``scene_split``: the split its
-labels were drawn from ("base", "val", "test", or "mixed" = no split by the DESIGN 5.2 rule).
+labels were drawn from ("base", "val", "test", or "mixed" = no split by the docs/architecture.md §5.2 rule).
 
 Determinism and atomicity: the json is written with sorted keys and fixed separators, with no time
 stamps, so the same seed and generator version give a byte-identical file. Everything is generated into
@@ -217,7 +217,7 @@ def _generate_into(out_dir: Path, params: dict[str, Any], split: dict[str, list[
 
 
 def summarise(annotations: dict[str, Any], split: dict[str, list[str]], dropped: dict[str, list[str]]) -> dict[str, Any]:
-    """Counts from an annotation document; image-to-split membership by the DESIGN 5.2 rule."""
+    """Counts from an annotation document; image-to-split membership by the docs/architecture.md §5.2 rule."""
     name_of = {category["id"]: category["name"] for category in annotations["categories"]}
     labels_of: dict[int, set[str]] = {image["id"]: set() for image in annotations["images"]}
     for annotation in annotations["annotations"]:
@@ -307,7 +307,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"coco-moji {summary['generator_version']} seed={summary['seed']} {summary['image_size']}px: "
         f"{summary['n_images']} images, {summary['n_annotations']} objects ({state})",
-        "  images per split (DESIGN 5.2 rule): "
+        "  images per split (docs/architecture.md §5.2 rule): "
         + ", ".join(f"{name} {per_split[name]}" for name in SPLITS)
         + f"; in no split {summary['unassigned_images']} (mixed scenes {summary['mixed_images']})",
         "  labels per image: "

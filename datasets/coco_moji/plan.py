@@ -1,6 +1,6 @@
 """Which labels each coco-moji scene carries: the split-aware, balanced label plan.
 
-Splits follow DESIGN 5.1/5.2: a base scene draws only base labels, a val scene only val labels, a test
+Splits follow docs/architecture.md §5.1/5.2: a base scene draws only base labels, a val scene only val labels, a test
 (novel) scene only test labels, so each pool gets exactly the requested number of images under the
 authors' rule (an image belongs to a split only if all its labels are in it). An extra ``MIXED_FRACTION``
 of "mixed" scenes combine labels from at least two splits; they belong to no split and exercise the

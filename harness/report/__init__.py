@@ -1,4 +1,4 @@
-"""The reporting wing: ``leaderboard.{csv,md,html}`` from one or more run dirs (DESIGN 4.1 ``mlfsic
+"""The reporting wing: ``leaderboard.{csv,md,html}`` from one or more run dirs (docs/architecture.md §4.1 ``mlfsic
 leaderboard``, 10). Only the CLI enters it.
 
     stats       load run dirs, merge them, group cells, summarise (means, intervals, paired tests, ranks)

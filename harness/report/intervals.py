@@ -1,4 +1,4 @@
-"""Intervals, paired bootstrap and ranks of the leaderboard (DESIGN 5.4, 10).
+"""Intervals, paired bootstrap and ranks of the leaderboard (docs/architecture.md §5.4, 10).
 
 Per leaderboard cell
     ``mean_interval``: the mean and its 95% interval. With >= 3 seeds (``MIN_SEEDS``) it is the

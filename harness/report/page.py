@@ -1,4 +1,4 @@
-"""The self-contained leaderboard page (DESIGN 10): one HTML file that works offline.
+"""The self-contained leaderboard page (docs/architecture.md §10): one HTML file that works offline.
 
 Contents, top to bottom: a sortable table (mAP ± CI per method x setting x dataset, ranks with
 significance marks, which interval, reported paper rows marked *reported*), the notes (intervals,

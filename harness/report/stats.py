@@ -1,6 +1,6 @@
-"""Leaderboard statistics: load run dirs, merge them, and summarise every cell (DESIGN 5.4, 10).
+"""Leaderboard statistics: load run dirs, merge them, and summarise every cell (docs/architecture.md §5.4, 10).
 
-Inputs are run dirs (DESIGN 4.2): ``run.json``, ``records.parquet`` (one row per method, dataset,
+Inputs are run dirs (docs/architecture.md §4.2): ``run.json``, ``records.parquet`` (one row per method, dataset,
 setting, seed, episode) and ``label_ap.parquet`` (one row per ..., episode, label); their columns are
 ``store.RECORD_COLUMNS`` and ``store.LABEL_AP_COLUMNS``. Only rows with ``status == "ok"`` count.
 Runs made before records carried ``protocol``, ``backbone_id`` and ``embedding_id`` read them as
@@ -18,7 +18,7 @@ Groups. A leaderboard cell is (dataset, setting, group): a method's rows in a (d
 one episode set per seed and one (protocol, backbone_id, embedding_id); its *group* is the sorted tuple
 of episode set ids together with those three feature ids, tagged ``es-<sha256[:8]>``. Methods are
 compared only with methods of the same group, so rows from different episode sets or different
-features are never paired or ranked together (DESIGN 5.3); a (dataset, setting) that ran on two
+features are never paired or ranked together (docs/architecture.md §5.3); a (dataset, setting) that ran on two
 protocols or backbones shows separately ranked groups, and a note says why. Within a group, the paired
 statistics use the (episode_set_id, episode) pairs on which every method of the group has a defined mAP
 (normally all of them; ``n_paired`` says how many).

@@ -1,4 +1,4 @@
-"""The leaderboard's csv and markdown tables (DESIGN 4.1 ``mlfsic leaderboard``, 10).
+"""The leaderboard's csv and markdown tables (docs/architecture.md §4.1 ``mlfsic leaderboard``, 10).
 
 csv: one row per (dataset, setting, group, method); mAP, CI half-widths and differences as fractions;
 ``kind`` is ``ours`` or ``reported``; ``avg_rank`` repeats the method's average rank in the rank family of
