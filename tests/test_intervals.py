@@ -184,7 +184,8 @@ def test_ranks_use_the_hierarchical_paired_interval():
     assert naive["ci_high"] < 0  # over episodes alone, b looks significantly worse
     ranks = ranks_with_ties({"a": a, "b": b}, n_boot=2000, seed=0, clusters=clusters)
     assert ranks["b"]["interval"] == SEED_LEVEL
-    assert ranks["b"]["vs_best"] == hierarchical_paired_bootstrap(b, a, clusters, n_boot=2000, seed=0)
+    # the same draws; summed in another order, so equal to the last bits only
+    assert ranks["b"]["vs_best"] == pytest.approx(hierarchical_paired_bootstrap(b, a, clusters, n_boot=2000, seed=0))
     assert ranks["b"]["vs_best"]["ci_low"] < 0 < ranks["b"]["vs_best"]["ci_high"]
     assert ranks["b"]["tied_with_best"] and ranks["b"]["rank"] == 1
     # the mean's interval of each method comes from the same draws
