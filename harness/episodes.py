@@ -30,10 +30,17 @@ attention", AAAI 2022)
        >= Q positive queries (AP is always defined) and the query set holds between Q and N*Q images.
        A query image is positive for every episode label it carries.
 
-Protocol ``fixed-support`` (LaSO's evaluation, Alfassy et al. 2019)
+Protocol ``rest-of-pool``
     Each of the ``n_episodes`` draws is a support set built as in step 2, evaluated on the whole rest
     of the pool (in a random order). ``n_query`` is not a draw size here: it is the minimum number of
     positive evaluation images each label must keep after the support is removed.
+
+    This is *not* LaSO's evaluation (Alfassy et al., CVPR 2019), for which it was once named
+    (``fixed-support``): LaSO draws its support sets from train2014 and tests on every val2014 image that
+    holds at least one unseen label (images that also show seen labels are kept), over 10 fixed support
+    sets. Under this harness's split rule an evaluation image carries evaluated labels only, and the
+    support and evaluation images come from one pool; the protocol shares only "one support set, scored
+    on all other images" with LaSO's. Numbers reported by LaSO are therefore not comparable to it.
 
 Feasibility is checked before drawing: every pool label must be carried by >= K + Q images (with
 ``n_way`` any label may be drawn, so all are checked). Co-occurrence can still leave a label with fewer
@@ -61,7 +68,7 @@ from mlfsic.harness.io import sha256_json, write_json_atomic
 if TYPE_CHECKING:
     from mlfsic.harness.sweep import Sweep
 
-PROTOCOLS = ("episodic-v1", "fixed-support")
+PROTOCOLS = ("episodic-v1", "rest-of-pool")
 SAMPLER_VERSION = "1"
 EPISODE_SET_KEYS = ("episode_set_id", "protocol", "sampler_version", "params", "annotation_sha256",
                     "label_names", "episodes")
@@ -206,7 +213,7 @@ def _draw_episode(pool: LabelledPool, index: _PoolIndex, params: SamplerParams, 
                                                  params, episode)
             in_query[rng.choice(candidates, size=params.n_query, replace=False)] = True
         query = rng.permutation(np.flatnonzero(in_query))
-    else:  # fixed-support: the whole rest of the pool
+    else:  # rest-of-pool: the whole rest of the pool
         for column in columns:
             rows = index.members[column]
             n_left = int((~in_support[rows]).sum())

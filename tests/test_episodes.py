@@ -114,9 +114,9 @@ def test_n_way_subsets(pool):
     assert all_labels["episode_set_id"] == build_episode_set(pool, "episodic-v1", 5, 4, 5, seed=1)["episode_set_id"]
 
 
-def test_fixed_support_coverage(pool):
-    content = build_episode_set(pool, "fixed-support", 5, 4, 10, seed=0)
-    check_episode_set(content, pool, "fixed-support", 5, 4, 10, 0, None)
+def test_rest_of_pool_coverage(pool):
+    content = build_episode_set(pool, "rest-of-pool", 5, 4, 10, seed=0)
+    check_episode_set(content, pool, "rest-of-pool", 5, 4, 10, 0, None)
     assert len({tuple(sorted(e["support"])) for e in content["episodes"]}) == 10  # 10 distinct draws
 
 

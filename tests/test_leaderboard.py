@@ -169,11 +169,11 @@ def test_rebuild_is_byte_identical_and_html_is_self_contained(tmp_path):
 
 def test_rows_from_different_episode_sets_are_never_paired(tmp_path):
     run_a = make_run_dir(tmp_path, "run-a", {"alpha": 0.7, "beta": 0.6}, settings=("1shot",))
-    run_b = make_run_dir(tmp_path, "run-b", {"gamma": 0.9}, settings=("1shot",), protocol="fixed-support", rng_seed=5)
+    run_b = make_run_dir(tmp_path, "run-b", {"gamma": 0.9}, settings=("1shot",), protocol="rest-of-pool", rng_seed=5)
     data = summarise([run_a, run_b], n_boot=N_BOOT)
     alpha, beta, gamma = (_ours(data, m) for m in ("alpha", "beta", "gamma"))
     assert alpha["group"] == beta["group"] != gamma["group"]
-    assert gamma["group"] == group_tag(tuple(episode_set_id("coco-moji", "1shot", s, "fixed-support") for s in (0, 1)))
+    assert gamma["group"] == group_tag(tuple(episode_set_id("coco-moji", "1shot", s, "rest-of-pool") for s in (0, 1)))
     # gamma is far better but lives on other episode sets: alpha stays the best of its own group
     assert alpha["rank"] == 1 and alpha["best"] == "alpha" and beta["best"] == "alpha"
     assert gamma["rank"] == 1 and gamma["best"] == "gamma" and gamma["n_paired"] == 24
