@@ -1,19 +1,25 @@
 """The ``coco`` adapter (docs/architecture.md §6.1): real COCO 2014 and the generated coco-moji go through it.
 
-Reads an instances json with pycocotools and returns a ``harness.data.Dataset``: every image id, its
-file name, and multi-hot labels over the categories in the file's category order. Files are checked up
+Reads COCO instances json files with pycocotools and returns a ``harness.data.Dataset``: every image
+id, its file name, and multi-hot labels over the categories in category-id order. Files are checked up
 front; a missing or malformed file is a one-line ``MlfsicError`` naming it. Pixels are not read here
-(features are extracted once, lazily, by the feature store). Config keys (``configs/dataset/coco.yaml``):
-``root``, ``annotations`` (relative to root), ``images`` (image folder), ``split_file``, ``restrict_split``.
+(features are extracted once, lazily, by the feature store).
+
+Config keys (``configs/dataset/coco.yaml``): ``root``, ``split_file``, ``restrict_split`` and either
+``sources`` -- a list of ``{annotations, images}`` pairs relative to root, pooled into one dataset, as the
+ML-FSIC papers pool ``train2014`` and ``val2014`` before splitting by label -- or one ``annotations`` file
+with its ``images`` folder (coco-moji's form). Pooled sources must share the category list and never
+reuse an image id; file names become ``<images>/<file_name>`` under root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +34,54 @@ from mlfsic.harness.io import sha256_file
 
 
 def read(cfg: Mapping[str, Any], check_images: bool = True) -> Loaded:
-    root = root_of(cfg, "the COCO folder holding the annotation file and the image folder")
-    annotations, images = str(cfg.get("annotations")), str(cfg.get("images"))
-    dataset = load_coco(str(cfg.get("name", "coco")), root, annotations, images, check_images=check_images)
-    return Loaded(dataset=dataset, sources=((annotations, len(dataset.image_ids)),))
+    root = root_of(cfg, "the COCO folder holding the annotation files and the image folders")
+    name = str(cfg.get("name", "coco"))
+    if cfg.get("sources") is None:
+        annotations, images = str(cfg.get("annotations")), str(cfg.get("images"))
+        dataset = load_coco(name, root, annotations, images, check_images=check_images)
+        return Loaded(dataset=dataset, sources=((annotations, len(dataset.image_ids)),))
+    sources = coco_sources(cfg)
+    parts = [load_coco(name, root, annotations, images, check_images) for annotations, images in sources]
+    dataset = pool_coco(name, Path(root), parts, [annotations for annotations, _ in sources])
+    return Loaded(dataset=dataset, sources=tuple((a, len(p.image_ids)) for (a, _), p in zip(sources, parts)))
+
+
+def coco_sources(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (annotations, images) pairs of ``cfg.sources``; a malformed entry is a one-line error."""
+    sources = cfg.get("sources")
+    if not isinstance(sources, Sequence) or isinstance(sources, str) or not sources:
+        raise MlfsicError(f"dataset.sources={sources!r}: expected a non-empty list of {{annotations, images}}")
+    pairs = []
+    for number, entry in enumerate(sources):
+        if not isinstance(entry, Mapping) or not all(isinstance(entry.get(k), str) for k in ("annotations", "images")):
+            raise MlfsicError(f"dataset.sources[{number}]={entry!r}: expected {{annotations: FILE, images: FOLDER}}")
+        pairs.append((str(entry["annotations"]), str(entry["images"])))
+    return pairs
+
+
+def pool_coco(name: str, root: Path, parts: Sequence[Dataset], annotation_files: Sequence[str]) -> Dataset:
+    """One dataset of several COCO files (same categories, disjoint image ids), paths relative to root."""
+    first = parts[0]
+    seen: dict[int, str] = {}
+    for part, annotations in zip(parts, annotation_files):
+        if part.label_names != first.label_names:
+            raise MlfsicError(f"{root / annotations}: its categories differ from those of "
+                              f"{root / annotation_files[0]}; pooled COCO files must share one category list")
+        for image_id in part.image_ids.tolist():
+            if image_id in seen:
+                raise MlfsicError(f"{root / annotations}: image id {image_id} is also in {root / seen[image_id]}")
+            seen[image_id] = annotations
+    image_ids = np.concatenate([part.image_ids for part in parts])
+    file_names = [(part.image_root.relative_to(root) / file_name).as_posix()
+                  for part in parts for file_name in part.file_names]
+    targets = np.concatenate([part.targets for part in parts])
+    order = np.argsort(image_ids, kind="stable")
+    digest = hashlib.sha256(b"mlfsic-coco-pooled\n")
+    for part, annotations in zip(parts, annotation_files):
+        digest.update(f"{annotations}:{part.annotation_sha256}\n".encode())
+    return Dataset(name=name, image_root=root, image_ids=image_ids[order], file_names=tuple(file_names[i] for i in order),
+                   label_names=first.label_names, targets=np.ascontiguousarray(targets[order]),
+                   annotation_sha256=digest.hexdigest())
 
 
 def load(cfg: Mapping[str, Any], check_images: bool = True) -> Dataset:

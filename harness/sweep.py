@@ -427,10 +427,14 @@ def _dataset(value: Any) -> dict[str, Any]:
     if dataset.get("generate") is None and not root.is_dir():
         raise _bad("dataset.root", dataset["root"], f"the folder of dataset {dataset['name']}", "folder not found")
     if dataset.get("generate") is None and dataset["adapter"] == "coco":  # its files must be there
-        for key, is_there in (("annotations", Path.is_file), ("images", Path.is_dir)):
-            if not is_there(root / dataset[key]):
-                raise _bad("dataset.root", dataset["root"], f"the folder holding {dataset['annotations']} and "
-                           f"{dataset['images']}/ of dataset {dataset['name']}", f"{root / dataset[key]} not found")
+        from mlfsic.datasets.coco import coco_sources
+
+        for annotations, images in (coco_sources(dataset) if dataset.get("sources") is not None
+                                    else [(str(dataset.get("annotations")), str(dataset.get("images")))]):
+            for path, is_there in ((root / annotations, Path.is_file), (root / images, Path.is_dir)):
+                if not is_there(path):
+                    raise _bad("dataset.root", dataset["root"], f"the folder holding {annotations} and "
+                               f"{images}/ of dataset {dataset['name']}", f"{path} not found")
     else:  # generated there when missing: the folder must be one we can create
         existing = next(p for p in [root, *root.parents] if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) and existing != root:

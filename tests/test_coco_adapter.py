@@ -77,3 +77,77 @@ def test_missing_and_malformed_files_name_the_file(tmp_path):
     (tmp_path / "images" / "100.png").unlink()
     with pytest.raises(MlfsicError, match="is missing: .*100.png"):
         load_coco("tiny", tmp_path, "annotations.json", "images")
+
+
+def _write_coco_2014(root: Path) -> None:
+    """Two instances files in their own folders, with disjoint image ids, as COCO 2014 is distributed."""
+    for number, part in enumerate(("train2014", "val2014")):
+        folder = root / "tmp" / part
+        _write_coco(folder, n_images=6 + number, seed=number)
+        content = json.loads((folder / "annotations.json").read_text())
+        for entry in content["images"]:  # shift the ids of val2014 so the two files never share one
+            entry["id"] += 1000 * number
+        for entry in content["annotations"]:
+            entry["image_id"] += 1000 * number
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"instances_{part}.json").write_text(json.dumps(content))
+        (folder / "images").rename(root / part)
+
+
+def _coco_2014_config(root: Path) -> dict:
+    from mlfsic.harness.config import compose_config
+    from mlfsic.harness.config import to_container
+
+    return to_container(compose_config(["dataset=coco", f"dataset.root={root}", "dataset.restrict_split=true"]))["dataset"]
+
+
+def test_train2014_and_val2014_are_pooled_like_pycocotools_reads_each(tmp_path):
+    from mlfsic.datasets.registry import load_dataset, prepare_dataset
+
+    _write_coco_2014(tmp_path)
+    dataset = load_dataset(_coco_2014_config(tmp_path), check_images=True)
+    assert len(dataset.image_ids) == 13 and np.all(np.diff(dataset.image_ids) > 0)
+    row_of = {int(image_id): row for row, image_id in enumerate(dataset.image_ids)}
+    for part in ("train2014", "val2014"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(tmp_path / "annotations" / f"instances_{part}.json"))
+        columns = {c["id"]: dataset.label_names.index(c["name"]) for c in coco.loadCats(coco.getCatIds())}
+        for image_id in coco.getImgIds():
+            expected = np.zeros(len(dataset.label_names), dtype=bool)
+            expected[[columns[a["category_id"]] for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))]] = True
+            row = row_of[image_id]
+            assert np.array_equal(dataset.targets[row], expected)
+            assert dataset.file_names[row] == f"{part}/{coco.imgs[image_id]['file_name']}"
+            assert (dataset.image_root / dataset.file_names[row]).is_file()
+    summary = prepare_dataset("coco", {"root": str(tmp_path), "restrict_split": "true"})
+    assert "instances_train2014.json" in summary and "instances_val2014.json" in summary
+
+
+def test_pooled_files_must_not_share_an_image_id_or_differ_in_categories(tmp_path):
+    from mlfsic.datasets.registry import load_dataset
+
+    _write_coco_2014(tmp_path)
+    val_file = tmp_path / "annotations" / "instances_val2014.json"
+    content = json.loads(val_file.read_text())
+    original = json.dumps(content)
+    content["images"][0]["id"] = 100
+    content["annotations"] = [a for a in content["annotations"] if a["image_id"] != 1100]
+    val_file.write_text(json.dumps(content))
+    with pytest.raises(MlfsicError, match=r"instances_val2014.json: image id 100 is also in .*instances_train2014"):
+        load_dataset(_coco_2014_config(tmp_path))
+    content = json.loads(original)
+    content["categories"][0]["name"] = "human"
+    val_file.write_text(json.dumps(content))
+    with pytest.raises(MlfsicError, match="instances_val2014.json: its categories differ"):
+        load_dataset(_coco_2014_config(tmp_path))
+
+
+def test_a_sweep_on_pooled_coco_checks_every_source_up_front(tmp_path):
+    from mlfsic.harness.sweep import load_sweep
+
+    _write_coco_2014(tmp_path)
+    overrides = ["dataset=coco", f"dataset.root={tmp_path}", "dataset.restrict_split=true"]
+    assert load_sweep(overrides).dataset["sources"][1]["images"] == "val2014"
+    (tmp_path / "val2014").rename(tmp_path / "elsewhere")
+    with pytest.raises(MlfsicError, match=r"dataset.root=.*val2014 not found"):
+        load_sweep(overrides)
