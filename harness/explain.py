@@ -1,0 +1,567 @@
+"""``mlfsic explain``: where LCM looks in its support images, as one PNG, and a box measurement.
+
+LCM (Yan et al., "Modelling Multi-modal Cross-interaction for Multi-label Few-shot Image Classification
+Based on Local Feature Selection", ACM TOMM 2024) keeps, per support image, the local positions whose
+removal would change the cross-modal alignment loss (``methods/lcm.py``, docs/architecture.md §8), and
+each label's word vector attends over the kept positions of every support image carrying the label.
+This module shows both for one episode and measures whether the kept positions fall on the labelled
+objects::
+
+    mlfsic explain [method=lcm] [setting=1shot] [seed=0] [episode=0] [n_images=4] [split=val] [out=X.png]
+    mlfsic explain measure=boxes [n_episodes=50] [split=val]
+
+Options (``key=value``; a key with a ``.`` or a leading ``+`` is passed to the run config as a Hydra
+override, e.g. ``dataset.generate.n_base=400`` or ``+method_args.lcm.steps=20``):
+
+* ``method``: an LCM-family method (``lcm``, ``wvga``, or a variant given with ``+variants.<name>...``);
+  ``setting``: ``<K>shot`` with K >= 1; ``seed``: the method's seed and the episode set's seed;
+  ``episode``: the episode index (episode i of seed s is episode i of the sweep's episode set for s).
+* ``split``: ``val`` (default) or ``test``; ``test`` shows novel-split episodes and says so on stderr:
+  choices (hyperparameters, ablations) must never be made on them.
+* ``dataset``, ``results_dir``: as in ``mlfsic run``. The dataset, backbone and features are made or
+  found as ``mlfsic run`` does (``harness.prepare.prepare_benchmark``), and the method is fitted through
+  ``harness.evaluate.fit_method``, so a run with the same config and split has made (and shares) the
+  checkpoint.
+* ``theta``, ``threshold_mode``: applied to the fitted method before explaining (its training keeps the
+  fitted config), to look at another selection rule of the same model.
+* ``out`` (figure only): the PNG (default ``<results_dir>/explain/<method>-<dataset>-<split>-<setting>
+  -seed<S>-ep<E>.png``); ``n_images``: support images shown (rows); ``max_labels``: label columns.
+* ``measure=boxes``: ``kept_inside_box_fraction`` over ``n_episodes`` episodes instead of a figure.
+
+The figure has one row per support image: the image, the positions LCM kept (dropped cells darkened;
+the selection is per image, under the alignment loss of all the episode's labels), then per label the
+image carries the head-averaged attention of the label's word vector over the grid (heat) with the
+label's boxes (cyan) when the annotations have them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from mlfsic.harness.errors import MlfsicError
+
+MEASURES = ("boxes",)
+SPLITS = ("val", "test")
+# the known options of ``mlfsic explain`` and their types; defaults: ``ExplainOptions``
+OPTION_TYPES: dict[str, type] = {
+    "method": str, "setting": str, "seed": int, "episode": int, "n_images": int, "max_labels": int,
+    "dataset": str, "split": str, "results_dir": str, "out": str, "measure": str, "n_episodes": int,
+    "theta": float, "threshold_mode": str,
+}
+
+# figure layout (pixels)
+TILE = 192
+GAP = 6
+CAPTION = 16
+TITLE = 52
+MARGIN = 6
+BOX_COLOUR = (0, 230, 255)
+KEPT_COLOUR = (40, 220, 60)
+DROPPED_SHADE = (30, 30, 30)
+
+
+# ------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class ExplainOptions:
+    """The parsed ``mlfsic explain`` options (see the module docstring)."""
+
+    method: str = "lcm"
+    setting: str = "1shot"
+    seed: int = 0
+    episode: int = 0
+    n_images: int = 4
+    max_labels: int = 4
+    dataset: str = "coco-moji"
+    split: str = "val"
+    results_dir: str | None = None
+    out: str | None = None
+    measure: str | None = None
+    n_episodes: int = 50
+    theta: float | None = None
+    threshold_mode: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def k_shot(self) -> int:
+        from mlfsic.methods.api import parse_setting
+
+        return parse_setting(self.setting)
+
+
+def _convert(key: str, value: str, kind: type) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise MlfsicError(f"explain option {key}={value!r}: expected {'an integer' if kind is int else 'a number'}") from None
+
+
+def parse_options(options: Mapping[str, str]) -> ExplainOptions:
+    """``key=value`` strings -> ExplainOptions; an unknown key or bad value is a one-line MlfsicError."""
+    values: dict[str, Any] = {}
+    overrides: list[str] = []
+    for key, value in options.items():
+        if "." in key or key.startswith("+"):
+            overrides.append(f"{key}={value}")
+            continue
+        if key not in OPTION_TYPES:
+            raise MlfsicError(f"unknown explain option {key!r}; known: {', '.join(OPTION_TYPES)} "
+                              f"(and Hydra overrides with a '.', e.g. +method_args.lcm.steps=20)")
+        values[key] = _convert(key, value, OPTION_TYPES[key])
+    parsed = ExplainOptions(**values, overrides=tuple(overrides))
+    _check_options(parsed)
+    return parsed
+
+
+def _check_options(options: ExplainOptions) -> None:
+    if options.split not in SPLITS:
+        raise MlfsicError(f"explain option split={options.split!r}: expected one of {', '.join(SPLITS)}")
+    if options.measure is not None and options.measure not in MEASURES:
+        raise MlfsicError(f"explain option measure={options.measure!r}: expected one of {', '.join(MEASURES)}")
+    if options.k_shot < 1:
+        raise MlfsicError(f"explain option setting={options.setting!r}: LCM explains K-shot episodes, K >= 1")
+    for key in ("n_images", "max_labels", "n_episodes"):
+        if getattr(options, key) < 1:
+            raise MlfsicError(f"explain option {key}={getattr(options, key)}: expected an integer >= 1")
+    for key in ("seed", "episode"):
+        if getattr(options, key) < 0:
+            raise MlfsicError(f"explain option {key}={getattr(options, key)}: expected an integer >= 0")
+
+
+# ------------------------------------------------------------------------------------------- context
+@dataclass
+class Explained:
+    """A prepared benchmark with a fitted LCM-family method, ready to draw and explain episodes."""
+
+    sweep: Any  # harness.sweep.Sweep
+    benchmark: Any  # harness.benchmark.Benchmark
+    method: Any  # a fitted methods.lcm.LCM
+    pool: Any  # harness.data.LabelledPool of the explained split
+
+
+def _sweep_overrides(options: ExplainOptions) -> list[str]:
+    overrides = [f"dataset={options.dataset}", f"method=[{options.method}]", f"setting=[{options.setting}]",
+                 f"seeds=[{options.seed}]", f"eval_split={options.split}"]
+    if options.results_dir is not None:
+        overrides.append(f"results_dir={options.results_dir}")
+    return overrides + list(options.overrides)
+
+
+def prepare(options: ExplainOptions) -> Explained:
+    """Resolve the config as ``mlfsic run`` would, prepare the benchmark and fit (or load) the method."""
+    import torch
+
+    from mlfsic.harness.evaluate import checkpoint_path, fit_method, method_spec
+    from mlfsic.harness.io import file_lock
+    from mlfsic.harness.sweep import load_sweep
+    from mlfsic.methods.registry import get_method_class
+
+    sweep = load_sweep(_sweep_overrides(options))
+    entry = sweep.methods[options.method]
+    if not callable(getattr(get_method_class(entry.base), "explain", None)):
+        raise MlfsicError(f"explain option method={options.method!r}: {entry.base!r} has no explain(); "
+                          f"use an LCM-family method (lcm, wvga or a variant of them)")
+    if options.split == "test":
+        print("mlfsic explain: note: split=test shows novel-split episodes; never choose hyperparameters from them",
+              file=sys.stderr)
+    benchmark = prepare_locked(sweep)
+    spec = method_spec(entry.name, entry.config, base=entry.base)
+    lock = checkpoint_path(benchmark, spec, options.seed, sweep.cache_root, sweep.eval_split).with_suffix(".lock")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the runner's fit tasks, so the checkpoint is the one a run makes
+    try:
+        with file_lock(lock):
+            fit = fit_method(benchmark, spec, options.seed, sweep.cache_root, sweep.eval_split)
+    finally:
+        torch.set_num_threads(threads)
+    method = torch.load(fit.checkpoint, weights_only=False)["method"]
+    _apply_selection_rule(method, options)
+    return Explained(sweep=sweep, benchmark=benchmark, method=method, pool=benchmark.pool(options.split))
+
+
+def prepare_locked(sweep: Any) -> Any:
+    """``harness.prepare.prepare_benchmark``'s steps under the runner's locks (dataset generation, backbone,
+    feature store), so an explain beside a sweep on the same results dir waits for its work, never repeats it."""
+    from mlfsic.harness.backbones import load_backbone
+    from mlfsic.harness.data import split_pool
+    from mlfsic.harness.features import extract_shard, missing_image_ids, store_dir
+    from mlfsic.harness.io import file_lock
+    from mlfsic.harness.prepare import backbone_config, backbone_weights, load_dataset_and_split, make_benchmark
+
+    cfg = sweep.dataset_config()
+    root = Path(str(cfg.root))
+    with file_lock(root.parent / f".{root.name}.lock"):
+        dataset, split = load_dataset_and_split(cfg)
+    backbone_cfg = backbone_config(cfg)
+    with file_lock(sweep.cache_root / "backbones" / f".{dataset.name}-{dataset.annotation_sha256[:16]}.lock"):
+        weights, _ = backbone_weights(dataset, split, backbone_cfg, sweep.cache_root)
+    benchmark = make_benchmark(sweep.as_dictconfig(), dataset, split, weights, sweep.cache_root)
+    image_ids = np.unique(np.concatenate([split_pool(dataset, name, labels).image_ids for name, labels in split.items()]))
+    feature_root = Path(benchmark.feature_root)
+    with file_lock(store_dir(feature_root, benchmark.backbone_id, dataset.annotation_sha256) / ".extract.lock"):
+        missing = missing_image_ids(feature_root, benchmark.backbone_id, dataset.annotation_sha256, image_ids)
+        if len(missing):
+            extract_shard(load_backbone(benchmark.backbone_config, weights), dataset, missing, feature_root)
+    return benchmark
+
+
+def _apply_selection_rule(method: Any, options: ExplainOptions) -> None:
+    from mlfsic.methods.lcm import THRESHOLD_MODES
+
+    if options.threshold_mode is not None:
+        if options.threshold_mode not in THRESHOLD_MODES:
+            raise MlfsicError(f"explain option threshold_mode={options.threshold_mode!r}: expected one of "
+                              f"{', '.join(THRESHOLD_MODES)}")
+        method.threshold_mode = options.threshold_mode
+    if options.theta is not None:
+        method.theta = options.theta
+
+
+def draw_episode(explained: Explained, k_shot: int, seed: int, index: int) -> tuple[Any, np.ndarray]:
+    """Episode ``index`` of the sweep's episode set for (split, K, seed), as the method sees it, and its
+    support image ids. Drawn by the harness's sampler (``harness.episodes.make_episode``)."""
+    from mlfsic.harness.episodes import SamplerParams, episode_seed, episode_targets, make_episode
+    from mlfsic.methods.api import Episode
+
+    sweep, benchmark, pool = explained.sweep, explained.benchmark, explained.pool
+    params = SamplerParams(protocol=sweep.protocol, k_shot=k_shot, n_query=sweep.n_query, n_way=sweep.n_way)
+    drawn = make_episode(pool, params, seed, index)
+    support_targets, _ = episode_targets(pool, drawn)
+    support_ids = np.asarray(drawn["support"], dtype=np.int64)
+    query_ids = np.asarray(drawn["query"], dtype=np.int64)
+    support, support_local = benchmark.features(support_ids, True)
+    query, _ = benchmark.features(query_ids, False)
+    labels = tuple(drawn["labels"])
+    episode = Episode(
+        index=index, seed=episode_seed(seed, index), k_shot=k_shot, label_names=labels,
+        label_embeddings=benchmark.label_embeddings(labels),
+        support_features=np.asarray(support, dtype=np.float32),
+        support_local_features=np.asarray(support_local, dtype=np.float32),
+        support_targets=np.asarray(support_targets, dtype=np.float32),
+        query_features=np.asarray(query, dtype=np.float32), query_local_features=None,
+    )
+    return episode, support_ids
+
+
+# --------------------------------------------------------------------------------------------- boxes
+@dataclass(frozen=True)
+class Boxes:
+    """COCO boxes per (image id, label name), (x, y, w, h) in pixels, and each image's (width, height)."""
+
+    sizes: dict[int, tuple[int, int]]
+    boxes: dict[tuple[int, str], list[tuple[float, float, float, float]]]
+
+    def of(self, image_id: int, label: str) -> list[tuple[float, float, float, float]]:
+        return self.boxes.get((int(image_id), label), [])
+
+
+def load_boxes(annotation_path: Path) -> Boxes:
+    """The boxes of a COCO instances json; a file without boxes is a one-line error naming it."""
+    try:
+        content = json.loads(Path(annotation_path).read_text(encoding="utf-8"))
+        names = {int(c["id"]): str(c["name"]) for c in content["categories"]}
+        sizes = {int(i["id"]): (int(i["width"]), int(i["height"])) for i in content["images"]}
+        boxes: dict[tuple[int, str], list[tuple[float, float, float, float]]] = {}
+        for annotation in content["annotations"]:
+            x, y, w, h = (float(v) for v in annotation["bbox"])
+            key = (int(annotation["image_id"]), names[int(annotation["category_id"])])
+            boxes.setdefault(key, []).append((x, y, w, h))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MlfsicError(f"cannot read boxes from {annotation_path}: {error}") from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise MlfsicError(f"{annotation_path}: no COCO boxes (images need width/height, annotations a bbox): "
+                          f"missing or bad {error}") from None
+    return Boxes(sizes=sizes, boxes=boxes)
+
+
+def dataset_boxes(dataset_cfg: Mapping[str, Any]) -> Boxes:
+    """Boxes of a COCO-format dataset config (``root`` / ``annotations``)."""
+    if "annotations" not in dataset_cfg or not str(dataset_cfg["annotations"]).endswith(".json"):
+        raise MlfsicError(f"dataset {dataset_cfg.get('name')!r} has no COCO annotation file with boxes")
+    return load_boxes(Path(str(dataset_cfg["root"])) / str(dataset_cfg["annotations"]))
+
+
+def grid_side(positions: int) -> int:
+    """The side g of a square g x g local grid with ``positions`` = g * g (row-major, backbones.py)."""
+    side = int(round(math.sqrt(positions)))
+    if side * side != positions:
+        raise MlfsicError(f"local features have {positions} positions, not a square grid")
+    return side
+
+
+def cells_inside(boxes: Sequence[tuple[float, float, float, float]], width: int, height: int, side: int) -> np.ndarray:
+    """(side * side,) bool, row-major: the cell's centre lies inside one of ``boxes`` (image pixels).
+
+    The backbone resizes the whole image to its input size without cropping, so cell (r, c) of the
+    grid covers [c W / g, (c + 1) W / g) x [r H / g, (r + 1) H / g) of the original image.
+    """
+    centre_x = (np.arange(side) + 0.5) * width / side
+    centre_y = (np.arange(side) + 0.5) * height / side
+    cy, cx = np.meshgrid(centre_y, centre_x, indexing="ij")
+    inside = np.zeros((side, side), dtype=bool)
+    for x, y, w, h in boxes:
+        inside |= (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
+    return inside.reshape(-1)
+
+
+@dataclass(frozen=True)
+class BoxFractions:
+    """``kept_inside_box_fraction``'s result; fractions are means over (support image, label) pairs."""
+
+    n_episodes: int
+    n_pairs: int
+    kept_inside: float  # share of the kept positions whose cell centre is inside one of the label's boxes
+    chance: float  # share of all positions inside the label's boxes (what keeping at random would give)
+    attention_inside: float  # attention mass of the label's word vector inside its boxes
+    kept_per_image: float  # mean number of kept positions per support image
+    positions: int  # L
+    difference_ci: tuple[float, float]  # 95% interval of kept_inside - chance over episodes (normal approx.)
+    pairs_without_cell: int  # pairs whose boxes contain no cell centre (counted with fraction 0)
+
+    def text(self) -> str:
+        low, high = self.difference_ci
+        return (f"kept positions inside the label's boxes: {self.kept_inside:.3f} vs chance (box area share) "
+                f"{self.chance:.3f}; difference 95% CI [{low:+.3f}, {high:+.3f}]; attention mass inside "
+                f"{self.attention_inside:.3f}; kept {self.kept_per_image:.1f}/{self.positions} positions per "
+                f"image; {self.n_pairs} (image, label) pairs over {self.n_episodes} episodes "
+                f"({self.pairs_without_cell} with no cell centre in a box)")
+
+
+def _episode_pairs(method: Any, episode: Any, support_ids: np.ndarray, boxes: Boxes) -> list[tuple[float, float, float, int]]:
+    """(kept inside share, inside share, attention inside, kept count) per (support image, label) pair."""
+    info = method.explain(episode)
+    side = grid_side(info["keep"].shape[1])
+    rows = []
+    for pair, (image_row, label_column) in enumerate(zip(info["pair_image"], info["pair_label"])):
+        image_id = int(support_ids[image_row])
+        width, height = boxes.sizes[image_id]
+        inside = cells_inside(boxes.of(image_id, episode.label_names[label_column]), width, height, side)
+        kept = info["keep"][image_row]
+        rows.append((float((kept & inside).sum() / max(1, kept.sum())), float(inside.mean()),
+                     float(info["attention"][pair][inside].sum()), int(kept.sum())))
+    return rows
+
+
+def kept_inside_box_fraction(
+    method: Any, episodes: Sequence[tuple[Any, np.ndarray]], boxes: Boxes
+) -> BoxFractions:
+    """Do LCM's kept positions fall on the labelled objects? Over the support images of ``episodes``
+    (Episode, support image ids), for each (support image, label carried by it) pair: the fraction of
+    the kept grid positions whose cell centre is inside one of the label's boxes, against the fraction of
+    all positions (the box area share, i.e. chance); plus the label's attention mass inside its boxes."""
+    per_episode: list[list[tuple[float, float, float, int]]] = [
+        _episode_pairs(method, episode, support_ids, boxes) for episode, support_ids in episodes
+    ]
+    rows = np.asarray([row for rows in per_episode for row in rows], dtype=np.float64)
+    if rows.size == 0:
+        raise MlfsicError("kept_inside_box_fraction: no (support image, label) pairs in the episodes")
+    differences = np.asarray([np.mean([r[0] - r[1] for r in rows_e]) for rows_e in per_episode if rows_e])
+    half = 1.96 * differences.std(ddof=1) / math.sqrt(len(differences)) if len(differences) > 1 else math.nan
+    mean_difference = float(differences.mean())
+    positions = int(episodes[0][0].support_local_features.shape[1])
+    return BoxFractions(
+        n_episodes=len(episodes), n_pairs=int(rows.shape[0]), kept_inside=float(rows[:, 0].mean()),
+        chance=float(rows[:, 1].mean()), attention_inside=float(rows[:, 2].mean()),
+        kept_per_image=float(rows[:, 3].mean()), positions=positions,
+        difference_ci=(mean_difference - half, mean_difference + half),
+        pairs_without_cell=int((rows[:, 1] == 0).sum()),
+    )
+
+
+def measure_boxes(explained: Explained, options: ExplainOptions) -> BoxFractions:
+    """``kept_inside_box_fraction`` over episodes 0 .. n_episodes - 1 of (split, setting, seed)."""
+    boxes = dataset_boxes(explained.sweep.dataset)
+    episodes = [draw_episode(explained, options.k_shot, options.seed, index) for index in range(options.n_episodes)]
+    return kept_inside_box_fraction(explained.method, episodes, boxes)
+
+
+# -------------------------------------------------------------------------------------------- figure
+def figure_size(n_rows: int, n_columns: int) -> tuple[int, int]:
+    """(width, height) of a figure with ``n_rows`` support images and ``n_columns`` tiles per row."""
+    width = 2 * MARGIN + n_columns * TILE + (n_columns - 1) * GAP
+    height = TITLE + n_rows * (CAPTION + TILE + GAP) - GAP + MARGIN
+    return width, height
+
+
+def tile_box(row: int, column: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of a tile: column 0 the image, 1 the kept positions, 2.. one per label."""
+    x0 = MARGIN + column * (TILE + GAP)
+    y0 = TITLE + row * (CAPTION + TILE + GAP) + CAPTION
+    return x0, y0, x0 + TILE, y0 + TILE
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=11)
+    except TypeError:  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def _grid_image(values: np.ndarray, side: int, resample: Image.Resampling = Image.Resampling.NEAREST) -> np.ndarray:
+    """(side * side,) values in [0, 1] -> (TILE, TILE) float array, each cell a block."""
+    grid = Image.fromarray(values.reshape(side, side).astype(np.float32), mode="F")
+    return np.asarray(grid.resize((TILE, TILE), resample), dtype=np.float32)
+
+
+def _cell_rectangle(cell: int, side: int) -> tuple[int, int, int, int]:
+    row, column = divmod(cell, side)
+    return (round(column * TILE / side), round(row * TILE / side),
+            round((column + 1) * TILE / side) - 1, round((row + 1) * TILE / side) - 1)
+
+
+def kept_tile(image: np.ndarray, keep: np.ndarray, side: int) -> Image.Image:
+    """The image (TILE, TILE, 3) with dropped cells darkened and kept cells outlined."""
+    dropped = 1.0 - _grid_image(keep.astype(np.float32), side)[..., None]
+    shaded = image * (1 - 0.75 * dropped) + np.asarray(DROPPED_SHADE, np.float32) * 0.75 * dropped
+    tile = Image.fromarray(shaded.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(tile)
+    for cell in np.flatnonzero(keep):
+        draw.rectangle(_cell_rectangle(int(cell), side), outline=KEPT_COLOUR)
+    return tile
+
+
+def _heat_colours(values: np.ndarray) -> np.ndarray:
+    """A black-red-yellow-white ramp: (..., ) in [0, 1] -> (..., 3) in [0, 255]."""
+    ramp = np.stack([np.clip(3 * values, 0, 1), np.clip(3 * values - 1, 0, 1), np.clip(3 * values - 2, 0, 1)], -1)
+    return ramp * 255.0
+
+
+def attention_tile(image: np.ndarray, attention: np.ndarray, side: int, boxes: Sequence[tuple[float, ...]],
+                   scale: tuple[float, float]) -> Image.Image:
+    """The image blended with the attention heat (normalised by its maximum) and the label's boxes."""
+    values = attention / max(float(attention.max()), 1e-12)
+    heat = _grid_image(values, side)
+    alpha = (0.35 + 0.45 * heat)[..., None]
+    blended = image * (1 - alpha) + _heat_colours(heat) * alpha
+    tile = Image.fromarray(blended.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(tile)
+    for x, y, w, h in boxes:
+        draw.rectangle((x * scale[0], y * scale[1], (x + w) * scale[0] - 1, (y + h) * scale[1] - 1),
+                       outline=BOX_COLOUR, width=2)
+    return tile
+
+
+def _image_tile(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """The support image resized to (TILE, TILE) as float32 RGB, and its original (width, height)."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except OSError as error:
+        raise MlfsicError(f"cannot read image {path}: {error}") from None
+    return np.asarray(rgb.resize((TILE, TILE), Image.Resampling.NEAREST), dtype=np.float32), rgb.size
+
+
+@dataclass(frozen=True)
+class FigureRow:
+    """One support image of the figure: its id, file, kept positions and one entry per label shown."""
+
+    image_id: int
+    path: Path
+    keep: np.ndarray  # (L,) bool
+    labels: tuple[str, ...]
+    attention: tuple[np.ndarray, ...]  # (L,) per label
+    weights: tuple[float, ...]  # the image's weight in each label's prototype
+
+
+def figure_rows(explained: Explained, episode: Any, support_ids: np.ndarray, n_images: int, max_labels: int) -> list[FigureRow]:
+    """The first ``n_images`` support images of the episode with what ``method.explain`` says of them."""
+    info = explained.method.explain(episode)
+    file_of = explained.benchmark.dataset().file_name_of()
+    image_root = Path(explained.benchmark.dataset().image_root)
+    rows = []
+    for image_row in range(min(n_images, len(support_ids))):
+        pairs = np.flatnonzero(info["pair_image"] == image_row)[:max_labels]
+        image_id = int(support_ids[image_row])
+        rows.append(FigureRow(
+            image_id=image_id, path=image_root / file_of[image_id], keep=info["keep"][image_row],
+            labels=tuple(episode.label_names[int(info["pair_label"][p])] for p in pairs),
+            attention=tuple(info["attention"][p] for p in pairs),
+            weights=tuple(float(info["image_weights"][p]) for p in pairs),
+        ))
+    return rows
+
+
+def render_figure(rows: Sequence[FigureRow], title: str, max_labels: int, boxes: Boxes | None) -> Image.Image:
+    """The PNG image: one row per support image, columns image | kept | one attention tile per label."""
+    width, height = figure_size(len(rows), 2 + max_labels)
+    figure = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(figure)
+    font = _font()
+    draw.multiline_text((MARGIN, 4), title, fill=(0, 0, 0), font=font, spacing=3)
+    for row_index, row in enumerate(rows):
+        image, (image_width, image_height) = _image_tile(row.path)
+        side = grid_side(row.keep.shape[0])
+        scale = (TILE / image_width, TILE / image_height)
+        tiles = [(Image.fromarray(image.astype(np.uint8)), f"image {row.image_id}"),
+                 (kept_tile(image, row.keep, side), f"kept {int(row.keep.sum())}/{row.keep.shape[0]}")]
+        for label, attention, weight in zip(row.labels, row.attention, row.weights):
+            label_boxes = boxes.of(row.image_id, label) if boxes is not None else []
+            peak = float(attention.max()) * attention.shape[0]  # the largest weight / the uniform weight 1/L
+            caption = f"{label} w {weight:.2f} peak {peak:.1f}x"
+            tiles.append((attention_tile(image, attention, side, label_boxes, scale), caption))
+        for column in range(2 + max_labels):
+            x0, y0, x1, y1 = tile_box(row_index, column)
+            if column < len(tiles):
+                tile, caption = tiles[column]
+                figure.paste(tile, (x0, y0))
+                draw.text((x0, y0 - CAPTION + 2), caption[:34], fill=(0, 0, 0), font=font)
+            else:
+                draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(240, 240, 240))
+    return figure
+
+
+def default_out(explained: Explained, options: ExplainOptions) -> Path:
+    name = (f"{options.method}-{options.dataset}-{options.split}-{options.setting}-seed{options.seed}"
+            f"-ep{options.episode}.png")
+    return explained.sweep.results_dir / "explain" / name
+
+
+def _title(explained: Explained, options: ExplainOptions, n_support: int) -> str:
+    method = explained.method
+    rule = (f"selection {method.selection}, {method.threshold_mode} theta {method.theta:g}"
+            if method.selection != "off" else "selection off (all positions kept)")
+    return (f"{options.method} | {options.dataset} {options.split} {options.setting} seed {options.seed} episode "
+            f"{options.episode} ({n_support} support images) | {rule}\n"
+            f"kept: dropped cells darkened (the selection is per image); heat: head-averaged attention of the "
+            f"label's word vector over the grid, scaled to its peak\n"
+            f"peak: its largest weight / the uniform weight; cyan: the label's boxes; w: the image's weight in the "
+            f"label's prototype")
+
+
+def write_figure(explained: Explained, options: ExplainOptions) -> Path:
+    """Draw the episode, explain it and write the PNG atomically; returns its path."""
+    from mlfsic.harness.io import write_with_atomic
+
+    episode, support_ids = draw_episode(explained, options.k_shot, options.seed, options.episode)
+    rows = figure_rows(explained, episode, support_ids, options.n_images, options.max_labels)
+    try:
+        boxes: Boxes | None = dataset_boxes(explained.sweep.dataset)
+    except MlfsicError:
+        boxes = None  # a dataset without boxes: the figure without them
+    figure = render_figure(rows, _title(explained, options, len(support_ids)), options.max_labels, boxes)
+    path = Path(options.out) if options.out else default_out(explained, options)
+    if path.suffix.lower() != ".png":
+        raise MlfsicError(f"explain option out={str(path)!r}: expected a .png path")
+    save: Callable[[Path], None] = lambda tmp: figure.save(tmp, format="PNG")
+    write_with_atomic(path, save)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- command
+def explain_command(options: dict[str, str]) -> int:
+    """``mlfsic explain key=value ...``: write the PNG and print its path, or print the box measurement."""
+    parsed = parse_options(options)
+    explained = prepare(parsed)
+    if parsed.measure == "boxes":
+        print(measure_boxes(explained, parsed).text())
+        return 0
+    print(write_figure(explained, parsed))
+    return 0

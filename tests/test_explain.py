@@ -1,0 +1,162 @@
+"""``mlfsic explain`` (harness/explain.py) and the lcm_ablation sweep preset.
+
+Fast tests: the figure on a tiny generated coco-moji (a few seconds of generation, one backbone epoch,
+10 LCM steps), the box geometry and the kept-inside-box fraction on hand-made explanations, bad options.
+The slow test prints the kept-inside-box fractions of LCM on the default coco-moji val split.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlfsic.harness.cli import main
+from mlfsic.harness.explain import (
+    Boxes,
+    cells_inside,
+    explain_command,
+    figure_size,
+    kept_inside_box_fraction,
+    measure_boxes,
+    parse_options,
+    prepare,
+    tile_box,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"dataset.generate.n_base": "120", "dataset.generate.n_val": "90", "dataset.generate.n_test": "24",
+        "dataset.backbone.epochs": "1", "+method_args.lcm.steps": "10"}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("explain")
+
+
+# ------------------------------------------------------------------------------------------- figure
+def test_explain_writes_one_png_with_overlays(tiny_dir, capsys):
+    out = tiny_dir / "figure.png"
+    options = {**TINY, "results_dir": str(tiny_dir), "n_images": "2", "out": str(out),
+               "threshold_mode": "relative", "theta": "0.8"}
+    assert explain_command(options) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    with Image.open(out) as figure:
+        assert figure.format == "PNG" and figure.size == figure_size(2, 2 + 4)
+        pixels = np.asarray(figure.convert("RGB"), dtype=np.float64)
+    for row in range(2):
+        raw, kept, attention = (pixels[tile_box(row, c)[1]:tile_box(row, c)[3], tile_box(row, c)[0]:tile_box(row, c)[2]]
+                                for c in range(3))
+        assert raw.shape == (192, 192, 3) and raw.std() > 5  # an image, not an empty tile
+        assert kept.mean() < raw.mean()  # relative theta 0.8 drops cells: they are darkened
+        assert np.abs(attention - raw).mean() > 5  # the heat overlay changes the image
+
+
+def test_explain_measure_boxes_prints_kept_and_chance(tiny_dir, capsys):
+    assert explain_command({**TINY, "results_dir": str(tiny_dir), "measure": "boxes", "n_episodes": "2"}) == 0
+    line = capsys.readouterr().out.strip()
+    match = re.search(r"inside the label's boxes: ([\d.]+) vs chance \(box area share\) ([\d.]+)", line)
+    assert match and "\n" not in line
+    assert 0 <= float(match.group(1)) <= 1 and 0 < float(match.group(2)) < 1
+
+
+# -------------------------------------------------------------------------------------- measurement
+def test_cells_inside_uses_cell_centres_on_the_scaled_grid():
+    # a 96 px image, 6x6 grid of 16 px cells with centres at 8, 24, ..., 88
+    left_half = cells_inside([(0, 0, 48, 96)], 96, 96, 6).reshape(6, 6)
+    assert left_half[:, :3].all() and not left_half[:, 3:].any()
+    corner = cells_inside([(80, 80, 16, 16)], 96, 96, 6).reshape(6, 6)  # holds only the centre (88, 88)
+    assert np.flatnonzero(corner.reshape(-1)).tolist() == [35]
+    assert not cells_inside([(0, 0, 7, 7)], 96, 96, 6).any()  # no centre inside
+    assert cells_inside([(0, 0, 100, 50)], 200, 100, 2).tolist() == [True, False, False, False]
+
+
+class _FixedExplanation:
+    """A stand-in for a fitted LCM whose ``explain`` returns given arrays."""
+
+    def __init__(self, info: dict[str, np.ndarray]) -> None:
+        self.info = info
+
+    def explain(self, episode) -> dict[str, np.ndarray]:
+        return self.info
+
+
+def test_kept_inside_box_fraction_counts_kept_cells_against_the_box_share():
+    positions = 4  # a 2x2 grid on 100x100 images: cells centred at (25|75, 25|75)
+    keep = np.array([[True, True, False, False], [True, False, False, True]])
+    attention = np.array([[0.5, 0.5, 0.0, 0.0], [0.25, 0.0, 0.0, 0.75], [1.0, 0.0, 0.0, 0.0]])
+    info = {"keep": keep, "attention": attention, "pair_image": np.array([0, 1, 1]), "pair_label": np.array([0, 0, 1])}
+    boxes = Boxes(sizes={10: (100, 100), 11: (100, 100)},
+                  boxes={(10, "cat"): [(0, 0, 50, 50)], (11, "cat"): [(50, 50, 50, 50)], (11, "dog"): [(0, 0, 100, 50)]})
+    episode = SimpleNamespace(label_names=("cat", "dog"), support_local_features=np.zeros((2, positions, 3)))
+    result = kept_inside_box_fraction(_FixedExplanation(info), [(episode, np.array([10, 11]))], boxes)
+    # pairs: (10, cat) kept {0, 1}, box {0}: 1/2; (11, cat) kept {0, 3}, box {3}: 1/2; (11, dog) box {0, 1}: 1/2
+    assert result.n_pairs == 3 and result.n_episodes == 1
+    assert result.kept_inside == pytest.approx(0.5)
+    assert result.chance == pytest.approx((0.25 + 0.25 + 0.5) / 3)
+    assert result.attention_inside == pytest.approx((0.5 + 0.75 + 1.0) / 3)
+    assert result.kept_per_image == pytest.approx(2.0) and result.pairs_without_cell == 0
+
+
+# ------------------------------------------------------------------------------------- bad options
+@pytest.mark.parametrize(("argument", "message"), [
+    ("bogus=1", "unknown explain option 'bogus'; known: method, setting, seed"),
+    ("seed=x", "explain option seed='x': expected an integer"),
+    ("split=base", "explain option split='base': expected one of val, test"),
+    ("setting=0shot", "explain option setting='0shot'"),
+    ("measure=iou", "explain option measure='iou'"),
+])
+def test_bad_option_is_one_line_and_exit_2(argument, message, capsys):
+    assert main(["explain", argument]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"mlfsic: error: {message}") and error.count("\n") == 1
+
+
+def test_non_lcm_method_is_refused_before_any_work(tmp_path, capsys):
+    assert main(["explain", "method=protonet", f"results_dir={tmp_path / 'r'}"]) == 2
+    assert "'protonet' has no explain()" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_overrides_with_a_dot_go_to_the_run_config():
+    options = parse_options({"dataset.generate.n_base": "100", "+method_args.lcm.steps": "5", "episode": "3"})
+    assert options.overrides == ("dataset.generate.n_base=100", "+method_args.lcm.steps=5") and options.episode == 3
+
+
+# ------------------------------------------------------------------------------------- sweep preset
+def test_lcm_ablation_preset_resolves_on_the_val_split():
+    from mlfsic.harness.sweep import load_sweep
+
+    sweep = load_sweep(["+sweep=lcm_ablation"])
+    assert sweep.eval_split == "val" and sweep.settings == ("1shot", "5shot") and sweep.seeds == (0,)
+    assert sweep.n_episodes <= 100
+    assert list(sweep.methods) == ["lcm", "lcm-h1", "lcm-h2", "lcm-h4", "lcm-h8", "lcm-rel0.5", "lcm-rel0.65",
+                                   "lcm-rel0.8", "lcm-rel0.9", "lcm-exact", "lcm-chattn", "lcm-dynconv", "wvga",
+                                   "protonet"]
+    config = {name: method.config for name, method in sweep.methods.items()}
+    assert [config[f"lcm-h{h}"]["heads"] for h in (1, 2, 4, 8)] == [1, 2, 4, 8]
+    assert [config[f"lcm-rel{t}"]["theta"] for t in ("0.5", "0.65", "0.8", "0.9")] == [0.5, 0.65, 0.8, 0.9]
+    assert config["lcm-exact"] == {"selection": "exact", "threshold_mode": "relative", "theta": 0.65}
+    assert config["lcm-chattn"] == {"channel_attention": True} and config["lcm-dynconv"] == {"dynamic_conv": True}
+    assert sweep.methods["wvga"].base == "wvga" and sweep.methods["protonet"].base == "protonet"
+    assert (REPO / "configs/sweep/lcm_ablation.yaml").read_text().splitlines()[0] == "# @package _global_"
+
+
+# -------------------------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_kept_positions_inside_boxes_on_coco_moji_val():
+    """50 val 1shot episodes of the default coco-moji (results/ of the checkout, made or reused as
+    ``mlfsic run`` does): LCM as fitted (released rule), then the same model with relative selection."""
+    options = parse_options({"measure": "boxes", "results_dir": str(REPO / "results"), "n_episodes": "50"})
+    explained = prepare(options)
+    for mode, theta in ((explained.method.threshold_mode, explained.method.theta), ("relative", 0.65)):
+        explained.method.threshold_mode, explained.method.theta = mode, theta
+        result = measure_boxes(explained, options)
+        print(f"lcm val 1shot, {mode} theta {theta}: {result.text()}")
+        assert 0 < result.chance < 1 and 0 <= result.kept_inside <= 1
