@@ -82,8 +82,8 @@ def _run(overrides: list[str]) -> int:
     from mlfsic.harness.sweep import load_sweep
 
     sweep = load_sweep(overrides)  # every key validated here, before Ray starts or anything is written
-    outcome = run_sweep(sweep)
-    paths = build_leaderboard([outcome.run_path], outcome.run_path)
+    outcome = run_sweep(sweep)  # with against=: checked against the reference before any work
+    paths = build_leaderboard([outcome.run_path], outcome.run_path, against=sweep.against)
     print(Path(paths["md"]).read_text())
     counts = outcome.counts
     print(f"chunks: {counts['chunks_total']} planned, {counts['chunks_skipped']} already done, "
@@ -96,17 +96,40 @@ def _run(overrides: list[str]) -> int:
 
 
 def _leaderboard(args: list[str]) -> int:
+    """``mlfsic leaderboard RUN_DIR... [out=DIR] [against=published|RUN_DIR] [publish=true]``.
+
+    ``against``: rank the runs together with a reference run, on their episode sets (harness.reference_run).
+    ``publish=true``: copy one finished run (default: the default sweep's) into out= (default: the
+    repository's results/published) as the reference ``against=published`` reads, with leaderboard.{csv,md}.
+    """
+    from mlfsic.harness.reference_run import PUBLISHED_DIR, publish, resolve_against
     from mlfsic.harness.report import build_leaderboard
 
     run_dirs = [Path(a) for a in args if "=" not in a]
     options = _key_values([a for a in args if "=" in a])
-    unknown = set(options) - {"out"}
+    unknown = set(options) - {"out", "against", "publish"}
     if unknown:
-        raise MlfsicError(f"unknown leaderboard option {sorted(unknown)[0]!r} (known: out)")
+        raise MlfsicError(f"unknown leaderboard option {sorted(unknown)[0]!r} (known: out, against, publish)")
+    if options.get("publish", "false") not in ("true", "false"):
+        raise MlfsicError(f"publish={options['publish']}: expected true or false")
+    if options.get("publish") == "true":
+        if "against" in options or len(run_dirs) > 1:
+            raise MlfsicError("publish=true takes one RUN_DIR (default: the default sweep's) and no against=")
+        if not run_dirs:
+            from mlfsic.harness.sweep import load_sweep
+
+            run_dirs = [load_sweep([]).run_path]
+        out = Path(options.get("out", str(PUBLISHED_DIR)))
+        written = publish(run_dirs[0], out)
+        paths = build_leaderboard([out], out, formats=("csv", "md"))
+        print(Path(paths["md"]).read_text())
+        for path in [*written, *paths.values()]:
+            print(path)
+        return 0
     if not run_dirs:
         raise MlfsicError("give at least one RUN_DIR")
     out = Path(options["out"]) if "out" in options else run_dirs[0]
-    paths = build_leaderboard(run_dirs, out)
+    paths = build_leaderboard(run_dirs, out, against=resolve_against(options.get("against")))
     print(Path(paths["md"]).read_text())
     for path in paths.values():
         print(path)

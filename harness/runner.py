@@ -11,6 +11,11 @@ Tasks receive a small ``Benchmark`` handle and read features from shared storage
 results, which the driver writes as they arrive (``harness.store``). A method that raises or returns
 bad scores fails its cell (error recorded in run.json), the sweep goes on, and the exit code says so.
 Worker or node loss is retried by Ray (``max_retries``). Re-running the same command resumes.
+
+With ``against`` (a reference run dir, ``harness.reference_run``) the sweep is checked against the
+reference before anything starts (config), after the dataset is read (annotations, split, episode sets;
+before Ray starts) and after the backbone step (backbone id; before any feature, method task or record);
+methods the reference holds with the same config and code are not computed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from mlfsic.harness.benchmark import Benchmark
 from mlfsic.harness.config import plain
 from mlfsic.harness.data import split_pool
 from mlfsic.harness.episodes import EpisodeSetRef, materialise_episode_sets
+from mlfsic.harness.embeddings import embedding_id
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.evaluate import (
     FitResult,
@@ -47,6 +53,7 @@ from mlfsic.harness.evaluate import (
 from mlfsic.harness.io import canonical_json, file_lock
 from mlfsic.harness.prepare import backbone_weights, load_dataset_and_split, make_benchmark
 from mlfsic.harness.provenance import git_state, hardware, package_versions
+from mlfsic.harness import reference_run
 from mlfsic.harness.store import ChunkResult, assemble, cell_key, chunk_done, chunk_name, write_chunk, write_run_json
 from mlfsic.harness.sweep import RayOptions, Sweep, TaskResources
 from mlfsic.methods.registry import get_method_class
@@ -229,11 +236,11 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
                "max_retries": sweep.max_retries}
     run_id, run_path = sweep.run_id, sweep.run_path
     started = time.time()
+    reference = reference_run.load_reference(sweep.against) if sweep.against is not None else None
+    if reference is not None:  # nothing started or written yet
+        reference_run.check_before_work(sweep, reference)
 
-    init_ray(sweep.ray)
-    check_resources(sweep.resources)
-
-    # Driver: dataset, split, leakage check. Then the backbone (a task: it may want the GPU) and features.
+    # Driver: dataset, split, leakage check, episode sets. Then the backbone (a task: it may want the GPU) and features.
     dataset, split = _load_dataset(sweep, progress)
     from mlfsic.harness.features import forward_passes
     from mlfsic.harness.leakage import check_no_leakage
@@ -242,6 +249,14 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     pools = {name: split_pool(dataset, name, split[name]) for name in ("base", "val", "test")}
     leakage = check_no_leakage(dataset, pools["base"], [pools[eval_split]] if eval_split != "base" else [],
                                val_pool=pools["val"] if "val" in fit_splits(eval_split) else None)
+    if reference is not None:
+        reference_run.check_dataset(dataset.annotation_sha256, split, reference)
+    episode_sets = materialise_episode_sets(pools[eval_split], sweep)
+    if reference is not None:
+        reference_run.check_episode_sets({ref.key: ref.episode_set_id for ref in episode_sets}, reference)
+
+    init_ray(sweep.ray)
+    check_resources(sweep.resources)
     if progress:
         print(f"backbone: {sweep.dataset['backbone']['kind']} for {dataset.name} (trained once on the base split, "
               "then cached)", file=sys.stderr, flush=True)
@@ -249,14 +264,17 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
         ray.remote(_backbone_task).options(**options).remote(sweep.dataset, str(cache_root))
     )
     benchmark = make_benchmark(sweep.as_dictconfig(), dataset, split, weights, cache_root)
+    if reference is not None:  # before any feature, method task or record
+        reference_run.check_backbone(benchmark.backbone_id, reference)
     all_ids = np.unique(np.concatenate([pool.image_ids for pool in pools.values()]))
     _extract_features(benchmark, all_ids, options, progress)
     with file_lock(Path(benchmark.embedding_cache) / ".lock"):  # computed by one sweep, read by the others
         for pool in pools.values():  # embeddings into the shared cache before tasks read them
             benchmark.label_embeddings(pool.label_names)
-    episode_sets = materialise_episode_sets(pools[eval_split], sweep)
 
     specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}
+    if reference is not None:
+        specs = _new_methods(specs, reference, progress)
     plan = _plan_and_submit(sweep, benchmark, specs, episode_sets, options)
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -272,6 +290,12 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
         "ray": {"address": sweep.ray.address, "cluster_resources": ray.cluster_resources()},
         "episode_sets": {ref.key: ref.episode_set_id for ref in episode_sets},
         "backbone": {"id": benchmark.backbone_id, "weights": weights, **backbone_report},
+        "embedding_id": embedding_id(benchmark.embedding_encoder, benchmark.embedding_path),
+        "dataset": {"name": dataset.name, "annotation_sha256": dataset.annotation_sha256,
+                    "split_sha256": reference_run.split_sha256(split)},
+        "metric_version": reference_run.METRIC_VERSION,
+        **({"against": {"path": str(reference.path), "run_id": reference.run_id, "commit": reference.commit,
+                        "published": reference.published}} if reference is not None else {}),
         "leakage_check": leakage, "failures": [], "status": "running",
     }
     _write_run_info(run_path, run_info)
@@ -300,6 +324,19 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     )
     _write_run_info(run_path, run_info)
     return SweepOutcome(run_path=run_path, failures=list(failures.values()), counts=plan.counts)
+
+
+def _new_methods(specs: dict[str, MethodSpec], reference: reference_run.Reference, progress: bool) -> dict[str, MethodSpec]:
+    """The methods the reference does not hold with the same config and code (those are not recomputed)."""
+    kept = {}
+    for name, spec in specs.items():
+        if reference_run.in_reference(reference, name, spec.config_hash):
+            if progress:
+                print(f"{name}: in {reference.name} with the same config and code; "
+                      "its rows come from there", file=sys.stderr, flush=True)
+            continue
+        kept[name] = spec
+    return kept
 
 
 def _load_dataset(sweep: Sweep, progress: bool) -> tuple[Any, dict[str, list[str]]]:

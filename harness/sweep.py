@@ -28,6 +28,13 @@ Method variants (ablations in one sweep, one leaderboard)
     base's checkpoint. Variant names: letters, digits and ``.+-`` (no ``__``), not a registered name.
     Presets live in ``configs/sweep/<name>.yaml`` (first line ``# @package _global_``) and are selected
     with ``mlfsic run +sweep=<name>``; they may set ``method``, ``variants``, ``setting``, ``seeds``, ...
+
+Ranking against a reference run (``against``)
+    ``against=published`` (the repository's results/published) or ``against=<run dir>`` makes the sweep
+    compute only the methods the reference lacks, on its episode sets and features, and rank them in one
+    leaderboard with it. ``load_sweep`` takes every episode key the user did not set (setting, seeds,
+    n_episodes, n_query, n_way, protocol, eval_split) from the reference; ``harness.reference_run``
+    checks that the rest is comparable. ``against`` is not part of the run id.
 """
 
 from __future__ import annotations
@@ -48,7 +55,8 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_json
 
 # Keys that do not change what a sweep computes: left out of the run id.
-RUN_ID_IGNORED_KEYS = ("ray", "resources", "results_dir", "run_id", "max_retries")
+# ``against`` only says which reference the leaderboard is built with: the records do not depend on it.
+RUN_ID_IGNORED_KEYS = ("ray", "resources", "results_dir", "run_id", "max_retries", "against")
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ class Sweep:
     dataset: dict[str, Any]  # the dataset config, ``root`` made absolute
     method_modules: tuple[str, ...]
     config: dict[str, Any]  # the resolved config as composed (run.json["config"], the run id)
+    against: Path | None = None  # a reference run dir (harness.reference_run): only new methods are computed
 
     @property
     def dataset_name(self) -> str:
@@ -151,8 +160,25 @@ def derive_run_id(config: Mapping[str, Any]) -> str:
 
 
 def load_sweep(overrides: Sequence[str] = ()) -> Sweep:
-    """``resolve_sweep(compose_config(overrides))``."""
-    return resolve_sweep(compose_config(list(overrides)))
+    """``resolve_sweep(compose_config(overrides))``; with ``against``, the episode keys the user did not
+    set (``reference_run.EPISODE_KEYS``: setting, seeds, n_episodes, ...) are the reference run's."""
+    cfg = compose_config(list(overrides))
+    if cfg.get("against") is None:
+        return resolve_sweep(cfg)
+    from mlfsic.harness.reference_run import EPISODE_KEYS, load_reference, resolve_against, with_reference_episodes
+
+    config = to_container(cfg)
+    path = resolve_against(config["against"])
+    assert path is not None
+    defaults = to_container(compose_config([]))
+    named = {_override_key(o) for o in overrides}
+    given = {key for key in (*EPISODE_KEYS, "seed") if key in named or config.get(key) != defaults.get(key)}
+    return resolve_sweep(with_reference_episodes(config, given, load_reference(path)))
+
+
+def _override_key(override: str) -> str:
+    """The top-level key an override sets: ``+seeds=[0]`` -> ``seeds``, ``dataset.root=x`` -> ``dataset``."""
+    return override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].strip()
 
 
 def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
@@ -181,11 +207,14 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
     dataset = _dataset(config["dataset"])
     method_modules = _method_modules(config["method_modules"])
     methods = _resolve_methods(config)
+    from mlfsic.harness.reference_run import resolve_against
+
+    against = resolve_against(config["against"])
     return Sweep(
         methods=methods, settings=settings, seeds=seeds, n_episodes=n_episodes, n_query=n_query, n_way=n_way,
         protocol=protocol, eval_split=eval_split, results_dir=results_dir, run_id=run_id, save_scores=save_scores,
         chunk_episodes=chunk_episodes, max_retries=max_retries, ray=ray_options, resources=resources,
-        embeddings=embeddings, dataset=dataset, method_modules=method_modules, config=config,
+        embeddings=embeddings, dataset=dataset, method_modules=method_modules, config=config, against=against,
     )
 
 

@@ -2,6 +2,7 @@
 leaderboard``, 10). Only the CLI enters it.
 
     stats       load run dirs, merge them, group cells, summarise (means, intervals, paired tests, ranks)
+    against     a board against a reference run: its rows on our episode sets, sources, paired differences
     intervals   mean_ci, paired_bootstrap, ranks_with_ties
     reference   paper-reported numbers (``configs/reference/*.yaml``)
     tables      csv and markdown
@@ -16,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlfsic.harness.io import write_text_atomic
+from mlfsic.harness.report.against import comparisons_csv
 from mlfsic.harness.report.page import render_page
 from mlfsic.harness.report.reference import load_reported
 from mlfsic.harness.report.stats import LeaderboardData, summarise
@@ -26,17 +28,23 @@ __all__ = ["LeaderboardData", "build_leaderboard", "load_reported", "summarise"]
 
 def build_leaderboard(
     run_dirs: list[Path], out_dir: Path, reference_dir: Path | None = None, n_boot: int = 10000, seed: int = 0,
-    progress: bool = False,
+    progress: bool = False, against: Path | None = None, formats: tuple[str, ...] = ("csv", "md", "html"),
 ) -> dict[str, Path]:
-    """Write leaderboard.csv, leaderboard.md and leaderboard.html into ``out_dir``; return their paths.
+    """Write leaderboard.{csv,md,html} (those of ``formats``) into ``out_dir``; return their paths.
 
     ``reference_dir`` holds the reported-number YAML files (default: the packaged configs/reference).
+    ``against``: a reference run dir ranked together with ``run_dirs`` on their episode sets
+    (``report.against``); then against.csv holds the paired differences to its methods too.
     """
     data = summarise([Path(d) for d in run_dirs], load_reported(reference_dir), n_boot=n_boot, seed=seed,
-                     progress=progress)
+                     progress=progress, against=Path(against) if against is not None else None)
     out_dir = Path(out_dir)
-    paths = {"csv": out_dir / "leaderboard.csv", "md": out_dir / "leaderboard.md", "html": out_dir / "leaderboard.html"}
-    write_text_atomic(paths["csv"], leaderboard_csv(data))
-    write_text_atomic(paths["md"], leaderboard_markdown(data))
-    write_text_atomic(paths["html"], render_page(data))
+    writers = {"csv": leaderboard_csv, "md": leaderboard_markdown, "html": render_page}
+    paths = {}
+    for kind in formats:
+        paths[kind] = out_dir / f"leaderboard.{kind}"
+        write_text_atomic(paths[kind], writers[kind](data))
+    if data.comparisons is not None:
+        paths["against"] = out_dir / "against.csv"
+        write_text_atomic(paths["against"], comparisons_csv(data.comparisons))
     return paths

@@ -309,7 +309,8 @@ def ranks_with_ties(
     if hierarchical:
         assert clusters is not None
         diffs = np.stack([np.where(shared, matrix[:, column[name]] - matrix[:, column[best]], np.nan)
-                          for name in others], axis=1).reshape(shared.size, len(others))
+                          for name in others], axis=1).reshape(shared.size, len(others)) if others \
+            else np.empty((shared.size, 0))  # a cell of one method: its mean interval only
         # one set of seed-then-episode draws for every mean and every paired difference of the cell
         replicates = cluster_bootstrap_means(np.concatenate([matrix, diffs], axis=1), clusters, n_boot=n_boot,
                                              seed=seed)

@@ -24,7 +24,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from mlfsic.harness.report.stats import LeaderboardData, setting_order
-from mlfsic.harness.report.tables import INTERVALS_TEXT, interval_text
+from mlfsic.harness.report.tables import INTERVALS_TEXT, interval_text, reference_text
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -108,9 +108,42 @@ def results_table(data: LeaderboardData) -> str:
             _td(_f1(row, row.f1_5), _num(row.f1_5)), _td("" if not ours else int(row.n_episodes), row.n_episodes if ours else ""),
             _td("" if not ours else int(row.n_seeds), row.n_seeds if ours else ""),
             _td(interval_text(row.interval) if ours else "", row.interval if ours else ""),
-            _td("ours (reproduced)" if ours else f"reported: {row.citation}", row.kind),
+            _td(_source(data, row), row.kind if data.reference is None or not ours else row.source),
         ]
         out.append(f'<tr class="{"ours" if ours else "reported"}">' + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _source(data: LeaderboardData, row: Any) -> str:
+    """``ours (reproduced)``; against a reference: ``now`` or ``reference <run_id> @ <commit>``."""
+    if row.kind != "ours":
+        return f"reported: {row.citation}"
+    if data.reference is None:
+        return "ours (reproduced)"
+    if row.source == "reference":
+        return f"reference {data.reference['run_id']} @ {data.reference['commit'][:12]}"
+    return "now (this run)"
+
+
+def against_table(data: LeaderboardData) -> str:
+    """Every new method's paired difference to every reference method (``report.against``)."""
+    comparisons = data.comparisons
+    if comparisons is None or comparisons.empty:
+        return ""
+    headers = ["dataset", "setting", "method (now)", "vs (reference)", "Δ [95% CI]", "p", "paired episodes",
+               "interval", "verdict"]
+    out = ['<table class="sortable" id="mlfsic-against-table"><thead><tr>']
+    out += [f"<th>{_e(h)}</th>" for h in headers]
+    out.append("</tr></thead><tbody>")
+    for row in comparisons.itertuples(index=False):
+        out.append("<tr>" + "".join([
+            _td(row.dataset, row.dataset), _td(row.setting, setting_order(row.setting)[0]), _td(row.method, row.method),
+            _td(row.versus, row.versus),
+            _td(f"{_pct(row.diff)} [{_pct(row.diff_ci_low)}, {_pct(row.diff_ci_high)}]", _num(row.diff)),
+            _td(f"{row.p_value:.3g}", _num(row.p_value)), _td(row.n_paired, row.n_paired),
+            _td(interval_text(row.interval), row.interval), _td(row.verdict, row.verdict),
+        ]) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -221,7 +254,13 @@ def render_page(data: LeaderboardData) -> str:
              "features: backbone, label embedding, protocol (column <i>episode sets</i>). n/a: undefined (see the "
              "notes). Rows marked <i>reported</i> are numbers printed in papers (with citation): "
              "different protocols and features, never ranked. Click a column header to sort.</p>",
-             "<h2>Results</h2>", results_table(data), "<h2>Notes</h2>", notes_block(data),
+             *([f"<p>{_e(reference_text(data.reference).replace('`', '').replace('*', ''))}</p>"]
+               if data.reference is not None else []),
+             "<h2>Results</h2>", results_table(data),
+             *(["<h2>Against the reference</h2>", "<p>Paired difference new − reference in mAP points over the "
+                "episodes both scored (95% CI); better / worse: the interval excludes 0.</p>", against_table(data)]
+               if data.comparisons is not None and not data.comparisons.empty else []),
+             "<h2>Notes</h2>", notes_block(data),
              "<h2>Average rank</h2>", average_rank_table(data)]
     first = True
 

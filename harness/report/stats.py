@@ -43,6 +43,10 @@ and a method's average rank is the mean of its ranks over the cells of one famil
 family ran in every one of its cells, so the averages within a family are comparable; a method that
 ran only some settings (e.g. zero-shot) is ranked in the families of the cells it ran in, never
 against a method averaged over other cells.
+
+Against a reference run (``against``, see ``report.against``): the reference's rows are kept on the
+episode sets the other runs used only, each row's ``source`` says ``now`` or ``reference``, and
+``comparisons`` holds every new method's paired difference to every reference method of its cells.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from tqdm import tqdm
 
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_text
+from mlfsic.harness.report import against as against_reference
 from mlfsic.harness.report.intervals import EPISODE_LEVEL, MIN_SEEDS, ranks_with_ties
 from mlfsic.harness.store import LABEL_AP_COLUMNS, RECORD_COLUMNS
 
@@ -86,6 +91,8 @@ class LeaderboardData:
     cell_notes: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)  # (dataset, setting, group)
     rank_families: dict[tuple[str, str, str], int] = field(default_factory=dict)  # cell -> rank family
     notes: list[str] = field(default_factory=list)  # board-wide notes (features, separate groups)
+    reference: dict[str, Any] | None = None  # the reference run of an ``against`` board (report.against)
+    comparisons: pd.DataFrame | None = None  # against: new method - reference method, per cell
 
 
 def setting_order(setting: str) -> tuple[int, str]:
@@ -251,7 +258,8 @@ def _cell_notes(cell: pd.DataFrame, per_method: dict[str, pd.DataFrame], n_sets:
     return notes
 
 
-def _cell_rows(cell: pd.DataFrame, n_boot: int, seed: int) -> tuple[list[dict[str, Any]], list[str]]:
+def _cell_rows(cell: pd.DataFrame, n_boot: int, seed: int,
+               reference_run_id: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Summary rows of one (dataset, setting, group): stats per method plus paired ranks; and its notes."""
     per_method = {name: rows for name, rows in cell.groupby("method", sort=True)}
     keyed = {name: rows.set_index(["episode_set_id", "episode"])["map"] for name, rows in per_method.items()}
@@ -282,6 +290,7 @@ def _cell_rows(cell: pd.DataFrame, n_boot: int, seed: int) -> tuple[list[dict[st
             "kind": "ours", "dataset": dataset, "setting": setting, "group": rows["group"].iloc[0], "method": name,
             **f1, "n_episodes": int(len(rows)), "n_seeds": int(rows["seed"].nunique()), "citation": "",
             "n_map_undefined": int(rows["map"].isna().sum()), **features,
+            "source": against_reference.source_of(rows, reference_run_id),
         }
         if rank is None:  # no episode on which every method has a defined mAP: nothing to rank or pair
             finite = rows["map"].to_numpy(dtype=np.float64)
@@ -312,7 +321,8 @@ def _cell_rows(cell: pd.DataFrame, n_boot: int, seed: int) -> tuple[list[dict[st
 # the csv columns, in order; those after "citation" were added with seed-level intervals and feature groups
 CELL_COLUMNS = ["kind", "dataset", "setting", "group", "method", "map", "map_ci95", "f1_3", "f1_5", "n_episodes",
                 "n_seeds", "n_paired", "rank", "mark", "best", "diff_vs_best", "diff_ci_low", "diff_ci_high",
-                "p_value", "citation", "interval", "map_ci_low", "map_ci_high", "n_map_undefined", *FEATURE_COLUMNS]
+                "p_value", "citation", "interval", "map_ci_low", "map_ci_high", "n_map_undefined", *FEATURE_COLUMNS,
+                "source"]
 AVERAGE_RANK_COLUMNS = ["method", "avg_rank", "n_cells", "family", "cells"]
 
 
@@ -389,15 +399,27 @@ def _board_notes(records: pd.DataFrame, groups: dict[str, list[str]], features: 
 
 def summarise(
     run_dirs: list[Path], reported: pd.DataFrame | None = None, n_boot: int = 10000, seed: int = 0,
-    progress: bool = False,
+    progress: bool = False, against: Path | None = None,
 ) -> LeaderboardData:
-    """Load, merge and summarise the runs; add reported rows for the datasets the runs cover."""
-    records, label_ap, runs = load_runs([Path(d) for d in run_dirs])
+    """Load, merge and summarise the runs; add reported rows for the datasets the runs cover.
+
+    ``against``: a reference run dir, summarised with the runs on their episode sets (``report.against``).
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    reference = against_reference.reference_info(Path(against)) if against is not None else None
+    records, label_ap, runs = load_runs(run_dirs + ([Path(against)] if against is not None else []))
+    if reference is not None:
+        records, label_ap = against_reference.restrict_reference(
+            records, label_ap, reference["run_id"], against_reference.episode_sets_of(run_dirs))
+        if not (records["run_id"] == reference["run_id"]).any():
+            raise MlfsicError(f"reference run {reference['run_id']} ({against}) has no records on the episode sets of "
+                              f"{', '.join(str(d) for d in run_dirs)}: they were not run against it")
     if records.empty:  # every cell failed: an empty board that still shows provenance and failures
         return LeaderboardData(
             cells=sort_cells(pd.DataFrame(columns=CELL_COLUMNS)),
             average_ranks=pd.DataFrame(columns=AVERAGE_RANK_COLUMNS),
             label_ap=pd.DataFrame(columns=["dataset", "setting", "group", "method", "label", "ap"]), runs=runs,
+            reference=reference,
         )
     records, label_ap = merge_runs(records, label_ap)
     records, groups, group_features = _assign_groups(records)
@@ -405,7 +427,7 @@ def summarise(
     cell_notes: dict[tuple[str, str, str], list[str]] = {}
     cells = list(records.groupby(["dataset", "setting", "group"], sort=True))
     for key, cell in tqdm(cells, desc="leaderboard cells", disable=not progress):
-        cell_rows, notes = _cell_rows(cell, n_boot, seed)
+        cell_rows, notes = _cell_rows(cell, n_boot, seed, reference["run_id"] if reference else None)
         rows.extend(cell_rows)
         cell_notes[key] = notes
     ours = pd.DataFrame(rows, columns=CELL_COLUMNS)
@@ -417,6 +439,9 @@ def summarise(
     label_ap = label_ap.merge(records[[*LABEL_KEY, "group"]], on=LABEL_KEY, how="inner")
     label_mean = (label_ap.groupby(["dataset", "setting", "group", "method", "label"], sort=True)["ap"]
                   .mean().reset_index())
+    comparisons = (against_reference.compare_to_reference(records, reference["run_id"], n_boot, seed)
+                   if reference is not None else None)
     return LeaderboardData(cells=cells_all, average_ranks=average, label_ap=label_mean, runs=runs, groups=groups,
                            group_features=group_features, cell_notes=cell_notes, rank_families=family_of,
-                           notes=_board_notes(records, groups, group_features))
+                           notes=_board_notes(records, groups, group_features), reference=reference,
+                           comparisons=comparisons)

@@ -5,7 +5,9 @@ csv: one row per (dataset, setting, group, method); mAP, CI half-widths and diff
 the row's cell; ``interval`` says whether the intervals are ``seeds+episodes`` (hierarchical bootstrap)
 or ``episodes`` (episode-level only, < 3 seeds); an undefined metric is an empty field.
 md: one table per cell with mAP in percent and the cell's notes, then the average ranks per rank
-family, the board's notes and the runs' provenance.
+family, the board's notes and the runs' provenance. Against a reference run (``report.against``) each
+row's source (*now* / *reference*) is a column, and a section lists every new method's paired
+difference to every reference method.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlfsic.harness.report.stats import CELL_COLUMNS, FEATURE_COLUMNS, LeaderboardData
+from mlfsic.harness.report.stats import CELL_COLUMNS, FEATURE_COLUMNS, LeaderboardData, setting_order
 
 CSV_FLOATS = ("map", "map_ci95", "f1_3", "f1_5", "diff_vs_best", "diff_ci_low", "diff_ci_high", "p_value", "avg_rank",
               "map_ci_low", "map_ci_high")
@@ -104,6 +106,37 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
+def reference_text(reference: dict[str, Any]) -> str:
+    """One sentence naming the reference run, its commit and what *now* / *reference* mean."""
+    name = "the published run" if reference["published"] else "reference run"
+    dirty = " (dirty working tree)" if reference["dirty"] else ""
+    return (f"Ranked against {name} `{reference['run_id']}` (commit `{reference['commit']}`{dirty}, created "
+            f"{reference['created']}): rows marked *reference* are its numbers, not recomputed; rows marked *now* "
+            "were computed by this run on the same episode sets, backbone, label embeddings and metric version.")
+
+
+def against_markdown(data: LeaderboardData) -> list[str]:
+    """The paired differences of each new method to each reference method, one table per new method."""
+    comparisons = data.comparisons
+    if comparisons is None or comparisons.empty:
+        return []
+    lines = ["## Against the reference", "",
+             "Paired difference new − reference in mAP points over the episodes both scored (95% CI; seeds+episodes "
+             "bootstrap with >= 3 seeds, else episodes only); *better* / *worse*: the interval excludes 0.", ""]
+    for method, block in comparisons.groupby("method", sort=True):
+        lines += [f"### {_md_escape(method)}", "", "| setting | vs | Δ [95% CI] | p | paired episodes | verdict |",
+                  "|---|---|---|---|---|---|"]
+        block = block.assign(order=[setting_order(s) for s in block["setting"]])
+        block = block.sort_values(["dataset", "order", "versus"])
+        several_datasets = block["dataset"].nunique() > 1
+        for row in block.itertuples(index=False):
+            where = f"{row.dataset}/{row.setting}" if several_datasets else row.setting
+            lines.append(f"| {where} | {_md_escape(row.versus)} | {_pct(row.diff)} [{_pct(row.diff_ci_low)}, "
+                         f"{_pct(row.diff_ci_high)}] | {row.p_value:.3g} | {row.n_paired} | {row.verdict} |")
+        lines.append("")
+    return lines
+
+
 def leaderboard_markdown(data: LeaderboardData) -> str:
     lines = ["# mlfsic leaderboard", "",
              "mAP in percent, mean over all episodes and seeds ± half-width of its 95% interval. " + INTERVALS_TEXT
@@ -112,6 +145,9 @@ def leaderboard_markdown(data: LeaderboardData) -> str:
              "only on the same episode sets and features (backbone, label embedding, protocol). "
              "*reported* rows are paper numbers, never ranked. Bootstrap p-values are at least 1/(B+1). "
              "n/a: undefined (see the cell's notes).", ""]
+    against = data.reference is not None
+    if against:
+        lines += [reference_text(data.reference), ""]
     if data.cells.empty:
         lines += ["No successful results.", ""]
     for (dataset, setting, group), cell in data.cells.groupby(["dataset", "setting", "group"], sort=False):
@@ -120,23 +156,25 @@ def leaderboard_markdown(data: LeaderboardData) -> str:
         features = data.group_features.get(group, {})
         lines += [f"## {dataset} / {setting} (episode sets {group})", "",
                   "Features: " + ", ".join(f"{c} `{features.get(c, 'unknown')}`" for c in FEATURE_COLUMNS) + ".", "",
-                  "| rank | method | mAP | F1@3 | F1@5 | episodes | seeds | Δ vs best [95% CI] |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| rank | method | mAP | F1@3 | F1@5 | episodes | seeds | Δ vs best [95% CI] |"
+                  + (" source |" if against else ""),
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if against else "")]
         for row in cell.itertuples(index=False):
             if row.kind != "ours":
                 continue
             lines.append(f"| {rank_text(row)} | {_md_escape(row.method)} | {map_text(row)} | "
                          f"{f1_text(row, row.f1_3)} | {f1_text(row, row.f1_5)} | {row.n_episodes} | {row.n_seeds} | "
-                         f"{diff_text(row)} |")
+                         f"{diff_text(row)} |" + (f" {row.source} |" if against else ""))
         reported = data.cells[(data.cells["kind"] != "ours") & (data.cells["dataset"] == dataset)
                               & (data.cells["setting"] == setting)]
         for row in reported.itertuples(index=False):
             lines.append(f"| reported | {_md_escape(row.method)} | {_pct(row.map)} |  |  |  |  | "
-                         f"{_md_escape(row.citation)} |")
+                         f"{_md_escape(row.citation)} |" + (" reported |" if against else ""))
         lines.append("")
         for note in data.cell_notes.get((dataset, setting, group), []):
             lines.append(f"- {_md_escape(note)}")
         lines.append("")
+    lines += against_markdown(data)
     lines += ["## Average rank", "",
               "Per rank family: the cells that hold exactly the same methods on the same features; every method "
               "of a family is ranked in each of its cells, so its averages are comparable.", ""]
@@ -151,7 +189,9 @@ def leaderboard_markdown(data: LeaderboardData) -> str:
     lines += ["## Runs", ""]
     for run in data.runs:
         dirty = {True: " (dirty)", False: "", None: " (dirty: unknown)"}[run["git_dirty"]]
-        lines.append(f"- `{run['run_id']}` created {run['created']}, commit `{run['git_commit']}`{dirty}, "
+        role = (" (the reference)" if data.reference is not None and run["run_id"] == data.reference["run_id"]
+                else " (computed now)" if data.reference is not None else "")
+        lines.append(f"- `{run['run_id']}`{role} created {run['created']}, commit `{run['git_commit']}`{dirty}, "
                      f"{len(run['episode_sets'])} episode sets, {len(run['failures'])} failures")
         for failure in run["failures"]:
             lines.append(f"  - FAILED {failure.get('method')} {failure.get('dataset')} {failure.get('setting')} "

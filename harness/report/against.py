@@ -1,0 +1,117 @@
+"""A leaderboard against a reference run (``mlfsic run ... against=published``; ``harness.reference_run``).
+
+The board of the union of the new run(s) and the reference holds the reference's rows only on the episode
+sets the new run(s) used (``restrict_reference``: the settings and seeds the sweep asked for), so every
+method of a cell shares the same episode sets and group, and new methods are ranked among the reference's
+as usual (``stats``). Each row says where it comes from (``source``: ``now`` or ``reference``), and
+``compare_to_reference`` adds, per cell, the paired difference of every new method against every
+reference method over their shared episodes: mean of new - reference, its 95% interval and a p-value
+(hierarchical seed-then-episode bootstrap with >= 3 seeds, else episode-level; ``intervals``), and a
+verdict (``better`` / ``worse``: the interval excludes 0; ``tied``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.report.intervals import (
+    EPISODE_LEVEL,
+    MIN_SEEDS,
+    SEED_LEVEL,
+    hierarchical_paired_bootstrap,
+    n_seeds_of,
+    paired_bootstrap,
+)
+
+NOW, REFERENCE = "now", "reference"
+COMPARISON_COLUMNS = ["dataset", "setting", "group", "method", "versus", "n_paired", "diff", "diff_ci_low",
+                      "diff_ci_high", "p_value", "interval", "verdict"]
+
+
+def reference_info(reference_dir: Path) -> dict[str, Any]:
+    """run_id, commit, dirty flag and creation date of the reference run, and whether it is the published one."""
+    from mlfsic.harness.reference_run import PUBLISHED_DIR
+
+    path = Path(reference_dir) / "run.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise MlfsicError(f"{path}: cannot read the reference run ({error})") from None
+    git = info.get("git") or {}
+    return {"run_id": str(info.get("run_id")), "commit": str(git.get("commit", "unknown")), "dirty": git.get("dirty"),
+            "created": str(info.get("created", "unknown")),
+            "published": Path(reference_dir).resolve() == PUBLISHED_DIR.resolve()}
+
+
+def episode_sets_of(run_dirs: list[Path]) -> set[str]:
+    """Every episode set id the runs' run.json files list (all settings and seeds they asked for)."""
+    ids: set[str] = set()
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "run.json"
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise MlfsicError(f"{path}: cannot read ({error})") from None
+        ids.update(str(value) for value in (info.get("episode_sets") or {}).values())
+    return ids
+
+
+def restrict_reference(records: pd.DataFrame, label_ap: pd.DataFrame, reference_run_id: str,
+                       episode_sets: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop the reference's rows on episode sets the new runs did not use."""
+    keep = (records["run_id"] != reference_run_id) | records["episode_set_id"].isin(episode_sets)
+    keep_ap = (label_ap["run_id"] != reference_run_id) | label_ap["episode_set_id"].isin(episode_sets)
+    return records.loc[keep].reset_index(drop=True), label_ap.loc[keep_ap].reset_index(drop=True)
+
+
+def source_of(rows: pd.DataFrame, reference_run_id: str | None) -> str:
+    """``reference`` when every row of a method's cell comes from the reference run, else ``now``."""
+    if reference_run_id is None:
+        return ""
+    return REFERENCE if (rows["run_id"] == reference_run_id).all() else NOW
+
+
+def compare_to_reference(records: pd.DataFrame, reference_run_id: str, n_boot: int, seed: int) -> pd.DataFrame:
+    """Paired new - reference mAP per (cell, new method, reference method); ``records`` carry ``group``."""
+    rows = []
+    for (dataset, setting, group), cell in records.groupby(["dataset", "setting", "group"], sort=True):
+        by_method = {name: part for name, part in cell.groupby("method", sort=True)}
+        sources = {name: source_of(part, reference_run_id) for name, part in by_method.items()}
+        new = [name for name, source in sources.items() if source == NOW]
+        old = [name for name, source in sources.items() if source == REFERENCE]
+        keyed = {name: part.set_index(["episode_set_id", "episode"])["map"] for name, part in by_method.items()}
+        for method in new:
+            for versus in old:
+                pair = pd.concat([keyed[method].rename("a"), keyed[versus].rename("b")], axis=1, join="inner")
+                pair = pair[np.isfinite(pair["a"]) & np.isfinite(pair["b"])].sort_index()
+                if pair.empty:
+                    continue
+                clusters = pair.index.get_level_values("episode_set_id").to_numpy()
+                hierarchical = n_seeds_of(clusters) >= MIN_SEEDS
+                a, b = pair["a"].to_numpy(np.float64), pair["b"].to_numpy(np.float64)
+                result = (hierarchical_paired_bootstrap(a, b, clusters, n_boot=n_boot, seed=seed) if hierarchical
+                          else paired_bootstrap(a, b, n_boot=n_boot, seed=seed))
+                low, high = result["ci_low"], result["ci_high"]
+                verdict = "better" if low > 0.0 else "worse" if high < 0.0 else "tied"
+                rows.append({"dataset": dataset, "setting": setting, "group": group, "method": method,
+                             "versus": versus, "n_paired": int(len(pair)), "diff": result["mean_diff"],
+                             "diff_ci_low": low, "diff_ci_high": high, "p_value": result["p_value"],
+                             "interval": SEED_LEVEL if hierarchical else EPISODE_LEVEL, "verdict": verdict})
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def comparisons_csv(comparisons: pd.DataFrame) -> str:
+    """One row per (cell, new method, reference method); differences as fractions."""
+    lines = [",".join(COMPARISON_COLUMNS)]
+    for row in comparisons.itertuples(index=False):
+        fields = []
+        for name, value in zip(COMPARISON_COLUMNS, row):
+            fields.append(f"{value:.6f}" if isinstance(value, float) else str(value))
+        lines.append(",".join(fields))
+    return "\n".join(lines) + "\n"
