@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: run test bench venv clean
+.PHONY: run test bench publish venv clean
 
 # The example plug-in of the tests lives outside the venv, on the tests' PYTHONPATH only, so the default
 # sweep (`make run`, method=all) ranks registered methods only.
@@ -30,6 +30,12 @@ run: venv
 
 test: venv $(TEST_PLUGINS)/.installed
 	$(TEST_ENV) $(PY) -m pytest $(ARGS)
+
+# The published reference run (results/published/, committed): from the default sweep's run dir, or RUN=DIR.
+# Regenerate it in the same commit as any change that moves a default number.
+RUN ?=
+publish: venv
+	$(VENV)/bin/mlfsic leaderboard $(RUN) publish=true
 
 bench: venv $(TEST_PLUGINS)/.installed
 	$(TEST_ENV) $(PY) -m pytest -m slow -s $(ARGS)
