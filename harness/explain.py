@@ -126,6 +126,11 @@ def _check_options(options: ExplainOptions) -> None:
         raise MlfsicError(f"explain option split={options.split!r}: expected one of {', '.join(SPLITS)}")
     if options.measure is not None and options.measure not in MEASURES:
         raise MlfsicError(f"explain option measure={options.measure!r}: expected one of {', '.join(MEASURES)}")
+    from mlfsic.methods.lcm import THRESHOLD_MODES
+
+    if options.threshold_mode is not None and options.threshold_mode not in THRESHOLD_MODES:
+        raise MlfsicError(f"explain option threshold_mode={options.threshold_mode!r}: expected one of "
+                          f"{', '.join(THRESHOLD_MODES)}")
     if options.k_shot < 1:
         raise MlfsicError(f"explain option setting={options.setting!r}: LCM explains K-shot episodes, K >= 1")
     for key in ("n_images", "max_labels", "n_episodes"):
@@ -214,12 +219,7 @@ def prepare_locked(sweep: Any) -> Any:
 
 
 def _apply_selection_rule(method: Any, options: ExplainOptions) -> None:
-    from mlfsic.methods.lcm import THRESHOLD_MODES
-
     if options.threshold_mode is not None:
-        if options.threshold_mode not in THRESHOLD_MODES:
-            raise MlfsicError(f"explain option threshold_mode={options.threshold_mode!r}: expected one of "
-                              f"{', '.join(THRESHOLD_MODES)}")
         method.threshold_mode = options.threshold_mode
     if options.theta is not None:
         method.theta = options.theta

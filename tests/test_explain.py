@@ -111,6 +111,7 @@ def test_kept_inside_box_fraction_counts_kept_cells_against_the_box_share():
     ("split=base", "explain option split='base': expected one of val, test"),
     ("setting=0shot", "explain option setting='0shot'"),
     ("measure=iou", "explain option measure='iou'"),
+    ("threshold_mode=max", "explain option threshold_mode='max'"),
 ])
 def test_bad_option_is_one_line_and_exit_2(argument, message, capsys):
     assert main(["explain", argument]) == 2
