@@ -45,6 +45,7 @@ from mlfsic.methods.torch_utils import (
 
 SELECTIONS = ("first_order", "exact", "off")
 THRESHOLD_MODES = ("sigmoid", "relative")
+COMBINES = ("softmax", "mean")  # how per-image prototypes of one label are combined
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -347,7 +348,8 @@ class LCM(Method):
       * 0shot: the projected word vector w_j (the word-embedding-initialised prototype);
       * Kshot: for every support image i carrying j, the block ``CrossInteraction`` (word vector as
         the one query token, the image's kept local tokens as keys/values) gives z_ij (H,); the z_ij
-        are combined with softmax_i(s * (1 - ||x^_i - w^_j||)) weights (the alignment logits).
+        are combined with softmax_i(s * (1 - ||x^_i - w^_j||)) weights (the alignment logits) with
+        ``combine="softmax"`` (released), or averaged with ``combine="mean"`` (an ablation switch).
 
     LCM selection (``selection``): at predict time (and on every training episode), per support image,
     the importance of each local position is measured by ``position_importance`` under the alignment
@@ -421,6 +423,7 @@ class LCM(Method):
         dynamic_rank: int = 16,
         tie_local_projection: bool = True,
         visual_residual: bool = True,
+        combine: str = "softmax",
         steps: int = 1500,
         n_way: int | None = None,
         train_shot: int = 1,
@@ -441,6 +444,8 @@ class LCM(Method):
             raise MlfsicError(
                 f"{self.name or 'lcm'}: threshold_mode must be one of {THRESHOLD_MODES}, got {threshold_mode!r}"
             )
+        if combine not in COMBINES:
+            raise MlfsicError(f"{self.name or 'lcm'}: combine must be one of {COMBINES}, got {combine!r}")
         if embed_dim % heads:
             raise MlfsicError(f"{self.name or 'lcm'}: embed_dim {embed_dim} is not divisible by heads {heads}")
         self.embed_dim = embed_dim
@@ -458,6 +463,7 @@ class LCM(Method):
         self.dynamic_rank = dynamic_rank
         self.tie_local_projection = tie_local_projection
         self.visual_residual = visual_residual
+        self.combine = combine
         self.steps = steps
         self.n_way = n_way
         self.train_shot = train_shot
@@ -598,7 +604,10 @@ class LCM(Method):
         tokens = self._tokens(support_local)  # (n_s, L, H)
         pair_image, pair_label = torch.nonzero(support_targets > 0.5, as_tuple=True)  # (P,), (P,)
         z, attention = self.net.block(words, tokens, keep, pair_image, pair_label)  # (P, H), (P, h, L)
-        align = alignment_logits(self.net.vis_fc(support_global), words, self.scale)  # (n_s, N)
+        if self.combine == "softmax":
+            align = alignment_logits(self.net.vis_fc(support_global), words, self.scale)  # (n_s, N)
+        else:  # "mean": every support image carrying the label counts equally
+            align = torch.zeros_like(support_targets)
         weights = align.masked_fill(support_targets <= 0.5, -math.inf)
         weights = torch.softmax(weights, dim=0).nan_to_num(0.0)  # over the images carrying each label
         pair_weights = weights[pair_image, pair_label]  # (P,)

@@ -223,6 +223,9 @@ def test_switches_run_and_change_the_scores(base):
     kept = method.explain(episode)["keep"]
     assert 0 < kept.mean() < 1 and kept.any(axis=1).all()
 
+    method.combine = "mean"  # 5-shot: several support images per label, averaged instead of softmax-weighted
+    assert not np.allclose(method.predict(episode), scores["first_order"])
+
 
 def test_released_threshold_keeps_nearly_everything(fitted):
     """theta = 0.65 on sigmoid(1e8 * score) (the released code) drops only near-zero scores."""
@@ -284,6 +287,8 @@ def test_bad_inputs_are_one_line_errors(fitted, base, val):
         create_method("lcm", TINY, 0).fit(base, dataclasses.replace(val, label_embeddings=val.label_embeddings[:, :5]))
     with pytest.raises(MlfsicError, match="selection"):
         create_method("lcm", {"selection": "second_order"}, 0)
+    with pytest.raises(MlfsicError, match="combine"):
+        create_method("lcm", {"combine": "max"}, 0)
     # zero-shot needs no local features
     zero, _ = make_episode(0, seed=3)
     assert np.isfinite(fitted.predict(dataclasses.replace(zero, support_local_features=None))).all()
