@@ -1,0 +1,123 @@
+"""LaSO's switches (methods/laso.py; Alfassy et al., CVPR 2019): each loss switch changes what is trained and
+what the fit report lists, the released MLP episode classifier works for 1shot and 5shot episodes and is
+query-independent, and fitting and predicting are deterministic per seed. Tiny synthetic data only."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.methods.laso import LOSS_TERMS, LaSO
+from mlfsic.methods.registry import create_method
+from synthetic_data import make_base_data, make_episode
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {"steps": 30, "classifier_epochs": 1, "hidden_dim": 32, "episode_steps": 10, "max_union_pairs": 20}
+SWITCHES = {  # switch -> the loss terms it adds
+    "reconstruction_classification": {"reconstruction_classification"},
+    "symmetric_subtraction": {"symmetric_subtraction"},
+    "symmetric_classification": {"symmetric_intersection", "symmetric_union"},
+}
+
+
+@pytest.fixture(scope="module")
+def base():
+    return make_base_data(n=160, seed=0)
+
+
+@pytest.fixture(scope="module")
+def default(base) -> LaSO:
+    return fitted(base)
+
+
+def fitted(base, seed: int = 0, **overrides) -> LaSO:
+    method = create_method("laso", {**TINY, **overrides}, seed)
+    method.fit(base, None)
+    return method
+
+
+def union_weights(method: LaSO) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in method.union.parameters()])
+
+
+def test_defaults_report_every_published_term(default):
+    assert set(default.fit_report["loss_terms"]) == set(LOSS_TERMS)
+    assert all(np.isfinite(value) for value in default.fit_report["loss_terms"].values())
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_each_loss_switch_changes_training(switch, base, default):
+    off = fitted(base, **{switch: False})
+    assert set(off.fit_report["loss_terms"]) == set(LOSS_TERMS) - SWITCHES[switch]
+    assert not torch.equal(union_weights(off), union_weights(default)), f"{switch}=False trains the same networks"
+    episode, _ = make_episode(5, seed=1)
+    assert not np.allclose(off.predict(episode), default.predict(episode))
+
+
+def test_zero_weights_drop_reconstruction_and_symmetry(base):
+    method = fitted(base, reconstruction_weight=0.0, symmetry_weight=0.0)
+    assert not {"reconstruction", "symmetry"} & set(method.fit_report["loss_terms"])
+
+
+def test_base_classifier_is_fixed_unless_trained_jointly(base):
+    def classifier_after(jointly: bool) -> torch.Tensor:
+        method = fitted(base, train_classifier_jointly=jointly)
+        return torch.cat([p.detach().flatten() for p in method.classifier.parameters()])
+
+    pretrained = fitted(base, steps=0).classifier
+    pretrained_weights = torch.cat([p.detach().flatten() for p in pretrained.parameters()])
+    assert torch.equal(classifier_after(False), pretrained_weights)
+    assert not torch.equal(classifier_after(True), pretrained_weights)
+
+
+@pytest.mark.parametrize("k_shot", [1, 5])
+def test_mlp_classifier_scores_episodes(k_shot, default, base):
+    episode, _ = make_episode(k_shot, seed=3)
+    scores = default.predict(episode)
+    assert scores.shape == (episode.n_query, episode.n_labels) and np.all(np.isfinite(scores))
+    assert np.all((scores >= 0.0) & (scores <= 1.0))
+    permutation = np.random.default_rng(0).permutation(episode.n_query)  # eval-mode batch norm
+    permuted = dataclasses.replace(episode, query_features=episode.query_features[permutation].copy())
+    np.testing.assert_allclose(default.predict(permuted), scores[permutation], rtol=1e-5, atol=1e-6)
+    logistic = fitted(base, episode_classifier="logistic")
+    assert not np.allclose(logistic.predict(episode), scores)
+
+
+def test_mlp_classifier_hyperparameters_change_scores(default, base):
+    episode, _ = make_episode(1, seed=4)
+    scores = default.predict(episode)
+    for overrides in ({"episode_dropout": 0.0}, {"episode_hidden_dim": 16}, {"union_augmentation": False}):
+        other = fitted(base, **overrides)
+        assert not np.allclose(other.predict(episode), scores), overrides
+
+
+def test_single_support_image_falls_back_to_logistic(default):
+    episode, _ = make_episode(1, seed=5, n_way=1)
+    single = dataclasses.replace(
+        episode, support_features=episode.support_features[:1], support_targets=episode.support_targets[:1]
+    )
+    scores = default.predict(single)
+    assert scores.shape == (single.n_query, 1) and np.all(np.isfinite(scores))
+
+
+def test_deterministic_per_seed(base, default):
+    episode, _ = make_episode(5, seed=6)
+    scores = default.predict(episode)
+    np.testing.assert_array_equal(default.predict(episode), scores)
+    again = fitted(base, seed=0)
+    assert again.fit_report == default.fit_report
+    np.testing.assert_array_equal(again.predict(episode), scores)
+    other = fitted(base, seed=1)
+    assert not np.allclose(other.predict(episode), scores)
+
+
+def test_bad_switch_values_are_one_line_errors():
+    with pytest.raises(MlfsicError, match="episode_classifier"):
+        LaSO(episode_classifier="svm")
+    with pytest.raises(MlfsicError, match="episode_dropout"):
+        LaSO(episode_dropout=1.0)
