@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mlfsic.harness.backbones import Backbone, image_paths
+from mlfsic.harness.backbones import Backbone
 from mlfsic.harness.data import Dataset, find_rows
 from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.images import image_paths
 from mlfsic.harness.io import sha256_text, write_json_atomic
 
 

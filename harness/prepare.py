@@ -3,8 +3,9 @@
 ``load_dataset_and_split`` goes through the dataset factory (``mlfsic.datasets.registry``): it generates
 coco-moji when its folder is missing (so ``mlfsic run`` works on a fresh machine), reads the dataset with
 the adapter its config names and splits the labels.
-``backbone_weights`` trains the coco-moji CNN on the base split (or finds ResNet-50 weights) and
-caches the result content-addressed under ``results/cache/backbones``. ``make_benchmark`` builds the
+``backbone_weights`` gives the coco-moji CNN's pinned weights shipped in the package (when they were
+trained on this dataset with these settings), else trains it on the base split and caches the result
+content-addressed under ``results/cache/backbones`` (or finds ResNet-50 weights). ``make_benchmark`` builds the
 handle tasks receive. The Ray runner runs the backbone and feature steps as tasks;
 ``prepare_benchmark`` does the same work in this process, for use without Ray
 (``harness.evaluate.evaluate_cell``), producing the same cached artifacts.
@@ -39,38 +40,85 @@ def load_dataset_and_split(
     return dataset, registry.label_split(cfg, dataset)
 
 
+SMALL_CNN_TRAINING_KEYS = ("kind", "image_size", "epochs", "batch_size", "lr", "seed")
+
+
 def backbone_weights(
     dataset: Dataset, split: dict[str, list[str]], backbone_cfg: dict[str, Any], cache_root: Path, progress: bool = True
 ) -> tuple[Path | None, dict[str, Any]]:
-    """Weights file for the configured backbone (trained and cached for ``small_cnn``) and a report."""
+    """Weights file for the configured backbone and a report (run.json's ``backbone`` block).
+
+    ``small_cnn``: the pinned file (``dataset.backbone.pinned_weights``, its sha256 checked) when its record
+    says it was trained on this dataset, split and settings (report ``pinned: true``); otherwise trained
+    and cached (``pinned: false``, with ``pinned_unused`` saying why when a pinned file was not used).
+    """
     kind = backbone_cfg.get("kind")
     if kind == "small_cnn":
-        from mlfsic.harness import backbones
+        from mlfsic.harness.backbones import pinned_record, pinned_weights
 
-        key = sha256_json({"annotations": dataset.annotation_sha256, "base": split["base"], "val": split["val"],
-                           "config": backbone_cfg, "code": sha256_file(backbones.__file__)})
-        path = cache_root / "backbones" / f"small_cnn-{key[:20]}.pt"
-        report_path = path.with_suffix(".json")
-        if path.is_file() and report_path.is_file():
-            import json
-
-            return path, json.loads(report_path.read_text())
-        base = split_pool(dataset, "base", split["base"])
-        val = split_pool(dataset, "val", split["val"])
-        report = backbones.train_small_cnn(
-            dataset, base.image_ids, base.targets.astype(np.float32), val.image_ids, val.targets.astype(np.float32),
-            out_path=path, epochs=int(backbone_cfg["epochs"]), batch_size=int(backbone_cfg["batch_size"]),
-            lr=float(backbone_cfg["lr"]), seed=int(backbone_cfg["seed"]), image_size=int(backbone_cfg["image_size"]),
-            progress=progress,
-        )
-        from mlfsic.harness.io import write_json_atomic
-
-        write_json_atomic(report_path, report)
-        return path, report
+        pinned = pinned_weights(backbone_cfg)
+        unused = None
+        if pinned is not None:
+            record = pinned_record(pinned)
+            differing = _differences(record["trained_on"], small_cnn_trained_on(dataset, split, backbone_cfg))
+            if not differing:
+                return pinned, {"kind": "small_cnn", "pinned": True, "weights_file": str(backbone_cfg["pinned_weights"]),
+                                "weights_sha256": str(backbone_cfg["pinned_sha256"]), "training": record.get("training", {})}
+            unused = (f"{pinned.name} was trained with another {', '.join(differing)}; "
+                      "trained on this dataset instead")
+        path, report = trained_small_cnn(dataset, split, backbone_cfg, cache_root, progress)
+        report = {**report, "pinned": False, "weights_sha256": sha256_file(path)}
+        return path, report if unused is None else {**report, "pinned_unused": unused}
     if kind == "resnet50":
         weights = backbone_cfg.get("weights")
         return (Path(weights) if weights else None), {}
     raise MlfsicError(f"dataset.backbone.kind {kind!r} is not one of small_cnn, resnet50")
+
+
+def small_cnn_trained_on(dataset: Dataset, split: dict[str, list[str]], backbone_cfg: dict[str, Any]) -> dict[str, Any]:
+    """What determines trained small_cnn weights: dataset annotations, base/val labels and training settings."""
+    return {"dataset": dataset.name, "annotation_sha256": dataset.annotation_sha256, "base": list(split["base"]),
+            "val": list(split["val"]), "backbone": {key: backbone_cfg.get(key) for key in SMALL_CNN_TRAINING_KEYS}}
+
+
+def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Names of the entries (``backbone.<key>`` inside the settings) where two ``trained_on`` records differ."""
+    names = [key for key in current if key != "backbone" and recorded.get(key) != current[key]]
+    settings = recorded.get("backbone") if isinstance(recorded.get("backbone"), dict) else {}
+    return names + [f"backbone.{key}" for key, value in current["backbone"].items() if settings.get(key) != value]
+
+
+def trained_small_cnn(
+    dataset: Dataset, split: dict[str, list[str]], backbone_cfg: dict[str, Any], cache_root: Path, progress: bool = True,
+    retrain: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """The small_cnn trained on the base split, cached under ``cache_root/backbones`` (``retrain``: train anyway).
+
+    The cache key is the training input (annotations, base/val labels, settings; the pinned-file keys left
+    out) and the code that trains it, so a change of either trains anew.
+    """
+    from mlfsic.harness import backbone_models, backbone_training, images
+    from mlfsic.harness.backbones import PINNED_KEYS
+    from mlfsic.harness.io import write_json_atomic
+
+    settings = {key: value for key, value in backbone_cfg.items() if key not in PINNED_KEYS}
+    code = [sha256_file(module.__file__) for module in (images, backbone_models, backbone_training)]
+    key = sha256_json({"annotations": dataset.annotation_sha256, "base": split["base"], "val": split["val"],
+                       "config": settings, "code": code})
+    path = cache_root / "backbones" / f"small_cnn-{key[:20]}.pt"
+    report_path = path.with_suffix(".json")
+    if not retrain and path.is_file() and report_path.is_file():
+        return path, json.loads(report_path.read_text())
+    base = split_pool(dataset, "base", split["base"])
+    val = split_pool(dataset, "val", split["val"])
+    report = backbone_training.train_small_cnn(
+        dataset, base.image_ids, base.targets.astype(np.float32), val.image_ids, val.targets.astype(np.float32),
+        out_path=path, epochs=int(backbone_cfg["epochs"]), batch_size=int(backbone_cfg["batch_size"]),
+        lr=float(backbone_cfg["lr"]), seed=int(backbone_cfg["seed"]), image_size=int(backbone_cfg["image_size"]),
+        progress=progress,
+    )
+    write_json_atomic(report_path, report)
+    return path, report
 
 
 def backbone_config(dataset_cfg: DictConfig) -> dict[str, Any]:

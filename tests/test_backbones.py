@@ -1,4 +1,5 @@
-"""Backbones: feature shapes, ResNet-50 against torchvision, weight lookup, image errors, SmallCNN training."""
+"""Backbones: feature shapes, ResNet-50 against torchvision, weight lookup, image errors, SmallCNN training,
+the pinned coco-moji weights (hash, features, use without training)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,10 @@ import torch
 from PIL import Image
 
 from mlfsic.harness import backbones
-from mlfsic.harness.backbones import (
-    ResNet50Backbone,
-    SmallCNN,
-    load_backbone,
-    prototype_map,
-    read_image,
-    train_small_cnn,
-)
+from mlfsic.harness.backbone_models import ResNet50Backbone, SmallCNN
+from mlfsic.harness.backbone_training import embed_array, prototype_map, train_small_cnn
+from mlfsic.harness.backbones import load_backbone
+from mlfsic.harness.images import image_paths, read_image, read_images
 from mlfsic.harness.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 
@@ -93,7 +90,7 @@ def test_resnet50_bad_weights_file(tmp_path):
     bad = tmp_path / "bad.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
     with pytest.raises(MlfsicError, match="bad.pth"):
-        ResNet50Backbone(bad)
+        backbones.load_strict(ResNet50Backbone().net, backbones.read_state_dict(bad, "resnet50"), bad, "resnet50")
     with pytest.raises(MlfsicError, match="bad.pth"):
         load_backbone({"kind": "resnet50"}, bad)
 
@@ -157,6 +154,7 @@ def test_train_small_cnn_deterministic_and_loadable(tmp_path):
     state_a = torch.load(tmp_path / "a.pt", weights_only=True)
     state_b = torch.load(tmp_path / "b.pt", weights_only=True)
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()  # same weights, same sha256
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
 
     backbone = load_backbone({"kind": "small_cnn", "image_size": 96, "device": "cpu"}, tmp_path / "a.pt")
@@ -202,9 +200,146 @@ def test_small_cnn_default_size_budget(tmp_path):
         epochs=8, batch_size=128, lr=0.002, seed=0, progress=False,
     )
     torch.manual_seed(0)
-    val_images = backbones.read_images(backbones.image_paths(dataset, dataset.image_ids[val_rows]), 96)
-    random_map = prototype_map(backbones.embed_array(SmallCNN(28), val_images), dataset.targets[val_rows][:, val_labels], 0)
+    val_images = read_images(image_paths(dataset, dataset.image_ids[val_rows]), 96)
+    random_map = prototype_map(embed_array(SmallCNN(28), val_images), dataset.targets[val_rows][:, val_labels], 0)
     print(f"small_cnn: {report['n_train']} images x 8 epochs in {report['seconds']:.0f}s, "
           f"val mAP {report['val_map']:.3f} (random init {random_map:.3f})")
     assert report["seconds"] <= 240
     assert report["val_map"] > random_map + 0.1
+
+
+# ----------------------------------------------------------------------------------------- pinned coco-moji weights
+def coco_moji_backbone() -> dict:
+    """The backbone block of configs/dataset/coco-moji.yaml (plain yaml: no Hydra needed for these keys)."""
+    import yaml
+
+    from mlfsic.harness.config import config_dir
+
+    return yaml.safe_load((config_dir() / "dataset" / "coco-moji.yaml").read_text())["backbone"]
+
+
+def synthetic_batch() -> np.ndarray:
+    """Four fixed 96 px scenes: dark noise with coloured squares, uint8 (4, 96, 96, 3)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, (4, 96, 96, 3)).astype(np.uint8)
+    for image in images:
+        for _ in range(3):
+            y, x = rng.integers(0, 72, 2)
+            image[y:y + 24, x:x + 24] = rng.integers(0, 256, 3)
+    return images
+
+
+def checksums(global_f: np.ndarray, local_f: np.ndarray) -> np.ndarray:
+    """Per image: sum of the global vector, its channel-weighted sum, and the position-weighted sum of the local grid
+    (the weights catch permuted channels or positions, which a plain sum would not)."""
+    channel_weights = np.arange(1, global_f.shape[1] + 1) / global_f.shape[1]
+    position_weights = np.arange(1, local_f.shape[1] + 1) / local_f.shape[1]
+    return np.stack([global_f.sum(axis=1), global_f @ channel_weights, local_f.sum(axis=2) @ position_weights], axis=1)
+
+
+# Features of the shipped weights on ``synthetic_batch()`` (computed on this project's CPU machine): per image
+# ``checksums`` and the three largest global values.
+EXPECTED_CHECKSUMS = [
+    [60.178993, 28.709765, 1098.924694],
+    [60.245487, 28.651508, 1119.585458],
+    [56.177376, 26.295785, 1086.130372],
+    [61.296082, 29.550355, 1106.248987],
+]
+EXPECTED_TOP3 = [
+    [3.682387, 3.798999, 4.628647],
+    [4.106009, 4.162429, 5.266071],
+    [3.349346, 3.450456, 4.257119],
+    [3.734491, 4.163727, 4.755607],
+]
+
+
+def test_shipped_weights_match_the_configured_hash():
+    from mlfsic.harness.io import sha256_file
+
+    config = coco_moji_backbone()
+    path = backbones.package_file(config["pinned_weights"])
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert sha256_file(path) == config["pinned_sha256"]
+    assert path.name == f"small_cnn-{config['pinned_sha256'][:12]}.pt"  # named by its content
+    assert backbones.pinned_weights(config) == path
+    assert 100_000 < path.stat().st_size < 4_000_000
+
+
+def test_shipped_weights_give_the_stored_features():
+    from mlfsic.harness.images import to_tensor
+
+    config = coco_moji_backbone()
+    backbone = load_backbone({**config, "device": "cpu"}, backbones.pinned_weights(config))
+    global_f, local_f = backbone.embed(to_tensor(synthetic_batch()))
+    assert global_f.shape == (4, 128) and local_f.shape == (4, 36, 128)
+    np.testing.assert_allclose(checksums(global_f, local_f), np.array(EXPECTED_CHECKSUMS), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.sort(global_f, axis=1)[:, -3:], np.array(EXPECTED_TOP3), rtol=0, atol=1e-4)
+
+
+def test_pinned_hash_mismatch_is_one_line_naming_file_and_both_hashes(tmp_path):
+    config = coco_moji_backbone()
+    wrong = "0" * 64
+    with pytest.raises(MlfsicError) as error:
+        backbones.pinned_weights({**config, "pinned_sha256": wrong})
+    message = str(error.value)
+    assert "\n" not in message and Path(config["pinned_weights"]).name in message
+    assert wrong in message and config["pinned_sha256"] in message
+    with pytest.raises(MlfsicError, match="pinned backbone weights not found"):
+        backbones.pinned_weights({**config, "pinned_weights": str(tmp_path / "absent.pt")})
+
+
+def _pinned_dataset(record: dict, annotation_sha256: str | None = None) -> tuple[Dataset, dict]:
+    trained_on = record["trained_on"]
+    dataset = Dataset(trained_on["dataset"], Path("/nonexistent"), np.zeros(0, np.int64), (), (),
+                      np.zeros((0, 0), bool), annotation_sha256 or trained_on["annotation_sha256"])
+    return dataset, {"base": list(trained_on["base"]), "val": list(trained_on["val"]), "test": []}
+
+
+def test_backbone_weights_uses_the_pinned_file_without_training(tmp_path, monkeypatch):
+    from mlfsic.harness import backbone_training, prepare
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although pinned weights fit")
+
+    monkeypatch.setattr(backbone_training, "train_small_cnn", no_training)
+    config = coco_moji_backbone()
+    pinned = backbones.pinned_weights(config)
+    dataset, split = _pinned_dataset(backbones.pinned_record(pinned))
+    path, report = prepare.backbone_weights(dataset, split, config, tmp_path, progress=False)
+    assert path == pinned and not any(tmp_path.iterdir())
+    assert report["pinned"] is True and report["weights_sha256"] == config["pinned_sha256"]
+    assert report["weights_file"] == config["pinned_weights"] and report["training"]["val_map"] > 0
+
+    # Another dataset (or other settings): trained and cached as before, and the report says why.
+    trained = tmp_path / "trained.pt"
+    trained.write_bytes(b"weights")
+    monkeypatch.setattr(prepare, "trained_small_cnn", lambda *args, **kwargs: (trained, {"kind": "small_cnn"}))
+    other, split = _pinned_dataset(backbones.pinned_record(pinned), annotation_sha256="other")
+    path, report = prepare.backbone_weights(other, split, {**config, "epochs": 1}, tmp_path, progress=False)
+    assert path == trained and report["pinned"] is False
+    assert "annotation_sha256" in report["pinned_unused"] and "backbone.epochs" in report["pinned_unused"]
+
+
+def test_train_command_retrains_into_the_cache_and_compares(tmp_path, capsys):
+    """`mlfsic backbone train` on a tiny coco-moji: trains into the cache, compares with the pinned file,
+    writes out= as small_cnn-<sha[:12]>.pt with its record, and leaves the shipped file alone."""
+    from mlfsic.harness.backbone_training import train_command
+    from mlfsic.harness.io import sha256_file
+
+    config = coco_moji_backbone()
+    shipped = backbones.pinned_weights(config)
+    assert train_command(["dataset=coco-moji", f"results_dir={tmp_path}", "dataset.generate.n_base=60",
+                          "dataset.generate.n_val=30", "dataset.generate.n_test=30", "dataset.backbone.epochs=1",
+                          f"out={tmp_path / 'out'}"]) == 0
+    printed = capsys.readouterr().out
+    cached = list((tmp_path / "cache" / "backbones").glob("small_cnn-*.pt"))
+    assert len(cached) == 1
+    sha = sha256_file(cached[0])
+    assert (tmp_path / "out" / f"small_cnn-{sha[:12]}.pt").read_bytes() == cached[0].read_bytes()
+    record = backbones.pinned_record(tmp_path / "out" / f"small_cnn-{sha[:12]}.pt")
+    assert record["trained_on"]["backbone"]["epochs"] == 1 and "val_map" in record["training"]
+    assert "same sha256: no" in printed and "max |feature difference| on 60 base images" in printed
+    assert "val mAP (nearest-prototype): retrained" in printed
+    assert sha256_file(shipped) == config["pinned_sha256"]
+    with pytest.raises(MlfsicError, match="only a small_cnn"):
+        train_command(["dataset=coco", "dataset.root=/nonexistent"])

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from mlfsic.harness import features
-from mlfsic.harness.backbones import Backbone, SmallCNN, load_backbone
+from mlfsic.harness.backbone_models import SmallCNN
+from mlfsic.harness.backbones import Backbone, load_backbone
 from mlfsic.harness.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.features import (
