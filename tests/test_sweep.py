@@ -14,10 +14,10 @@ from mlfsic.harness.sweep import Sweep, load_sweep, resolve_sweep
 # A change of the default configs that moves them must be deliberate (it starts new run dirs); last moved by
 # the dataset factory (adapter: coco-moji) and the pinned coco-moji backbone (backbone.pinned_*).
 RUN_IDS_BEFORE_THE_SWEEP = [
-    ([], "coco-moji-6d84b79dcddd"),
+    ([], "coco-moji-9c4030b95c1b"),
     (["method=[protonet,laso]", "setting=[1shot]", "seeds=[0,1]", "n_episodes=50", "+method_args.protonet.lr=0.01",
       "results_dir=/tmp/some/results", "ray.num_cpus=2", "resources.num_cpus=2", "max_retries=1"],
-     "coco-moji-d1df3bc4ba39"),
+     "coco-moji-2bf8eb461f0f"),
     (["seed=3", "dataset.generate.n_base=400", "dataset.backbone.epochs=1", "save_scores=true"],
      "coco-moji-c91f4a29f797"),
 ]
