@@ -257,12 +257,15 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
 
     init_ray(sweep.ray)
     check_resources(sweep.resources)
-    if progress:
-        print(f"backbone: {sweep.dataset['backbone']['kind']} for {dataset.name} (trained once on the base split, "
-              "then cached)", file=sys.stderr, flush=True)
     weights, backbone_report = _get_or_raise(
         ray.remote(_backbone_task).options(**options).remote(sweep.dataset, str(cache_root))
     )
+    if progress:
+        origin = ("pinned weights shipped with the package" if backbone_report.get("pinned")
+                  else "weights file" if sweep.dataset["backbone"]["kind"] != "small_cnn"
+                  else "trained on the base split, cached")
+        print(f"backbone: {sweep.dataset['backbone']['kind']} for {dataset.name} ({origin}: {weights})",
+              file=sys.stderr, flush=True)
     benchmark = make_benchmark(sweep.as_dictconfig(), dataset, split, weights, cache_root)
     if reference is not None:  # before any feature, method task or record
         reference_run.check_backbone(benchmark.backbone_id, reference)
