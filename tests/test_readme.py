@@ -1,0 +1,48 @@
+"""README's leaderboard is the committed published run (results/published/leaderboard.csv), cell by cell.
+
+When a change moves a default number, regenerate the published run (``make run``, ``make publish``) and
+paste the table this test prints on failure between the README's ``leaderboard`` markers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+
+
+def published_table() -> str:
+    """method x setting: mAP ± half-width (percent), `*` significantly below the cell's best, bold best."""
+    board = pd.read_csv(REPO / "results/published/leaderboard.csv")
+    board = board[board["kind"] == "ours"]
+    board = board.assign(shots=board["setting"].map(lambda s: int(s.removesuffix("shot")))).sort_values(["shots", "rank"])
+    settings = list(board["setting"].drop_duplicates())
+    methods = list(board["method"].drop_duplicates())  # in rank order of the first setting each appears in
+    lines = ["| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for method in methods:
+        cells = []
+        for setting in settings:
+            row = board[(board["method"] == method) & (board["setting"] == setting)]
+            if row.empty:
+                cells.append("-")
+                continue
+            row = row.iloc[0]
+            text = f"{100 * row['map']:.1f} ± {100 * row['map_ci95']:.1f}"
+            if int(row["rank"]) == 1 and row["mark"] != "=":
+                text = f"**{text}**"
+            elif row["mark"] == "*":
+                text += " *"
+            cells.append(text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_readme_leaderboard_is_the_published_run():
+    readme = (REPO / "README.md").read_text()
+    assert START in readme and END in readme, "README lacks the leaderboard markers"
+    block = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    expected = published_table()
+    assert block == expected, f"README leaderboard differs from results/published; paste:\n{expected}"
