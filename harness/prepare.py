@@ -41,6 +41,9 @@ def load_dataset_and_split(
 
 
 SMALL_CNN_TRAINING_KEYS = ("kind", "image_size", "epochs", "batch_size", "lr", "seed")
+# Training settings of a small_cnn whose dataset config leaves them out (e.g. dataset=voc
+# dataset.backbone.kind=small_cnn): coco-moji's values.
+SMALL_CNN_DEFAULTS = {"image_size": 96, "epochs": 8, "batch_size": 128, "lr": 0.002, "seed": 0}
 
 
 def backbone_weights(
@@ -56,6 +59,7 @@ def backbone_weights(
     if kind == "small_cnn":
         from mlfsic.harness.backbones import pinned_record, pinned_weights
 
+        backbone_cfg = {**SMALL_CNN_DEFAULTS, **backbone_cfg}
         pinned = pinned_weights(backbone_cfg)
         unused = None
         if pinned is not None:
