@@ -161,17 +161,23 @@ def build_episode(
     """The ``Episode`` a method sees, and separately the query targets (n_query, n_labels)."""
     pool = benchmark.pool(episode_set["params"]["split"])
     check_pool_matches(episode_set, pool)
-    spec = episode_set["episodes"][index]
+    params = episode_set["params"]
+    return episode_of(benchmark, pool, episode_set["episodes"][index], int(params["seed"]), int(params["k_shot"]),
+                      index, with_local)
+
+
+def episode_of(
+    benchmark: Benchmark, pool: Any, spec: dict[str, Any], seed: int, k_shot: int, index: int, with_local: bool
+) -> tuple[Episode, np.ndarray]:
+    """The ``Episode`` of one drawn episode ``spec`` ({labels, support, query}) of ``pool``, and its query targets."""
     support_targets, query_targets = episode_targets(pool, spec)
-    support_ids = np.asarray(spec["support"], dtype=np.int64)
-    query_ids = np.asarray(spec["query"], dtype=np.int64)
-    support, support_local = benchmark.features(support_ids, with_local)
-    query, query_local = benchmark.features(query_ids, with_local)
+    support, support_local = benchmark.features(np.asarray(spec["support"], dtype=np.int64), with_local)
+    query, query_local = benchmark.features(np.asarray(spec["query"], dtype=np.int64), with_local)
     labels = tuple(spec["labels"])
     episode = Episode(
         index=index,
-        seed=episode_seed(int(episode_set["params"]["seed"]), index),
-        k_shot=int(episode_set["params"]["k_shot"]),
+        seed=episode_seed(seed, index),
+        k_shot=k_shot,
         label_names=labels,
         label_embeddings=benchmark.label_embeddings(labels),
         support_features=np.asarray(support, dtype=np.float32),

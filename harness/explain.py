@@ -228,26 +228,14 @@ def _apply_selection_rule(method: Any, options: ExplainOptions) -> None:
 def draw_episode(explained: Explained, k_shot: int, seed: int, index: int) -> tuple[Any, np.ndarray]:
     """Episode ``index`` of the sweep's episode set for (split, K, seed), as the method sees it, and its
     support image ids. Drawn by the harness's sampler (``harness.episodes.make_episode``)."""
-    from mlfsic.harness.episodes import SamplerParams, episode_seed, episode_targets, make_episode
-    from mlfsic.methods.api import Episode
+    from mlfsic.harness.episodes import SamplerParams, make_episode
+    from mlfsic.harness.evaluate import episode_of
 
     sweep, benchmark, pool = explained.sweep, explained.benchmark, explained.pool
     params = SamplerParams(protocol=sweep.protocol, k_shot=k_shot, n_query=sweep.n_query, n_way=sweep.n_way)
     drawn = make_episode(pool, params, seed, index)
-    support_targets, _ = episode_targets(pool, drawn)
+    episode, _ = episode_of(benchmark, pool, drawn, seed, k_shot, index, with_local=True)
     support_ids = np.asarray(drawn["support"], dtype=np.int64)
-    query_ids = np.asarray(drawn["query"], dtype=np.int64)
-    support, support_local = benchmark.features(support_ids, True)
-    query, _ = benchmark.features(query_ids, False)
-    labels = tuple(drawn["labels"])
-    episode = Episode(
-        index=index, seed=episode_seed(seed, index), k_shot=k_shot, label_names=labels,
-        label_embeddings=benchmark.label_embeddings(labels),
-        support_features=np.asarray(support, dtype=np.float32),
-        support_local_features=np.asarray(support_local, dtype=np.float32),
-        support_targets=np.asarray(support_targets, dtype=np.float32),
-        query_features=np.asarray(query, dtype=np.float32), query_local_features=None,
-    )
     return episode, support_ids
 
 
