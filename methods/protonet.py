@@ -40,6 +40,10 @@ class MultiLabelProtoNet(Method):
     restricted to the episode's labels; binary cross-entropy on the queries, one Adam step per episode.
     ``log_scale`` and ``bias`` are learnt with the head.
 
+    On a base split where fewer than 2 labels have ``max_train_shot + n_query`` images (a small dataset), K
+    is drawn from ``1..train_shot`` with the largest ``train_shot`` at least 2 labels allow, and
+    ``fit_report`` says so.
+
     Simplifications: the backbone is frozen (global features only); the distance is divided by H so one
     initial scale suits every embedding size; K varies across training episodes instead of matching
     the test shot, so one checkpoint serves 1shot and 5shot.
@@ -80,12 +84,19 @@ class MultiLabelProtoNet(Method):
         features = standardised_base(self, base, val)
         targets = np.asarray(base.targets) > 0.5
         members = [np.flatnonzero(targets[:, j]) for j in range(targets.shape[1])]
-        eligible = np.array([j for j, m in enumerate(members) if m.size >= self.max_train_shot + self.n_query])
+        sizes = np.array([m.size for m in members])
+        train_shot = self.max_train_shot  # lowered only for a base split too small for it (a small dataset)
+        while train_shot > 1 and (sizes >= train_shot + self.n_query).sum() < 2:
+            train_shot -= 1
+        eligible = np.flatnonzero(sizes >= train_shot + self.n_query)
         if eligible.size < 2:
             raise MlfsicError(
-                f"{self.name}.fit: fewer than 2 base labels have {self.max_train_shot + self.n_query} images "
-                f"(max_train_shot + n_query); cannot sample training episodes"
+                f"{self.name}.fit: fewer than 2 base labels have {1 + self.n_query} images "
+                f"(1 support + n_query); cannot sample training episodes"
             )
+        if train_shot < self.max_train_shot:
+            self.fit_report = {"train_shot": train_shot, "note": f"max_train_shot={self.max_train_shot} lowered: "
+                               f"fewer than 2 base labels have {self.max_train_shot + self.n_query} images"}
         n_way = min(self.n_way, int(eligible.size))
 
         self.head = mlp([features.shape[1], self.hidden_dim, self.embed_dim], generator)
@@ -95,7 +106,7 @@ class MultiLabelProtoNet(Method):
         optimiser = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
         for _ in tqdm(range(self.n_episodes), desc=f"{self.name} fit", disable=not self.progress):
             labels = rng.choice(eligible, size=n_way, replace=False)
-            k_shot = int(rng.integers(1, self.max_train_shot + 1))
+            k_shot = int(rng.integers(1, train_shot + 1))
             support, query = sample_episode(members, labels, k_shot, self.n_query, targets.shape[0], rng)
             support_targets = torch.as_tensor(targets[np.ix_(support, labels)], dtype=torch.float32)
             query_targets = torch.as_tensor(targets[np.ix_(query, labels)], dtype=torch.float32)
