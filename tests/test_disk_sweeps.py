@@ -1,5 +1,5 @@
-"""A short sweep (random + protonet, 20 episodes, the small CNN backbone) on a PASCAL VOC tree and an
-iMaterialist tree written in their published formats: the disk adapters feed the same runner as coco-moji.
+"""A short sweep (random + protonet, 20 episodes, the small CNN backbone) on PASCAL VOC, NUS-WIDE and
+iMaterialist trees written in their published formats: the disk adapters feed the same runner as coco-moji.
 
 The trees are bigger than the adapter tests' fixtures (every label needs K + Q images in its split) and use
 coloured 32-pixel JPEGs; the SmallCNN is trained for one epoch on them (features, not accuracy, are tested).
@@ -64,6 +64,27 @@ def _write_imaterialist_tree(root: Path, n_labels: int) -> Path:
     return root
 
 
+def _write_nuswide_tree(root: Path) -> Path:
+    """Image list, Concepts81.txt and one Labels_<concept>.txt per concept: IMAGES_PER_LABEL images each."""
+    rng = np.random.default_rng(2)
+    split = json.loads((Path(__file__).resolve().parents[1] / "configs/splits/nuswide.json").read_text())
+    concepts = sorted({*split["train"], *split["val"], *split["test"]})
+    owners = [concept for concept in concepts for _ in range(IMAGES_PER_LABEL)]
+    lines = []
+    for number, concept in enumerate(owners):
+        lines.append(f"C:\\ImageData\\Flickr\\{concept}\\{number:04d}_{number}.jpg")
+        _jpeg(root / "Flickr" / concept / f"{number:04d}_{number}.jpg", rng)
+    (root / "ImageList").mkdir(parents=True)
+    (root / "ImageList/Imagelist.txt").write_text("\r\n".join(lines) + "\r\n")
+    (root / "ConceptsList").mkdir()
+    (root / "ConceptsList/Concepts81.txt").write_text("\n".join(concepts) + "\n")
+    (root / "Groundtruth/AllLabels").mkdir(parents=True)
+    for concept in concepts:
+        (root / "Groundtruth/AllLabels" / f"Labels_{concept}.txt").write_text(
+            "".join(f"{int(owner == concept)}\n" for owner in owners))
+    return root
+
+
 def _sweep(tmp_path: Path, dataset: str, root: Path, *extra: str) -> pd.DataFrame:
     sweep = load_sweep([f"dataset={dataset}", f"dataset.root={root}", f"results_dir={tmp_path / 'results'}",
                         *SWEEP, *extra])
@@ -79,6 +100,12 @@ def test_a_short_sweep_runs_on_a_voc_tree(ray_session, tmp_path):
     records = _sweep(tmp_path, "voc", _write_voc_tree(tmp_path / "voc"), "dataset.sets=[VOC2007/trainval]")
     assert set(records["method"]) == {"random", "protonet"} and len(records) == 2 * 20
     assert records["n_labels"].eq(6).all() and records["map"].between(0, 1).all()  # the 6 novel VOC classes
+
+
+def test_a_short_sweep_runs_on_a_nuswide_tree(ray_session, tmp_path):
+    split = json.loads((Path(__file__).resolve().parents[1] / "configs/splits/nuswide.json").read_text())
+    records = _sweep(tmp_path, "nuswide", _write_nuswide_tree(tmp_path / "nus"))
+    assert set(records["method"]) == {"random", "protonet"} and records["n_labels"].eq(len(split["test"])).all()
 
 
 def test_a_short_sweep_runs_on_an_imaterialist_tree(ray_session, tmp_path):
