@@ -30,7 +30,7 @@ from mlfsic.harness.benchmark import Benchmark
 from mlfsic.harness.embeddings import embedding_id
 from mlfsic.harness.episodes import check_pool_matches, episode_seed, episode_targets, load_episode_set
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.io import atomic_path, sha256_file, sha256_json, write_json_atomic
+from mlfsic.harness.io import atomic_path, file_lock, sha256_file, sha256_json, write_json_atomic
 from mlfsic.harness.metrics import episode_map, f1_at_k, per_label_ap
 from mlfsic.harness.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
 from mlfsic.methods.api import Episode, SplitData, parse_setting
@@ -121,9 +121,16 @@ def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Pa
     """Train ``spec`` on the base split (val for model selection), or reuse its checkpoint.
 
     The evaluated split never reaches ``fit``: with ``eval_split="val"`` the method gets ``val=None``.
-    Method errors raise MethodFailure.
+    Method errors raise MethodFailure. One writer per checkpoint (two sweeps sharing a results dir, a variant
+    equal to its base, ``mlfsic explain`` beside a run): the others wait on its lock file and reuse it, so no
+    chunk is ever evaluated with a checkpoint replaced under it.
     """
     path = checkpoint_path(benchmark, spec, seed, cache_root, eval_split)
+    with file_lock(path.with_suffix(".lock")):
+        return _fit_or_reuse(path, benchmark, spec, seed, eval_split)
+
+
+def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int, eval_split: str) -> FitResult:
     if path.is_file() and path.with_suffix(".json").is_file():
         info = json.loads(path.with_suffix(".json").read_text())
         return FitResult(str(path), float(info["fit_s"]), cached=True, report=info.get("fit_report", {}))

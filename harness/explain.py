@@ -164,8 +164,8 @@ def prepare(options: ExplainOptions) -> Explained:
     """Resolve the config as ``mlfsic run`` would, prepare the benchmark and fit (or load) the method."""
     import torch
 
-    from mlfsic.harness.evaluate import checkpoint_path, fit_method, method_spec
-    from mlfsic.harness.io import file_lock
+    from mlfsic.harness.evaluate import fit_method, method_spec
+    from mlfsic.harness.prepare import prepare_benchmark
     from mlfsic.harness.sweep import load_sweep
     from mlfsic.methods.registry import get_method_class
 
@@ -177,45 +177,18 @@ def prepare(options: ExplainOptions) -> Explained:
     if options.split == "test":
         print("mlfsic explain: note: split=test shows novel-split episodes; never choose hyperparameters from them",
               file=sys.stderr)
-    benchmark = prepare_locked(sweep)
+    # the runner's steps and locks: an explain beside a sweep on the same results dir waits for its work
+    benchmark = prepare_benchmark(sweep.as_dictconfig(), progress=False)
     spec = method_spec(entry.name, entry.config, base=entry.base)
-    lock = checkpoint_path(benchmark, spec, options.seed, sweep.cache_root, sweep.eval_split).with_suffix(".lock")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the runner's fit tasks, so the checkpoint is the one a run makes
     try:
-        with file_lock(lock):
-            fit = fit_method(benchmark, spec, options.seed, sweep.cache_root, sweep.eval_split)
+        fit = fit_method(benchmark, spec, options.seed, sweep.cache_root, sweep.eval_split)
     finally:
         torch.set_num_threads(threads)
     method = torch.load(fit.checkpoint, weights_only=False)["method"]
     _apply_selection_rule(method, options)
     return Explained(sweep=sweep, benchmark=benchmark, method=method, pool=benchmark.pool(options.split))
-
-
-def prepare_locked(sweep: Any) -> Any:
-    """``harness.prepare.prepare_benchmark``'s steps under the runner's locks (dataset generation, backbone,
-    feature store), so an explain beside a sweep on the same results dir waits for its work, never repeats it."""
-    from mlfsic.harness.backbones import load_backbone
-    from mlfsic.harness.data import split_pool
-    from mlfsic.harness.features import extract_shard, missing_image_ids, store_dir
-    from mlfsic.harness.io import file_lock
-    from mlfsic.harness.prepare import backbone_config, backbone_weights, load_dataset_and_split, make_benchmark
-
-    cfg = sweep.dataset_config()
-    root = Path(str(cfg.root))
-    with file_lock(root.parent / f".{root.name}.lock"):
-        dataset, split = load_dataset_and_split(cfg)
-    backbone_cfg = backbone_config(cfg)
-    with file_lock(sweep.cache_root / "backbones" / f".{dataset.name}-{dataset.annotation_sha256[:16]}.lock"):
-        weights, _ = backbone_weights(dataset, split, backbone_cfg, sweep.cache_root)
-    benchmark = make_benchmark(sweep.as_dictconfig(), dataset, split, weights, sweep.cache_root)
-    image_ids = np.unique(np.concatenate([split_pool(dataset, name, labels).image_ids for name, labels in split.items()]))
-    feature_root = Path(benchmark.feature_root)
-    with file_lock(store_dir(feature_root, benchmark.backbone_id, dataset.annotation_sha256) / ".extract.lock"):
-        missing = missing_image_ids(feature_root, benchmark.backbone_id, dataset.annotation_sha256, image_ids)
-        if len(missing):
-            extract_shard(load_backbone(benchmark.backbone_config, weights), dataset, missing, feature_root)
-    return benchmark
 
 
 def _apply_selection_rule(method: Any, options: ExplainOptions) -> None:

@@ -30,6 +30,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +39,10 @@ import numpy as np
 from tqdm import tqdm
 
 from mlfsic.harness.backbones import Backbone
-from mlfsic.harness.data import Dataset, find_rows
+from mlfsic.harness.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.images import image_paths
-from mlfsic.harness.io import sha256_text, write_json_atomic
+from mlfsic.harness.io import file_lock, sha256_text, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,15 @@ def _store_index(directory: Path, rebuild: bool = False) -> _StoreIndex:
         index = _StoreIndex(shards, mtime_ns, empty, empty, empty)
     _STORE_INDEX[directory] = index
     return index
+
+
+@contextmanager
+def extraction_lock(store_root: Path, backbone_id: str, annotation_sha256: str) -> Iterator[None]:
+    """Held while a process finds the missing images of a store and computes them, so that two sweeps
+    sharing a results dir never compute overlapping shards (features of one image from two forward passes
+    could differ in the last bit): the second waits and finds nothing missing."""
+    with file_lock(store_dir(store_root, backbone_id, annotation_sha256) / ".extract.lock"):
+        yield
 
 
 def forward_passes(store_root: Path, backbone_id: str, annotation_sha256: str) -> int:

@@ -103,7 +103,7 @@ def trained_small_cnn(
     """
     from mlfsic.harness import backbone_models, backbone_training, images
     from mlfsic.harness.backbones import PINNED_KEYS
-    from mlfsic.harness.io import write_json_atomic
+    from mlfsic.harness.io import file_lock, write_json_atomic
 
     settings = {key: value for key, value in backbone_cfg.items() if key not in PINNED_KEYS}
     code = [sha256_file(module.__file__) for module in (images, backbone_models, backbone_training)]
@@ -111,17 +111,18 @@ def trained_small_cnn(
                        "config": settings, "code": code})
     path = cache_root / "backbones" / f"small_cnn-{key[:20]}.pt"
     report_path = path.with_suffix(".json")
-    if not retrain and path.is_file() and report_path.is_file():
-        return path, json.loads(report_path.read_text())
-    base = split_pool(dataset, "base", split["base"])
-    val = split_pool(dataset, "val", split["val"])
-    report = backbone_training.train_small_cnn(
-        dataset, base.image_ids, base.targets.astype(np.float32), val.image_ids, val.targets.astype(np.float32),
-        out_path=path, epochs=int(backbone_cfg["epochs"]), batch_size=int(backbone_cfg["batch_size"]),
-        lr=float(backbone_cfg["lr"]), seed=int(backbone_cfg["seed"]), image_size=int(backbone_cfg["image_size"]),
-        progress=progress,
-    )
-    write_json_atomic(report_path, report)
+    with file_lock(path.with_suffix(".lock")):  # two sweeps sharing a results dir train it once
+        if not retrain and path.is_file() and report_path.is_file():
+            return path, json.loads(report_path.read_text())
+        base = split_pool(dataset, "base", split["base"])
+        val = split_pool(dataset, "val", split["val"])
+        report = backbone_training.train_small_cnn(
+            dataset, base.image_ids, base.targets.astype(np.float32), val.image_ids, val.targets.astype(np.float32),
+            out_path=path, epochs=int(backbone_cfg["epochs"]), batch_size=int(backbone_cfg["batch_size"]),
+            lr=float(backbone_cfg["lr"]), seed=int(backbone_cfg["seed"]), image_size=int(backbone_cfg["image_size"]),
+            progress=progress,
+        )
+        write_json_atomic(report_path, report)
     return path, report
 
 
@@ -151,15 +152,17 @@ def make_benchmark(
 def prepare_benchmark(cfg: DictConfig, progress: bool = True) -> Benchmark:
     """Dataset, backbone and features of ``cfg`` made (or found) in this process, without Ray."""
     from mlfsic.harness.backbones import load_backbone
-    from mlfsic.harness.features import extract_shard, missing_image_ids
+    from mlfsic.harness.features import extract_shard, extraction_lock, missing_image_ids
 
     cache_root = Path(str(cfg.results_dir)).resolve() / "cache"
     dataset, split = load_dataset_and_split(cfg.dataset, progress)
     weights, _ = backbone_weights(dataset, split, backbone_config(cfg.dataset), cache_root, progress)
     benchmark = make_benchmark(cfg, dataset, split, weights, cache_root)
     image_ids = np.unique(np.concatenate([split_pool(dataset, name, labels).image_ids for name, labels in split.items()]))
-    missing = missing_image_ids(Path(benchmark.feature_root), benchmark.backbone_id, dataset.annotation_sha256, image_ids)
-    if len(missing):
-        backbone = load_backbone(benchmark.backbone_config, weights)
-        extract_shard(backbone, dataset, missing, Path(benchmark.feature_root), progress=progress)
+    feature_root = Path(benchmark.feature_root)
+    with extraction_lock(feature_root, benchmark.backbone_id, dataset.annotation_sha256):
+        missing = missing_image_ids(feature_root, benchmark.backbone_id, dataset.annotation_sha256, image_ids)
+        if len(missing):
+            backbone = load_backbone(benchmark.backbone_config, weights)
+            extract_shard(backbone, dataset, missing, feature_root, progress=progress)
     return benchmark

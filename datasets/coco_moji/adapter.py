@@ -14,6 +14,7 @@ from typing import Any
 
 from mlfsic.datasets.coco import label_split, load, read  # noqa: F401  (the adapter's read/load/label_split)
 from mlfsic.datasets.coco_moji.generate import format_summary, generate_coco_moji
+from mlfsic.harness.io import file_lock
 
 # short option of ``mlfsic data prepare coco-moji`` -> key of the dataset config ("+": added key)
 OPTION_KEYS = {"out": "root", "seed": "generate.seed", "image_size": "generate.image_size",
@@ -39,9 +40,17 @@ def _generate(cfg: Mapping[str, Any], progress: bool, preview: Path | None = Non
 
 
 def ensure_files(cfg: Mapping[str, Any], progress: bool = True) -> None:
-    """Generate the scenes into ``cfg.root`` unless its annotation file is there already."""
-    if not (Path(str(cfg["root"])) / str(cfg["annotations"])).is_file():
-        _generate(cfg, progress)
+    """Generate the scenes into ``cfg.root`` unless its annotation file is there already.
+
+    One process generates at a time (a lock file beside the folder): two sweeps started at once on a fresh
+    results dir would otherwise both render the whole dataset; the second waits, then finds it made.
+    """
+    root = Path(str(cfg["root"]))
+    if (root / str(cfg["annotations"])).is_file():
+        return
+    with file_lock(root.parent / f".{root.name}.lock"):
+        if not (root / str(cfg["annotations"])).is_file():
+            _generate(cfg, progress)
 
 
 def prepare(cfg: Mapping[str, Any]) -> Generated:
