@@ -41,13 +41,16 @@ def read(cfg: Mapping[str, Any], check_images: bool = True) -> Loaded:
         dataset = load_coco(name, root, annotations, images, check_images=check_images)
         return Loaded(dataset=dataset, sources=((annotations, len(dataset.image_ids)),))
     sources = coco_sources(cfg)
-    parts = [load_coco(name, root, annotations, images, check_images) for annotations, images in sources]
-    dataset = pool_coco(name, Path(root), parts, [annotations for annotations, _ in sources])
+    parts = [load_coco(name, root, annotation_file, images, check_images) for annotation_file, images in sources]
+    dataset = pool_coco(name, Path(root), parts, [annotation_file for annotation_file, _ in sources])
     return Loaded(dataset=dataset, sources=tuple((a, len(p.image_ids)) for (a, _), p in zip(sources, parts)))
 
 
 def coco_sources(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The (annotations, images) pairs of ``cfg.sources``; a malformed entry is a one-line error."""
+    """The (annotations, images) pairs of ``cfg.sources`` (or of ``annotations``/``images`` without it); a
+    malformed entry is a one-line error."""
+    if cfg.get("sources") is None:
+        return [(str(cfg.get("annotations")), str(cfg.get("images")))]
     sources = cfg.get("sources")
     if not isinstance(sources, Sequence) or isinstance(sources, str) or not sources:
         raise MlfsicError(f"dataset.sources={sources!r}: expected a non-empty list of {{annotations, images}}")

@@ -37,7 +37,6 @@ from mlfsic.harness.images import read_images, to_tensor
 from mlfsic.harness.io import sha256_file, sha256_json
 
 KINDS = ("small_cnn", "resnet50")
-PINNED_KEYS = ("pinned_weights", "pinned_sha256")
 
 
 # ----------------------------------------------------------------------------------------- the Backbone

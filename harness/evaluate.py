@@ -152,7 +152,7 @@ def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int,
     return FitResult(str(path), fit_s, cached=False, report=report)
 
 
-def _load_fitted(checkpoint: str) -> Any:
+def load_fitted(checkpoint: str) -> Any:
     """A fresh copy per chunk: a method that mutates itself in predict cannot leak state across chunks."""
     return torch.load(checkpoint, weights_only=False)["method"]
 
@@ -208,7 +208,7 @@ def evaluate_episodes(
     save_scores: bool = False,
 ) -> ChunkResult:
     """Score episodes ``indices`` of an episode set; one record row per episode."""
-    method = _load_fitted(fit.checkpoint)
+    method = load_fitted(fit.checkpoint)
     episode_set = cached_episode_set(str(episode_set_path))
     k_shot = parse_setting(setting)
     protocol = str(episode_set["protocol"])

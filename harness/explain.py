@@ -131,6 +131,8 @@ def _check_options(options: ExplainOptions) -> None:
     if options.threshold_mode is not None and options.threshold_mode not in THRESHOLD_MODES:
         raise MlfsicError(f"explain option threshold_mode={options.threshold_mode!r}: expected one of "
                           f"{', '.join(THRESHOLD_MODES)}")
+    if options.out and Path(options.out).suffix.lower() != ".png":  # before minutes of preparation
+        raise MlfsicError(f"explain option out={options.out!r}: expected a .png path")
     if options.k_shot < 1:
         raise MlfsicError(f"explain option setting={options.setting!r}: LCM explains K-shot episodes, K >= 1")
     for key in ("n_images", "max_labels", "n_episodes"):
@@ -164,7 +166,7 @@ def prepare(options: ExplainOptions) -> Explained:
     """Resolve the config as ``mlfsic run`` would, prepare the benchmark and fit (or load) the method."""
     import torch
 
-    from mlfsic.harness.evaluate import fit_method, method_spec
+    from mlfsic.harness.evaluate import fit_method, load_fitted, method_spec
     from mlfsic.harness.prepare import prepare_benchmark
     from mlfsic.harness.sweep import load_sweep
     from mlfsic.methods.registry import get_method_class
@@ -186,7 +188,7 @@ def prepare(options: ExplainOptions) -> Explained:
         fit = fit_method(benchmark, spec, options.seed, sweep.cache_root, sweep.eval_split)
     finally:
         torch.set_num_threads(threads)
-    method = torch.load(fit.checkpoint, weights_only=False)["method"]
+    method = load_fitted(fit.checkpoint)
     _apply_selection_rule(method, options)
     return Explained(sweep=sweep, benchmark=benchmark, method=method, pool=benchmark.pool(options.split))
 
@@ -509,8 +511,6 @@ def write_figure(explained: Explained, options: ExplainOptions) -> Path:
         boxes = None  # a dataset without boxes: the figure without them
     figure = render_figure(rows, _title(explained, options, len(support_ids)), options.max_labels, boxes)
     path = Path(options.out) if options.out else default_out(explained, options)
-    if path.suffix.lower() != ".png":
-        raise MlfsicError(f"explain option out={str(path)!r}: expected a .png path")
     save: Callable[[Path], None] = lambda tmp: figure.save(tmp, format="PNG")
     write_with_atomic(path, save)
     return path

@@ -90,11 +90,7 @@ def _open_shard(shard: Path, with_local: bool) -> tuple[np.ndarray, np.ndarray, 
 
 def stored_image_ids(store_root: Path, backbone_id: str, annotation_sha256: str) -> np.ndarray:
     """Every image id with stored features (sorted, unique)."""
-    directory = store_dir(store_root, backbone_id, annotation_sha256)
-    parts = [_open_shard(shard, False)[0] for shard in _shard_dirs(directory)]
-    if not parts:
-        return np.zeros(0, dtype=np.int64)
-    return np.unique(np.concatenate(parts))
+    return _store_index(store_dir(store_root, backbone_id, annotation_sha256), rebuild=True).ids
 
 
 def missing_image_ids(store_root: Path, backbone_id: str, annotation_sha256: str, image_ids: np.ndarray) -> np.ndarray:

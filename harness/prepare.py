@@ -98,17 +98,16 @@ def trained_small_cnn(
 ) -> tuple[Path, dict[str, Any]]:
     """The small_cnn trained on the base split, cached under ``cache_root/backbones`` (``retrain``: train anyway).
 
-    The cache key is the training input (annotations, base/val labels, settings; the pinned-file keys left
-    out) and the code that trains it, so a change of either trains anew.
+    The cache key is the training input (``small_cnn_trained_on``: annotations, base/val labels, training
+    settings, unset ones at ``SMALL_CNN_DEFAULTS``) and the code that trains it, so a change of either trains
+    anew; extraction-only keys (device, extract_batch_size) do not.
     """
     from mlfsic.harness import backbone_models, backbone_training, images
-    from mlfsic.harness.backbones import PINNED_KEYS
     from mlfsic.harness.io import file_lock, write_json_atomic
 
-    settings = {key: value for key, value in backbone_cfg.items() if key not in PINNED_KEYS}
+    backbone_cfg = {**SMALL_CNN_DEFAULTS, **backbone_cfg}
     code = [sha256_file(module.__file__) for module in (images, backbone_models, backbone_training)]
-    key = sha256_json({"annotations": dataset.annotation_sha256, "base": split["base"], "val": split["val"],
-                       "config": settings, "code": code})
+    key = sha256_json({**small_cnn_trained_on(dataset, split, backbone_cfg), "code": code})
     path = cache_root / "backbones" / f"small_cnn-{key[:20]}.pt"
     report_path = path.with_suffix(".json")
     with file_lock(path.with_suffix(".lock")):  # two sweeps sharing a results dir train it once

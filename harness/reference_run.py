@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.io import sha256_json, write_json_atomic
+from mlfsic.harness.io import atomic_path, sha256_json, write_json_atomic
 
 # Bump when harness/metrics.py (or how evaluate.py turns scores into records) changes any number, so a run
 # scored the old way is never ranked with one scored the new way. Runs that do not record it are "1".
@@ -271,12 +271,9 @@ def expected_backbone_id(backbone: Mapping[str, Any], reference: Reference) -> s
             return backbones.identify_backbone(backbone, Path(str(weights)) if weights else None)
         except MlfsicError:
             return None  # no file in the torch cache: the backbone step says so
-    find_pinned = getattr(backbones, "pinned_weights", None)
-    if kind != "small_cnn" or not reference.backbone_pinned or find_pinned is None:
+    if kind != "small_cnn" or not reference.backbone_pinned or not backbone.get("pinned_weights"):
         return None
-    if not backbone.get("pinned_weights"):
-        return None
-    path = find_pinned(backbone)  # raises when the file is missing or its sha256 is not the config's
+    path = backbones.pinned_weights(backbone)  # raises when the file is missing or its sha256 is not the config's
     return backbones.identify_backbone(backbone, path) if path is not None else None
 
 
@@ -341,9 +338,8 @@ def publish(run_dir: Path, out_dir: Path) -> list[Path]:
     written = []
     for name in RUN_FILES:
         target = out_dir / name
-        temporary = target.with_name(f".{name}.tmp")
-        shutil.copyfile(run_dir / name, temporary)
-        temporary.replace(target)
+        with atomic_path(target) as temporary:
+            shutil.copyfile(run_dir / name, temporary)
         written.append(target)
     summary = {
         "run_id": reference.run_id, "created": info.get("created"), "git": info.get("git"),

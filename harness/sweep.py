@@ -458,11 +458,10 @@ def _dataset(value: Any) -> dict[str, Any]:
     if dataset.get("generate") is None and dataset["adapter"] == "coco":  # its files must be there
         from mlfsic.datasets.coco import coco_sources
 
-        for annotations, images in (coco_sources(dataset) if dataset.get("sources") is not None
-                                    else [(str(dataset.get("annotations")), str(dataset.get("images")))]):
-            for path, is_there in ((root / annotations, Path.is_file), (root / images, Path.is_dir)):
+        for annotation_file, images in coco_sources(dataset):
+            for path, is_there in ((root / annotation_file, Path.is_file), (root / images, Path.is_dir)):
                 if not is_there(path):
-                    raise _bad("dataset.root", dataset["root"], f"the folder holding {annotations} and "
+                    raise _bad("dataset.root", dataset["root"], f"the folder holding {annotation_file} and "
                                f"{images}/ of dataset {dataset['name']}", f"{path} not found")
     else:  # generated there when missing: the folder must be one we can create
         existing = next(p for p in [root, *root.parents] if p.exists())

@@ -46,6 +46,7 @@ from mlfsic.methods.torch_utils import (
 SELECTIONS = ("first_order", "exact", "off")
 THRESHOLD_MODES = ("sigmoid", "relative")
 COMBINES = ("softmax", "mean")  # how per-image prototypes of one label are combined
+DENSE_RATIO = 8.0  # attend densely over all (image, label) pairs when N * n_s <= DENSE_RATIO * P (speed only)
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -221,11 +222,9 @@ class CrossInteraction(nn.Module):
         dynamic_rank: int,
         visual_residual: bool,
         generator: torch.Generator,
-        dense_ratio: float = 8.0,
     ) -> None:
         super().__init__()
         self.visual_residual = visual_residual
-        self.dense_ratio = dense_ratio  # attend densely when N * n_s <= dense_ratio * P (a speed choice only)
         if dim % heads:
             raise MlfsicError(f"embed_dim {dim} is not divisible by heads {heads}")
         self.dim, self.heads = dim, heads
@@ -270,7 +269,7 @@ class CrossInteraction(nn.Module):
         scale = 1.0 / math.sqrt(head_dim)
         n_labels, (n_images, positions) = words.shape[0], tokens.shape[:2]
         per_pair = self.channel_attention or self.dynamic_conv
-        if per_pair or n_labels * n_images > self.dense_ratio * pair_image.shape[0]:
+        if per_pair or n_labels * n_images > DENSE_RATIO * pair_image.shape[0]:
             # one attention per (image, label) pair over that pair's tokens (P, L, H)
             pair_words = words[pair_label]  # (P, H)
             pair_tokens = tokens[pair_image]  # (P, L, H)

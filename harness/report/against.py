@@ -108,10 +108,4 @@ def compare_to_reference(records: pd.DataFrame, reference_run_id: str, n_boot: i
 
 def comparisons_csv(comparisons: pd.DataFrame) -> str:
     """One row per (cell, new method, reference method); differences as fractions."""
-    lines = [",".join(COMPARISON_COLUMNS)]
-    for row in comparisons.itertuples(index=False):
-        fields = []
-        for name, value in zip(COMPARISON_COLUMNS, row):
-            fields.append(f"{value:.6f}" if isinstance(value, float) else str(value))
-        lines.append(",".join(fields))
-    return "\n".join(lines) + "\n"
+    return comparisons.to_csv(index=False, float_format="%.6f", na_rep="", lineterminator="\n")
