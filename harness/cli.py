@@ -22,9 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlfsic", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run (or resume) a sweep")
-    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=[protonet] setting=[1shot]")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=[protonet] setting=[1shot] "
+                     "against=published; every key is documented in configs/config.yaml")
     board = commands.add_parser("leaderboard", help="build the leaderboard of one or more run dirs")
-    board.add_argument("args", nargs="+", metavar="RUN_DIR", help="run dirs, optionally out=DIR")
+    board.add_argument("args", nargs="+", metavar="RUN_DIR",
+                       help="run dirs, then options: out=DIR (where the board goes), against=published|RUN_DIR "
+                            "(rank against a reference run), publish=true (copy one complete run into "
+                            "results/published; no RUN_DIR: the default sweep's)")
     episodes = commands.add_parser("episodes", help="materialise episode sets")
     episodes.add_argument("overrides", nargs="*")
     data = commands.add_parser("data", help="dataset utilities")
@@ -34,11 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("options", nargs="*", help="key=value options")
     commands.add_parser("methods", help="list registered methods")
     explain = commands.add_parser("explain", help="PNG of the local positions LCM keeps and its attention")
-    explain.add_argument("options", nargs="*", help="key=value options (see mlfsic.harness.explain)")
+    explain.add_argument("options", nargs="*",
+                         help="key=value: method=lcm setting=1shot seed=0 episode=0 split=val|test n_images=4 "
+                              "max_labels out=X.png theta threshold_mode=sigmoid|relative dataset results_dir; "
+                              "measure=boxes [n_episodes=50]; keys with '.' or '+' are run-config overrides")
     backbone = commands.add_parser("backbone", help="benchmark backbone utilities")
     backbone_commands = backbone.add_subparsers(dest="backbone_command", required=True)
     backbone_train = backbone_commands.add_parser("train", help="retrain the pinned benchmark backbone")
-    backbone_train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=coco-moji")
+    backbone_train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=coco-moji; out=DIR or "
+                                "out=FILE.pt also writes small_cnn-<sha12>.pt (never the shipped file unless out= names it)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
