@@ -15,6 +15,9 @@ Where weights come from:
   trained on and the training report (``pinned_record``).
 * ``small_cnn`` otherwise: trained on the base split by ``harness.backbone_training`` and cached
   (``harness.prepare.backbone_weights``).
+* ``open_clip`` (``harness.clip_models``): the image tower of the pinned tiny teacher (``model:
+  tiny-teacher``) or of any open_clip model with a local weights file. Global features are the projected
+  image embedding; local features are the tokens entering the tower's last block (class token first).
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ from torch import nn
 
 from mlfsic.harness.backbone_models import ResNet50Backbone, SmallCNN
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.images import read_images, to_tensor
+from mlfsic.harness.images import IMAGENET_MEAN, IMAGENET_STD, read_images, to_tensor
 from mlfsic.harness.io import sha256_file, sha256_json
 
-KINDS = ("small_cnn", "resnet50")
+KINDS = ("small_cnn", "resnet50", "open_clip")
 
 
 # ----------------------------------------------------------------------------------------- the Backbone
@@ -55,9 +58,11 @@ class Backbone:
     local_shape: tuple[int, int]  # (L, C)
     batch_size: int = 64
     device: str = "cpu"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     def load_images(self, paths: Sequence[Path]) -> torch.Tensor:
-        return to_tensor(read_images(paths, self.image_size))
+        return to_tensor(read_images(paths, self.image_size), self.mean, self.std)
 
     def embed(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Global float32 (B, D) and local float32 (B, L, C) for a normalised batch."""
@@ -180,6 +185,10 @@ def identify_backbone(config: Mapping[str, Any], weights_path: Path | None) -> s
         return backbone_id(kind, sha256_file(Path(weights_path)), int(config.get("image_size", 96)))
     if kind == "resnet50":
         return backbone_id(kind, sha256_file(find_resnet50_weights(weights_path)), int(config.get("image_size", 224)))
+    if kind == "open_clip":
+        if weights_path is None or not Path(weights_path).is_file():
+            raise MlfsicError(f"open_clip weights file not found: {weights_path} (dataset.backbone.weights)")
+        return backbone_id(f"open_clip:{config.get('model')}", sha256_file(Path(weights_path)), 0)
     raise MlfsicError(f"dataset.backbone.kind {kind!r} is not one of {', '.join(KINDS)}")
 
 
@@ -194,7 +203,16 @@ def load_backbone(config: Mapping[str, Any], weights_path: Path | None) -> Backb
     if kind not in KINDS:
         raise MlfsicError(f"dataset.backbone.kind {kind!r} is not one of {', '.join(KINDS)}")
     device = str(config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if kind == "small_cnn":
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if kind == "open_clip":
+        from mlfsic.harness.clip_models import ClipImageFeatures, load_clip
+
+        clip = load_clip(config, Path(weights_path) if weights_path else None)
+        path = Path(str(weights_path))
+        module = ClipImageFeatures(clip.visual)
+        image_size, mean, std = clip.image_size, clip.mean, clip.std
+        batch_size = int(config.get("extract_batch_size", 64))
+    elif kind == "small_cnn":
         image_size = int(config.get("image_size", 96))
         if weights_path is None or not Path(weights_path).is_file():
             raise MlfsicError(f"small_cnn weights file not found: {weights_path} (train it with train_small_cnn)")
@@ -220,4 +238,6 @@ def load_backbone(config: Mapping[str, Any], weights_path: Path | None) -> Backb
         local_shape=(int(probe_local.shape[1]), int(probe_local.shape[2])),
         batch_size=batch_size,
         device=device,
+        mean=tuple(mean),
+        std=tuple(std),
     )

@@ -54,6 +54,13 @@ class Benchmark:
     def label_embeddings(self, label_names: tuple[str, ...]) -> np.ndarray:
         return _label_embeddings(self.embedding_encoder, self.embedding_path, self.embedding_cache, tuple(label_names))
 
+    def clip_model(self) -> Any:
+        """The backbone's ``harness.clip_models.ClipModel`` (open_clip backbones only), loaded once per process."""
+        if self.backbone_config.get("kind") != "open_clip":
+            raise MlfsicError(f"backbone {self.backbone_config.get('kind')!r} has no text tower: "
+                              "this method needs an open_clip backbone (+backbone=tiny-teacher)")
+        return _clip_model(json.dumps(self.backbone_config, sort_keys=True), self.backbone_weights)
+
 
 @functools.lru_cache(maxsize=4)
 def _load_dataset(dataset_config: str) -> Dataset:
@@ -65,6 +72,13 @@ def _load_dataset(dataset_config: str) -> Dataset:
 @functools.lru_cache(maxsize=16)
 def _pool(dataset_config: str, split: str, labels: tuple[str, ...]) -> LabelledPool:
     return split_pool(_load_dataset(dataset_config), split, labels)
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_model(backbone_config: str, weights: str | None) -> Any:
+    from mlfsic.harness.clip_models import load_clip
+
+    return load_clip(json.loads(backbone_config), Path(weights) if weights else None)
 
 
 @functools.lru_cache(maxsize=16)

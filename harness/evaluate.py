@@ -136,6 +136,8 @@ def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int,
         return FitResult(str(path), float(info["fit_s"]), cached=True, report=info.get("fit_report", {}))
     importlib.import_module(spec.module)
     method = create_method(spec.method, spec.config, seed)
+    if method.needs_clip:
+        method.use_clip(benchmark.clip_model())
     base = split_data(benchmark, "base", seed, method.needs_local_features)
     val = split_data(benchmark, "val", seed, method.needs_local_features) if "val" in fit_splits(eval_split) else None
     start = time.perf_counter()
@@ -209,6 +211,8 @@ def evaluate_episodes(
 ) -> ChunkResult:
     """Score episodes ``indices`` of an episode set; one record row per episode."""
     method = load_fitted(fit.checkpoint)
+    if method.needs_clip:
+        method.use_clip(benchmark.clip_model())
     episode_set = cached_episode_set(str(episode_set_path))
     k_shot = parse_setting(setting)
     protocol = str(episode_set["protocol"])

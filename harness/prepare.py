@@ -76,7 +76,49 @@ def backbone_weights(
     if kind == "resnet50":
         weights = backbone_cfg.get("weights")
         return (Path(weights) if weights else None), {}
-    raise MlfsicError(f"dataset.backbone.kind {kind!r} is not one of small_cnn, resnet50")
+    if kind == "open_clip":
+        return open_clip_weights(backbone_cfg)
+    raise MlfsicError(f"dataset.backbone.kind {kind!r} is not one of small_cnn, resnet50, open_clip")
+
+
+def open_clip_weights(backbone_cfg: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The weights of an open_clip backbone, checked by loading them once, and run.json's ``backbone`` block.
+
+    The tiny teacher: ``dataset.backbone.weights`` when given, else the pinned file, whose record must show
+    the configured training settings (a sweep never trains the teacher: ``mlfsic teacher train`` does).
+    Any other open_clip model: ``dataset.backbone.weights``, a local file. Loading here turns an unknown
+    model name or weights of another model into a one-line error before any task is submitted.
+    """
+    from mlfsic.harness.backbones import pinned_record, pinned_weights
+    from mlfsic.harness.clip_models import TINY_TEACHER, load_clip
+
+    model = str(backbone_cfg.get("model") or "")
+    given = backbone_cfg.get("weights")
+    path = Path(str(given)).expanduser() if given else None
+    report: dict[str, Any] = {"kind": "open_clip", "model": model}
+    if model == TINY_TEACHER and path is None:
+        from mlfsic.harness.teacher_training import teacher_settings, teacher_trained_on
+
+        path = pinned_weights(backbone_cfg)
+        if path is None:
+            raise MlfsicError("the tiny-teacher backbone has neither dataset.backbone.weights nor pinned_weights "
+                              "(train one with `mlfsic teacher train out=DIR`)")
+        record = pinned_record(path)
+        configured = teacher_trained_on(teacher_settings(backbone_cfg))
+        if record["trained_on"] != configured:
+            differing = [key for key in configured["settings"]
+                         if record["trained_on"].get("settings", {}).get(key) != configured["settings"][key]]
+            raise MlfsicError(f"pinned teacher {path.name} was trained with other settings "
+                              f"({', '.join(differing) or 'corpus or MiniLM version'}); a run never trains the teacher: "
+                              "`mlfsic teacher train out=DIR` and pin the result, or set dataset.backbone.weights")
+        report.update(pinned=True, regime=record["trained_on"]["settings"]["regime"],
+                      training=record.get("training", {}))
+    load_clip(backbone_cfg, path)
+    report.update(weights_file=str(path), weights_sha256=sha256_file(path))
+    if model == TINY_TEACHER:
+        report["stand_in"] = ("tiny teacher trained by mlfsic on the OpenMoji glyph+name corpus; "
+                              "a stand-in for CLIP weights, not CLIP")
+    return path, report
 
 
 def small_cnn_trained_on(dataset: Dataset, split: dict[str, list[str]], backbone_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -206,7 +206,7 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
     embeddings = _embeddings(config["embeddings"])
     dataset = _dataset(config["dataset"])
     method_modules = _method_modules(config["method_modules"])
-    methods = _resolve_methods(config)
+    methods = _resolve_methods(config, clip_backbone=dataset["backbone"].get("kind") == "open_clip")
     from mlfsic.harness.reference_run import resolve_against
 
     against = resolve_against(config["against"])
@@ -411,7 +411,23 @@ def _embeddings(value: Any) -> EmbeddingOptions:
 
 _DATASET_INTEGERS = {"generate": {"seed": 0, "image_size": 8, "n_base": 1, "n_val": 1, "n_test": 1},
                      "backbone": {"image_size": 8, "epochs": 1, "batch_size": 1, "seed": 0}}
-BACKBONES = ("small_cnn", "resnet50")
+BACKBONES = ("small_cnn", "resnet50", "open_clip")
+
+
+def _open_clip_model(backbone: dict[str, Any]) -> None:
+    """An open_clip backbone names the tiny teacher or a known open_clip model; the latter needs local weights."""
+    import open_clip
+
+    from mlfsic.harness.clip_models import TINY_TEACHER
+
+    model = backbone.get("model")
+    if model == TINY_TEACHER:
+        return
+    if not isinstance(model, str) or model not in open_clip.list_models():
+        raise _bad("dataset.backbone.model", model, f"{TINY_TEACHER} or an open_clip model name "
+                   "(open_clip.list_models(), e.g. ViT-B-16-quickgelu)")
+    if backbone.get("weights") is None:
+        raise _bad("dataset.backbone.weights", None, f"a local weights file for {model} (nothing is downloaded)")
 
 
 def _dataset(value: Any) -> dict[str, Any]:
@@ -444,8 +460,11 @@ def _dataset(value: Any) -> dict[str, Any]:
     if "lr" in backbone and (not _is_number(backbone["lr"]) or backbone["lr"] <= 0):
         raise _bad("dataset.backbone.lr", backbone["lr"], "a number > 0")
     weights = backbone.get("weights")
-    if weights is not None and not Path(str(weights)).is_file():
-        raise _bad("dataset.backbone.weights", weights, "null (torch cache) or a .pth file", "file not found")
+    if weights is not None and not Path(str(weights)).expanduser().is_file():
+        raise _bad("dataset.backbone.weights", weights, "null (torch cache, pinned file) or a weights file",
+                   "file not found")
+    if backbone.get("kind") == "open_clip":
+        _open_clip_model(backbone)
     if "restrict_split" in dataset:
         _boolean("dataset.restrict_split", dataset["restrict_split"])
     split_file = Path(dataset["split_file"])
@@ -497,8 +516,12 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def _resolve_methods(config: Mapping[str, Any]) -> dict[str, SweepMethod]:
-    """``method`` resolved against the registry and ``variants``; hyperparameters checked against each constructor."""
+def _resolve_methods(config: Mapping[str, Any], clip_backbone: bool = False) -> dict[str, SweepMethod]:
+    """``method`` resolved against the registry and ``variants``; hyperparameters checked against each constructor.
+
+    Methods that need the sweep's open_clip model (``Method.needs_clip``: mkt, clip-zeroshot) are left out of
+    ``method=all`` unless the backbone is an open_clip one; named explicitly without it, they are an error.
+    """
     from mlfsic.methods.registry import available_methods, broken_methods
 
     registered = available_methods()
@@ -531,12 +554,16 @@ def _resolve_methods(config: Mapping[str, Any]) -> dict[str, SweepMethod]:
     if len(set(names)) < len(names):
         raise _bad("method", raw, expected, "a method is listed twice")
     if names == ["all"]:
-        names = [*registered, *variants]
+        names = [name for name in [*registered, *variants]
+                 if clip_backbone or not registered[variants.get(name, (name, {}))[0]].cls.needs_clip]
     methods = {}
     for name in names:
         base, own = variants.get(name, (name, {}))
         if base not in registered:
             _unknown_method("method", raw, name, registered, broken_methods(), variants)
+        if registered[base].cls.needs_clip and not clip_backbone:
+            raise _bad("method", raw, "methods the backbone supports",
+                       f"{name!r} needs an open_clip backbone (+backbone=tiny-teacher, or an open_clip model)")
         yaml_values = method_yaml(base)
         check_hyperparameters(base, yaml_values, f"configs/methods/{base}.yaml:")
         methods[name] = SweepMethod(name=name, base=base,

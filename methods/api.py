@@ -98,10 +98,21 @@ class Method(ABC):
     few_shot: ClassVar[bool] = True  # supports Kshot for K >= 1
     needs_local_features: ClassVar[bool] = False  # wants (n, L, C) local features in SplitData/Episode
     transductive: ClassVar[bool] = False  # scores of one query may depend on the other queries
+    needs_clip: ClassVar[bool] = False  # gets the sweep's open_clip model through ``use_clip`` (open_clip backbones)
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.fit_report: dict[str, Any] = {}
+
+    def use_clip(self, clip: Any) -> None:
+        """Called before ``fit`` and before ``predict`` with the backbone's ``harness.clip_models.ClipModel``
+        (image and text towers, tokenizer) when ``needs_clip``; it is not part of the checkpoint."""
+        self.clip = clip
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("clip", None)  # the model comes from the backbone, never from a checkpoint
+        return state
 
     @classmethod
     def supports(cls, setting: str) -> bool:

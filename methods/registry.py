@@ -33,6 +33,8 @@ BUILTIN_MODULES = (
     "mlfsic.methods.protonet",
     "mlfsic.methods.laso",
     "mlfsic.methods.lcm",
+    "mlfsic.methods.clip_zeroshot",
+    "mlfsic.methods.mkt",
 )
 
 

@@ -1,0 +1,224 @@
+"""Training the tiny CLIP teacher (docs/architecture.md §7.3) and ``mlfsic teacher train``.
+
+``train_teacher`` fits the tiny teacher of ``harness.clip_models`` contrastively (Radford et al., "Learning
+Transferable Visual Models From Natural Language Supervision", ICML 2021: the symmetric InfoNCE loss
+over a batch of image-caption pairs) on the OpenMoji glyph+name corpus of one regime
+(``mlfsic.datasets.openmoji_corpus``). Only the image tower, the text projection and the logit scale are
+trained; MiniLM is frozen, so each distinct caption is encoded once before training (as LiT, Zhai et al.
+CVPR 2022, locks a pretrained tower). Captions that repeat in a batch (two images of the same glyph) are
+all positives of each other: the targets are spread evenly over them.
+
+Training is deterministic for a fixed number of threads (``TRAIN_THREADS``) on one machine: the same
+settings reproduce the shipped file byte for byte there. ``teacher_command`` is ``mlfsic teacher train
+[+backbone=tiny-teacher-strict] [out=DIR]``: it trains into the cache, reports its zero-shot mAP on the
+val labels of the benchmark (the prompt "There is a {label} in the scene", macro AP over val images) and
+compares with the pinned file; ``out=`` writes ``tiny_teacher-<regime>-<sha12>.pt`` + ``.json`` to ship.
+A sweep never trains the teacher.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mlfsic.harness import clip_models
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.io import atomic_path, sha256_file, write_json_atomic
+
+TRAIN_THREADS = 2
+PROMPT = "There is a {label} in the scene"  # MKT's prompt (He et al., AAAI 2023), used for every label text
+TEACHER_TRAINING_KEYS = ("model", "regime", "corpus_seed", "corpus_images", "epochs", "batch_size", "lr",
+                         "weight_decay", "warmup_steps", "seed")
+TEACHER_DEFAULTS: dict[str, Any] = {"model": clip_models.TINY_TEACHER, "regime": "concept-seen", "corpus_seed": 0,
+                                    "corpus_images": 24000, "epochs": 4, "batch_size": 128, "lr": 1e-3,
+                                    "weight_decay": 0.05, "warmup_steps": 200, "seed": 0}
+
+
+def teacher_settings(backbone_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings of a tiny-teacher backbone config, unset ones at ``TEACHER_DEFAULTS``."""
+    return {key: backbone_cfg.get(key, TEACHER_DEFAULTS[key]) for key in TEACHER_TRAINING_KEYS}
+
+
+def _caption_features(model: torch.nn.Module, tokenizer: Any, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Mean-pooled frozen MiniLM outputs (n, 384) of ``captions``: the text projection's input."""
+    text = model.text
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(captions), batch_size):
+            tokens = tokenizer(captions[start:start + batch_size])
+            mask = (tokens != text.config.pad_token_id).long()
+            out = text.transformer(input_ids=tokens, attention_mask=mask)
+            chunks.append(text.pooler(out, mask))
+    return torch.cat(chunks).clone()
+
+
+def _normalised(images: np.ndarray) -> torch.Tensor:
+    from mlfsic.harness.images import to_tensor
+
+    return to_tensor(images, clip_models.CLIP_MEAN, clip_models.CLIP_STD)
+
+
+def train_teacher(settings: Mapping[str, Any], out_path: Path, corpus_cache: Path, progress: bool = True) -> dict[str, Any]:
+    """Train the tiny teacher with ``settings`` (``teacher_settings``) and save its trained state at ``out_path``."""
+    from mlfsic.datasets.openmoji_corpus import load_or_build_corpus, summary
+
+    started = time.perf_counter()
+    torch.set_num_threads(TRAIN_THREADS)
+    image_size = clip_models.TINY_TEACHER_VISION["image_size"]
+    corpus = load_or_build_corpus(corpus_cache, str(settings["regime"]), int(settings["corpus_seed"]),
+                                  int(settings["corpus_images"]), image_size, progress=progress)
+    torch.manual_seed(int(settings["seed"]))
+    model = clip_models.build_tiny_teacher()
+    tokenizer = clip_models.tiny_teacher_tokenizer()
+    model.text.transformer.requires_grad_(False)
+    model.text.transformer.eval()
+    distinct = sorted(set(corpus.captions))
+    caption_index = {caption: row for row, caption in enumerate(distinct)}
+    caption_ids = torch.tensor([caption_index[caption] for caption in corpus.captions])
+    pooled = _caption_features(model, tokenizer, distinct)
+    corpus_seconds = time.perf_counter() - started
+
+    trainable = [p for name, p in model.named_parameters() if not name.startswith("text.transformer.")]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": float(settings["weight_decay"])},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=float(settings["lr"]))
+    batch_size = int(settings["batch_size"])
+    n = len(corpus.captions)
+    steps_per_epoch = n // batch_size
+    total = steps_per_epoch * int(settings["epochs"])
+    warmup = int(settings["warmup_steps"])
+
+    def learning_rate(step: int) -> float:  # linear warm-up, then cosine to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, learning_rate)
+    generator = torch.Generator().manual_seed(int(settings["seed"]))
+    losses: list[float] = []
+    model.visual.train()
+    bar = tqdm(total=total, desc=f"teacher {settings['regime']}", unit="step", disable=not progress)
+    for _ in range(int(settings["epochs"])):
+        order = torch.randperm(n, generator=generator)
+        epoch_loss = 0.0
+        for step in range(steps_per_epoch):
+            index = order[step * batch_size:(step + 1) * batch_size]
+            images = _normalised(corpus.images[index.numpy()])
+            image_emb = F.normalize(model.visual(images), dim=-1)
+            text_emb = F.normalize(model.text.proj(pooled[caption_ids[index]]), dim=-1)
+            logits = model.logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
+            same = (caption_ids[index][:, None] == caption_ids[index][None, :]).float()
+            targets = same / same.sum(dim=1, keepdim=True)
+            loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            epoch_loss += float(loss)
+            bar.update(1)
+        losses.append(epoch_loss / max(1, steps_per_epoch))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    model.eval()
+    with atomic_path(out_path) as tmp:
+        torch.save(clip_models.trained_state(model), tmp)
+    return {
+        "model": clip_models.TINY_TEACHER, "settings": dict(settings), "corpus": summary(corpus),
+        "corpus_id": corpus.corpus_id, "n_distinct_captions": len(distinct), "steps": total,
+        "train_loss": [round(x, 6) for x in losses], "threads": TRAIN_THREADS,
+        "corpus_seconds": round(corpus_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def zero_shot_map(clip: clip_models.ClipModel, images: np.ndarray, targets: np.ndarray, labels: list[str]) -> float:
+    """Macro AP over ``labels`` of image-text cosine scores (the prompt ``PROMPT``) on uint8 ``images``."""
+    from mlfsic.harness.metrics import per_label_ap
+
+    text = clip.encode_text([PROMPT.format(label=label) for label in labels])
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(images), 256):
+            chunks.append(F.normalize(clip.model.encode_image(_normalised(images[start:start + 256])), dim=-1))
+    scores = (torch.cat(chunks) @ text.T).numpy().astype(np.float64)
+    return float(np.nanmean(per_label_ap(scores, targets)))
+
+
+def teacher_trained_on(settings: Mapping[str, Any]) -> dict[str, Any]:
+    from mlfsic.datasets.openmoji_corpus import CORPUS_VERSION
+
+    return {"corpus_version": CORPUS_VERSION, "settings": dict(settings),
+            "minilm": clip_models.minilm_identity()}
+
+
+def trained_teacher(backbone_cfg: Mapping[str, Any], cache_root: Path, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Train the configured teacher into ``cache_root/teachers`` (always: ``mlfsic teacher train`` only)."""
+    from mlfsic.harness.io import file_lock, sha256_json
+
+    settings = teacher_settings(backbone_cfg)
+    code = [sha256_file(module.__file__) for module in (clip_models,) if module.__file__]
+    key = sha256_json({**teacher_trained_on(settings), "code": code, "this": sha256_file(__file__)})
+    path = cache_root / "teachers" / f"tiny_teacher-{settings['regime']}-{key[:16]}.pt"
+    with file_lock(path.with_suffix(".lock")):
+        report = train_teacher(settings, path, cache_root / "corpus", progress)
+        write_json_atomic(path.with_suffix(".json"), {"trained_on": teacher_trained_on(settings), "training": report})
+    return path, report
+
+
+def teacher_command(overrides: list[str]) -> int:
+    """``mlfsic teacher train [HYDRA OVERRIDES] [out=DIR]``: train, report val zero-shot mAP, compare, write."""
+    from mlfsic.harness.backbones import pinned_weights
+    from mlfsic.harness.config import compose_config, plain
+    from mlfsic.harness.data import split_pool
+    from mlfsic.harness.images import image_paths, read_images
+    from mlfsic.harness.prepare import load_dataset_and_split
+
+    out: Path | None = None
+    hydra_overrides = []
+    for override in overrides:
+        if override.startswith("out="):
+            if not override[4:]:
+                raise MlfsicError("out= needs a folder")
+            out = Path(override[4:]).expanduser()
+        else:
+            hydra_overrides.append(override)
+    if not any(o.lstrip("+").startswith("backbone=") for o in hydra_overrides):
+        hydra_overrides.append("+backbone=tiny-teacher")
+    cfg = compose_config(hydra_overrides)
+    backbone_cfg = plain(cfg.dataset.backbone)
+    if backbone_cfg.get("model") != clip_models.TINY_TEACHER:
+        raise MlfsicError(f"dataset.backbone.model is {backbone_cfg.get('model')!r}: only the {clip_models.TINY_TEACHER} "
+                          "is trained by mlfsic (use +backbone=tiny-teacher or +backbone=tiny-teacher-strict)")
+    pinned = pinned_weights(backbone_cfg)  # a wrong hash fails before minutes of training
+    cache_root = Path(str(cfg.results_dir)).resolve() / "cache"
+    path, report = trained_teacher(backbone_cfg, cache_root, progress=True)
+    sha = sha256_file(path)
+    print(f"trained: {path}  sha256 {sha}  ({report['seconds']:.0f} s, loss per epoch {report['train_loss']})")
+    dataset, split = load_dataset_and_split(cfg.dataset)
+    for name in ("val", "test"):
+        pool = split_pool(dataset, name, split[name])
+        images = read_images(image_paths(dataset, pool.image_ids), clip_models.TINY_TEACHER_VISION["image_size"])
+        shown = [("trained", path)] + ([("pinned", pinned)] if pinned is not None else [])
+        maps = {label: zero_shot_map(clip_models.load_tiny_teacher(file), images, pool.targets, list(pool.label_names))
+                for label, file in shown}
+        print(f"zero-shot mAP on the {name} labels ({len(pool.image_ids)} images, macro AP): "
+              + ", ".join(f"{label} {value:.4f}" for label, value in maps.items()))
+    if pinned is not None:
+        print(f"pinned: {pinned}  same sha256: {'yes' if sha256_file(pinned) == sha else 'no'}")
+    if out is not None:
+        target = out / f"tiny_teacher-{report['settings']['regime']}-{sha[:12]}.pt"
+        with atomic_path(target) as tmp:
+            shutil.copyfile(path, tmp)
+        write_json_atomic(target.with_suffix(".json"), {"trained_on": teacher_trained_on(report["settings"]),
+                                                        "training": report})
+        print(f"written: {target} (pin with dataset.backbone.pinned_sha256: {sha})")
+    return 0

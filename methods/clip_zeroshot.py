@@ -1,0 +1,51 @@
+"""``clip-zeroshot``: CLIP's zero-shot classifier (Radford et al., "Learning Transferable Visual Models From
+Natural Language Supervision", ICML 2021), no training. 0shot only; needs an open_clip backbone.
+
+A label is the text "There is a {label} in the scene" (the prompt of He et al., AAAI 2023) through the
+backbone model's text tower; an image is its projected image embedding, which the feature store keeps as
+the global feature of an open_clip backbone. The score is their cosine::
+
+    scores = normalise(x) @ normalise(text(prompt(label)))^T      (n_query, n_labels)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.methods.api import Episode, Method, SplitData, register
+
+PROMPT = "There is a {label} in the scene"
+
+
+@register("clip-zeroshot")
+class ClipZeroShot(Method):
+    zero_shot = True
+    few_shot = False
+    needs_clip = True
+
+    def __init__(self, seed: int = 0, prompt: str = PROMPT) -> None:
+        super().__init__(seed)
+        if "{label}" not in prompt:
+            raise MlfsicError(f"clip-zeroshot: prompt {prompt!r} has no '{{label}}' placeholder")
+        self.prompt = prompt
+        self._texts: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def fit(self, base: SplitData, val: SplitData | None) -> None:
+        self.embed_dim = int(base.features.shape[1])
+        self.fit_report = {"trained": False}
+
+    def predict(self, episode: Episode) -> np.ndarray:
+        if episode.k_shot != 0:
+            raise MlfsicError(f"{self.name} supports only 0shot (episode {episode.index} is {episode.k_shot}shot)")
+        labels = tuple(episode.label_names)
+        if labels not in self._texts:
+            self._texts[labels] = self.clip.encode_text([self.prompt.format(label=label) for label in labels])
+        text = self._texts[labels]
+        if episode.query_features.shape[1] != text.shape[1]:
+            raise MlfsicError(f"{self.name}: query_features have size {episode.query_features.shape[1]}, the text "
+                              f"tower gives {text.shape[1]} (the features are not this model's image embeddings)")
+        images = F.normalize(torch.as_tensor(episode.query_features, dtype=torch.float32), dim=-1)
+        return (images @ text.T).double().numpy()
