@@ -3,7 +3,9 @@
     mlfsic run [HYDRA OVERRIDES...]      a sweep; prints the run dir
     mlfsic leaderboard RUN_DIR [...]     (re)build leaderboard.{csv,md,html}; out=DIR relocates them
     mlfsic episodes [OVERRIDES...]       materialise episode sets; print id and path
-    mlfsic data prepare NAME [k=v ...]   generate coco-moji (out=DIR seed=S preview=PATH) or check a dataset
+    mlfsic data prepare NAME [k=v ...]   generate coco-moji (out=DIR seed=S preview=PATH) or check a dataset;
+                                         openmoji-corpus [regime= seed= n_images= image_size=]: the teacher's corpus
+    mlfsic teacher train [OVERRIDES...]  retrain the pinned tiny CLIP teacher (+backbone=tiny-teacher-strict; out=DIR)
     mlfsic methods                       list registered methods, their settings and origin
 
 Errors print one line (``mlfsic: error: ...``) and exit with code 2; a sweep with failed cells exits 1.
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     data = commands.add_parser("data", help="dataset utilities")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     prepare = data_commands.add_parser("prepare", help="generate coco-moji or check a dataset's files")
-    prepare.add_argument("name", help="coco-moji, or a dataset config name (coco, ...)")
+    prepare.add_argument("name", help="coco-moji, openmoji-corpus, or a dataset config name (coco, ...)")
     prepare.add_argument("options", nargs="*", help="key=value options")
     commands.add_parser("methods", help="list registered methods")
     explain = commands.add_parser("explain", help="PNG of the local positions LCM keeps and its attention")
@@ -47,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     backbone_train = backbone_commands.add_parser("train", help="retrain the pinned benchmark backbone")
     backbone_train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=coco-moji; out=DIR or "
                                 "out=FILE.pt also writes small_cnn-<sha12>.pt (never the shipped file unless out= names it)")
+    teacher = commands.add_parser("teacher", help="the tiny CLIP teacher")
+    teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True)
+    teacher_train = teacher_commands.add_parser("train", help="retrain the pinned tiny CLIP teacher")
+    teacher_train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +backbone=tiny-teacher-strict; "
+                               "out=DIR also writes tiny_teacher-<regime>-<sha12>.pt and its .json")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -61,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             from mlfsic.harness.explain import explain_command
 
             return explain_command(_key_values(args.options))
+        if args.command == "teacher":
+            from mlfsic.harness.teacher_training import teacher_command
+
+            return teacher_command(args.overrides)
         if args.command == "backbone":
             from mlfsic.harness.backbone_training import train_command
 
@@ -161,7 +172,33 @@ def _episodes(overrides: list[str]) -> int:
 def _data_prepare(name: str, options: list[str]) -> int:
     from mlfsic.datasets.registry import prepare_dataset
 
+    if name == "openmoji-corpus":
+        return _corpus_prepare(_key_values(options))
     print(prepare_dataset(name, _key_values(options)))
+    return 0
+
+
+def _corpus_prepare(options: dict[str, str]) -> int:
+    """``mlfsic data prepare openmoji-corpus``: build (or find) the teacher's corpus and print its summary."""
+    import json
+
+    from mlfsic.datasets.openmoji_corpus import load_or_build_corpus, summary
+    from mlfsic.harness.teacher_training import TEACHER_DEFAULTS
+
+    known = {"regime", "seed", "n_images", "image_size", "results_dir"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise MlfsicError(f"data prepare openmoji-corpus: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    try:
+        seed = int(options.get("seed", TEACHER_DEFAULTS["corpus_seed"]))
+        n_images = int(options.get("n_images", TEACHER_DEFAULTS["corpus_images"]))
+        image_size = int(options.get("image_size", 96))
+    except ValueError as error:
+        raise MlfsicError(f"data prepare openmoji-corpus: seed, n_images and image_size are integers ({error})") from None
+    cache = Path(options.get("results_dir", "results")).resolve() / "cache" / "corpus"
+    corpus = load_or_build_corpus(cache, options.get("regime", str(TEACHER_DEFAULTS["regime"])), seed, n_images,
+                                  image_size)
+    print(json.dumps(summary(corpus), indent=1))
     return 0
 
 
