@@ -1,4 +1,4 @@
-"""Training the tiny CLIP teacher (docs/architecture.md §7.3) and ``mlfsic teacher train``.
+"""Training the tiny CLIP teacher (docs/architecture.md §7.1) and ``mlfsic teacher train``.
 
 ``train_teacher`` fits the tiny teacher of ``harness.clip_models`` contrastively (Radford et al., "Learning
 Transferable Visual Models From Natural Language Supervision", ICML 2021: the symmetric InfoNCE loss
@@ -124,7 +124,7 @@ def train_teacher(settings: Mapping[str, Any], out_path: Path, corpus_cache: Pat
             loss.backward()
             optimiser.step()
             scheduler.step()
-            epoch_loss += float(loss)
+            epoch_loss += loss.item()
             bar.update(1)
         losses.append(epoch_loss / max(1, steps_per_epoch))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
