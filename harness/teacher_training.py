@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -107,7 +108,8 @@ def train_teacher(settings: Mapping[str, Any], out_path: Path, corpus_cache: Pat
     generator = torch.Generator().manual_seed(int(settings["seed"]))
     losses: list[float] = []
     model.visual.train()
-    bar = tqdm(total=total, desc=f"teacher {settings['regime']}", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc=f"teacher {settings['regime']}", unit="step", disable=None if progress else True)
+    log_lines = progress and bar.disable  # not a terminal: one plain line per epoch instead of a bar
     for _ in range(int(settings["epochs"])):
         order = torch.randperm(n, generator=generator)
         epoch_loss = 0.0
@@ -128,6 +130,9 @@ def train_teacher(settings: Mapping[str, Any], out_path: Path, corpus_cache: Pat
             bar.update(1)
         losses.append(epoch_loss / max(1, steps_per_epoch))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if log_lines:
+            print(f"teacher {settings['regime']}: epoch {len(losses)}/{settings['epochs']}, {steps_per_epoch} steps, "
+                  f"loss {losses[-1]:.4f}, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     bar.close()
     model.eval()
     with atomic_path(out_path) as tmp:

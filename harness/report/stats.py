@@ -145,7 +145,21 @@ def _provenance(info: dict[str, Any]) -> dict[str, Any]:
         "hardware": info.get("hardware") or {},
         "episode_sets": dict(sorted((info.get("episode_sets") or {}).items())),
         "failures": sorted(info.get("failures") or [], key=lambda f: json.dumps(f, sort_keys=True)),
+        "backbone_id": str((info.get("backbone") or {}).get("id", UNKNOWN)),
+        "backbone": backbone_text(info.get("backbone") or {}),
     }
+
+
+def backbone_text(block: dict[str, Any]) -> str:
+    """What a cell says about an open_clip backbone: the model, the teacher's regime, and that it is no CLIP."""
+    if block.get("kind") != "open_clip":
+        return ""
+    text = f"open_clip {block.get('model', 'unknown')}"
+    if block.get("regime"):
+        text += f", teacher regime {block['regime']}"
+    if block.get("stand_in"):
+        text += " (a stand-in for CLIP weights trained by mlfsic, not CLIP)"
+    return text
 
 
 def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
@@ -426,10 +440,12 @@ def summarise(
     rows: list[dict[str, Any]] = []
     cell_notes: dict[tuple[str, str, str], list[str]] = {}
     cells = list(records.groupby(["dataset", "setting", "group"], sort=True))
+    backbones = {run["backbone_id"]: run["backbone"] for run in runs if run["backbone"]}
     for key, cell in tqdm(cells, desc="leaderboard cells", disable=not progress):
         cell_rows, notes = _cell_rows(cell, n_boot, seed, reference["run_id"] if reference else None)
         rows.extend(cell_rows)
-        cell_notes[key] = notes
+        backbone = backbones.get(group_features.get(key[2], {}).get("backbone_id", ""))
+        cell_notes[key] = ([f"Backbone: {backbone}."] if backbone else []) + notes
     ours = pd.DataFrame(rows, columns=CELL_COLUMNS)
     average, family_of = average_ranks(ours)
     frames = [ours]
