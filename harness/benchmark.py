@@ -52,6 +52,9 @@ class Benchmark:
         return load_features(Path(self.feature_root), self.backbone_id, self.annotation_sha256, image_ids, with_local)
 
     def label_embeddings(self, label_names: tuple[str, ...]) -> np.ndarray:
+        if self.embedding_encoder == "clip":
+            return _clip_label_embeddings(json.dumps(self.backbone_config, sort_keys=True), self.backbone_weights,
+                                          tuple(label_names))
         return _label_embeddings(self.embedding_encoder, self.embedding_path, self.embedding_cache, tuple(label_names))
 
     def clip_model(self) -> Any:
@@ -79,6 +82,14 @@ def _clip_model(backbone_config: str, weights: str | None) -> Any:
     from mlfsic.harness.clip_models import load_clip
 
     return load_clip(json.loads(backbone_config), Path(weights) if weights else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _clip_label_embeddings(backbone_config: str, weights: str | None, label_names: tuple[str, ...]) -> np.ndarray:
+    from mlfsic.harness.clip_models import PROMPT
+
+    text = _clip_model(backbone_config, weights).encode_text([PROMPT.format(label=name) for name in label_names])
+    return text.numpy().astype(np.float32)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,4 +1,4 @@
-"""open_clip image-text models, offline (docs/architecture.md §7.3): the tiny teacher and any open_clip model.
+"""open_clip image-text models, offline (docs/architecture.md §7.1): the tiny teacher and any open_clip model.
 
 A ``ClipModel`` is an open_clip model in eval mode with its tokenizer and image preprocessing. Two sources:
 
@@ -40,6 +40,7 @@ TINY_TEACHER_CONTEXT = 32  # MiniLM tokens per caption / prompt
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation, used by the tiny teacher too
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LAST_BLOCKS = 1  # tokens entering this many final ViT blocks are the stored local features
+PROMPT = "There is a {label} in the scene"  # a label as text: the prompt of MKT (He et al., AAAI 2023)
 
 
 @dataclass

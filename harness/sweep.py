@@ -205,6 +205,9 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
     resources = _resources(config["resources"])
     embeddings = _embeddings(config["embeddings"])
     dataset = _dataset(config["dataset"])
+    if embeddings.encoder == "clip" and dataset["backbone"].get("kind") != "open_clip":
+        raise _bad("embeddings.encoder", "clip", "minilm, glove or hf on this backbone",
+                   "clip needs an open_clip backbone (+backbone=tiny-teacher)")
     method_modules = _method_modules(config["method_modules"])
     methods = _resolve_methods(config, clip_backbone=dataset["backbone"].get("kind") == "open_clip")
     from mlfsic.harness.reference_run import resolve_against
@@ -398,7 +401,7 @@ def _embeddings(value: Any) -> EmbeddingOptions:
     embeddings = _check_subkeys("embeddings", value, ("encoder", "path"))
     encoder = _choice("embeddings.encoder", embeddings.get("encoder"), ENCODERS)
     path = embeddings.get("path")
-    if encoder == "minilm":
+    if encoder in ("minilm", "clip"):
         return EmbeddingOptions(encoder=encoder, path=None if path is None else str(path))
     kind = {"glove": "a GloVe text file", "hf": "a local Hugging Face model directory"}[encoder]
     if not isinstance(path, str) or not path:

@@ -36,7 +36,6 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, sha256_file, write_json_atomic
 
 TRAIN_THREADS = 2
-PROMPT = "There is a {label} in the scene"  # MKT's prompt (He et al., AAAI 2023), used for every label text
 TEACHER_TRAINING_KEYS = ("model", "regime", "corpus_seed", "corpus_images", "epochs", "batch_size", "lr",
                          "weight_decay", "warmup_steps", "seed")
 TEACHER_DEFAULTS: dict[str, Any] = {"model": clip_models.TINY_TEACHER, "regime": "concept-seen", "corpus_seed": 0,
@@ -146,10 +145,10 @@ def train_teacher(settings: Mapping[str, Any], out_path: Path, corpus_cache: Pat
 
 
 def zero_shot_map(clip: clip_models.ClipModel, images: np.ndarray, targets: np.ndarray, labels: list[str]) -> float:
-    """Macro AP over ``labels`` of image-text cosine scores (the prompt ``PROMPT``) on uint8 ``images``."""
+    """Macro AP over ``labels`` of image-text cosine scores (the prompt ``clip_models.PROMPT``) on uint8 ``images``."""
     from mlfsic.harness.metrics import per_label_ap
 
-    text = clip.encode_text([PROMPT.format(label=label) for label in labels])
+    text = clip.encode_text([clip_models.PROMPT.format(label=label) for label in labels])
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(images), 256):

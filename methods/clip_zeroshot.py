@@ -14,10 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mlfsic.harness.clip_models import PROMPT
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.methods.api import Episode, Method, SplitData, register
+from mlfsic.methods.torch_utils import check_episode, check_split_data
 
-PROMPT = "There is a {label} in the scene"
 
 
 @register("clip-zeroshot")
@@ -34,12 +35,12 @@ class ClipZeroShot(Method):
         self._texts: dict[tuple[str, ...], torch.Tensor] = {}
 
     def fit(self, base: SplitData, val: SplitData | None) -> None:
+        check_split_data(base, self.name)
         self.embed_dim = int(base.features.shape[1])
         self.fit_report = {"trained": False}
 
     def predict(self, episode: Episode) -> np.ndarray:
-        if episode.k_shot != 0:
-            raise MlfsicError(f"{self.name} supports only 0shot (episode {episode.index} is {episode.k_shot}shot)")
+        check_episode(episode, self.name, self.embed_dim, self.zero_shot, self.few_shot)
         labels = tuple(episode.label_names)
         if labels not in self._texts:
             self._texts[labels] = self.clip.encode_text([self.prompt.format(label=label) for label in labels])

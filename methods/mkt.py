@@ -42,13 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlfsic.harness.clip_models import LAST_BLOCKS, run_blocks
+from mlfsic.harness.clip_models import LAST_BLOCKS, PROMPT, run_blocks
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.metrics import episode_map
 from mlfsic.methods.api import Episode, Method, SplitData, register
-from mlfsic.methods.clip_zeroshot import PROMPT
 from mlfsic.methods.reference import hinge_rank_loss
-from mlfsic.methods.torch_utils import minibatches, torch_generator
+from mlfsic.methods.torch_utils import check_episode, check_split_data, minibatches, torch_generator
 
 
 class MktStudent(nn.Module):
@@ -174,8 +173,11 @@ class MKT(Method):
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, base: SplitData, val: SplitData | None) -> None:
-        if base.local_features is None or base.local_features.ndim != 3:
-            raise MlfsicError("mkt: base local_features missing: the backbone must be an open_clip ViT")
+        for data in (base, val) if val is not None else (base,):
+            check_split_data(data, self.name)
+            if data.local_features is None or data.local_features.ndim != 3:
+                raise MlfsicError(f"mkt.fit: {data.split}.local_features missing: the backbone must be an open_clip ViT")
+        self.embed_dim = int(base.features.shape[1])
         self.clip.model.requires_grad_(False)
         self.student = MktStudent(self.clip.visual)
         if base.local_features.shape[2] != self.student.width:
@@ -239,8 +241,12 @@ class MKT(Method):
 
     # ------------------------------------------------------------------------------------------ predict
     def predict(self, episode: Episode) -> np.ndarray:
-        if episode.query_local_features is None:
-            raise MlfsicError(f"mkt: episode {episode.index} has no query_local_features")
+        check_episode(episode, self.name, self.embed_dim, self.zero_shot, self.few_shot)
+        for field in ("query_local_features",) + (("support_local_features",) if episode.k_shot > 0 else ()):
+            local = getattr(episode, field)
+            if local is None or local.ndim != 3 or local.shape[2] != self.student.width:
+                raise MlfsicError(f"mkt: episode {episode.index} {field} has shape "
+                                  f"{None if local is None else local.shape}, expected (n, 1 + L, {self.student.width})")
         labels = tuple(episode.label_names)
         if labels not in self._texts:
             self._texts[labels] = self._text(labels, self.context)
@@ -249,12 +255,7 @@ class MKT(Method):
             global_emb, patches = self.student(torch.as_tensor(episode.query_local_features, dtype=torch.float32))
             scores = self._scores(global_emb, patches, text)
             if episode.k_shot > 0:
-                if episode.support_local_features is None:
-                    raise MlfsicError(f"mkt: episode {episode.index} has no support_local_features")
                 support_targets = torch.as_tensor(episode.support_targets, dtype=torch.float32)
-                if bool((support_targets.sum(dim=0) == 0).any()):
-                    missing = int(torch.nonzero(support_targets.sum(dim=0) == 0)[0])
-                    raise MlfsicError(f"mkt: episode {episode.index} label {labels[missing]!r} has no support image")
                 support, _ = self.student(torch.as_tensor(episode.support_local_features, dtype=torch.float32))
                 support = F.normalize(support, dim=-1)
                 prototypes = F.normalize(support_targets.T @ support, dim=-1)  # (N, E)

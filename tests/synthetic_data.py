@@ -174,3 +174,31 @@ def make_episode(
         query_local_features=query_local,
     )
     return episode, query_targets
+
+
+# ----------------------------------------------------------------------------------------- open_clip views
+def clip_view(data: SplitData | Episode, clip, seed: int = 0) -> SplitData | Episode:
+    """``data`` with its features replaced by what an open_clip backbone stores for deterministic noise images
+    (global: projected embedding; local: tokens entering the last block), one image per row. For methods with
+    ``needs_clip``, which score the features against the model's text tower; targets and labels are kept."""
+    import dataclasses
+
+    import torch
+
+    from mlfsic.harness.clip_models import ClipImageFeatures
+
+    module = ClipImageFeatures(clip.visual)
+
+    def encode(n: int, part: int) -> tuple[np.ndarray, np.ndarray]:
+        pixels = np.random.default_rng([seed, part, 11]).normal(size=(n, 3, clip.image_size, clip.image_size))
+        with torch.no_grad():
+            global_features, tokens = module.forward_features(torch.from_numpy(pixels.astype(np.float32)))
+        return global_features.numpy(), tokens.numpy()
+
+    if isinstance(data, SplitData):
+        features, local = encode(len(data.features), 0)
+        return dataclasses.replace(data, features=features, local_features=local)
+    support, support_local = encode(len(data.support_features), 1)
+    query, query_local = encode(len(data.query_features), 2)
+    return dataclasses.replace(data, support_features=support, support_local_features=support_local,
+                               query_features=query, query_local_features=query_local)

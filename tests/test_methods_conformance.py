@@ -10,6 +10,7 @@ Methods are fitted on tiny synthetic base data with small hyperparameters (``TIN
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import inspect
 
@@ -22,7 +23,7 @@ import yaml
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.methods.api import Episode, Method
 from mlfsic.methods.registry import available_methods, create_method
-from synthetic_data import make_base_data, make_episode
+from synthetic_data import clip_view, make_base_data, make_episode
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the runner gives each task one thread
 
@@ -33,6 +34,7 @@ TINY_CONFIG: dict[str, dict] = {
     "laso": {"steps": 20, "classifier_epochs": 1, "hidden_dim": 32, "episode_steps": 10, "max_union_pairs": 20},
     "lcm": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2},
     "wvga": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2},
+    "mkt": {"stage1_steps": 4, "stage2_steps": 2, "val_every": 2, "batch_size": 32},
 }
 METHODS = sorted(available_methods())
 BUILTIN = sorted(name for name, info in available_methods().items() if info.origin == "built-in")
@@ -44,9 +46,36 @@ def base():
     return make_base_data(n=160, seed=0)
 
 
-def fitted(name: str, base, seed: int = 0) -> Method:
+@functools.lru_cache(maxsize=1)
+def tiny_clip():
+    """The pinned tiny teacher: methods with ``needs_clip`` get it and features it computed (``clip_view``)."""
+    from mlfsic.harness.backbones import pinned_weights
+    from mlfsic.harness.clip_models import load_tiny_teacher
+
+    config = yaml.safe_load((importlib.resources.files("mlfsic.configs") / "backbone" / "tiny-teacher.yaml").read_text())
+    return load_tiny_teacher(pinned_weights(config))
+
+
+def data_for(name: str, data):
+    """Synthetic data as method ``name`` sees it: open_clip features for methods that need the model."""
+    return clip_view(data, tiny_clip()) if available_methods()[name].cls.needs_clip else data
+
+
+def episode_for(name: str, k_shot: int, seed: int):
+    episode, targets = make_episode(k_shot, seed=seed)
+    return data_for(name, episode), targets
+
+
+def created(name: str, seed: int = 0) -> Method:
     method = create_method(name, TINY_CONFIG.get(name, {}), seed)
-    method.fit(base, None)
+    if method.needs_clip:
+        method.use_clip(tiny_clip())
+    return method
+
+
+def fitted(name: str, base, seed: int = 0) -> Method:
+    method = created(name, seed)
+    method.fit(data_for(name, base), None)
     return method
 
 
@@ -54,10 +83,10 @@ def fitted(name: str, base, seed: int = 0) -> Method:
 def test_fit_takes_a_val_split(name, base):
     """``fit(base, val)``: a method given the val split (its own labels and images) still fits and predicts."""
     val = dataclasses.replace(make_base_data(n=60, seed=5), split="val", label_names=tuple(f"val_{i}" for i in range(8)))
-    method = create_method(name, TINY_CONFIG.get(name, {}), 0)
-    method.fit(base, val)
+    method = created(name)
+    method.fit(data_for(name, base), data_for(name, val))
     setting = "1shot" if method.few_shot else "0shot"
-    episode, _ = make_episode(k_of(setting), seed=3)
+    episode, _ = episode_for(name, k_of(setting), seed=3)
     assert np.isfinite(np.asarray(method.predict(episode), dtype=np.float64)).all()
 
 
@@ -89,7 +118,7 @@ def test_episode_has_no_query_targets():
 
 @pytest.mark.parametrize("name,setting", CASES)
 def test_scores_shape_finite_deterministic_equivariant(name, setting, base):
-    episode, _ = make_episode(k_of(setting), seed=3)
+    episode, _ = episode_for(name, k_of(setting), seed=3)
     first = fitted(name, base)
     scores = np.asarray(first.predict(episode))
     assert scores.shape == (episode.n_query, episode.n_labels)
@@ -102,6 +131,8 @@ def test_scores_shape_finite_deterministic_equivariant(name, setting, base):
         return
     permutation = np.random.default_rng(0).permutation(episode.n_query)
     permuted = dataclasses.replace(episode, query_features=episode.query_features[permutation].copy())
+    if episode.query_local_features is not None:  # a query is its global and local features together
+        permuted = dataclasses.replace(permuted, query_local_features=episode.query_local_features[permutation].copy())
     np.testing.assert_allclose(np.asarray(first.predict(permuted)), scores[permutation], rtol=1e-5, atol=1e-6)
 
 
@@ -114,7 +145,7 @@ def test_builtin_rejects_unsupported_settings(name, base):
     unsupported = [s for s in SETTINGS if not cls.supports(s)]
     method = fitted(name, base)
     for setting in unsupported:
-        episode, _ = make_episode(k_of(setting), seed=1)
+        episode, _ = episode_for(name, k_of(setting), seed=1)
         with pytest.raises(MlfsicError, match="does not support"):
             method.predict(episode)
 
@@ -124,9 +155,11 @@ def test_builtin_checkpoint_roundtrip(name, base, tmp_path):
     """The harness pickles fitted methods with torch.save; the reloaded method scores identically."""
     method = fitted(name, base)
     setting = "1shot" if method.supports("1shot") else "0shot"
-    episode, _ = make_episode(k_of(setting), seed=5)
+    episode, _ = episode_for(name, k_of(setting), seed=5)
     torch.save({"method": method}, tmp_path / "ckpt.pt")
     reloaded = torch.load(tmp_path / "ckpt.pt", weights_only=False)["method"]
+    if reloaded.needs_clip:
+        reloaded.use_clip(tiny_clip())
     np.testing.assert_array_equal(reloaded.predict(episode), method.predict(episode))
 
 
@@ -134,7 +167,7 @@ def test_builtin_checkpoint_roundtrip(name, base, tmp_path):
 def test_builtin_bad_input_is_one_line_error(name, base):
     method = fitted(name, base)
     setting = "1shot" if method.supports("1shot") else "0shot"
-    episode, _ = make_episode(k_of(setting), seed=2)
+    episode, _ = episode_for(name, k_of(setting), seed=2)
     wrong_dim = dataclasses.replace(episode, query_features=np.zeros((4, 7), np.float32))
     with pytest.raises(MlfsicError, match="query_features"):
         method.predict(wrong_dim)
@@ -143,9 +176,9 @@ def test_builtin_bad_input_is_one_line_error(name, base):
         no_support[:, 0] = 0.0
         with pytest.raises(MlfsicError, match=episode.label_names[0]):
             method.predict(dataclasses.replace(episode, support_targets=no_support))
-    broken = dataclasses.replace(base, targets=base.targets[:-1])
+    broken = dataclasses.replace(data_for(name, base), targets=base.targets[:-1])
     with pytest.raises(MlfsicError, match="base.targets"):
-        create_method(name, TINY_CONFIG.get(name, {}), 0).fit(broken, None)
+        created(name).fit(broken, None)
 
 
 @pytest.mark.parametrize("name", BUILTIN)
