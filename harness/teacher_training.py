@@ -157,6 +157,18 @@ def zero_shot_map(clip: clip_models.ClipModel, images: np.ndarray, targets: np.n
     return float(np.nanmean(per_label_ap(scores, targets)))
 
 
+def prototype_val_map(weights: Path, images: np.ndarray, targets: np.ndarray) -> float:
+    """The teacher's image embeddings scored as the small_cnn's training report scores its features
+    (``backbone_training.prototype_map``: nearest prototypes, 2-fold over val images), so the two backbones compare."""
+    from mlfsic.harness.backbone_training import prototype_map
+
+    clip = clip_models.load_tiny_teacher(weights)
+    with torch.inference_mode():
+        features = torch.cat([clip.model.encode_image(_normalised(images[start:start + 256]))
+                              for start in range(0, len(images), 256)]).numpy()
+    return float(prototype_map(features, targets.astype(np.float32), 0) or float("nan"))
+
+
 def teacher_trained_on(settings: Mapping[str, Any]) -> dict[str, Any]:
     from mlfsic.datasets.openmoji_corpus import CORPUS_VERSION
 
@@ -216,6 +228,8 @@ def teacher_command(overrides: list[str]) -> int:
                 for label, file in shown}
         print(f"zero-shot mAP on the {name} labels ({len(pool.image_ids)} images, macro AP): "
               + ", ".join(f"{label} {value:.4f}" for label, value in maps.items()))
+        if name == "val":
+            print(f"as a backbone: val mAP of nearest prototypes (small_cnn's measure) {prototype_val_map(path, images, pool.targets):.4f}")
     if pinned is not None:
         print(f"pinned: {pinned}  same sha256: {'yes' if sha256_file(pinned) == sha else 'no'}")
     if out is not None:

@@ -112,6 +112,8 @@ def test_clip_methods_need_an_open_clip_backbone(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "run_sweep", lambda *a, **k: pytest.fail("a sweep was started"))
     assert main(["run", f"results_dir={tmp_path / 'r'}", "method=[mkt]"]) == 2
     assert "needs an open_clip backbone" in capsys.readouterr().err
+    assert main(["run", f"results_dir={tmp_path / 'r'}", "embeddings.encoder=clip"]) == 2
+    assert "embeddings.encoder=clip" in capsys.readouterr().err
     default = resolve_sweep(compose_config([f"results_dir={tmp_path / 'r'}"]))
     assert "mkt" not in default.methods and "clip-zeroshot" not in default.methods and "protonet" in default.methods
     clip = resolve_sweep(compose_config([f"results_dir={tmp_path / 'r'}", "+backbone=tiny-teacher"]))
