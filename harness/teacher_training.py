@@ -134,14 +134,20 @@ def train_teacher(settings: Mapping[str, Any], out_path: Path, corpus_cache: Pat
                   f"loss {losses[-1]:.4f}, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     bar.close()
     model.eval()
-    with atomic_path(out_path) as tmp:
-        torch.save(clip_models.trained_state(model), tmp)
+    save_state(clip_models.trained_state(model), out_path)
     return {
         "model": clip_models.TINY_TEACHER, "settings": dict(settings), "corpus": summary(corpus),
         "corpus_id": corpus.corpus_id, "n_distinct_captions": len(distinct), "steps": total,
         "train_loss": [round(x, 6) for x in losses], "threads": TRAIN_THREADS,
         "corpus_seconds": round(corpus_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Through a file object, so the archive's inner folder is "archive", not the random temp file name:
+    equal weights give equal bytes and the same sha256 (as ``backbone_training`` saves the SmallCNN)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 def zero_shot_map(clip: clip_models.ClipModel, images: np.ndarray, targets: np.ndarray, labels: list[str]) -> float:

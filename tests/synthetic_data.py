@@ -190,10 +190,10 @@ def clip_view(data: SplitData | Episode, clip, seed: int = 0) -> SplitData | Epi
     module = ClipImageFeatures(clip.visual)
 
     def encode(n: int, part: int) -> tuple[np.ndarray, np.ndarray]:
-        pixels = np.random.default_rng([seed, part, 11]).normal(size=(n, 3, clip.image_size, clip.image_size))
+        pixels = np.random.default_rng([seed, part, 11]).normal(size=(max(n, 1), 3, clip.image_size, clip.image_size))
         with torch.no_grad():
             global_features, tokens = module.forward_features(torch.from_numpy(pixels.astype(np.float32)))
-        return global_features.numpy(), tokens.numpy()
+        return global_features.numpy()[:n], tokens.numpy()[:n]  # n = 0: empty arrays of the right widths
 
     if isinstance(data, SplitData):
         features, local = encode(len(data.features), 0)
