@@ -194,21 +194,27 @@ def train_small_cnn(
 
 
 # ----------------------------------------------------------------------------------------- mlfsic backbone train
+def split_out_option(overrides: list[str], expected: str) -> tuple[Path | None, list[str]]:
+    """``out=PATH`` (where to write the files to ship) apart from the Hydra overrides of a train command."""
+    out: Path | None = None
+    hydra_overrides = []
+    for override in overrides:
+        if override.startswith("out="):
+            if not override[4:]:
+                raise MlfsicError(f"out= needs {expected}")
+            out = Path(override[4:]).expanduser()
+        else:
+            hydra_overrides.append(override)
+    return out, hydra_overrides
+
+
 def train_command(overrides: list[str]) -> int:
     """``mlfsic backbone train [HYDRA OVERRIDES] [out=PATH]``; prints the retrained file and the comparison."""
     from mlfsic.harness.backbones import pinned_record, pinned_weights
     from mlfsic.harness.config import compose_config, plain
     from mlfsic.harness.prepare import load_dataset_and_split, small_cnn_trained_on, trained_small_cnn
 
-    out: Path | None = None
-    hydra_overrides = []
-    for override in overrides:
-        if override.startswith("out="):
-            if not override[4:]:
-                raise MlfsicError("out= needs a folder or a .pt file")
-            out = Path(override[4:]).expanduser()
-        else:
-            hydra_overrides.append(override)
+    out, hydra_overrides = split_out_option(overrides, "a folder or a .pt file")
     cfg = compose_config(hydra_overrides)
     backbone_cfg = plain(cfg.dataset.backbone)
     if backbone_cfg.get("kind") != "small_cnn":

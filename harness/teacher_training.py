@@ -198,21 +198,14 @@ def trained_teacher(backbone_cfg: Mapping[str, Any], cache_root: Path, progress:
 
 def teacher_command(overrides: list[str]) -> int:
     """``mlfsic teacher train [HYDRA OVERRIDES] [out=DIR]``: train, report val zero-shot mAP, compare, write."""
+    from mlfsic.harness.backbone_training import split_out_option
     from mlfsic.harness.backbones import pinned_weights
     from mlfsic.harness.config import compose_config, plain
     from mlfsic.harness.data import split_pool
     from mlfsic.harness.images import image_paths, read_images
     from mlfsic.harness.prepare import load_dataset_and_split
 
-    out: Path | None = None
-    hydra_overrides = []
-    for override in overrides:
-        if override.startswith("out="):
-            if not override[4:]:
-                raise MlfsicError("out= needs a folder")
-            out = Path(override[4:]).expanduser()
-        else:
-            hydra_overrides.append(override)
+    out, hydra_overrides = split_out_option(overrides, "a folder")
     if not any(o.lstrip("+").startswith("backbone=") for o in hydra_overrides):
         hydra_overrides.append("+backbone=tiny-teacher")
     cfg = compose_config(hydra_overrides)
