@@ -182,7 +182,7 @@ def test_train_small_cnn_rejects_bad_input(tmp_path):
         train_small_cnn(dataset, dataset.image_ids, np.zeros((4, 2), np.float32), dataset.image_ids[:0],
                         np.zeros((0, 1), np.float32), tmp_path / "w.pt", epochs=1, batch_size=2, lr=0.01, seed=0,
                         progress=False)
-    assert backbones.KINDS == ("small_cnn", "resnet50")
+    assert backbones.KINDS == ("small_cnn", "resnet50", "open_clip")
 
 
 @pytest.mark.slow
