@@ -188,7 +188,9 @@ def identify_backbone(config: Mapping[str, Any], weights_path: Path | None) -> s
     if kind == "open_clip":
         if weights_path is None or not Path(weights_path).is_file():
             raise MlfsicError(f"open_clip weights file not found: {weights_path} (dataset.backbone.weights)")
-        return backbone_id(f"open_clip:{config.get('model')}", sha256_file(Path(weights_path)), 0)
+        from mlfsic.harness.clip_models import feature_layout
+
+        return backbone_id(feature_layout(str(config.get("model"))), sha256_file(Path(weights_path)), 0)
     raise MlfsicError(f"dataset.backbone.kind {kind!r} is not one of {', '.join(KINDS)}")
 
 

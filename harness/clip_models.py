@@ -168,11 +168,26 @@ def load_clip(config: Mapping[str, Any], weights: Path | None, allow_random: boo
     return load_open_clip(name, weights, allow_random)
 
 
+def feature_layout(model: str) -> str:
+    """What an open_clip backbone's stored features depend on besides its weights file: the model name,
+    which tokens are stored and, for the tiny teacher, the MiniLM it is built with (its text tower)."""
+    layout = f"open_clip:{model}:tokens-before-last-{LAST_BLOCKS}"
+    if model == TINY_TEACHER:
+        layout += f":minilm-{minilm_identity().get('version')}"
+    return layout
+
+
 # ----------------------------------------------------------------------------------------- the ViT split
 def _check_vit(visual: nn.Module) -> None:
+    """The token split reproduces open_clip's forward only for a plain ViT: class-token pooling, final norm on
+    every token, a projection; other towers (CoCa attention pooling, CLIPA average pooling) are refused."""
     if not hasattr(visual, "transformer") or not hasattr(visual, "_embeds"):
         raise MlfsicError(f"image tower {type(visual).__name__} is not an open_clip VisionTransformer "
                           "(MKT and the token features need a ViT)")
+    if (getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok"
+            or getattr(visual, "final_ln_after_pool", False) or getattr(visual, "proj", None) is None):
+        raise MlfsicError("open_clip image tower pools other than by its class token (attention or average "
+                          "pooling, or no projection): not supported as an open_clip backbone")
 
 
 def vit_tokens_before(visual: nn.Module, images: torch.Tensor, last_blocks: int = LAST_BLOCKS) -> torch.Tensor:

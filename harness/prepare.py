@@ -77,15 +77,17 @@ def backbone_weights(
         weights = backbone_cfg.get("weights")
         return (Path(weights) if weights else None), {}
     if kind == "open_clip":
-        return open_clip_weights(backbone_cfg)
+        return open_clip_weights(backbone_cfg, split)
     raise MlfsicError(f"dataset.backbone.kind {kind!r} is not one of small_cnn, resnet50, open_clip")
 
 
-def open_clip_weights(backbone_cfg: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def open_clip_weights(backbone_cfg: dict[str, Any], split: dict[str, list[str]] | None = None) -> tuple[Path, dict[str, Any]]:
     """The weights of an open_clip backbone, checked by loading them once, and run.json's ``backbone`` block.
 
     The tiny teacher: ``dataset.backbone.weights`` when given, else the pinned file, whose record must show
-    the configured training settings (a sweep never trains the teacher: ``mlfsic teacher train`` does).
+    the configured training settings (a sweep never trains the teacher: ``mlfsic teacher train`` does) and
+    that its corpus held out every val and novel label of the sweep's ``split`` (else those labels' glyphs may
+    have been in its training data).
     Any other open_clip model: ``dataset.backbone.weights``, a local file. Loading here turns an unknown
     model name or weights of another model into a one-line error before any task is submitted.
     """
@@ -111,6 +113,12 @@ def open_clip_weights(backbone_cfg: dict[str, Any]) -> tuple[Path, dict[str, Any
             raise MlfsicError(f"pinned teacher {path.name} was trained with other settings "
                               f"({', '.join(differing) or 'corpus or MiniLM version'}); a run never trains the teacher: "
                               "`mlfsic teacher train out=DIR` and pin the result, or set dataset.backbone.weights")
+        held_out = {label for labels in record["trained_on"]["held_out"].values() for label in labels}
+        seen = [label for name in ("val", "test") for label in (split or {}).get(name, []) if label not in held_out]
+        if seen:
+            raise MlfsicError(f"pinned teacher {path.name} held out only the val/novel labels of the packaged COCO "
+                              f"split; {seen[0]!r} ({len(seen)} label(s) of this sweep's val/test split) may be in its "
+                              "corpus: use the packaged split, or a teacher trained for this split")
         report.update(pinned=True, regime=record["trained_on"]["settings"]["regime"],
                       training=record.get("training", {}))
     load_clip(backbone_cfg, path)

@@ -34,6 +34,10 @@ class ClipZeroShot(Method):
         self.prompt = prompt
         self._texts: dict[tuple[str, ...], torch.Tensor] = {}
 
+    def use_clip(self, clip: object) -> None:
+        super().use_clip(clip)
+        self._texts = {}  # text embeddings belong to one model
+
     def fit(self, base: SplitData, val: SplitData | None) -> None:
         check_split_data(base, self.name)
         self.embed_dim = int(base.features.shape[1])

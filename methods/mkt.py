@@ -4,8 +4,8 @@ via Multi-Modal Knowledge Transfer" (MKT, AAAI 2023). 0shot and Kshot; needs an 
 Scoring (two streams, as MKT): the student image tower gives a global embedding ``g`` and patch
 embeddings ``p_1..p_L``; a label's text embedding ``t`` comes from the backbone model's text tower with the
 prompt "There is a {label} in the scene". The global stream is ``cos(g, t)``, the local stream the mean
-of the ``top_k`` largest ``cos(p_i, t)``; each is normalised across the episode's labels (a softmax at the
-model's logit scale) and the two are averaged.
+of the ``top_k`` largest ``cos(p_i, t)``; each is normalised across the episode's labels (here a softmax at
+the model's logit scale) and the two are averaged.
 
 Training, on the base split only (val for model selection):
 
@@ -26,9 +26,14 @@ K-shot (an extension of MKT, which is zero-shot only): the text score is mixed w
 score, ``(1 - mix) * text + mix * visual``, where a label's visual prototype is the normalised mean of
 its support images' student global embeddings, scored by the same softmax-normalised cosine.
 
-Simplifications: one trained block instead of MKT's last layers (``LAST_BLOCKS``), no MKT image-side
-prompt/adapter, the teacher for distillation is the same model before training (MKT distils CLIP into a
-student initialised from it, as here), fixed ``mix`` (not selected).
+Simplifications and deviations from the paper and its released code (sunanhe/MKT, read for understanding):
+only the last ViT block, final norm and projection are trained (``LAST_BLOCKS``), on cached tokens, so there
+is no image augmentation and earlier blocks never change (the released code fine-tunes the image encoder);
+each stream is normalised across labels by a softmax, where the released code L2-normalises the score
+vector, and patch scores are cosines rather than dot products of unnormalised patch embeddings; no
+image-side prompt or adapter; the distillation teacher is the model before training; ``mix`` is fixed.
+The sweep's open_clip model is shared by the process: ``fit`` freezes it and hooks its token embedding
+while tuning the prompt, so a worker runs one task at a time (as the runner's tasks do).
 """
 
 from __future__ import annotations
@@ -133,6 +138,17 @@ class MKT(Method):
             raise MlfsicError(f"mkt: prompt {prompt!r} needs words before a '{{label}}' placeholder (the context)")
         if not 0.0 <= mix <= 1.0:
             raise MlfsicError(f"mkt: mix={mix} must be in [0, 1]")
+        try:
+            prompt.format(label="x")
+        except (KeyError, IndexError, ValueError):
+            raise MlfsicError(f"mkt: prompt {prompt!r} may hold only the '{{label}}' placeholder") from None
+        for key, value, low in (("top_k", top_k, 1), ("batch_size", batch_size, 1), ("val_every", val_every, 1),
+                                ("stage1_steps", stage1_steps, 0), ("stage2_steps", stage2_steps, 0)):
+            if not isinstance(value, int) or value < low:
+                raise MlfsicError(f"mkt: {key}={value!r} must be an integer >= {low}")
+        for key, value in (("lr", lr), ("prompt_lr", prompt_lr)):
+            if not value > 0:
+                raise MlfsicError(f"mkt: {key}={value!r} must be > 0")
         self.prompt, self.top_k, self.mix = prompt, top_k, mix
         self.stage1_steps, self.stage2_steps, self.val_every = stage1_steps, stage2_steps, val_every
         self.batch_size, self.lr, self.prompt_lr = batch_size, lr, prompt_lr
@@ -144,11 +160,18 @@ class MKT(Method):
     def _prompts(self, labels: tuple[str, ...]) -> list[str]:
         return [self.prompt.format(label=label) for label in labels]
 
+    def use_clip(self, clip: object) -> None:
+        super().use_clip(clip)
+        self._texts = {}  # text embeddings belong to one model
+
     def _context_init(self) -> torch.Tensor:
         """Token embeddings of the prompt's words before "{label}" (CoOp initialises its context the same way)."""
         prefix = self.prompt.split("{label}")[0].strip()
         tokens = self.clip.tokenizer([prefix])
-        n_words = int((tokens[0] != 0).sum()) - 2  # minus the start and end tokens; 0 pads both tokenizers
+        pad = getattr(getattr(self.clip.tokenizer, "tokenizer", None), "pad_token_id", None) or 0  # HF or open_clip
+        n_words = int((tokens[0] != pad).sum()) - 2  # minus the start and end tokens
+        if n_words < 1:
+            raise MlfsicError(f"mkt: the prompt's words before '{{label}}' ({prefix!r}) give no token to learn")
         with torch.no_grad():
             return token_embedding(self.clip.model)(tokens)[0, 1:1 + n_words].detach().clone()
 
@@ -178,6 +201,7 @@ class MKT(Method):
             if data.local_features is None or data.local_features.ndim != 3:
                 raise MlfsicError(f"mkt.fit: {data.split}.local_features missing: the backbone must be an open_clip ViT")
         self.embed_dim = int(base.features.shape[1])
+        self._texts = {}
         self.clip.model.requires_grad_(False)
         self.student = MktStudent(self.clip.visual)
         if base.local_features.shape[2] != self.student.width:

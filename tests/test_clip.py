@@ -76,6 +76,17 @@ def _saved(method) -> "io.BytesIO":
     return buffer
 
 
+@pytest.mark.parametrize("arguments,named", [
+    ({"val_every": 0}, "val_every"), ({"top_k": 0}, "top_k"), ({"lr": 0.0}, "lr"),
+    ({"prompt": "{label} {x}"}, "prompt"), ({"prompt": "{label} only"}, "prompt"), ({"mix": 2.0}, "mix"),
+])
+def test_mkt_bad_hyperparameters_are_one_line_errors(arguments, named):
+    from mlfsic.methods.mkt import MKT
+
+    with pytest.raises(MlfsicError, match=named):
+        MKT(seed=0, **arguments)
+
+
 def test_weights_of_another_model_are_a_one_line_error(tmp_path):
     torch.manual_seed(0)
     wrong = tmp_path / "tiny.pt"

@@ -50,6 +50,14 @@ def test_pinned_teacher_features_are_its_image_embeddings():
     assert local.shape == (3, 65, 192)
 
 
+def test_a_teacher_whose_corpus_saw_a_sweep_label_is_refused():
+    """The pinned corpus held out the packaged split's val/novel labels; another split's may be in it."""
+    config = _config("tiny-teacher")
+    open_clip_weights(config, {"base": ["dog"], "val": ["cow"], "test": ["bird"]})  # held out: fine
+    with pytest.raises(MlfsicError, match="'dog' .* may be in its corpus"):
+        open_clip_weights(config, {"base": ["cow"], "val": ["dog"], "test": ["bird"]})
+
+
 def test_a_run_never_trains_the_teacher():
     config = {**_config("tiny-teacher"), "epochs": 5}
     with pytest.raises(MlfsicError, match="trained with other settings \\(epochs\\); a run never trains the teacher"):
