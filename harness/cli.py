@@ -205,8 +205,9 @@ def _corpus_prepare(options: dict[str, str]) -> int:
 def _methods() -> int:
     from mlfsic.methods.registry import available_methods, broken_methods
 
-    rows = [(info.name, info.cls.settings_label(), "local" if info.cls.needs_local_features else "global", info.origin)
-            for info in available_methods().values()]
+    rows = [(info.name, info.cls.settings_label(),
+             ("local" if info.cls.needs_local_features else "global") + (", open_clip" if info.cls.needs_clip else ""),
+             info.origin) for info in available_methods().values()]
     rows += [(info.name, f"BROKEN: {info.error}", "-", f"{info.origin} ({info.target})")
              for info in broken_methods().values()]
     header = ("method", "settings", "features", "origin")
