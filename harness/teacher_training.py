@@ -150,8 +150,8 @@ def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
         torch.save(state, handle)
 
 
-def zero_shot_map(clip: clip_models.ClipModel, images: np.ndarray, targets: np.ndarray, labels: list[str]) -> float:
-    """Macro AP over ``labels`` of image-text cosine scores (the prompt ``clip_models.PROMPT``) on uint8 ``images``."""
+def zero_shot_ap(clip: clip_models.ClipModel, images: np.ndarray, targets: np.ndarray, labels: list[str]) -> np.ndarray:
+    """AP per label (macro: its mean) of image-text cosine scores (the prompt ``clip_models.PROMPT``) on uint8 ``images``."""
     from mlfsic.harness.metrics import per_label_ap
 
     text = clip.encode_text([clip_models.PROMPT.format(label=label) for label in labels])
@@ -160,7 +160,7 @@ def zero_shot_map(clip: clip_models.ClipModel, images: np.ndarray, targets: np.n
         for start in range(0, len(images), 256):
             chunks.append(F.normalize(clip.model.encode_image(_normalised(images[start:start + 256])), dim=-1))
     scores = (torch.cat(chunks) @ text.T).numpy().astype(np.float64)
-    return float(np.nanmean(per_label_ap(scores, targets)))
+    return per_label_ap(scores, targets)
 
 
 def prototype_val_map(weights: Path, images: np.ndarray, targets: np.ndarray) -> float:
@@ -226,11 +226,13 @@ def teacher_command(overrides: list[str]) -> int:
         pool = split_pool(dataset, name, split[name])
         images = read_images(image_paths(dataset, pool.image_ids), clip_models.TINY_TEACHER_VISION["image_size"])
         shown = [("trained", path)] + ([("pinned", pinned)] if pinned is not None else [])
-        maps = {label: zero_shot_map(clip_models.load_tiny_teacher(file), images, pool.targets, list(pool.label_names))
-                for label, file in shown}
+        aps = {label: zero_shot_ap(clip_models.load_tiny_teacher(file), images, pool.targets, list(pool.label_names))
+               for label, file in shown}
         shown_as = "val" if name == "val" else "novel (reported, never used to choose settings)"
-        print(f"zero-shot mAP on the {shown_as} labels ({len(pool.image_ids)} images, macro AP): "
-              + ", ".join(f"{label} {value:.4f}" for label, value in maps.items()))
+        print(f"zero-shot mAP on the {shown_as} labels ({len(pool.image_ids)} images, macro AP; chance = mean "
+              f"prevalence {pool.targets.mean():.4f}): "
+              + ", ".join(f"{label} {np.nanmean(ap):.4f}" for label, ap in aps.items()))
+        print("  per label (trained): " + ", ".join(f"{label} {ap:.3f}" for label, ap in zip(pool.label_names, aps["trained"])))
         if name == "val":
             print(f"as a backbone: val mAP of nearest prototypes (small_cnn's measure) {prototype_val_map(path, images, pool.targets):.4f}")
     if pinned is not None:
