@@ -150,29 +150,20 @@ def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
         torch.save(state, handle)
 
 
-def zero_shot_ap(clip: clip_models.ClipModel, images: np.ndarray, targets: np.ndarray, labels: list[str]) -> np.ndarray:
-    """AP per label (macro: its mean) of image-text cosine scores (the prompt ``clip_models.PROMPT``) on uint8 ``images``."""
+def image_embeddings(clip: clip_models.ClipModel, images: np.ndarray) -> torch.Tensor:
+    """Projected image embeddings (n, E) of uint8 ``images``, in batches of 256."""
+    with torch.inference_mode():
+        return torch.cat([clip.model.encode_image(_normalised(images[start:start + 256]))
+                          for start in range(0, len(images), 256)])
+
+
+def zero_shot_ap(clip: clip_models.ClipModel, embeddings: torch.Tensor, targets: np.ndarray, labels: list[str]) -> np.ndarray:
+    """AP per label (macro: its mean) of the cosine between image ``embeddings`` and label texts (``clip_models.PROMPT``)."""
     from mlfsic.harness.metrics import per_label_ap
 
     text = clip.encode_text([clip_models.PROMPT.format(label=label) for label in labels])
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(images), 256):
-            chunks.append(F.normalize(clip.model.encode_image(_normalised(images[start:start + 256])), dim=-1))
-    scores = (torch.cat(chunks) @ text.T).numpy().astype(np.float64)
+    scores = (F.normalize(embeddings, dim=-1) @ text.T).numpy().astype(np.float64)
     return per_label_ap(scores, targets)
-
-
-def prototype_val_map(weights: Path, images: np.ndarray, targets: np.ndarray) -> float:
-    """The teacher's image embeddings scored as the small_cnn's training report scores its features
-    (``backbone_training.prototype_map``: nearest prototypes, 2-fold over val images), so the two backbones compare."""
-    from mlfsic.harness.backbone_training import prototype_map
-
-    clip = clip_models.load_tiny_teacher(weights)
-    with torch.inference_mode():
-        features = torch.cat([clip.model.encode_image(_normalised(images[start:start + 256]))
-                              for start in range(0, len(images), 256)]).numpy()
-    return float(prototype_map(features, targets.astype(np.float32), 0) or float("nan"))
 
 
 def teacher_trained_on(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,7 +192,7 @@ def trained_teacher(backbone_cfg: Mapping[str, Any], cache_root: Path, progress:
 
 def teacher_command(overrides: list[str]) -> int:
     """``mlfsic teacher train [HYDRA OVERRIDES] [out=DIR]``: train, report val zero-shot mAP, compare, write."""
-    from mlfsic.harness.backbone_training import split_out_option
+    from mlfsic.harness.backbone_training import prototype_map, split_out_option
     from mlfsic.harness.backbones import pinned_weights
     from mlfsic.harness.config import compose_config, plain
     from mlfsic.harness.data import split_pool
@@ -222,19 +213,23 @@ def teacher_command(overrides: list[str]) -> int:
     sha = sha256_file(path)
     print(f"trained: {path}  sha256 {sha}  ({report['seconds']:.0f} s, loss per epoch {report['train_loss']})")
     dataset, split = load_dataset_and_split(cfg.dataset)
+    models = {"trained": clip_models.load_tiny_teacher(path)}
+    if pinned is not None:
+        models["pinned"] = clip_models.load_tiny_teacher(pinned)
     for name in ("val", "test"):
         pool = split_pool(dataset, name, split[name])
         images = read_images(image_paths(dataset, pool.image_ids), clip_models.TINY_TEACHER_VISION["image_size"])
-        shown = [("trained", path)] + ([("pinned", pinned)] if pinned is not None else [])
-        aps = {label: zero_shot_ap(clip_models.load_tiny_teacher(file), images, pool.targets, list(pool.label_names))
-               for label, file in shown}
+        embeddings = {label: image_embeddings(clip, images) for label, clip in models.items()}
+        aps = {label: zero_shot_ap(models[label], embeddings[label], pool.targets, list(pool.label_names))
+               for label in models}
         shown_as = "val" if name == "val" else "novel (reported, never used to choose settings)"
         print(f"zero-shot mAP on the {shown_as} labels ({len(pool.image_ids)} images, macro AP; chance = mean "
               f"prevalence {pool.targets.mean():.4f}): "
               + ", ".join(f"{label} {np.nanmean(ap):.4f}" for label, ap in aps.items()))
         print("  per label (trained): " + ", ".join(f"{label} {ap:.3f}" for label, ap in zip(pool.label_names, aps["trained"])))
-        if name == "val":
-            print(f"as a backbone: val mAP of nearest prototypes (small_cnn's measure) {prototype_val_map(path, images, pool.targets):.4f}")
+        if name == "val":  # scored as the small_cnn's training report scores its features, so the backbones compare
+            backbone_map = prototype_map(embeddings["trained"].numpy(), pool.targets.astype(np.float32), 0)
+            print(f"as a backbone: val mAP of nearest prototypes (small_cnn's measure) {backbone_map or float('nan'):.4f}")
     if pinned is not None:
         print(f"pinned: {pinned}  same sha256: {'yes' if sha256_file(pinned) == sha else 'no'}")
     if out is not None:
