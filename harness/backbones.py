@@ -194,12 +194,13 @@ def identify_backbone(config: Mapping[str, Any], weights_path: Path | None) -> s
     raise MlfsicError(f"dataset.backbone.kind {kind!r} is not one of {', '.join(KINDS)}")
 
 
-def load_backbone(config: Mapping[str, Any], weights_path: Path | None) -> Backbone:
-    """Build the configured backbone (``config["kind"]``: small_cnn | resnet50) in eval mode.
+def load_backbone(config: Mapping[str, Any], weights_path: Path | None, known_id: str | None = None) -> Backbone:
+    """Build the configured backbone (``config["kind"]``: small_cnn | resnet50 | open_clip) in eval mode.
 
     ``small_cnn`` needs ``weights_path`` (pinned, or the state dict ``train_small_cnn`` saved); ``resnet50``
     takes ``weights_path`` or the torch hub cache. ``config["device"]`` (optional) picks the device,
-    default CUDA when available.
+    default CUDA when available. ``known_id``: the ``backbone_id`` already computed for these weights (the
+    ``Benchmark``'s), so a feature task does not hash the weights file again.
     """
     kind = str(config.get("kind"))
     if kind not in KINDS:
@@ -235,7 +236,7 @@ def load_backbone(config: Mapping[str, Any], weights_path: Path | None) -> Backb
         kind=kind,
         module=module,
         image_size=image_size,
-        backbone_id=identify_backbone(config, path),
+        backbone_id=known_id or identify_backbone(config, path),
         global_dim=int(probe_global.shape[1]),
         local_shape=(int(probe_local.shape[1]), int(probe_local.shape[2])),
         batch_size=batch_size,

@@ -212,6 +212,6 @@ def prepare_benchmark(cfg: DictConfig, progress: bool = True) -> Benchmark:
     with extraction_lock(feature_root, benchmark.backbone_id, dataset.annotation_sha256):
         missing = missing_image_ids(feature_root, benchmark.backbone_id, dataset.annotation_sha256, image_ids)
         if len(missing):
-            backbone = load_backbone(benchmark.backbone_config, weights)
+            backbone = load_backbone(benchmark.backbone_config, weights, benchmark.backbone_id)
             extract_shard(backbone, dataset, missing, feature_root, progress=progress)
     return benchmark

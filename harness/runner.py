@@ -163,7 +163,8 @@ def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float)
     from mlfsic.harness.features import extract_shard
 
     _set_threads(num_cpus)
-    backbone = load_backbone(benchmark.backbone_config, Path(benchmark.backbone_weights) if benchmark.backbone_weights else None)
+    backbone = load_backbone(benchmark.backbone_config, Path(benchmark.backbone_weights) if benchmark.backbone_weights else None,
+                             benchmark.backbone_id)
     extract_shard(backbone, benchmark.dataset(), image_ids, Path(benchmark.feature_root), progress=False)
     return len(image_ids)
 
