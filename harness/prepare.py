@@ -122,7 +122,9 @@ def open_clip_weights(backbone_cfg: dict[str, Any], split: dict[str, list[str]] 
         report.update(pinned=True, regime=record["trained_on"]["settings"]["regime"],
                       training=record.get("training", {}))
     load_clip(backbone_cfg, path)
-    report.update(weights_file=str(path), weights_sha256=sha256_file(path))
+    # a pinned file's sha256 was just checked against the config: no second read of the file
+    report.update(weights_file=str(path),
+                  weights_sha256=str(backbone_cfg["pinned_sha256"]) if report.get("pinned") else sha256_file(path))
     if model == TINY_TEACHER:
         report["stand_in"] = ("tiny teacher trained by mlfsic on the OpenMoji glyph+name corpus; "
                               "a stand-in for CLIP weights, not CLIP")
