@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run (or resume) a sweep")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=[protonet] setting=[1shot] "
-                     "against=published; every key is documented in configs/config.yaml")
+                     "against=published, +backbone=tiny-teacher (open_clip image tower; adds mkt, clip-zeroshot); "
+                     "every key is documented in configs/config.yaml")
     board = commands.add_parser("leaderboard", help="build the leaderboard of one or more run dirs")
     board.add_argument("args", nargs="+", metavar="RUN_DIR",
                        help="run dirs, then options: out=DIR (where the board goes), against=published|RUN_DIR "
