@@ -3,6 +3,7 @@
 Plain Ray tasks, no Tune: the driver resolves every job, skips what already exists and submits the rest.
 
     backbone   train the coco-moji CNN (or locate ResNet-50 weights)       once per dataset, cached
+    warm-up    import the harness in every other task slot's worker        beside the backbone task
     features   one task per shard of images whose features are missing     once per (backbone, image)
     fit        one task per (method, seed)                                  checkpoint cached
     evaluate   one task per (method, setting, seed, chunk of ~100 episodes) parts/ in the run dir
@@ -141,6 +142,28 @@ def check_resources(resources: TaskResources) -> None:
         )
 
 
+def _task_slots(resources: TaskResources) -> int:
+    """How many tasks of ``resources`` the cluster runs at once (at least 1)."""
+    total = ray.cluster_resources()
+    slots = [int(total.get(kind, 0) // need) for kind, need in (("CPU", resources.num_cpus), ("GPU", resources.num_gpus))
+             if need > 0]
+    return max(1, min(slots, default=1))
+
+
+def _warm_up_task() -> int:
+    """Import the harness, torch and the registered methods in this worker; returns the worker's pid.
+
+    Ray starts idle workers with ``ray.init``, but a worker imports the harness (torch, pandas: about 3-5 s
+    on 2 cores) only when its first task arrives. Unwarmed, every worker but the one that ran the backbone
+    task paid that when the first method tasks arrived, idle while the others worked. One warm-up task per
+    task slot but the backbone task's, submitted with it, overlaps those imports with the preparation.
+    """
+    from mlfsic.methods.registry import available_methods
+
+    available_methods()
+    return os.getpid()
+
+
 def _set_threads(num_cpus: float) -> None:
     import torch
 
@@ -252,9 +275,10 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
 
     init_ray(sweep.ray)
     check_resources(sweep.resources)
-    weights, backbone_report = _get_or_raise(
-        ray.remote(_backbone_task).options(**options).remote(sweep.dataset, str(cache_root))
-    )
+    backbone_ref = ray.remote(_backbone_task).options(**options).remote(sweep.dataset, str(cache_root))
+    # The other task slots import the harness meanwhile; not awaited (an import error fails the method tasks).
+    warm_up = [ray.remote(_warm_up_task).options(**options).remote() for _ in range(_task_slots(sweep.resources) - 1)]
+    weights, backbone_report = _get_or_raise(backbone_ref)
     if progress:
         origin = ("pinned weights shipped with the package" if backbone_report.get("pinned")
                   else "weights file" if sweep.dataset["backbone"]["kind"] != "small_cnn"

@@ -73,8 +73,9 @@ def write_chunk(run_path: Path, name: str, result: ChunkResult) -> None:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Uncompressed: float64 scores deflate by about 5%, for about 35 ms of driver CPU per file."""
     with open(path, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
+        np.savez(handle, **arrays)
 
 
 def assemble(run_path: Path, planned_parts: list[str], failed_cells: set[str]) -> pd.DataFrame:

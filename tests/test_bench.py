@@ -6,7 +6,8 @@ dir is fresh for every bench (``MLFSIC_BENCH_RESULTS`` overrides it), so the col
 Figures:
 - backbone forward passes per unique image over a whole cold sweep (target 1.0);
 - evaluation throughput (episodes/s of ``predict``) per method;
-- wall time of the same warm sweep (fits and features cached, evaluation recomputed) on 1 vs 2 Ray CPUs;
+- wall time of the same warm sweep (fits and features cached, evaluation recomputed) on 1 vs 2 Ray CPUs,
+  as interleaved pairs (``MLFSIC_BENCH_PAIRS``, default 3) and their median speed-up;
 - the share of that wall time spent outside method code;
 - random scoring's mAP against the analytic expectation of a random ranking on the same episodes.
 """
@@ -26,6 +27,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 BENCH_OVERRIDES = ["n_episodes=100", "seeds=[0]", "setting=[0shot,1shot,5shot]"]
+BENCH_PAIRS = int(os.environ.get("MLFSIC_BENCH_PAIRS", "3"))  # interleaved 1-CPU/2-CPU warm sweeps
 
 
 def _mlfsic_run(results_dir: Path, *overrides: str) -> dict:
@@ -53,19 +55,28 @@ def test_bench_sweep_figures(tmp_path):
     print(f"\nbench: backbone_forward_passes_per_unique_image={forwards:.3f}"
           f" (images={cold['run']['n_feature_images']}, cold sweep wall_s={cold['run']['wall_s']:.1f})")
 
-    walls, task_walls = {}, {}
-    for cpus in (1, 2):
-        # Same sweep, 600 episodes: fits come from the checkpoints of the cold run, evaluation is redone.
-        warm = _mlfsic_run(results_dir, f"run_id=bench-warm-{cpus}cpu", f"ray.num_cpus={cpus}", "save_scores=true",
-                           "n_episodes=600")
-        walls[cpus] = warm["run"]["wall_s"]
-        task_walls[cpus] = warm["run"]["phase_s"]["fit_and_evaluate"]
-        method_s = float(warm["records"]["predict_s"].sum())
-        outside = 1.0 - method_s / (task_walls[cpus] * cpus)
-        print(f"bench: warm_sweep_wall_s[{cpus}cpu]={walls[cpus]:.1f} (prepare {warm['run']['phase_s']['prepare']:.1f}, "
-              f"evaluate {task_walls[cpus]:.1f})  share_of_evaluate_cpu_time_outside_method_code={outside:.2f}")
-    print(f"bench: speedup_2cpu_vs_1cpu whole sweep={walls[1] / walls[2]:.2f}, "
-          f"evaluate phase={task_walls[1] / task_walls[2]:.2f}")
+    # The same warm sweep (600 episodes; fits from the cold run's checkpoints, evaluation redone) on 1 and 2
+    # Ray CPUs, interleaved 1, 2, 1, 2, ...: this VM's speed drifts by up to ~10% over minutes, so each 2-CPU
+    # run is compared with the 1-CPU run just before it, and the median pair's speed-up is the figure.
+    speedups: dict[str, list[float]] = {"whole sweep": [], "evaluate phase": []}
+    for pair in range(BENCH_PAIRS):
+        walls, task_walls = {}, {}
+        for cpus in (1, 2):
+            warm = _mlfsic_run(results_dir, f"run_id=bench-warm-{cpus}cpu-{pair}", f"ray.num_cpus={cpus}",
+                               "save_scores=true", "n_episodes=600")
+            walls[cpus] = warm["run"]["wall_s"]
+            task_walls[cpus] = warm["run"]["phase_s"]["fit_and_evaluate"]
+            method_s = float(warm["records"]["predict_s"].sum())
+            outside = 1.0 - method_s / (task_walls[cpus] * cpus)
+            print(f"bench: pair {pair}: warm_sweep_wall_s[{cpus}cpu]={walls[cpus]:.1f} (prepare "
+                  f"{warm['run']['phase_s']['prepare']:.1f}, evaluate {task_walls[cpus]:.1f})  "
+                  f"share_of_evaluate_cpu_time_outside_method_code={outside:.2f}")
+        speedups["whole sweep"].append(walls[1] / walls[2])
+        speedups["evaluate phase"].append(task_walls[1] / task_walls[2])
+        print(f"bench: pair {pair}: speedup_2cpu_vs_1cpu whole sweep={walls[1] / walls[2]:.2f}, "
+              f"evaluate phase={task_walls[1] / task_walls[2]:.2f}")
+    print(f"bench: speedup_2cpu_vs_1cpu (median of {BENCH_PAIRS} pairs) "
+          + ", ".join(f"{phase}={np.median(values):.2f}" for phase, values in speedups.items()))
 
     for method, group in warm["records"].groupby("method"):
         print(f"bench: predict_episodes_per_s[{method}]={len(group) / group['predict_s'].sum():.1f}")

@@ -14,8 +14,8 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.evaluate import evaluate_cell, method_spec
 from mlfsic.harness.store import RECORD_COLUMNS
 from mlfsic.harness.prepare import prepare_benchmark
-from mlfsic.harness.runner import run_sweep
-from mlfsic.harness.sweep import load_sweep
+from mlfsic.harness.runner import _task_slots, run_sweep
+from mlfsic.harness.sweep import TaskResources, load_sweep
 
 N_EPISODES = 30
 
@@ -106,6 +106,14 @@ def test_gpu_request_on_cpu_cluster_is_rejected_up_front(ray_session, tiny_resul
     sweep = load_sweep(tiny_overrides(tiny_results_dir, "resources.num_gpus=1", "method=[random]"))
     with pytest.raises(MlfsicError, match="num_gpus=1 requested, but no node of the Ray cluster has that many GPUs"):
         run_sweep(sweep, progress=False)
+
+
+def test_warm_up_covers_every_task_slot_of_the_cluster(ray_session):
+    """One warm-up per task slot the sweep's tasks can fill at once (the shared test cluster: 2 CPUs, no GPU)."""
+    assert _task_slots(TaskResources(num_cpus=1)) == 2
+    assert _task_slots(TaskResources(num_cpus=0.5)) == 4
+    assert _task_slots(TaskResources(num_cpus=2)) == 1
+    assert _task_slots(TaskResources(num_cpus=1, num_gpus=1)) == 1  # no GPU here: never fewer than one
 
 
 def test_variants_are_fitted_and_evaluated_under_their_own_name(ray_session, tiny_results_dir):
