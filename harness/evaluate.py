@@ -210,6 +210,7 @@ def evaluate_episodes(
     save_scores: bool = False,
 ) -> ChunkResult:
     """Score episodes ``indices`` of an episode set; one record row per episode."""
+    started, started_cpu = time.perf_counter(), time.process_time()
     method = load_fitted(fit.checkpoint)
     if method.needs_clip:
         method.use_clip(benchmark.clip_model())
@@ -254,6 +255,8 @@ def evaluate_episodes(
         records=pd.DataFrame(records, columns=list(RECORD_COLUMNS)),
         label_ap=pd.DataFrame(label_rows, columns=list(LABEL_AP_COLUMNS)),
         scores=scores_out,
+        task_s=time.perf_counter() - started,
+        task_cpu_s=time.process_time() - started_cpu,
     )
 
 

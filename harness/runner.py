@@ -276,8 +276,10 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     init_ray(sweep.ray)
     check_resources(sweep.resources)
     backbone_ref = ray.remote(_backbone_task).options(**options).remote(sweep.dataset, str(cache_root))
-    # The other task slots import the harness meanwhile; not awaited (an import error fails the method tasks).
-    warm_up = [ray.remote(_warm_up_task).options(**options).remote() for _ in range(_task_slots(sweep.resources) - 1)]
+    # The other task slots import the harness meanwhile. Not awaited (a dropped ref does not cancel a task); an
+    # import error fails the method tasks, which say why.
+    for _ in range(_task_slots(sweep.resources) - 1):
+        ray.remote(_warm_up_task).options(**options).remote()
     weights, backbone_report = _get_or_raise(backbone_ref)
     if progress:
         origin = ("pinned weights shipped with the package" if backbone_report.get("pinned")
@@ -326,8 +328,10 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     failures: dict[str, dict[str, Any]] = {}
     fit_seconds: dict[str, float] = {}
     fit_reports: dict[str, dict[str, Any]] = {}
+    # Summed over the chunks computed now: wall - cpu is time their processes were runnable but not running.
+    chunk_seconds = {"n_chunks": 0, "wall": 0.0, "cpu": 0.0}
     try:
-        _collect(plan, run_path, dataset.name, failures, fit_seconds, fit_reports, run_id, progress)
+        _collect(plan, run_path, dataset.name, failures, fit_seconds, fit_reports, chunk_seconds, progress)
     except KeyboardInterrupt:
         for ref in plan.pending:
             ray.cancel(ref, force=True)
@@ -341,6 +345,7 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
         status="failed" if failures else "complete", failures=list(failures.values()), counts=plan.counts,
         fit_seconds=fit_seconds, fit_reports=fit_reports, wall_s=round(time.time() - started, 3), n_records=int(len(records)),
         phase_s={"prepare": round(prepared - started, 3), "fit_and_evaluate": round(time.time() - prepared, 3)},
+        evaluate_chunk_s={key: round(value, 3) for key, value in chunk_seconds.items()},
         forward_passes=forward_passes(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256),
         n_feature_images=int(len(all_ids)),
     )
@@ -444,7 +449,8 @@ def _plan_and_submit(
 
 def _collect(
     plan: _Plan, run_path: Path, dataset: str, failures: dict[str, dict[str, Any]],
-    fit_seconds: dict[str, float], fit_reports: dict[str, dict[str, Any]], run_id: str, progress: bool,
+    fit_seconds: dict[str, float], fit_reports: dict[str, dict[str, Any]], chunk_seconds: dict[str, float],
+    progress: bool,
 ) -> None:
     """Write results as they arrive (``ray.wait`` loop); a failed fit or chunk fails its cells only.
 
@@ -478,6 +484,9 @@ def _collect(
             elif cell_key(task.method, task.settings[0], task.seed) not in failures:
                 assert task.part is not None
                 write_chunk(run_path, task.part, result)
+                chunk_seconds["n_chunks"] += 1
+                chunk_seconds["wall"] += result.task_s
+                chunk_seconds["cpu"] += result.task_cpu_s
     bar.close(f"{counts['chunks_total']} chunks ({counts['chunks_skipped']} skipped, {counts['chunks_submitted']} "
               f"computed), {counts['fit_tasks']} fits ({counts['fits_cached']} from checkpoints)")
 

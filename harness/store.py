@@ -43,6 +43,8 @@ class ChunkResult:
     records: pd.DataFrame  # RECORD_COLUMNS
     label_ap: pd.DataFrame  # LABEL_AP_COLUMNS
     scores: dict[str, np.ndarray] | None  # "scores", "targets", "episode" when save_scores
+    task_s: float = 0.0  # wall seconds of the whole chunk (loading the fit, episodes, predict, metrics)
+    task_cpu_s: float = 0.0  # CPU seconds of the evaluating process meanwhile (all its threads)
 
 
 def cell_key(method: str, setting: str, seed: int) -> str:

@@ -41,6 +41,10 @@ def test_sweep_writes_complete_records_and_resumes(ray_session, tiny_results_dir
         assert sorted(group["episode"]) == list(range(N_EPISODES)), (method, setting, seed)
     assert (records["status"] == "ok").all()
     assert records["episode_set_id"].nunique() == 4  # (0shot, 1shot) x 2 seeds, shared by methods
+    # Chunk timing in run.json: every computed chunk counted; a chunk's wall time covers its predict calls.
+    chunk_s = json.loads((outcome.run_path / "run.json").read_text())["evaluate_chunk_s"]
+    assert chunk_s["n_chunks"] == outcome.counts["chunks_submitted"]
+    assert chunk_s["wall"] >= records["predict_s"].sum() and chunk_s["cpu"] > 0
 
     # Stored scores reproduce every episode's mAP with sklearn.
     for (method, setting, seed), group in records.groupby(["method", "setting", "seed"]):
@@ -79,6 +83,7 @@ def test_sweep_writes_complete_records_and_resumes(ray_session, tiny_results_dir
     done = _sweep(tiny_results_dir, *extra)
     assert done.counts["chunks_submitted"] == 0 and done.counts["fit_tasks"] == 0
     run_json = json.loads((done.run_path / "run.json").read_text())
+    assert run_json["evaluate_chunk_s"] == {"n_chunks": 0, "wall": 0.0, "cpu": 0.0}  # this invocation's only
     assert run_json["status"] == "complete"
     assert run_json["git"]["commit"]
     assert run_json["forward_passes"] == run_json["n_feature_images"]
