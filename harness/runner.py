@@ -150,8 +150,8 @@ def _task_slots(resources: TaskResources) -> int:
     return max(1, min(slots, default=1))
 
 
-def _warm_up_task() -> int:
-    """Import the harness, torch and the registered methods in this worker; returns the worker's pid.
+def _warm_up_task() -> None:
+    """Import the harness, torch and the registered methods in this worker.
 
     Ray starts idle workers with ``ray.init``, but a worker imports the harness (torch, pandas: about 3-5 s
     on 2 cores) only when its first task arrives. Unwarmed, every worker but the one that ran the backbone
@@ -161,7 +161,6 @@ def _warm_up_task() -> int:
     from mlfsic.methods.registry import available_methods
 
     available_methods()
-    return os.getpid()
 
 
 def _set_threads(num_cpus: float) -> None:
