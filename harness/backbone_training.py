@@ -173,10 +173,7 @@ def train_small_cnn(
 
     val_map = prototype_map(embed_array(model, val_images), np.asarray(val_targets), seed) if len(val_images) else None
     model.eval()
-    # Saved through a file object, the archive's inner folder is always "archive" (a path would put the random
-    # temp file name there), so equal weights give equal bytes and the same sha256.
-    with atomic_path(out_path) as tmp, open(tmp, "wb") as handle:
-        torch.save(model.state_dict(), handle)
+    save_state(model.state_dict(), out_path)
     return {
         "kind": "small_cnn",
         "epochs": int(epochs),
@@ -191,6 +188,14 @@ def train_small_cnn(
         "train_seconds": round(train_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Save trained parameters atomically, through a file object: the archive's inner folder is then always
+    "archive" (a path would put the random temp file name there), so equal weights give equal bytes and the
+    same sha256. Used for the SmallCNN and the tiny teacher."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 # ----------------------------------------------------------------------------------------- mlfsic backbone train

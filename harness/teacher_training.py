@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mlfsic.harness import clip_models
+from mlfsic.harness.backbone_training import save_state
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, sha256_file, write_json_atomic
 
@@ -143,13 +144,6 @@ def train_teacher(settings: Mapping[str, Any], out_path: Path, corpus_cache: Pat
     }
 
 
-def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Through a file object, so the archive's inner folder is "archive", not the random temp file name:
-    equal weights give equal bytes and the same sha256 (as ``backbone_training`` saves the SmallCNN)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(state, handle)
-
-
 def image_embeddings(clip: clip_models.ClipModel, images: np.ndarray) -> torch.Tensor:
     """Projected image embeddings (n, E) of uint8 ``images``, in batches of 256."""
     with torch.inference_mode():
@@ -231,7 +225,7 @@ def teacher_command(overrides: list[str]) -> int:
             backbone_map = prototype_map(embeddings["trained"].numpy(), pool.targets.astype(np.float32), 0)
             print(f"as a backbone: val mAP of nearest prototypes (small_cnn's measure) {backbone_map or float('nan'):.4f}")
     if pinned is not None:
-        print(f"pinned: {pinned}  same sha256: {'yes' if sha256_file(pinned) == sha else 'no'}")
+        print(f"pinned: {pinned}  same sha256: {'yes' if backbone_cfg['pinned_sha256'] == sha else 'no'}")
     if out is not None:
         target = out / f"tiny_teacher-{report['settings']['regime']}-{sha[:12]}.pt"
         with atomic_path(target) as tmp:

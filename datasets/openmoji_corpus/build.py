@@ -31,7 +31,7 @@ from mlfsic.datasets.coco_moji.glyphs import prerender
 from mlfsic.datasets.coco_moji.scene import DISTRACTOR_COUNTS, draw_scene
 from mlfsic.datasets.openmoji_corpus.captions import caption
 from mlfsic.datasets.openmoji_corpus.glyph_set import CorpusGlyph, candidate_glyphs
-from mlfsic.datasets.openmoji_corpus.regimes import check_regime, excluded_codepoints
+from mlfsic.datasets.openmoji_corpus.regimes import check_regime, excluded_codepoints, glyphs_outside
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_json
 
@@ -106,8 +106,7 @@ def build_corpus(
     """Draw ``n_images`` captioned images of the regime's corpus glyphs (see the module docstring)."""
     check_arguments(regime, seed, n_images, image_size)
     excluded = excluded_codepoints(regime, split_file)
-    candidates, _ = candidate_glyphs()
-    glyphs = tuple(glyph for glyph in candidates if glyph.codepoint not in excluded)
+    glyphs = tuple(glyphs_outside(excluded))
     plan_seed, image_seed = np.random.SeedSequence(seed).spawn(2)
     plan = plan_glyphs(n_images, len(glyphs), np.random.default_rng(plan_seed))
     distractors = [code for code in DISTRACTORS if code not in excluded]

@@ -87,6 +87,10 @@ def excluded_codepoints(
 
 def corpus_glyphs(regime: str, split_file: Path | None = None) -> list[CorpusGlyph]:
     """The glyphs the regime's corpus draws, sorted by codepoint."""
-    excluded = excluded_codepoints(regime, split_file)
+    return glyphs_outside(excluded_codepoints(regime, split_file))
+
+
+def glyphs_outside(excluded: dict[int, str]) -> list[CorpusGlyph]:
+    """The candidate glyphs not in ``excluded`` (``excluded_codepoints``), sorted by codepoint."""
     candidates, _ = candidate_glyphs()
     return [glyph for glyph in candidates if glyph.codepoint not in excluded]
