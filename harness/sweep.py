@@ -123,6 +123,7 @@ class Sweep:
     method_modules: tuple[str, ...]
     config: dict[str, Any]  # the resolved config as composed (run.json["config"], the run id)
     against: Path | None = None  # a reference run dir (harness.reference_run): only new methods are computed
+    fit_val: bool = False  # eval_split=val only: fit still gets the val split for model selection (ablations)
 
     @property
     def dataset_name(self) -> str:
@@ -148,14 +149,15 @@ class Sweep:
 def derive_run_id(config: Mapping[str, Any]) -> str:
     """``run_id`` if set, else ``<dataset>-<hash of the resolved config minus RUN_ID_IGNORED_KEYS>``.
 
-    Keys added after run ids were first derived (``variants``) count only when set, so a config that
-    does not use them keeps its run id.
+    Keys added after run ids were first derived (``variants``, ``fit_val``) count only when set, so a
+    config that does not use them keeps its run id.
     """
     if config.get("run_id"):
         return str(config["run_id"])
     content = {k: v for k, v in config.items() if k not in RUN_ID_IGNORED_KEYS}
-    if not content.get("variants"):
-        content.pop("variants", None)
+    for key in ("variants", "fit_val"):
+        if not content.get(key):
+            content.pop(key, None)
     return f"{config['dataset']['name']}-{sha256_json(content)[:12]}"
 
 
@@ -196,6 +198,10 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
     n_way = None if config["n_way"] is None else _integer("n_way", config["n_way"], 1, "null (all labels) or an integer >= 1")
     protocol = _choice("protocol", config["protocol"], _protocols())
     eval_split = _choice("eval_split", config["eval_split"], ("test", "val", "base"))
+    fit_val = _boolean("fit_val", config["fit_val"])
+    if fit_val and eval_split != "val":
+        raise _bad("fit_val", True, "false unless eval_split=val",
+                   f"fit always receives the val split when eval_split={eval_split}")
     chunk_episodes = _integer("chunk_episodes", config["chunk_episodes"], 1)
     max_retries = _integer("max_retries", config["max_retries"], 0)
     save_scores = _boolean("save_scores", config["save_scores"])
@@ -218,6 +224,7 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
         protocol=protocol, eval_split=eval_split, results_dir=results_dir, run_id=run_id, save_scores=save_scores,
         chunk_episodes=chunk_episodes, max_retries=max_retries, ray=ray_options, resources=resources,
         embeddings=embeddings, dataset=dataset, method_modules=method_modules, config=config, against=against,
+        fit_val=fit_val,
     )
 
 

@@ -17,6 +17,9 @@ Constructor arguments are the method's hyperparameters, with their defaults in t
 defaults, and ``seed`` is always passed. A fitted method is checkpointed by pickling the whole object
 (``torch.save``), so methods keep their state in plain attributes and modules. A method may set
 ``fit_report`` (a small JSON-ready dict, e.g. the kept epoch and its val mAP): run.json records it.
+The harness scores a chunk of episodes with ``predict_batch`` (default: ``predict`` per episode), so a
+method that trains per episode can batch that training; ``predict_params`` names the hyperparameters
+only prediction reads, which variants may change without a new fit.
 
 Setting names are ``0shot``, ``1shot``, ``5shot`` (any ``Kshot``): the same strings in configs,
 records and file names.
@@ -99,6 +102,10 @@ class Method(ABC):
     needs_local_features: ClassVar[bool] = False  # wants (n, L, C) local features in SplitData/Episode
     transductive: ClassVar[bool] = False  # scores of one query may depend on the other queries
     needs_clip: ClassVar[bool] = False  # gets the sweep's open_clip model through ``use_clip`` (open_clip backbones)
+    # Hyperparameters that only ``predict`` reads (an attribute of the same name): they are left out of the
+    # checkpoint key, so variants that differ only in them share one fit; the harness sets them on the
+    # loaded method. ``fit`` must not depend on them.
+    predict_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -131,6 +138,12 @@ class Method(ABC):
     @abstractmethod
     def predict(self, episode: Episode) -> np.ndarray:
         """Return scores of shape (episode.n_query, episode.n_labels); higher means more likely."""
+
+    def predict_batch(self, episodes: list[Episode]) -> list[np.ndarray]:
+        """Scores of several independent episodes (a chunk), one array per episode, as ``predict`` gives
+        them. Override to batch per-episode training across episodes; the result of an episode must not
+        depend on the other episodes of the batch (within float tolerance)."""
+        return [self.predict(episode) for episode in episodes]
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:

@@ -20,6 +20,7 @@ The pieces, as module-level functions so they can be tested on their own:
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import math
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.metrics import episode_map
 from mlfsic.methods.api import Episode, Method, SplitData, register
+from mlfsic.methods.lcm_adaptation import adapt_to_supports, ema_weight, project_words, renormalise_mask
 from mlfsic.methods.protonet import sample_episode
 from mlfsic.methods.torch_utils import (
     check_episode,
@@ -46,10 +48,22 @@ from mlfsic.methods.torch_utils import (
 SELECTIONS = ("first_order", "exact", "off")
 THRESHOLD_MODES = ("sigmoid", "relative")
 COMBINES = ("softmax", "mean")  # how per-image prototypes of one label are combined
+WORD_VECTORS = ("embeddings", "random")  # the label vectors: the word embeddings, or fixed random vectors (ablation)
+# Hyperparameters only prediction reads (selection is not applied in training, as released): variants that
+# change only these share one checkpoint (Method.predict_params).
+PREDICT_PARAMS = ("selection", "theta", "score_scale", "threshold_mode", "selection_steps", "selection_lr",
+                  "adapt_steps", "adapt_lr")
 DENSE_RATIO = 8.0  # attend densely over all (image, label) pairs when N * n_s <= DENSE_RATIO * P (speed only)
 
 
 # ------------------------------------------------------------------------------------------- scoring
+def random_label_vector(name: str, size: int) -> torch.Tensor:
+    """A fixed standard-normal vector (size,) for label ``name``, seeded by the name's sha256: the
+    ``word_vectors="random"`` ablation (label vectors that carry no word meaning)."""
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") % (2**63)
+    return torch.randn(size, generator=torch.Generator().manual_seed(seed))
+
+
 def alignment_logits(visual: torch.Tensor, prototypes: torch.Tensor, scale: float) -> torch.Tensor:
     """``scale * (1 - d)`` with d the Euclidean distance of the L2-normalised vectors (in [0, 2]).
 
@@ -109,10 +123,11 @@ def position_importance(
             rho -> 0); ``"exact"``: |L(rho with rho_il = 0) - L(rho)|, all n * L leave-one-out losses in
             one batched forward.
         steps: the mask rho (n, L), initialised to 1, takes ``steps - 1`` Adam steps (``lr``) on the
-            alignment loss; after each step it is min-max normalised per image and its zeros are replaced
-            by the image's second-smallest value (as in the released code). The score of each step is
-            averaged by the released code's EMA, ``score = a * score + (1 - a) * s`` with
-            ``a = min(1 - 1 / (t + 1), 0.95)`` at step t = 0, 1, ... (a running mean up to t = 19).
+            alignment loss; after each step it is renormalised as released (``renormalise_mask``: per-image
+            min-max, zeros replaced by the second-smallest value). The score of each step is averaged by
+            the released hook's EMA, ``score = a * score + (1 - a) * s`` with ``a = ema_weight(t)`` at the
+            1-based step t (the first step sets it). This is the ``adapt_steps=0`` path of ``LCM``: only rho
+            moves; with test-time adaptation the scores come from ``lcm_adaptation.adapt_to_supports``.
         scale: the logit scale s.
 
     The alignment loss is BCE-with-logits between ``alignment_logits(weight @ mean_l(rho * local) + bias,
@@ -151,7 +166,7 @@ def position_importance(
                 reduction="none",
             ).sum(dim=-1)  # (n, L)
             change = (removed_loss - per_image.unsqueeze(1)).abs() / n_entries
-        alpha = min(1.0 - 1.0 / (step + 1), 0.95)
+        alpha = ema_weight(step + 1)
         score = alpha * score + (1.0 - alpha) * change
         if step == steps - 1:
             break
@@ -160,11 +175,7 @@ def position_importance(
         second_moment = beta2 * second_moment + (1 - beta2) * grad.square()
         m_hat = moment / (1 - beta1 ** (step + 1))
         v_hat = second_moment / (1 - beta2 ** (step + 1))
-        rho = rho - lr * m_hat / (v_hat.sqrt() + eps)
-        low, high = rho.min(dim=1, keepdim=True).values, rho.max(dim=1, keepdim=True).values
-        rho = (rho - low) / (high - low).clamp_min(1e-12)
-        second = torch.where(rho > 0, rho, torch.full_like(rho, math.inf)).min(dim=1, keepdim=True).values
-        rho = torch.where(rho > 0, rho, torch.where(torch.isfinite(second), second, torch.ones_like(second)))
+        rho = renormalise_mask(rho - lr * m_hat / (v_hat.sqrt() + eps))
     return score
 
 
@@ -204,8 +215,9 @@ class CrossInteraction(nn.Module):
         [channel_attention]  g = sigmoid(fc2(relu(fc1(u_p + w[j_p]))));  u_p = u_p * g + u_p
         [dynamic_conv]       u_p = u_p + DynConv_{w[j_p]}(u_p)          (see ``_dynamic_conv``)
         q = W_q LN_q(w[j_p]),  k = W_k LN_kv(u_p),  v = W_v LN_kv(u_p)   split into h heads of H/h
+                                                         (LN_kv = LN_q with ``shared_norm``, as released)
         a = softmax_l(q k^T / sqrt(H/h))  over the kept positions        (P, h, L)
-        t = W_o concat_h(a v)                                            (P, H)
+        t = W_o concat_h(a v)  [+ concat_h(a u_p) with visual_residual]    (P, H)
         z = LN_out(t + MLP(LN_mlp(t)))      MLP: H -> mlp_ratio*H -> H, GELU       (P, H)
 
     Without channel attention and dynamic convolution the keys and values do not depend on the label,
@@ -222,13 +234,15 @@ class CrossInteraction(nn.Module):
         dynamic_rank: int,
         visual_residual: bool,
         generator: torch.Generator,
+        shared_norm: bool = True,
     ) -> None:
         super().__init__()
         self.visual_residual = visual_residual
         if dim % heads:
             raise MlfsicError(f"embed_dim {dim} is not divisible by heads {heads}")
         self.dim, self.heads = dim, heads
-        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = self.norm_q if shared_norm else nn.LayerNorm(dim)  # released: one LayerNorm for both
         self.query, self.key = linear(dim, dim, generator), linear(dim, dim, generator)
         self.value, self.out = linear(dim, dim, generator), linear(dim, dim, generator)
         self.norm_mlp, self.norm_out = nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -403,6 +417,7 @@ class LCM(Method):
     zero_shot = True
     few_shot = True
     needs_local_features = True
+    predict_params = PREDICT_PARAMS
 
     def __init__(
         self,
@@ -417,11 +432,16 @@ class LCM(Method):
         threshold_mode: str = "sigmoid",
         selection_steps: int = 3,
         selection_lr: float = 0.01,
+        adapt_steps: int = 100,
+        adapt_lr: float = 1e-3,
         channel_attention: bool = False,
         dynamic_conv: bool = False,
         dynamic_rank: int = 16,
         tie_local_projection: bool = True,
         visual_residual: bool = True,
+        shared_norm: bool = True,
+        cross_interaction: bool = True,
+        word_vectors: str = "embeddings",
         combine: str = "softmax",
         steps: int = 1500,
         n_way: int | None = None,
@@ -445,6 +465,10 @@ class LCM(Method):
             )
         if combine not in COMBINES:
             raise MlfsicError(f"{self.name or 'lcm'}: combine must be one of {COMBINES}, got {combine!r}")
+        if word_vectors not in WORD_VECTORS:
+            raise MlfsicError(f"{self.name or 'lcm'}: word_vectors must be one of {WORD_VECTORS}, got {word_vectors!r}")
+        if adapt_steps < 0 or adapt_lr < 0:
+            raise MlfsicError(f"{self.name or 'lcm'}: adapt_steps and adapt_lr must be >= 0, got {adapt_steps}, {adapt_lr}")
         if embed_dim % heads:
             raise MlfsicError(f"{self.name or 'lcm'}: embed_dim {embed_dim} is not divisible by heads {heads}")
         self.embed_dim = embed_dim
@@ -457,11 +481,16 @@ class LCM(Method):
         self.threshold_mode = threshold_mode
         self.selection_steps = selection_steps
         self.selection_lr = selection_lr
+        self.adapt_steps = int(adapt_steps)
+        self.adapt_lr = float(adapt_lr)
         self.channel_attention = channel_attention
         self.dynamic_conv = dynamic_conv
         self.dynamic_rank = dynamic_rank
         self.tie_local_projection = tie_local_projection
         self.visual_residual = visual_residual
+        self.shared_norm = shared_norm
+        self.cross_interaction = cross_interaction
+        self.word_vectors = word_vectors
         self.combine = combine
         self.steps = steps
         self.n_way = n_way
@@ -543,9 +572,13 @@ class LCM(Method):
             raise MlfsicError(f"{self.name}: episode {episode.index} support_local_features contains NaN or infinite values")
 
     # ----------------------------------------------------------------------------------------- pieces
-    def _words(self, embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(N, E) word embeddings -> L2-normalised * sqrt(E), float32 (N, E)."""
+    def _words(self, embeddings: np.ndarray | torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        """(N, E) word embeddings of labels ``names`` -> the model's label vectors, L2-normalised * sqrt(E),
+        float32 (N, E). With ``word_vectors="random"`` (ablation of the word-embedding initialisation) each
+        label gets a fixed Gaussian vector seeded by its name instead, the same in every fit and episode."""
         e = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        if self.word_vectors == "random":
+            e = torch.stack([random_label_vector(name, e.shape[1]) for name in names]) if len(names) else e
         return F.normalize(e, dim=1) * math.sqrt(e.shape[1])
 
     def _std_global(self, features: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -566,9 +599,9 @@ class LCM(Method):
         weight = self.net.loc_fc.weight / self.local_std
         return F.linear(local, weight, self.net.loc_fc.bias - weight @ self.local_mean)
 
-    def word_prototypes(self, embeddings: np.ndarray) -> torch.Tensor:
+    def word_prototypes(self, embeddings: np.ndarray, names: tuple[str, ...] = ()) -> torch.Tensor:
         """The 0shot prototypes = projected word vectors ``tex_fc(e)``: (N, E) -> (N, H)."""
-        return self.net.tex_fc(self._words(embeddings))
+        return self.net.tex_fc(self._words(embeddings, names))
 
     def importance(self, support_local: torch.Tensor, words: torch.Tensor, support_targets: torch.Tensor,
                    method: str | None = None) -> torch.Tensor:
@@ -580,13 +613,25 @@ class LCM(Method):
             steps=self.selection_steps, lr=self.selection_lr, scale=self.scale,
         )
 
-    def _keep(self, support_local: torch.Tensor, words: torch.Tensor, support_targets: torch.Tensor
+    def _keep(self, support_local: torch.Tensor, words: torch.Tensor, support_targets: torch.Tensor, select: bool
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Kept positions (n_s, L) bool and the importance scores (n_s, L) (None with selection off)."""
-        if self.selection == "off":
+        """Kept positions (n_s, L) bool and the importance scores (n_s, L) (None when not selecting)."""
+        if self.selection == "off" or not select:
             return torch.ones(support_local.shape[:2], dtype=torch.bool), None
         scores = self.importance(support_local, words, support_targets)
         return select_positions(scores, self.theta, self.score_scale, self.threshold_mode), scores
+
+    def _combine(self, z: torch.Tensor, align: torch.Tensor, targets: torch.Tensor, pair_image: torch.Tensor,
+                 pair_label: torch.Tensor, n_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prototypes (N, H) from per-pair vectors z (P, H): the pairs of a label weighted by the softmax of
+        ``align`` (n_s, N) over the images carrying it (``combine="softmax"``, released) or equally
+        (``"mean"``). Returns the prototypes and the pair weights (P,)."""
+        if self.combine == "mean":
+            align = torch.zeros_like(targets)
+        weights = torch.softmax(align.masked_fill(targets <= 0.5, -math.inf), dim=0).nan_to_num(0.0)
+        pair_weights = weights[pair_image, pair_label]  # (P,)
+        prototypes = z.new_zeros(n_labels, z.shape[1]).index_add(0, pair_label, pair_weights.unsqueeze(1) * z)
+        return prototypes, pair_weights
 
     def _prototypes(
         self,
@@ -595,41 +640,125 @@ class LCM(Method):
         support_targets: torch.Tensor,
         words: torch.Tensor,
         details: bool = False,
+        select: bool = True,
     ) -> tuple[torch.Tensor, dict]:
         """K-shot prototypes (N, H) from standardised support globals (n_s, D), raw support locals
-        (n_s, L, C), targets (n_s, N) and projected word vectors (N, H)."""
-        keep, scores = self._keep(support_local, words, support_targets)
-        # loc_fc on standardised local features, the standardisation folded into the weights
-        tokens = self._tokens(support_local)  # (n_s, L, H)
+        (n_s, L, C), targets (n_s, N) and projected word vectors (N, H), with the fitted weights (no
+        adaptation). ``select=False`` (training episodes, as released) keeps every position."""
+        keep, scores = self._keep(support_local, words, support_targets, select)
+        visual = self.net.vis_fc(support_global)  # (n_s, H)
         pair_image, pair_label = torch.nonzero(support_targets > 0.5, as_tuple=True)  # (P,), (P,)
-        z, attention = self.net.block(words, tokens, keep, pair_image, pair_label)  # (P, H), (P, h, L)
-        if self.combine == "softmax":
-            align = alignment_logits(self.net.vis_fc(support_global), words, self.scale)  # (n_s, N)
-        else:  # "mean": every support image carrying the label counts equally
-            align = torch.zeros_like(support_targets)
-        weights = align.masked_fill(support_targets <= 0.5, -math.inf)
-        weights = torch.softmax(weights, dim=0).nan_to_num(0.0)  # over the images carrying each label
-        pair_weights = weights[pair_image, pair_label]  # (P,)
-        prototypes = torch.zeros_like(words).index_add(0, pair_label, pair_weights.unsqueeze(1) * z)
+        if self.cross_interaction:
+            tokens = self._tokens(support_local)  # (n_s, L, H)
+            z, attention = self.net.block(words, tokens, keep, pair_image, pair_label)  # (P, H), (P, h, L)
+        else:  # ablation: the support image's projected global feature instead of the attention block
+            z, attention = visual[pair_image], None
+        prototypes, pair_weights = self._combine(
+            z, alignment_logits(visual, words, self.scale), support_targets, pair_image, pair_label, words.shape[0])
         info = {}
         if details:
             info = {"keep": keep, "importance": scores, "pair_image": pair_image, "pair_label": pair_label,
-                    "attention": attention.mean(dim=1), "image_weights": pair_weights}
+                    "attention": None if attention is None else attention.mean(dim=1), "image_weights": pair_weights}
         return prototypes, info
 
-    def _episode_logits(self, support_global, support_local, support_targets, embeddings, query_global
-                        ) -> torch.Tensor:
-        """Logits (n_q, N); support arrays empty (0 rows) for 0shot."""
-        words = self.net.tex_fc(self._words(embeddings))
+    def _episode_logits(self, support_global, support_local, support_targets, embeddings, names, query_global,
+                        select: bool = True) -> torch.Tensor:
+        """Logits (n_q, N) with the fitted weights (no adaptation); support arrays empty (0 rows) for 0shot."""
+        words = self.net.tex_fc(self._words(embeddings, names))
         if support_targets.shape[0] == 0:
             prototypes = words
         else:
             targets = torch.as_tensor(np.asarray(support_targets, dtype=np.float32))
             prototypes, _ = self._prototypes(
                 self._std_global(support_global), torch.as_tensor(np.asarray(support_local, dtype=np.float32)),
-                targets, words,
+                targets, words, select=select,
             )
         return alignment_logits(self.net.vis_fc(self._std_global(query_global)), prototypes, self.scale)
+
+    # ---------------------------------------------------------------------- test-time support adaptation
+    def _adapted_episodes(self, episodes: list[Episode], details: bool = False) -> list[dict]:
+        """Adapt a copy of ``vis_fc`` / ``tex_fc`` (and, with selection, the purify mask) to each K-shot
+        episode's support set (``lcm_adaptation.adapt_to_supports``, all episodes in one batch), select
+        positions from the hook-EMA scores, build the prototypes with the adapted weights and score the
+        queries. Episodes must share their label count. Returns per episode ``logits`` (n_q, N) and the
+        measured ``kept_fraction``, ``first_loss``, ``last_loss`` (and the ``explain`` arrays with ``details``)."""
+        batch = len(episodes)
+        n_labels = episodes[0].n_labels
+        sizes = [e.support_features.shape[0] for e in episodes]
+        n_max, positions, channels = max(sizes), self.dims["L"], self.dims["C"]
+        support_global = torch.zeros(batch, n_max, self.dims["D"])
+        support_local = torch.zeros(batch, n_max, positions, channels)
+        targets = torch.zeros(batch, n_max, n_labels)
+        image_mask = torch.zeros(batch, n_max, dtype=torch.bool)
+        for b, e in enumerate(episodes):
+            size = sizes[b]
+            support_global[b, :size] = torch.as_tensor(np.asarray(e.support_features, dtype=np.float32))
+            support_local[b, :size] = torch.as_tensor(np.asarray(e.support_local_features, dtype=np.float32))
+            targets[b, :size] = torch.as_tensor(np.asarray(e.support_targets, dtype=np.float32))
+            image_mask[b, :size] = True
+        shared = all(e.label_names == episodes[0].label_names for e in episodes)
+        words_in = (self._words(episodes[0].label_embeddings, episodes[0].label_names) if shared else
+                    torch.stack([self._words(e.label_embeddings, e.label_names) for e in episodes]))  # (N, E) | (B, N, E)
+        with_mask = self.selection != "off"
+        adapted = adapt_to_supports(
+            self.net.vis_fc.weight, self.net.vis_fc.bias, self.net.tex_fc.weight, self.net.tex_fc.bias,
+            self.feature_mean, self.feature_std, support_global, support_local if with_mask else None,
+            targets, image_mask, words_in, self.adapt_steps, self.adapt_lr, self.scale,
+        )
+        with torch.no_grad():
+            words = project_words(words_in, adapted.tex_weight, adapted.tex_bias)  # (B, N, H)
+            standardised = (support_global - self.feature_mean) / self.feature_std
+            visual = torch.baddbmm(adapted.vis_bias.unsqueeze(1), standardised, adapted.vis_weight.transpose(1, 2))
+            if self.net.loc_fc is None:  # tied: the local tokens share the adapted vis_fc
+                tokens = torch.einsum("bnlc,bhc->bnlh", (support_local - self.feature_mean) / self.feature_std,
+                                      adapted.vis_weight) + adapted.vis_bias[:, None, None, :]
+            else:  # loc_fc is not in the alignment loss: it stays as fitted (as released)
+                tokens = self._tokens(support_local.reshape(batch * n_max, positions, channels)).reshape(
+                    batch, n_max, positions, -1)
+            keep = torch.ones(batch, n_max, positions, dtype=torch.bool)
+            if self.selection == "first_order":
+                keep = select_positions(adapted.scores.reshape(-1, positions), self.theta, self.score_scale,
+                                        self.threshold_mode).reshape(batch, n_max, positions)
+            scores = adapted.scores
+            if self.selection == "exact":  # leave-one-out loss change under the adapted weights
+                scores = torch.zeros(batch, n_max, positions)
+                for b, size in enumerate(sizes):
+                    weight = adapted.vis_weight[b] / self.feature_std
+                    bias = adapted.vis_bias[b] - weight @ self.feature_mean
+                    scores[b, :size] = position_importance(support_local[b, :size], weight, bias, words[b],
+                                                           targets[b, :size], method="exact", steps=1, scale=self.scale)
+                keep = select_positions(scores.reshape(-1, positions), self.theta, self.score_scale,
+                                        self.threshold_mode).reshape(batch, n_max, positions)
+            # every episode's pairs in one call of the block: images and labels offset per episode
+            pair_b, pair_i, pair_j = torch.nonzero((targets > 0.5) & image_mask.unsqueeze(-1), as_tuple=True)
+            pair_image, pair_label = pair_b * n_max + pair_i, pair_b * n_labels + pair_j
+            if self.cross_interaction:
+                z, attention = self.net.block(words.reshape(batch * n_labels, -1), tokens.reshape(batch * n_max, positions, -1),
+                                              keep.reshape(batch * n_max, positions), pair_image, pair_label)
+            else:
+                z, attention = visual.reshape(batch * n_max, -1)[pair_image], None
+            align = alignment_logits(visual, words, self.scale)  # (B, n, N)
+            flat_targets = (targets * image_mask.unsqueeze(-1)).reshape(batch * n_max, n_labels)
+            prototypes = torch.zeros(batch, n_labels, words.shape[-1])
+            results = []
+            for b, e in enumerate(episodes):
+                mine = pair_b == b
+                proto, pair_weights = self._combine(z[mine], align[b], flat_targets[b * n_max:(b + 1) * n_max],
+                                                    pair_i[mine], pair_j[mine], n_labels)
+                prototypes[b] = proto
+                query = self._std_global(e.query_features) @ adapted.vis_weight[b].T + adapted.vis_bias[b]
+                result = {"logits": alignment_logits(query, proto, self.scale),
+                          "kept_fraction": float(keep[b, :sizes[b]].float().mean()),
+                          "first_loss": float(adapted.first_loss[b]), "last_loss": float(adapted.last_loss[b])}
+                if details:
+                    result.update({
+                        "keep": keep[b, :sizes[b]], "pair_image": pair_i[mine], "pair_label": pair_j[mine],
+                        "importance": None if scores is None else scores[b, :sizes[b]],
+                        "attention": None if attention is None else attention[mine].mean(dim=1),
+                        "image_weights": pair_weights,
+                    })
+                results.append(result)
+        return results
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, base: SplitData, val: SplitData | None) -> None:
@@ -646,14 +775,14 @@ class LCM(Method):
         rng = numpy_rng(self.seed, 1)
         block = {"heads": self.heads, "mlp_ratio": self.mlp_ratio, "channel_attention": self.channel_attention,
                  "dynamic_conv": self.dynamic_conv, "dynamic_rank": self.dynamic_rank,
-                 "visual_residual": self.visual_residual}
+                 "visual_residual": self.visual_residual, "shared_norm": self.shared_norm}
         self.net = LCMNet(self.dims, block, self.tie_local_projection, generator)
 
         global_std = self._std_global(base.features)  # (n, D)
         local_raw = torch.as_tensor(np.asarray(base.local_features, dtype=np.float32))  # (n, L, C)
         targets_np = np.asarray(base.targets) > 0.5
         targets = torch.as_tensor(targets_np, dtype=torch.float32)
-        words_in = self._words(base.label_embeddings)
+        words_in = self._words(base.label_embeddings, base.label_names)
         members = [np.flatnonzero(targets_np[:, j]) for j in range(targets_np.shape[1])]
         need = self.train_shot + self.n_query
         eligible = np.array([j for j, m in enumerate(members) if m.size >= need])
@@ -685,7 +814,8 @@ class LCM(Method):
             )
             label_index = torch.as_tensor(labels)
             prototypes, _ = self._prototypes(
-                global_std[support], local_raw[support], targets[support][:, label_index], words_all[label_index]
+                global_std[support], local_raw[support], targets[support][:, label_index], words_all[label_index],
+                select=False,
             )
             query_logits = alignment_logits(self.net.vis_fc(global_std[query]), prototypes, self.scale)
             query_loss = F.binary_cross_entropy_with_logits(query_logits, targets[query][:, label_index])
@@ -761,7 +891,8 @@ class LCM(Method):
                         support = support[:0]
                     logits = self._episode_logits(
                         val.features[support], val.local_features[support], val.targets[np.ix_(support, labels)],
-                        val.label_embeddings[labels], val.features[query],
+                        val.label_embeddings[labels], tuple(val.label_names[j] for j in labels), val.features[query],
+                        select=False,
                     )
                     maps.append(episode_map(logits.double().numpy(), val.targets[np.ix_(query, labels)]))
                 result[f"val_map_{k_shot}shot"] = round(float(np.mean(maps)), 6)
@@ -771,33 +902,68 @@ class LCM(Method):
 
     # --------------------------------------------------------------------------------------- predict
     def predict(self, episode: Episode) -> np.ndarray:
-        self._check_episode(episode)
-        with torch.inference_mode():
-            logits = self._episode_logits(
-                episode.support_features, episode.support_local_features, episode.support_targets,
-                episode.label_embeddings, episode.query_features,
-            )
-        return torch.sigmoid(logits.double()).numpy()
+        return self.predict_batch([episode])[0]
+
+    def predict_batch(self, episodes: list[Episode]) -> list[np.ndarray]:
+        """Scores of a chunk of episodes. K-shot episodes with ``adapt_steps`` > 0 are adapted together,
+        in groups of equal label count; ``predict_report`` holds what the adaptation measured (episodes,
+        mean kept fraction of positions, mean support loss before and after)."""
+        for episode in episodes:
+            self._check_episode(episode)
+        results: list[np.ndarray | None] = [None] * len(episodes)
+        adapt = [i for i, e in enumerate(episodes) if e.k_shot > 0 and self.adapt_steps > 0]
+        for i, episode in enumerate(episodes):
+            if i not in adapt:
+                with torch.inference_mode():
+                    logits = self._episode_logits(
+                        episode.support_features, episode.support_local_features, episode.support_targets,
+                        episode.label_embeddings, episode.label_names, episode.query_features,
+                    )
+                results[i] = torch.sigmoid(logits.double()).numpy()
+        measured = []
+        for n_labels in sorted({episodes[i].n_labels for i in adapt}):
+            group = [i for i in adapt if episodes[i].n_labels == n_labels]
+            for i, out in zip(group, self._adapted_episodes([episodes[i] for i in group])):
+                results[i] = torch.sigmoid(out["logits"].double()).numpy()
+                measured.append(out)
+        self.predict_report = {}
+        if measured:
+            self.predict_report = {
+                "adapted_episodes": len(measured), "adapt_steps": self.adapt_steps, "adapt_lr": self.adapt_lr,
+                "kept_fraction": float(np.mean([m["kept_fraction"] for m in measured])),
+                "support_loss_first": float(np.mean([m["first_loss"] for m in measured])),
+                "support_loss_last": float(np.mean([m["last_loss"] for m in measured])),
+            }
+        return results  # type: ignore[return-value]
 
     def explain(self, episode: Episode) -> dict[str, np.ndarray]:
-        """What the prototypes of a K-shot episode were built from, for figures (``harness.explain``).
+        """What the prototypes of a K-shot episode were built from, for figures (``harness.explain``), with
+        the same adaptation as ``predict``.
 
         Returns numpy arrays: ``keep`` (n_s, L) bool kept positions, ``importance`` (n_s, L) LCM scores
-        (selection ``first_order`` when the method's selection is off), ``pair_image`` / ``pair_label`` (P,)
-        the (support image, label) pairs, ``attention`` (P, L) head-averaged attention of each pair,
-        ``image_weights`` (P,) the pair's weight in its label's prototype.
+        (first order, measured on the fitted weights when the method's selection is off), ``pair_image`` /
+        ``pair_label`` (P,) the (support image, label) pairs, ``attention`` (P, L) head-averaged attention of
+        each pair, ``image_weights`` (P,) the pair's weight in its label's prototype.
         """
         self._check_episode(episode)
         if episode.k_shot == 0:
             raise MlfsicError(f"{self.name}.explain: episode {episode.index} is 0shot; there is nothing to explain")
-        with torch.no_grad():
-            words = self.net.tex_fc(self._words(episode.label_embeddings))
-            local = torch.as_tensor(np.asarray(episode.support_local_features, dtype=np.float32))
-            targets = torch.as_tensor(np.asarray(episode.support_targets, dtype=np.float32))
-            _, info = self._prototypes(self._std_global(episode.support_features), local, targets, words, details=True)
-            if info["importance"] is None:
+        if not self.cross_interaction:
+            raise MlfsicError(f"{self.name}.explain: cross_interaction=false has no attention to explain")
+        local = torch.as_tensor(np.asarray(episode.support_local_features, dtype=np.float32))
+        targets = torch.as_tensor(np.asarray(episode.support_targets, dtype=np.float32))
+        if self.adapt_steps > 0:
+            info = self._adapted_episodes([episode], details=True)[0]
+        else:
+            with torch.no_grad():
+                words = self.net.tex_fc(self._words(episode.label_embeddings, episode.label_names))
+                _, info = self._prototypes(self._std_global(episode.support_features), local, targets, words, details=True)
+        if info["importance"] is None:
+            with torch.no_grad():
+                words = self.net.tex_fc(self._words(episode.label_embeddings, episode.label_names))
                 info["importance"] = self.importance(local, words, targets, method="first_order")
-        return {key: value.numpy() for key, value in info.items()}
+        keys = ("keep", "importance", "pair_image", "pair_label", "attention", "image_weights")
+        return {key: info[key].numpy() for key in keys}
 
 
 @register("wvga")

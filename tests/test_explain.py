@@ -1,12 +1,15 @@
 """``mlfsic explain`` (harness/explain.py) and the lcm_ablation sweep preset.
 
-Fast tests: the figure on a tiny generated coco-moji (a few seconds of generation, one backbone epoch,
-10 LCM steps), the box geometry and the kept-inside-box fraction on hand-made explanations, bad options.
+Fast tests: the figure, the box and the attention measures on a tiny generated coco-moji (a few seconds of
+generation, one backbone epoch, 10 LCM steps), the box geometry, the kept-inside-box fraction and the
+attention transfer on hand-made explanations, bad options.
 The slow test prints the kept-inside-box fractions of LCM on the default coco-moji val split.
 """
 
 from __future__ import annotations
 
+import doctest
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,9 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mlfsic.harness import explain as explain_module
 from mlfsic.harness.cli import main
+from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.explain import (
     Boxes,
+    attention_transfer,
+    border_cells,
     cells_inside,
     explain_command,
     figure_size,
@@ -66,6 +73,26 @@ def test_explain_measure_boxes_prints_kept_and_chance(tiny_dir, capsys):
     assert 0 <= float(match.group(1)) <= 1 and 0 < float(match.group(2)) < 1
 
 
+def test_explain_measure_attention_prints_a_table_of_base_and_val_and_writes_json(tiny_dir, capsys):
+    out = tiny_dir / "attention.json"
+    # the tiny base split has labels on 5 images: one query image per label (explain reads only the support)
+    options = {**TINY, "results_dir": str(tiny_dir), "measure": "attention", "n_episodes": "2", "out": str(out),
+               "++n_query": "1"}
+    assert explain_command(options) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:3] == ["split", "episodes", "label"] and lines[-1] == str(out)
+    assert [line.split()[0] for line in lines[1:3]] == ["base", "val"]
+    content = json.loads(out.read_text())
+    assert content["measure"] == "attention" and content["fitted_on"] == "base"
+    assert list(content["splits"]) == ["base", "val"]
+    for split, result in content["splits"].items():
+        assert result["n_episodes"] == 2 and result["n_pairs"] > 0 and result["positions"] == 36
+        assert result["uniform_border_share"] == pytest.approx(20 / 36)
+        assert 0 <= result["border_mass"] <= 1 and 0 <= result["kept_border_share"] <= 1
+        assert result["mean_cosine"] is None or -1 <= result["mean_cosine"] <= 1 + 1e-9
+        assert lines[1 + list(content["splits"]).index(split)].split()[1:3] == ["2", str(result["n_comparisons"])]
+
+
 # -------------------------------------------------------------------------------------- measurement
 def test_cells_inside_uses_cell_centres_on_the_scaled_grid():
     # a 96 px image, 6x6 grid of 16 px cells with centres at 8, 24, ..., 88
@@ -104,6 +131,59 @@ def test_kept_inside_box_fraction_counts_kept_cells_against_the_box_share():
     assert result.kept_per_image == pytest.approx(2.0) and result.pairs_without_cell == 0
 
 
+def _explanation(pair_image: list[int], attention: np.ndarray, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """An ``LCM.explain`` result with the given pairs and maps (every position kept unless ``keep``)."""
+    n_images = max(pair_image) + 1
+    return {"pair_image": np.asarray(pair_image), "pair_label": np.arange(len(pair_image)),
+            "attention": np.asarray(attention, dtype=np.float64),
+            "keep": np.ones((n_images, attention.shape[1]), dtype=bool) if keep is None else keep}
+
+
+def test_attention_transfer_identical_maps_have_cosine_one():
+    rng = np.random.default_rng(0)
+    shared = rng.dirichlet(np.ones(36))
+    # image 0 carries two labels with the same map; image 1 one label (nothing to compare)
+    info = _explanation([0, 0, 1], np.stack([shared, shared, rng.dirichlet(np.ones(36))]))
+    result = attention_transfer([info], side=6)
+    assert result["n_comparisons"] == 1 and result["n_multi_label_images"] == 1 and result["n_pairs"] == 3
+    assert result["mean_cosine"] == pytest.approx(1.0)
+
+
+def test_attention_transfer_orthogonal_one_hot_maps_have_cosine_zero():
+    one_hot = np.eye(36)
+    info = _explanation([0, 0, 0, 1, 1], one_hot[[0, 7, 14, 3, 4]])
+    result = attention_transfer([info, info], side=6)
+    # per explanation: 3 unordered pairs on image 0, 1 on image 1
+    assert result["n_comparisons"] == 8 and result["n_multi_label_images"] == 4 and result["n_episodes"] == 2
+    assert result["mean_cosine"] == pytest.approx(0.0)
+
+
+def test_attention_transfer_border_mass_against_the_uniform_share():
+    on_border = border_cells(6)
+    assert on_border.sum() == 20 and not on_border.reshape(6, 6)[1:-1, 1:-1].any()
+    border_only = on_border / on_border.sum()
+    centre_only = ~on_border / (~on_border).sum()
+    keep = np.stack([on_border, on_border])
+    result = attention_transfer([_explanation([0, 1], np.stack([border_only, border_only]), keep)], side=6)
+    assert result["border_mass"] == pytest.approx(1.0) and result["uniform_border_share"] == pytest.approx(20 / 36)
+    assert result["kept_border_share"] == pytest.approx(1.0) and result["kept_per_image"] == pytest.approx(20)
+    assert result["n_comparisons"] == 0 and result["mean_cosine"] is None  # one label per image
+    mixed = attention_transfer([_explanation([0, 0], np.stack([border_only, centre_only]))], side=6)
+    assert mixed["border_mass"] == pytest.approx(0.5) and mixed["mean_cosine"] == pytest.approx(0.0)
+    uniform = attention_transfer([_explanation([0], np.full((1, 36), 1 / 36))], side=6)
+    assert uniform["border_mass"] == pytest.approx(20 / 36) and uniform["kept_border_share"] == pytest.approx(20 / 36)
+
+
+def test_attention_transfer_refuses_maps_of_another_grid():
+    with pytest.raises(MlfsicError, match="not maps over a 6x6 grid"):
+        attention_transfer([_explanation([0], np.full((1, 25), 1 / 25))], side=6)
+
+
+def test_explain_module_docstring_examples_hold():
+    results = doctest.testmod(explain_module)
+    assert results.failed == 0 and results.attempted >= 4
+
+
 # ------------------------------------------------------------------------------------- bad options
 @pytest.mark.parametrize(("argument", "message"), [
     ("bogus=1", "unknown explain option 'bogus'; known: method, setting, seed"),
@@ -111,10 +191,12 @@ def test_kept_inside_box_fraction_counts_kept_cells_against_the_box_share():
     ("split=base", "explain option split='base': expected one of val, test"),
     ("setting=0shot", "explain option setting='0shot'"),
     ("measure=iou", "explain option measure='iou'"),
+    ("measure=attention split=test", "explain option split='test': measure=attention draws episodes of the base"),
+    ("measure=attention out=x.png", "explain option out='x.png': expected a .json path"),
     ("threshold_mode=max", "explain option threshold_mode='max'"),
 ])
 def test_bad_option_is_one_line_and_exit_2(argument, message, capsys):
-    assert main(["explain", argument]) == 2
+    assert main(["explain", *argument.split()]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"mlfsic: error: {message}") and error.count("\n") == 1
 
