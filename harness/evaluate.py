@@ -103,7 +103,7 @@ def checkpoint_path(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_roo
         "backbone": benchmark.backbone_id,
         "annotations": benchmark.annotation_sha256,
         "fit_labels": {split: list(benchmark.split_labels[split]) for split in fit_splits(eval_split, fit_val)},
-        "embeddings": [benchmark.embedding_encoder, benchmark.embedding_path],
+        "embeddings": embedding_id(benchmark.embedding_encoder, benchmark.embedding_path),
         "seed": seed,
     })
     return cache_root / "checkpoints" / f"{spec.method}-{key[:20]}.pt"

@@ -21,8 +21,8 @@ override, e.g. ``dataset.generate.n_base=400`` or ``+method_args.lcm.steps=20``)
   choices (hyperparameters, ablations) must never be made on them.
 * ``dataset``, ``results_dir``: as in ``mlfsic run``. The dataset, backbone and features are made or
   found as ``mlfsic run`` does (``harness.prepare.prepare_benchmark``), and the method is fitted through
-  ``harness.evaluate.fit_method``, so a run with the same config and split has made (and shares) the
-  checkpoint.
+  ``harness.evaluate.fit_method`` with the val split for model selection (``fit_val``), so it is the
+  checkpoint a default run (or a ``fit_val`` ablation) makes and shares.
 * ``theta``, ``threshold_mode``: applied to the fitted method before explaining (its training keeps the
   fitted config), to look at another selection rule of the same model.
 * ``out`` (the figure; ``measure=attention``: its JSON, below): the PNG (default
@@ -30,8 +30,8 @@ override, e.g. ``dataset.generate.n_base=400`` or ``+method_args.lcm.steps=20``)
   support images shown (rows); ``max_labels``: label columns.
 * ``measure=boxes``: ``kept_inside_box_fraction`` over ``n_episodes`` episodes instead of a figure.
 * ``measure=attention``: ``attention_transfer`` over ``n_episodes`` episodes of the base split's labels
-  (those the method was fitted on) and ``n_episodes`` of the val split's labels (held out: the fit is the
-  ``split=val`` one, on base only), never the novel split: how label-specific the attention maps are and
+  (those the method was fitted on) and ``n_episodes`` of the val split's labels (never trained on; they
+  served only the shipped fit's model selection), never the novel split: how label-specific the attention maps are and
   how much of their mass sits on the grid's border cells. A table on stdout and a JSON file (``out``, a
   ``.json`` path; default ``<results_dir>/explain/<method>-<dataset>-attention-<setting>-seed<S>
   -n<n_episodes>.json``). The episodes are the sweep's sampler's (``n_way``, ``n_query``); a base split
@@ -200,7 +200,8 @@ def prepare(options: ExplainOptions) -> Explained:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the runner's fit tasks, so the checkpoint is the one a run makes
     try:
-        fit = fit_method(benchmark, spec, options.seed, sweep.cache_root, sweep.eval_split)
+        # fit_val: the val split serves model selection as in a default run, so this is the shipped model
+        fit = fit_method(benchmark, spec, options.seed, sweep.cache_root, sweep.eval_split, fit_val=True)
     finally:
         torch.set_num_threads(threads)
     method = load_fitted(fit.checkpoint)

