@@ -212,26 +212,6 @@ def test_overrides_with_a_dot_go_to_the_run_config():
     assert options.overrides == ("dataset.generate.n_base=100", "+method_args.lcm.steps=5") and options.episode == 3
 
 
-# ------------------------------------------------------------------------------------- sweep preset
-def test_lcm_ablation_preset_resolves_on_the_val_split():
-    from mlfsic.harness.sweep import load_sweep
-
-    sweep = load_sweep(["+sweep=lcm_ablation"])
-    assert sweep.eval_split == "val" and sweep.settings == ("1shot", "5shot") and sweep.seeds == (0,)
-    assert sweep.n_episodes <= 100
-    assert list(sweep.methods) == ["lcm", "lcm-h1", "lcm-h2", "lcm-h4", "lcm-h8", "lcm-rel0.5", "lcm-rel0.65",
-                                   "lcm-rel0.8", "lcm-rel0.9", "lcm-exact", "lcm-chattn", "lcm-dynconv", "lcm-mean",
-                                   "wvga", "protonet"]
-    config = {name: method.config for name, method in sweep.methods.items()}
-    assert [config[f"lcm-h{h}"]["heads"] for h in (1, 2, 4, 8)] == [1, 2, 4, 8]
-    assert [config[f"lcm-rel{t}"]["theta"] for t in ("0.5", "0.65", "0.8", "0.9")] == [0.5, 0.65, 0.8, 0.9]
-    assert config["lcm-exact"] == {"selection": "exact", "threshold_mode": "relative", "theta": 0.65}
-    assert config["lcm-chattn"] == {"channel_attention": True} and config["lcm-dynconv"] == {"dynamic_conv": True}
-    assert config["lcm-mean"] == {"combine": "mean"}
-    assert sweep.methods["wvga"].base == "wvga" and sweep.methods["protonet"].base == "protonet"
-    assert (REPO / "configs/sweep/lcm_ablation.yaml").read_text().splitlines()[0] == "# @package _global_"
-
-
 # -------------------------------------------------------------------------------------------- slow
 @pytest.mark.slow
 def test_kept_positions_inside_boxes_on_coco_moji_val():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from mlfsic.harness.config import config_dir
 from mlfsic.harness.evaluate import method_spec
 from mlfsic.harness.sweep import load_sweep
 
@@ -33,3 +34,10 @@ def test_ablation_full_variant_is_the_default_model_and_variants_change_one_swit
         changed = {key for key in full if config[key] != full[key]}
         assert changed, f"{name} equals {method}"
         assert len(changed) == 1 or any(changed <= group for group in SWITCH_GROUPS), (name, changed)
+
+
+def test_every_preset_is_a_global_package_that_resolves():
+    for path in sorted((config_dir() / "sweep").glob("*.yaml")):
+        assert path.read_text().splitlines()[0] == "# @package _global_", path
+        if path.stem != "mkt_ablation":  # needs the tiny-teacher backbone
+            assert load_sweep([f"+sweep={path.stem}"]).methods, path
