@@ -71,7 +71,9 @@ def method_spec(name: str, config: dict[str, Any], base: str | None = None) -> M
                 if key not in ("self", "seed") and parameter.default is not inspect.Parameter.empty}
     config = {**defaults, **config}
     source = inspect.getsourcefile(cls)
-    code = sha256_file(source) if source else cls.__qualname__
+    code: Any = sha256_file(source) if source else cls.__qualname__
+    if cls.code_modules:  # modules of the method's own code beyond its class file
+        code = [code, *(sha256_file(inspect.getsourcefile(importlib.import_module(m)) or m) for m in cls.code_modules)]
     version = metadata.version("mlfsic")
     config_hash = sha256_json({"name": method, "config": config, "code": code, "v": version})
     fit_config = {key: value for key, value in config.items() if key not in cls.predict_params}
@@ -167,10 +169,10 @@ def load_fitted(checkpoint: str, spec: MethodSpec | None = None) -> Any:
     With ``spec``, the method's ``predict_params`` are set to the spec's values (a variant that changes
     only those shares its base's checkpoint)."""
     method = torch.load(checkpoint, weights_only=False)["method"]
-    if spec is not None:
+    if spec is not None and type(method).predict_params:
+        checked = create_method(spec.method, spec.config, method.seed)  # the constructor checks the values
         for key in type(method).predict_params:
-            if key in spec.config:
-                setattr(method, key, spec.config[key])
+            setattr(method, key, getattr(checked, key))
     return method
 
 

@@ -204,7 +204,7 @@ def prepare(options: ExplainOptions) -> Explained:
         fit = fit_method(benchmark, spec, options.seed, sweep.cache_root, sweep.eval_split, fit_val=True)
     finally:
         torch.set_num_threads(threads)
-    method = load_fitted(fit.checkpoint)
+    method = load_fitted(fit.checkpoint, spec)
     _apply_selection_rule(method, options)
     return Explained(sweep=sweep, benchmark=benchmark, method=method, pool=benchmark.pool(options.split))
 

@@ -59,6 +59,12 @@ def chunk_name(method: str, setting: str, seed: int, config_hash: str, chunk: in
     return f"{cell_key(method, setting, seed)}__{config_hash[:10]}__chunk{chunk:04d}"
 
 
+def assembled_cells(records: pd.DataFrame) -> set[str]:
+    """The ``cell_key`` of every (method, setting, seed) in assembled records."""
+    rows = records[["method", "setting", "seed"]].drop_duplicates().itertuples(index=False)
+    return {cell_key(str(method), str(setting), int(seed)) for method, setting, seed in rows}
+
+
 def cell_of(part_name: str) -> str:
     """``<method>__<setting>__seed<k>`` of a part name."""
     return "__".join(part_name.split("__")[:3])

@@ -106,6 +106,8 @@ class Method(ABC):
     # checkpoint key, so variants that differ only in them share one fit; the harness sets them on the
     # loaded method. ``fit`` must not depend on them.
     predict_params: ClassVar[tuple[str, ...]] = ()
+    # Modules (dotted names) holding more of the method's code than its class file: part of its code hash.
+    code_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -142,7 +144,9 @@ class Method(ABC):
     def predict_batch(self, episodes: list[Episode]) -> list[np.ndarray]:
         """Scores of several independent episodes (a chunk), one array per episode, as ``predict`` gives
         them. Override to batch per-episode training across episodes; the result of an episode must not
-        depend on the other episodes of the batch (within float tolerance)."""
+        depend on the other episodes of the batch (within float tolerance). A method may then set
+        ``predict_report`` (a small JSON-ready dict about the chunk, e.g. adaptation steps): run.json's
+        ``predict_reports`` aggregates it per cell."""
         return [self.predict(episode) for episode in episodes]
 
 

@@ -33,8 +33,15 @@ from tqdm import tqdm
 
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.metrics import episode_map
+from mlfsic.methods import lcm_adaptation
 from mlfsic.methods.api import Episode, Method, SplitData, register
-from mlfsic.methods.lcm_adaptation import adapt_to_supports, ema_weight, project_words, renormalise_mask
+from mlfsic.methods.lcm_adaptation import (
+    adapt_to_supports,
+    alignment_logits,
+    ema_weight,
+    project_words,
+    renormalise_mask,
+)
 from mlfsic.methods.protonet import sample_episode
 from mlfsic.methods.torch_utils import (
     check_episode,
@@ -62,16 +69,6 @@ def random_label_vector(name: str, size: int) -> torch.Tensor:
     ``word_vectors="random"`` ablation (label vectors that carry no word meaning)."""
     seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") % (2**63)
     return torch.randn(size, generator=torch.Generator().manual_seed(seed))
-
-
-def alignment_logits(visual: torch.Tensor, prototypes: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale * (1 - d)`` with d the Euclidean distance of the L2-normalised vectors (in [0, 2]).
-
-    visual (..., n, H), prototypes (..., N, H) -> logits (..., n, N) in [-scale, scale].
-    """
-    cosine = F.normalize(visual, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(-1, -2)
-    distance = (2.0 - 2.0 * cosine).clamp_min(1e-12).sqrt()
-    return scale * (1.0 - distance)
 
 
 def alignment_loss_and_grad(
@@ -306,26 +303,11 @@ class CrossInteraction(nn.Module):
                 raw = pair_tokens.reshape(pairs, positions, heads, head_dim).transpose(1, 2)
                 mixed = mixed + torch.bmm(flat, raw.reshape(pairs * heads, positions, head_dim)).reshape(pairs, dim)
         else:
-            # keys/values do not depend on the label: attend densely over all (image, label) combinations,
-            # laid out (h, n_s, N, L), and keep the pairs (cheaper than gathering (P, L, 2H) when N * n_s
-            # is not much larger than P, as in evaluation episodes)
-            key_value = F.linear(self.norm_kv(tokens), key_value_weight, key_value_bias)  # (n_s, L, 2H)
-            query = self.query(self.norm_q(words)).reshape(n_labels, heads, head_dim).transpose(0, 1)  # (h, N, d)
-            keys = key_value[..., :dim].reshape(n_images, positions, heads, head_dim).permute(2, 0, 3, 1)  # (h, n_s, d, L)
-            values = key_value[..., dim:].reshape(n_images, positions, heads, head_dim).permute(2, 0, 1, 3)  # (h, n_s, L, d)
-            logits = torch.matmul((query * scale).unsqueeze(1), keys)  # (h, n_s, N, L)
-            logits = logits.masked_fill(~keep[None, :, None, :], -math.inf)
-            attention_all = torch.softmax(logits, dim=-1)  # (h, n_s, N, L)
-            attended = torch.matmul(attention_all, values)  # (h, n_s, N, d)
-            if self.visual_residual:
-                raw = tokens.reshape(n_images, positions, heads, head_dim).permute(2, 0, 1, 3)  # (h, n_s, L, d)
-                residual = torch.matmul(attention_all, raw)[:, pair_image, pair_label]  # (h, P, d)
-            attended = attended[:, pair_image, pair_label]  # (h, P, d)
-            pairs = attended.shape[1]
-            mixed = self.out(attended.transpose(0, 1).reshape(pairs, dim))
-            if self.visual_residual:
-                mixed = mixed + residual.transpose(0, 1).reshape(pairs, dim)
-            attention = attention_all[:, pair_image, pair_label].transpose(0, 1)  # (P, h, L)
+            # keys/values do not depend on the label: attend densely over all (image, label) combinations
+            # of the episode and keep the pairs (cheaper than gathering (P, L, 2H) when N * n_s is not much
+            # larger than P, as in evaluation episodes): the one-episode case of ``forward_episodes``
+            return self.forward_episodes(words[None], tokens[None], keep[None], torch.zeros_like(pair_image),
+                                         pair_image, pair_label)
         z = self.norm_out(mixed + self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(mixed)))))
         return z, attention
 
@@ -495,6 +477,7 @@ class LCM(Method):
     few_shot = True
     needs_local_features = True
     predict_params = PREDICT_PARAMS
+    code_modules = ("mlfsic.methods.lcm_adaptation",)
 
     def __init__(
         self,
@@ -602,11 +585,11 @@ class LCM(Method):
         check_split_data(base, self.name)
         self._check_local(base)
         _, positions, channels = base.local_features.shape
-        if channels != base.features.shape[1] and (self.selection != "off" or self.tie_local_projection):
+        if channels != base.features.shape[1] and self.tie_local_projection:
             raise MlfsicError(
-                f"{self.name}.fit: selection={self.selection!r} / tie_local_projection={self.tie_local_projection} "
-                f"project local features (C={channels}) through the global path (D={base.features.shape[1]}), which "
-                f"needs C == D (global = pooled local grid); use selection=off tie_local_projection=false"
+                f"{self.name}.fit: tie_local_projection=true projects local features (C={channels}) through the "
+                f"global path (D={base.features.shape[1]}), which needs C == D (global = pooled local grid); use "
+                f"tie_local_projection=false (and selection=off)"
             )
         if val is None:
             return
@@ -638,6 +621,11 @@ class LCM(Method):
             raise MlfsicError(
                 f"{self.name}: episode {episode.index} support_local_features is None; {self.name} needs the "
                 f"support images' local features in the {episode.k_shot}shot setting"
+            )
+        if self.selection != "off" and self.dims["C"] != self.dims["D"]:
+            raise MlfsicError(
+                f"{self.name}: selection={self.selection!r} pools the masked local features (C={self.dims['C']}) "
+                f"through the global path (D={self.dims['D']}), which needs C == D; use selection=off"
             )
         expected = (episode.support_features.shape[0], self.dims["L"], self.dims["C"])
         if tuple(local.shape) != expected:
@@ -814,13 +802,11 @@ class LCM(Method):
                 z, attention = visual[pair_b, pair_i], None
             align = alignment_logits(visual, words, self.scale)  # (B, n, N)
             flat_targets = (targets * image_mask.unsqueeze(-1)).reshape(batch * n_max, n_labels)
-            prototypes = torch.zeros(batch, n_labels, words.shape[-1])
             results = []
             for b, e in enumerate(episodes):
                 mine = pair_b == b
                 proto, pair_weights = self._combine(z[mine], align[b], flat_targets[b * n_max:(b + 1) * n_max],
                                                     pair_i[mine], pair_j[mine], n_labels)
-                prototypes[b] = proto
                 query = self._std_global(e.query_features) @ adapted.vis_weight[b].T + adapted.vis_bias[b]
                 result = {"logits": alignment_logits(query, proto, self.scale),
                           "kept_fraction": float(keep[b, :sizes[b]].float().mean()),
@@ -1005,6 +991,7 @@ class LCM(Method):
         if measured:
             self.predict_report = {
                 "adapted_episodes": len(measured), "adapt_steps": self.adapt_steps, "adapt_lr": self.adapt_lr,
+                "sub_batch": lcm_adaptation.SUB_BATCH,
                 "kept_fraction": float(np.mean([m["kept_fraction"] for m in measured])),
                 "support_loss_first": float(np.mean([m["first_loss"] for m in measured])),
                 "support_loss_last": float(np.mean([m["last_loss"] for m in measured])),

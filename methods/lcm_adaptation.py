@@ -64,6 +64,8 @@ def renormalise_mask(rho: torch.Tensor) -> torch.Tensor:
         >>> renormalise_mask(torch.tensor([[1.0, 1.0, 3.0]])).tolist()
         [[0.0, 0.0, 1.0]]
     """
+    if rho.shape[-1] < 2:  # one position: nothing to renormalise against
+        return rho
     low, high = rho.min(dim=-1, keepdim=True).values, rho.max(dim=-1, keepdim=True).values
     spread = high - low
     scaled = (rho - low) / spread.clamp_min(1e-12)
@@ -78,12 +80,22 @@ def ema_weight(step: int) -> float:
     return 0.0 if step <= 1 else min(1.0 - 1.0 / (step + 1), 0.95)
 
 
+def alignment_logits(visual: torch.Tensor, prototypes: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * (1 - d)`` with d the Euclidean distance of the L2-normalised vectors (in [0, 2]): the
+    released code's ``(1 - Model.dis(x, y)) * 20``.
+
+    visual (..., n, H), prototypes (..., N, H) -> logits (..., n, N) in [-scale, scale].
+    """
+    cosine = F.normalize(visual, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(-1, -2)
+    distance = (2.0 - 2.0 * cosine).clamp_min(1e-12).sqrt()
+    return scale * (1.0 - distance)
+
+
 def alignment_bce(visual: torch.Tensor, words: torch.Tensor, targets: torch.Tensor, image_mask: torch.Tensor,
                   scale: float) -> torch.Tensor:
-    """Per-episode mean BCE of ``scale * (1 - ||v^ - w^||)`` against targets over the real (image, label)
-    entries: visual (B, n, H), words (B, N, H), targets (B, n, N), image_mask (B, n) bool -> (B,)."""
-    cosine = F.normalize(visual, dim=-1) @ F.normalize(words, dim=-1).transpose(1, 2)
-    logits = scale * (1.0 - (2.0 - 2.0 * cosine).clamp_min(1e-12).sqrt())
+    """Per-episode mean BCE of ``alignment_logits`` against targets over the real (image, label) entries:
+    visual (B, n, H), words (B, N, H), targets (B, n, N), image_mask (B, n) bool -> (B,)."""
+    logits = alignment_logits(visual, words, scale)
     entries = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * image_mask.unsqueeze(-1)
     counts = (image_mask.sum(dim=1) * targets.shape[-1]).clamp_min(1)
     return entries.sum(dim=(1, 2)) / counts

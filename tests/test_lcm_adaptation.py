@@ -119,13 +119,19 @@ def test_batched_adaptation_equals_the_released_single_episode_loop(fitted, pair
 
 
 @pytest.mark.parametrize("name", ["lcm", "wvga"])
-def test_a_chunk_predicted_together_equals_its_episodes_alone(fitted, name):
+def test_a_chunk_predicted_together_equals_its_episodes_alone(fitted, name, monkeypatch):
+    """Episodes of several label sets and counts (grouped by count, words stacked per episode) and
+    several sub-batches (SUB_BATCH = 2) against one at a time, in both orders."""
+    import mlfsic.methods.lcm_adaptation as adaptation
+
+    monkeypatch.setattr(adaptation, "SUB_BATCH", 2)
     method = copy.deepcopy(fitted)
     if name == "wvga":
         method.selection = "off"
     else:
         method.threshold_mode, method.theta = "relative", 0.5
-    episodes = [make_episode(k, seed=s)[0] for k, s in ((5, 1), (1, 2), (0, 3), (5, 4), (2, 5))]
+    episodes = [make_episode(k, seed=s, n_way=w)[0] for k, s, w in
+                ((5, 1, None), (1, 2, 3), (0, 3, None), (5, 4, 3), (2, 5, None), (3, 6, 3))]
     alone = [method.predict(e) for e in episodes]
     together = method.predict_batch(episodes)
     backwards = method.predict_batch(episodes[::-1])[::-1]
@@ -133,7 +139,7 @@ def test_a_chunk_predicted_together_equals_its_episodes_alone(fitted, name):
         np.testing.assert_allclose(t, a, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(r, a, rtol=1e-4, atol=1e-6)
     report = method.predict_report
-    assert report["adapted_episodes"] == 4 and report["adapt_steps"] == 12
+    assert report["adapted_episodes"] == 5 and report["adapt_steps"] == 12 and report["sub_batch"] == 2
     assert report["support_loss_last"] < report["support_loss_first"]
     assert (report["kept_fraction"] == 1.0) == (name == "wvga")
     assert report["kept_fraction"] > 0
@@ -184,3 +190,45 @@ def test_block_over_episodes_equals_the_block_per_episode(visual_residual, chann
             z_b, attention_b = block(words[b], tokens[b], keep[b], pair_i[mine], pair_j[mine])
             torch.testing.assert_close(z[mine], z_b, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(attention[mine], attention_b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tie_local_projection", [True, False])
+def test_the_adapted_path_without_steps_equals_the_fitted_model(tie_local_projection):
+    """adapt_lr = 0: the batched prototype path (tokens, pairs, combination, query scores) against the
+    unbatched one of the fitted weights, for tied and separate local projections."""
+    method = create_method("lcm", {**TINY, "tie_local_projection": tie_local_projection, "selection": "off",
+                                   "adapt_steps": 1, "adapt_lr": 0.0}, seed=0)
+    method.fit(make_base_data(n=200, seed=0), None)
+    episodes = [make_episode(k, seed=s)[0] for k, s in ((5, 1), (1, 2), (3, 3))]
+    batched = method.predict_batch(episodes)
+    for episode, scores in zip(episodes, batched):
+        with torch.no_grad():
+            plain = torch.sigmoid(method._episode_logits(
+                episode.support_features, episode.support_local_features, episode.support_targets,
+                episode.label_embeddings, episode.label_names, episode.query_features, select=False).double()).numpy()
+        np.testing.assert_allclose(scores, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_fit_ignores_prediction_only_hyperparameters():
+    base = make_base_data(n=200, seed=0)
+    fits = []
+    for change in ({}, {"adapt_steps": 0, "selection": "exact", "theta": 0.9, "threshold_mode": "relative"}):
+        method = create_method("lcm", {**TINY, **change}, seed=0)
+        method.fit(base, None)
+        fits.append(method)
+    for key, value in fits[0].net.state_dict().items():
+        torch.testing.assert_close(fits[1].net.state_dict()[key], value, rtol=0, atol=0)
+    assert fits[0].fit_report == fits[1].fit_report
+
+
+def test_a_loaded_checkpoint_takes_and_checks_the_variants_prediction_values(fitted, tmp_path):
+    from mlfsic.harness.errors import MlfsicError
+    from mlfsic.harness.evaluate import load_fitted
+
+    path = tmp_path / "lcm.pt"
+    torch.save({"method": fitted}, path)
+    variant = method_spec("lcm-x", {**TINY, "adapt_steps": 7, "selection": "off"}, base="lcm")
+    loaded = load_fitted(str(path), variant)
+    assert (loaded.adapt_steps, loaded.selection, loaded.adapt_lr) == (7, "off", TINY["adapt_lr"])
+    with pytest.raises(MlfsicError, match="selection"):
+        load_fitted(str(path), method_spec("lcm-y", {**TINY, "selection": "first-order"}, base="lcm"))

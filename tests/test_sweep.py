@@ -93,3 +93,33 @@ def test_method_args_of_a_variant_points_to_variants():
         load_sweep(["+sweep=protonet_ablation", "+method_args.protonet-e32.lr=0.1"])
     with pytest.raises(MlfsicError, match="variants of variants"):
         load_sweep(["+sweep=protonet_ablation", "+variants.x.method=protonet-e32"])
+
+
+def test_fit_val_only_with_eval_split_val_and_run_id_unchanged_when_off():
+    from mlfsic.harness.errors import MlfsicError
+    from mlfsic.harness.evaluate import fit_splits
+
+    assert load_sweep(["eval_split=val", "fit_val=true"]).fit_val
+    with pytest.raises(MlfsicError, match="fit_val"):
+        load_sweep(["fit_val=true"])
+    assert load_sweep(["fit_val=false"]).run_id == load_sweep([]).run_id  # a key that is off leaves the run id
+    assert fit_splits("val") == ("base",) and fit_splits("val", fit_val=True) == ("base", "val")
+    assert fit_splits("test") == ("base", "val")
+
+
+def test_predict_reports_sum_counts_and_weight_the_rest_by_adapted_episodes(tmp_path):
+    import pandas as pd
+
+    from mlfsic.harness.store import ChunkResult, predict_reports, write_chunk
+
+    empty = pd.DataFrame()
+    for chunk, (episodes, kept) in enumerate([(100, 1.0), (50, 0.4)]):
+        report = {"adapted_episodes": episodes, "adapt_steps": 10, "kept_fraction": kept}
+        write_chunk(tmp_path, f"lcm__5shot__seed0__abc__chunk{chunk:04d}", ChunkResult(empty, empty, None, report=report))
+    write_chunk(tmp_path, "protonet__5shot__seed0__abc__chunk0000", ChunkResult(empty, empty, None))
+    names = ["lcm__5shot__seed0__abc__chunk0000", "lcm__5shot__seed0__abc__chunk0001",
+             "protonet__5shot__seed0__abc__chunk0000"]
+    reports = predict_reports(tmp_path, names)
+    assert list(reports) == ["lcm__5shot__seed0"]  # a method without predict_report has none
+    assert reports["lcm__5shot__seed0"] == {"chunks": 2, "adapted_episodes": 150, "adapt_steps": 10,
+                                            "kept_fraction": round((100 * 1.0 + 50 * 0.4) / 150, 6)}
