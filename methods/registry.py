@@ -16,6 +16,7 @@ shows it as BROKEN); selecting it is a one-line error naming it. The other metho
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -60,12 +61,41 @@ _BROKEN: dict[str, BrokenMethod] = {}
 _LOADED = False
 
 
+# The Method API's calls: the number of positional arguments (besides self) each method must accept.
+API_CALLS = {"fit": ("base", "val"), "predict": ("episode",)}
+
+
+def _accepts(function: Callable[..., Any], n_args: int) -> bool:
+    parameters = list(inspect.signature(function).parameters.values())[1:]  # without self
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return True
+    positional = [p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    return len(required) <= n_args <= len(positional)
+
+
+def contract_error(name: str, cls: type[Method]) -> str | None:
+    """One line when ``cls`` cannot be called as the Method API calls it (e.g. a plug-in written before
+    the val split reached ``fit``: ``def fit(self, base)``), else None."""
+    for method, args in API_CALLS.items():
+        function = getattr(cls, method)
+        if not _accepts(function, len(args)):
+            return (f"method {name!r} ({cls.__module__}.{cls.__qualname__}) has {method}{inspect.signature(function)}, "
+                    f"but the Method API calls {method}(self, {', '.join(args)}) (mlfsic.methods.api)")
+    return None
+
+
 def register(name: str, origin: str = "built-in") -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: ``@register("protonet")`` makes the class available under that name."""
+    """Class decorator: ``@register("protonet")`` makes the class available under that name. A class whose
+    ``fit`` / ``predict`` cannot take the API's arguments is refused with one line (``contract_error``)."""
 
     def decorator(cls: type[Method]) -> type[Method]:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"@register({name!r}) must decorate a subclass of mlfsic.methods.api.Method")
+        error = contract_error(name, cls)
+        if error is not None:
+            raise MlfsicError(error)
         existing = _REGISTRY.get(name)
         if existing is not None and existing.cls is not cls:
             raise MlfsicError(f"method name {name!r} is registered twice ({existing.cls} and {cls})")

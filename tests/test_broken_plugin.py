@@ -91,3 +91,46 @@ def test_cli_lists_broken_plugins_and_refuses_to_run_them(tmp_path):
     errors = [line for line in run.stderr.splitlines() if line.startswith("mlfsic: error:")]
     assert len(errors) == 1 and "'broken-plugin'" in errors[0] and "Traceback" not in run.stderr
     assert not results.exists()  # nothing written, nothing submitted
+
+
+OLD_API_PLUGIN = '''
+import numpy as np
+from mlfsic.methods.api import Method
+
+
+class ConstantScores(Method):
+    """Written against the earlier Method API: fit(self, base), before the val split reached fit."""
+
+    def fit(self, base):
+        pass
+
+    def predict(self, episode):
+        return np.zeros((episode.n_query, episode.n_labels))
+'''
+
+
+def test_a_plugin_of_the_earlier_method_api_is_refused_before_any_work(tmp_path):
+    """``def fit(self, base)`` is listed as BROKEN with the signature it has and the one expected, and a
+    run naming it stops with one line and exit 2 before anything is written or submitted to Ray."""
+    site = tmp_path / "site"
+    dist_info = site / "mlfsic_old_plugin-0.0.1.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlfsic-old-plugin\nVersion: 0.0.1\n")
+    (dist_info / "entry_points.txt").write_text("[mlfsic.methods]\nold-api = mlfsic_old_plugin:ConstantScores\n")
+    (site / "mlfsic_old_plugin.py").write_text(OLD_API_PLUGIN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mlfsic.harness.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    listed = cli("methods")
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert listed.returncode == 0 and "BROKEN: MlfsicError" in rows["old-api"], listed.stdout
+    assert "fit(self, base)" in rows["old-api"] and "fit(self, base, val)" in rows["old-api"]
+    results = tmp_path / "results"
+    run = cli("run", "method=[old-api]", f"results_dir={results}")
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("mlfsic: error:")]
+    assert len(errors) == 1 and "'old-api'" in errors[0] and "Traceback" not in run.stderr
+    assert "Started a local Ray" not in run.stderr and not results.exists()
