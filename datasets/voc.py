@@ -7,7 +7,8 @@ Layout read (the devkit's own)::
     VOCdevkit/VOC2007/JPEGImages/<id>.jpg
     VOCdevkit/VOC2012/...                                  the same, ids like 2008_000008
 
-``sets`` names the image lists pooled, as ``<year folder>/<list>``; the default pool is VOC2007 trainval +
+``sets`` names the image lists pooled, as ``<year folder>/<list>`` (a list that is absent is skipped and named in
+the notes, e.g. a devkit with VOC2007 only; none present is an error); the default pool is VOC2007 trainval +
 VOC2007 test + VOC2012 trainval (VOC2012's test annotations are not public), as later ML-FSIC work on VOC
 pools them. An image carries a class when one of its ``<object>``s (direct children of ``<annotation>``;
 VOC2012's ``<part>`` names are body parts and are not read) is of that class. ``difficult`` objects count as
@@ -83,8 +84,15 @@ def read_voc(name: str, root: str | Path, sets: Sequence[str] = DEFAULT_SETS, in
     parsed: dict[tuple[str, str], frozenset[int]] = {}
     sources = []
     difficult_only = 0
-    for entry in sets:
-        folder, list_name = _parse_set(entry)
+    lists = [(entry, *_parse_set(entry)) for entry in sets]
+    missing = [entry for entry, folder, list_name in lists
+               if not (root / folder / "ImageSets" / "Main" / f"{list_name}.txt").is_file()]
+    if len(missing) == len(lists):
+        raise MlfsicError(f"image list not found: {root / lists[0][1] / 'ImageSets' / 'Main' / (lists[0][2] + '.txt')} "
+                          f"(none of dataset.sets {', '.join(sets)} is present under {root})")
+    for entry, folder, list_name in lists:
+        if entry in missing:  # e.g. a VOCdevkit with VOC2007 only: read what is there, say what is not
+            continue
         list_path = root / folder / "ImageSets" / "Main" / f"{list_name}.txt"
         ids = _read_list(list_path, digest)
         for line_number, image_name in ids:
@@ -104,6 +112,8 @@ def read_voc(name: str, root: str | Path, sets: Sequence[str] = DEFAULT_SETS, in
              f"{difficult_only} image-label pairs are difficult-only"]
     if table.duplicates:
         notes.append(f"{table.duplicates} images listed more than once (same labels) kept once")
+    if missing:
+        notes.append(f"missing, not read: {', '.join(missing)} (no {', '.join(e.replace('/', '/ImageSets/Main/', 1) + '.txt' for e in missing)})")
     return Loaded(dataset=dataset, notes=tuple(notes), sources=tuple(sources))
 
 

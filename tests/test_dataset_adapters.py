@@ -149,7 +149,7 @@ def test_voc_split_file_is_the_documented_one():
     ("no_name", r"VOC2007/Annotations/000007.xml: <object> #1 has no <name>"),
     ("bad_difficult", r"VOC2007/Annotations/000007.xml: <object> #1: <difficult> is 'yes'"),
     ("empty_list", r"VOC2007/ImageSets/Main/test.txt: empty image list"),
-    ("missing_list", r"image list not found: .*VOC2012/ImageSets/Main/trainval.txt"),
+    ("missing_list", r"image list not found: .*VOC2007/ImageSets/Main/trainval.txt \(none of dataset.sets"),
     ("missing_xml", r"annotation file not found: .*VOC2007/Annotations/000012.xml"),
     ("bad_id", r"VOC2007/ImageSets/Main/test.txt:2: 'img_4' is not a VOC image id"),
     ("two_columns", r"VOC2007/ImageSets/Main/test.txt:1: expected one image id per line"),
@@ -172,8 +172,9 @@ def test_voc_bad_input_is_one_line_naming_the_file(tmp_path, case, pattern):
         (v7 / "Annotations" / "000007.xml").write_text(_voc_xml("000007", [("car", "yes")]))
     elif case == "empty_list":
         (v7 / "ImageSets" / "Main" / "test.txt").write_text("\n")
-    elif case == "missing_list":
-        (v12 / "ImageSets" / "Main" / "trainval.txt").unlink()
+    elif case == "missing_list":  # none of the sets present; one missing set alone is read around (below)
+        for folder, list_name in ((v7, "trainval"), (v7, "test"), (v12, "trainval")):
+            (folder / "ImageSets" / "Main" / f"{list_name}.txt").unlink()
     elif case == "missing_xml":
         (v7 / "Annotations" / "000012.xml").unlink()
     elif case == "bad_id":
@@ -187,6 +188,22 @@ def test_voc_bad_input_is_one_line_naming_the_file(tmp_path, case, pattern):
     with pytest.raises(MlfsicError, match=pattern) as error:
         voc.load({"root": str(devkit)})
     assert "\n" not in str(error.value)
+
+
+def test_voc_with_voc2007_only_reads_it_and_names_the_missing_set(tmp_path, capsys):
+    import shutil
+
+    from mlfsic.harness.cli import main
+
+    devkit = _write_voc(tmp_path)
+    shutil.rmtree(devkit / "VOC2012")
+    loaded = voc.read({"name": "voc", "root": str(devkit)})
+    assert loaded.sources == (("VOC2007 trainval", 4), ("VOC2007 test", 3))
+    assert set(_rows(loaded.dataset)) == {2007000001, 2007000004, 2007000005, 2007000006, 2007000007, 2007000009,
+                                          2007000012}
+    assert any("missing, not read: VOC2012/trainval" in note for note in loaded.notes)
+    assert main(["data", "prepare", "voc", f"root={devkit}"]) == 0
+    assert "VOC2012/ImageSets/Main/trainval.txt" in capsys.readouterr().out
 
 
 def test_voc_same_image_two_years_must_agree(tmp_path):
