@@ -20,14 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.report.intervals import (
-    EPISODE_LEVEL,
-    MIN_SEEDS,
-    SEED_LEVEL,
-    hierarchical_paired_bootstrap,
-    n_seeds_of,
-    paired_bootstrap,
-)
+from mlfsic.harness.report.intervals import paired_difference
 
 NOW, REFERENCE = "now", "reference"
 COMPARISON_COLUMNS = ["dataset", "setting", "group", "method", "versus", "n_paired", "diff", "diff_ci_low",
@@ -93,16 +86,14 @@ def compare_to_reference(records: pd.DataFrame, reference_run_id: str, n_boot: i
                 if pair.empty:
                     continue
                 clusters = pair.index.get_level_values("episode_set_id").to_numpy()
-                hierarchical = n_seeds_of(clusters) >= MIN_SEEDS
                 a, b = pair["a"].to_numpy(np.float64), pair["b"].to_numpy(np.float64)
-                result = (hierarchical_paired_bootstrap(a, b, clusters, n_boot=n_boot, seed=seed) if hierarchical
-                          else paired_bootstrap(a, b, n_boot=n_boot, seed=seed))
+                result = paired_difference(a, b, clusters, n_boot=n_boot, seed=seed)
                 low, high = result["ci_low"], result["ci_high"]
                 verdict = "better" if low > 0.0 else "worse" if high < 0.0 else "tied"
                 rows.append({"dataset": dataset, "setting": setting, "group": group, "method": method,
                              "versus": versus, "n_paired": int(len(pair)), "diff": result["mean_diff"],
                              "diff_ci_low": low, "diff_ci_high": high, "p_value": result["p_value"],
-                             "interval": SEED_LEVEL if hierarchical else EPISODE_LEVEL, "verdict": verdict})
+                             "interval": result["interval"], "verdict": verdict})
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 

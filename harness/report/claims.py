@@ -13,7 +13,7 @@ Every comparison pairs the two methods' per-episode mAP over their shared episod
 episode set and episode index; an episode where either mAP is undefined is left out) and gives the mean
 difference ``method - other`` in mAP points, its 95% percentile interval and a two-sided p-value from the
 paired bootstrap of ``report.intervals``: hierarchical (resample seeds, then episodes within each seed;
-``hierarchical_paired_bootstrap``) with >= ``MIN_SEEDS`` seeds, else over episodes (``paired_bootstrap``),
+``intervals.paired_difference``: seeds then episodes with >= ``MIN_SEEDS`` seeds, else over episodes),
 as the leaderboard does; ``interval`` says which. ``verdict`` reads the interval; a claim against every
 baseline gets one more row per setting, ``combined_verdict`` of its comparisons.
 
@@ -43,12 +43,9 @@ import pandas as pd
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import write_json_atomic, write_text_atomic
 from mlfsic.harness.report.intervals import (
-    EPISODE_LEVEL,
     MIN_SEEDS,
-    SEED_LEVEL,
-    hierarchical_paired_bootstrap,
     n_seeds_of,
-    paired_bootstrap,
+    paired_difference,
 )
 from mlfsic.harness.report.stats import _read_run_json, _read_table
 
@@ -236,13 +233,9 @@ def compare(run: Run, claim: Claim, other: str, setting: str, a: pd.Series, b: p
     """One comparison row: paired bootstrap of ``a - b`` (``paired_episodes``) in mAP points."""
     values_a, values_b = 100.0 * a.to_numpy(np.float64), 100.0 * b.to_numpy(np.float64)  # mAP points
     clusters = a.index.get_level_values("seed").to_numpy()
-    n_seeds = n_seeds_of(clusters)
-    hierarchical = n_seeds >= MIN_SEEDS
-    result = (hierarchical_paired_bootstrap(values_a, values_b, clusters, n_boot=n_boot, seed=seed,
-                                            confidence=CONFIDENCE) if hierarchical
-              else paired_bootstrap(values_a, values_b, n_boot=n_boot, seed=seed, confidence=CONFIDENCE))
-    return {**_row_base(run, claim, setting, COMPARISON, other), "n_paired": len(a), "n_seeds": n_seeds,
-            "interval": SEED_LEVEL if hierarchical else EPISODE_LEVEL, "diff": result["mean_diff"],
+    result = paired_difference(values_a, values_b, clusters, n_boot=n_boot, seed=seed, confidence=CONFIDENCE)
+    return {**_row_base(run, claim, setting, COMPARISON, other), "n_paired": len(a), "n_seeds": n_seeds_of(clusters),
+            "interval": result["interval"], "diff": result["mean_diff"],
             "ci_low": result["ci_low"], "ci_high": result["ci_high"], "p_value": result["p_value"],
             "verdict": verdict(result["ci_low"], result["ci_high"])}
 

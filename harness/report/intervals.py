@@ -248,6 +248,19 @@ def hierarchical_paired_bootstrap(
     return _hierarchical_differences((a - b)[:, None], clusters, n_boot, seed, confidence)[0]
 
 
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, clusters: np.ndarray, n_boot: int = 10000, seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """The paired interval of a - b the reports use: ``hierarchical_paired_bootstrap`` over the seeds
+    ``clusters`` with >= ``MIN_SEEDS`` of them, else ``paired_bootstrap`` over episodes; the result's
+    fields plus ``interval`` (``SEED_LEVEL`` or ``EPISODE_LEVEL``)."""
+    if n_seeds_of(clusters) >= MIN_SEEDS:
+        result = hierarchical_paired_bootstrap(a, b, clusters, n_boot=n_boot, seed=seed, confidence=confidence)
+        return {**result, "interval": SEED_LEVEL}
+    return {**paired_bootstrap(a, b, n_boot=n_boot, seed=seed, confidence=confidence), "interval": EPISODE_LEVEL}
+
+
 def _hierarchical_differences(
     diffs: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int, confidence: float
 ) -> list[dict[str, float]]:
