@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from mlfsic.datasets.disk import Loaded, Prepared, bool_option, root_of
-from mlfsic.datasets.disk import prepare as prepare_with
-from mlfsic.harness.data import Dataset
+from mlfsic.datasets.adapter import Loaded, Prepared, bool_option, root_of
+from mlfsic.datasets.adapter import prepare as prepare_with
+from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_file
 

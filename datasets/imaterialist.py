@@ -33,11 +33,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlfsic.datasets.disk import Digest, LabelTable, Loaded, Prepared, decode_text, finish, option, read_bytes, \
+from mlfsic.datasets.adapter import Digest, LabelTable, Loaded, Prepared, decode_text, finish, option, read_bytes, \
     read_json, root_of, split_path, str_list
-from mlfsic.datasets.disk import prepare as prepare_with
+from mlfsic.datasets.adapter import prepare as prepare_with
 from mlfsic.harness.config import load_label_split
-from mlfsic.harness.data import Dataset
+from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 
 N_LABELS = 228

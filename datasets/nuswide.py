@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from mlfsic.datasets.disk import Digest, Loaded, Prepared, build_dataset, decode_text, option, read_binary_matrix, \
+from mlfsic.datasets.adapter import Digest, Loaded, Prepared, build_dataset, decode_text, option, read_binary_matrix, \
     read_bytes, read_lines, root_of, split_path
-from mlfsic.datasets.disk import prepare as prepare_with
+from mlfsic.datasets.adapter import prepare as prepare_with
 from mlfsic.harness.config import load_label_split
-from mlfsic.harness.data import Dataset
+from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 
 PROTOCOLS = ("concepts81", "zsl925")

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from mlfsic.harness.data import Dataset
+from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 
 # adapter name -> module implementing it

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.metrics import episode_map
+from mlfsic.harness.protocol.metrics import episode_map
 from mlfsic.methods import lcm_adaptation
 from mlfsic.methods.api import Episode, Method, SplitData, register
 from mlfsic.methods.lcm_adaptation import (
@@ -916,8 +916,8 @@ class LCM(Method):
         labels with at least ``val_shot + n_query`` images, each carried by >= ``val_shot`` support images
         and ``n_query`` query images. An episode the sampler cannot complete (co-occurring labels' support
         took the images) is skipped; no episodes (no selection) when fewer than 2 labels qualify."""
-        from mlfsic.harness.data import LabelledPool
-        from mlfsic.harness.episodes import SamplerParams, make_episode
+        from mlfsic.harness.protocol.data import LabelledPool
+        from mlfsic.harness.protocol.episodes import SamplerParams, make_episode
 
         targets = np.asarray(val.targets) > 0.5
         labels = np.flatnonzero(targets.sum(axis=0) >= self.val_shot + self.n_query)

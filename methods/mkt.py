@@ -47,11 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlfsic.harness.clip_models import LAST_BLOCKS, PROMPT, run_blocks
+from mlfsic.harness.backbones.open_clip import LAST_BLOCKS, PROMPT, run_blocks
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.metrics import episode_map
+from mlfsic.harness.protocol.metrics import episode_map
 from mlfsic.methods.api import Episode, Method, SplitData, register
-from mlfsic.methods.reference import hinge_rank_loss
+from mlfsic.methods.baselines import hinge_rank_loss
 from mlfsic.methods.torch_utils import check_episode, check_split_data, minibatches, torch_generator
 
 

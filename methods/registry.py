@@ -30,7 +30,7 @@ ENTRY_POINT_GROUP = "mlfsic.methods"
 
 # Modules of built-in methods; importing one runs its @register decorators.
 BUILTIN_MODULES = (
-    "mlfsic.methods.reference",
+    "mlfsic.methods.baselines",
     "mlfsic.methods.protonet",
     "mlfsic.methods.laso",
     "mlfsic.methods.lcm",

@@ -185,7 +185,7 @@ def clip_view(data: SplitData | Episode, clip, seed: int = 0) -> SplitData | Epi
 
     import torch
 
-    from mlfsic.harness.clip_models import ClipImageFeatures
+    from mlfsic.harness.backbones.open_clip import ClipImageFeatures
 
     module = ClipImageFeatures(clip.visual)
 

@@ -17,9 +17,9 @@ import pytest
 from conftest import tiny_overrides
 
 from mlfsic.harness.cli import main
-from mlfsic.harness.reference_run import METRIC_VERSION, load_reference
-from mlfsic.harness.runner import run_sweep
-from mlfsic.harness.sweep import load_sweep
+from mlfsic.harness.sweep.against_run import METRIC_VERSION, load_reference
+from mlfsic.harness.sweep.runner import run_sweep
+from mlfsic.harness.sweep.spec import load_sweep
 
 N_EPISODES = 20
 REFERENCE = ("method=[random,example-cosine]", "setting=[0shot,1shot]", "seeds=[0,1]", f"n_episodes={N_EPISODES}",
@@ -182,7 +182,7 @@ def test_a_run_made_before_these_fields_reads_as_metric_version_1(published, tmp
 
 def test_a_reference_without_shared_episode_sets_is_refused(published, tmp_path):
     from mlfsic.harness.errors import MlfsicError
-    from mlfsic.harness.report import build_leaderboard
+    from mlfsic.harness.report.leaderboard import build_leaderboard
 
     other = _tampered(published, tmp_path, _set(("run_id",), "another-run"))
     info = json.loads((other / "run.json").read_text())

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mlfsic.harness import backbones
-from mlfsic.harness.backbone_models import ResNet50Backbone, SmallCNN
-from mlfsic.harness.backbone_training import embed_array, prototype_map, train_small_cnn
-from mlfsic.harness.backbones import load_backbone
-from mlfsic.harness.images import image_paths, read_image, read_images
-from mlfsic.harness.data import Dataset
+from mlfsic.harness.backbones import kinds as backbones
+from mlfsic.harness.backbones.networks import ResNet50Backbone, SmallCNN
+from mlfsic.harness.backbones.small_cnn import embed_array, prototype_map, train_small_cnn
+from mlfsic.harness.backbones.kinds import load_backbone
+from mlfsic.harness.backbones.images import image_paths, read_image, read_images
+from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 
 
@@ -266,7 +266,7 @@ def test_shipped_weights_match_the_configured_hash():
 
 
 def test_shipped_weights_give_the_stored_features():
-    from mlfsic.harness.images import to_tensor
+    from mlfsic.harness.backbones.images import to_tensor
 
     config = coco_moji_backbone()
     backbone = load_backbone({**config, "device": "cpu"}, backbones.pinned_weights(config))
@@ -296,7 +296,8 @@ def _pinned_dataset(record: dict, annotation_sha256: str | None = None) -> tuple
 
 
 def test_backbone_weights_uses_the_pinned_file_without_training(tmp_path, monkeypatch):
-    from mlfsic.harness import backbone_training, prepare
+    from mlfsic.harness.backbones import small_cnn as backbone_training
+    from mlfsic.harness.sweep import prepare
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained although pinned weights fit")
@@ -323,7 +324,7 @@ def test_backbone_weights_uses_the_pinned_file_without_training(tmp_path, monkey
 def test_train_command_retrains_into_the_cache_and_compares(tmp_path, capsys):
     """`mlfsic backbone train` on a tiny coco-moji: trains into the cache, compares with the pinned file,
     writes out= as small_cnn-<sha[:12]>.pt with its record, and leaves the shipped file alone."""
-    from mlfsic.harness.backbone_training import train_command
+    from mlfsic.harness.backbones.small_cnn import train_command
     from mlfsic.harness.io import sha256_file
 
     config = coco_moji_backbone()

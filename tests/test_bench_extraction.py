@@ -17,9 +17,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from mlfsic.harness.backbones import load_backbone
-from mlfsic.harness.data import Dataset
-from mlfsic.harness.features import extract_shard
+from mlfsic.harness.backbones.kinds import load_backbone
+from mlfsic.harness.protocol.data import Dataset
+from mlfsic.harness.sweep.features import extract_shard
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from mlfsic.harness.cli import main
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.report import claims
 from mlfsic.harness.report.intervals import EPISODE_LEVEL, SEED_LEVEL
-from mlfsic.harness.store import RECORD_COLUMNS
+from mlfsic.harness.sweep.store import RECORD_COLUMNS
 
 # setting -> {method: how many mAP points lcm is above it}; lcm itself is added
 ABLATION_SHIFTS = {setting: {"lcm-randvec": 5.0, "lcm-noselect": -5.0, "lcm-nocross": 0.0, "wvga": 1.0}

@@ -100,7 +100,7 @@ BAD_OVERRIDES = [
 @pytest.fixture
 def no_sweep(monkeypatch):
     """Fails the test if a sweep is ever started: every bad override must stop before the runner."""
-    import mlfsic.harness.runner as runner
+    import mlfsic.harness.sweep.runner as runner
 
     def refuse(*args, **kwargs):
         raise AssertionError("run_sweep was called")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlfsic.harness import clip_models
+from mlfsic.harness.backbones import open_clip as clip_models
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.methods.api import Episode, SplitData
 
@@ -104,7 +104,7 @@ def test_weights_of_another_model_are_a_one_line_error(tmp_path):
     (["dataset.backbone.model=ViT-B-16-quickgelu", "dataset.backbone.weights=/no/such/openai.pt"], "/no/such/openai.pt"),
 ], ids=["unknown-model", "no-weights", "missing-weights-file"])
 def test_bad_open_clip_backbone_is_a_one_line_error(overrides, named, tmp_path, capsys, monkeypatch):
-    import mlfsic.harness.runner as runner
+    import mlfsic.harness.sweep.runner as runner
     from mlfsic.harness.cli import main
 
     monkeypatch.setattr(runner, "run_sweep", lambda *a, **k: pytest.fail("a sweep was started"))
@@ -115,10 +115,10 @@ def test_bad_open_clip_backbone_is_a_one_line_error(overrides, named, tmp_path, 
 
 
 def test_clip_methods_need_an_open_clip_backbone(tmp_path, capsys, monkeypatch):
-    import mlfsic.harness.runner as runner
+    import mlfsic.harness.sweep.runner as runner
     from mlfsic.harness.cli import main
     from mlfsic.harness.config import compose_config
-    from mlfsic.harness.sweep import resolve_sweep
+    from mlfsic.harness.sweep.spec import resolve_sweep
 
     monkeypatch.setattr(runner, "run_sweep", lambda *a, **k: pytest.fail("a sweep was started"))
     assert main(["run", f"results_dir={tmp_path / 'r'}", "method=[mkt]"]) == 2

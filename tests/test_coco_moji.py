@@ -17,7 +17,7 @@ from mlfsic.datasets.coco_moji.catalogue import COCO_2014_CATEGORIES, DISTRACTOR
 from mlfsic.datasets.coco_moji.generate import default_split_file, read_split
 from mlfsic.datasets.coco_moji.glyphs import render_glyph
 from mlfsic.datasets.coco_moji.plan import n_mixed_scenes, plan_scenes
-from mlfsic.harness.data import split_pool
+from mlfsic.harness.protocol.data import split_pool
 from mlfsic.harness.errors import MlfsicError
 
 TINY = {"n_base": 60, "n_val": 20, "n_test": 40}

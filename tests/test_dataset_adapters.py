@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlfsic.datasets import disk, voc
+from mlfsic.datasets import adapter as disk
+from mlfsic.datasets import voc
 from mlfsic.harness.config import config_dir, load_label_split
-from mlfsic.harness.data import split_pool
+from mlfsic.harness.protocol.data import split_pool
 from mlfsic.harness.errors import MlfsicError
 
 

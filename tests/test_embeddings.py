@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from mlfsic.datasets.coco_moji.catalogue import COCO_2014_CATEGORIES, drawable_categories
-from mlfsic.harness import embeddings
-from mlfsic.harness.embeddings import embedding_id, label_embeddings, minilm_model_dir, model_identity
+from mlfsic.harness.backbones import embeddings
+from mlfsic.harness.backbones.embeddings import embedding_id, label_embeddings, minilm_model_dir, model_identity
 from mlfsic.harness.errors import MlfsicError
 
 LABELS = ["person", "hot dog", "cell phone", "tennis racket", "zebra"]

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlfsic.harness.data import LabelledPool
+from mlfsic.harness.protocol.data import LabelledPool
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.episodes import (
+from mlfsic.harness.protocol.episodes import (
     SamplerParams,
     build_episode_set,
     check_pool_matches,
@@ -148,7 +148,7 @@ def test_determinism_across_processes(pool):
     content = build_episode_set(pool, "episodic-v1", 5, 4, 30, seed=2)
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from test_episodes import make_pool; from mlfsic.harness.episodes import build_episode_set;"
+        "from test_episodes import make_pool; from mlfsic.harness.protocol.episodes import build_episode_set;"
         "print(build_episode_set(make_pool(), 'episodic-v1', 5, 4, 30, 2)['episode_set_id'])"
     )
     env = {**os.environ, "PYTHONHASHSEED": "123"}

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlfsic.harness import explain as explain_module
+from mlfsic.harness.report import explain as explain_module
 from mlfsic.harness.cli import main
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.explain import (
+from mlfsic.harness.report.explain import (
     Boxes,
     attention_transfer,
     border_cells,

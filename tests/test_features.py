@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mlfsic.harness import features
-from mlfsic.harness.backbone_models import SmallCNN
-from mlfsic.harness.backbones import Backbone, load_backbone
-from mlfsic.harness.data import Dataset
+from mlfsic.harness.sweep import features
+from mlfsic.harness.backbones.networks import SmallCNN
+from mlfsic.harness.backbones.kinds import Backbone, load_backbone
+from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.features import (
+from mlfsic.harness.sweep.features import (
     extract_shard,
     forward_passes,
     load_features,

@@ -312,8 +312,8 @@ def coco_moji_sized_pool(world, n_images: int, positions: int, seed: int):
 def coco_moji_sized_episodes(world, k_shot: int, n_episodes: int, positions: int = 36) -> list:
     """Episodes drawn by the harness's episodic-v1 sampler from a pool of 2000 synthetic images over the
     world's 12 novel labels (1-4 labels per image, coco-moji's 40/29/20/11 %)."""
-    from mlfsic.harness.data import LabelledPool
-    from mlfsic.harness.episodes import SamplerParams, make_episode as draw
+    from mlfsic.harness.protocol.data import LabelledPool
+    from mlfsic.harness.protocol.episodes import SamplerParams, make_episode as draw
     from mlfsic.methods.api import Episode
 
     features, local, targets = coco_moji_sized_pool(world, 2000, positions, seed=1)

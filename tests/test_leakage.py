@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlfsic.harness.data import Dataset, LabelledPool, split_pool
+from mlfsic.harness.protocol.data import Dataset, LabelledPool, split_pool
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.leakage import check_no_leakage
+from mlfsic.harness.protocol.leakage import check_no_leakage
 
 BASE = [f"base_{j}" for j in range(8)]
 VAL = ["val_0", "val_1"]

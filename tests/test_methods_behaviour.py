@@ -18,7 +18,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from mlfsic.methods.protonet import sample_episode
-from mlfsic.methods.reference import hinge_rank_loss
+from mlfsic.methods.baselines import hinge_rank_loss
 from mlfsic.methods.registry import create_method
 from synthetic_data import make_base_data, make_episode, make_world
 

@@ -49,8 +49,8 @@ def base():
 @functools.lru_cache(maxsize=1)
 def tiny_clip():
     """The pinned tiny teacher: methods with ``needs_clip`` get it and features it computed (``clip_view``)."""
-    from mlfsic.harness.backbones import pinned_weights
-    from mlfsic.harness.clip_models import load_tiny_teacher
+    from mlfsic.harness.backbones.kinds import pinned_weights
+    from mlfsic.harness.backbones.open_clip import load_tiny_teacher
 
     config = yaml.safe_load((importlib.resources.files("mlfsic.configs") / "backbone" / "tiny-teacher.yaml").read_text())
     return load_tiny_teacher(pinned_weights(config))

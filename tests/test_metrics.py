@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.metrics import average_precision, episode_map, f1_at_k, per_label_ap
+from mlfsic.harness.protocol.metrics import average_precision, episode_map, f1_at_k, per_label_ap
 
 
 def _random_case(rng: np.random.Generator, tied: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ def _sync_playwright():
 
 def test_page_renders_offline_in_chromium(tmp_path):
     sync_playwright = _sync_playwright()
-    from mlfsic.harness.report import build_leaderboard
+    from mlfsic.harness.report.leaderboard import build_leaderboard
 
     run = make_run_dir(tmp_path / "runs", "run-a", {"alpha": 0.7, "beta": 0.68, "gamma": 0.5},
                        settings=("0shot", "1shot", "5shot"))

@@ -8,7 +8,7 @@ import sys
 
 from conftest import tiny_overrides
 
-from mlfsic.harness.runner import _Progress
+from mlfsic.harness.sweep.runner import _Progress
 
 
 def test_progress_off_a_terminal_prints_a_line_per_tenth_and_a_summary():

@@ -11,11 +11,11 @@ from conftest import tiny_overrides
 from sklearn.metrics import average_precision_score
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.evaluate import evaluate_cell, method_spec
-from mlfsic.harness.store import RECORD_COLUMNS
-from mlfsic.harness.prepare import prepare_benchmark
-from mlfsic.harness.runner import _task_slots, run_sweep
-from mlfsic.harness.sweep import TaskResources, load_sweep
+from mlfsic.harness.sweep.evaluate import evaluate_cell, method_spec
+from mlfsic.harness.sweep.store import RECORD_COLUMNS
+from mlfsic.harness.sweep.prepare import prepare_benchmark
+from mlfsic.harness.sweep.runner import _task_slots, run_sweep
+from mlfsic.harness.sweep.spec import TaskResources, load_sweep
 
 N_EPISODES = 30
 

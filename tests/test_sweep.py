@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlfsic.harness.config import compose_config, to_container
-from mlfsic.harness.sweep import Sweep, load_sweep, resolve_sweep
+from mlfsic.harness.sweep.spec import Sweep, load_sweep, resolve_sweep
 
 # Run ids of three commands, pinned: the same command must keep its run dir, so resuming a run still works.
 # A change of the default configs that moves them must be deliberate (it starts new run dirs); last moved by
@@ -69,7 +69,7 @@ def test_sweep_preset_resolves_to_variants():
 
 
 def test_variant_hashes_cover_the_merged_hyperparameters_not_the_name():
-    from mlfsic.harness.evaluate import method_spec
+    from mlfsic.harness.sweep.evaluate import method_spec
 
     sweep = load_sweep(["+sweep=protonet_ablation", "method=[protonet,protonet-e32,protonet-e128]"])
     specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}
@@ -97,7 +97,7 @@ def test_method_args_of_a_variant_points_to_variants():
 
 def test_fit_val_only_with_eval_split_val_and_run_id_unchanged_when_off():
     from mlfsic.harness.errors import MlfsicError
-    from mlfsic.harness.evaluate import fit_splits
+    from mlfsic.harness.sweep.evaluate import fit_splits
 
     assert load_sweep(["eval_split=val", "fit_val=true"]).fit_val
     with pytest.raises(MlfsicError, match="fit_val"):
@@ -110,7 +110,7 @@ def test_fit_val_only_with_eval_split_val_and_run_id_unchanged_when_off():
 def test_predict_reports_sum_counts_and_weight_the_rest_by_adapted_episodes(tmp_path):
     import pandas as pd
 
-    from mlfsic.harness.store import ChunkResult, predict_reports, write_chunk
+    from mlfsic.harness.sweep.store import ChunkResult, predict_reports, write_chunk
 
     empty = pd.DataFrame()
     for chunk, (episodes, kept) in enumerate([(100, 1.0), (50, 0.4)]):

@@ -9,11 +9,12 @@ import pytest
 import torch
 import yaml
 
-from mlfsic.harness import backbones, clip_models
+from mlfsic.harness.backbones import kinds as backbones
+from mlfsic.harness.backbones import open_clip as clip_models
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_file
-from mlfsic.harness.prepare import open_clip_weights
-from mlfsic.harness.teacher_training import teacher_settings, teacher_trained_on, train_teacher
+from mlfsic.harness.sweep.prepare import open_clip_weights
+from mlfsic.harness.backbones.tiny_teacher import teacher_settings, teacher_trained_on, train_teacher
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbone"
 TEACHERS = ("tiny-teacher", "tiny-teacher-strict")

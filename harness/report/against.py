@@ -29,7 +29,7 @@ COMPARISON_COLUMNS = ["dataset", "setting", "group", "method", "versus", "n_pair
 
 def reference_info(reference_dir: Path) -> dict[str, Any]:
     """run_id, commit, dirty flag and creation date of the reference run, and whether it is the published one."""
-    from mlfsic.harness.reference_run import PUBLISHED_DIR
+    from mlfsic.harness.sweep.against_run import PUBLISHED_DIR
 
     path = Path(reference_dir) / "run.json"
     try:

@@ -65,7 +65,7 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_text
 from mlfsic.harness.report import against as against_reference
 from mlfsic.harness.report.intervals import EPISODE_LEVEL, MIN_SEEDS, ranks_with_ties
-from mlfsic.harness.store import LABEL_AP_COLUMNS, RECORD_COLUMNS
+from mlfsic.harness.sweep.store import LABEL_AP_COLUMNS, RECORD_COLUMNS
 
 FEATURE_COLUMNS = ("protocol", "backbone_id", "embedding_id")  # "unknown" in runs made before records had them
 UNKNOWN = "unknown"

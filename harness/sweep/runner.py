@@ -35,13 +35,13 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-from mlfsic.harness.benchmark import Benchmark
+from mlfsic.harness.sweep.benchmark import Benchmark
 from mlfsic.harness.config import plain
-from mlfsic.harness.data import split_pool
-from mlfsic.harness.episodes import EpisodeSetRef, materialise_episode_sets
-from mlfsic.harness.embeddings import embedding_id
+from mlfsic.harness.protocol.data import split_pool
+from mlfsic.harness.protocol.episodes import EpisodeSetRef, materialise_episode_sets
+from mlfsic.harness.backbones.embeddings import embedding_id
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.evaluate import (
+from mlfsic.harness.sweep.evaluate import (
     FitResult,
     MethodFailure,
     MethodSpec,
@@ -51,14 +51,14 @@ from mlfsic.harness.evaluate import (
     method_spec,
 )
 from mlfsic.harness.io import canonical_json, file_lock
-from mlfsic.harness.prepare import backbone_weights, load_dataset_and_split, make_benchmark
+from mlfsic.harness.sweep.prepare import backbone_weights, load_dataset_and_split, make_benchmark
 from mlfsic.harness.provenance import git_state, hardware, package_versions
-from mlfsic.harness import reference_run
-from mlfsic.harness.store import (
+from mlfsic.harness.sweep import against_run as reference_run
+from mlfsic.harness.sweep.store import (
     ChunkResult, assemble, assembled_cells, cell_key, cell_of, chunk_done, chunk_name, predict_reports, write_chunk,
     write_run_json,
 )
-from mlfsic.harness.sweep import RayOptions, Sweep, TaskResources
+from mlfsic.harness.sweep.spec import RayOptions, Sweep, TaskResources
 from mlfsic.methods.registry import get_method_class
 
 FEATURE_SHARD_IMAGES = 2048
@@ -184,8 +184,8 @@ def _backbone_task(dataset_cfg: dict[str, Any], cache_root: str) -> tuple[str | 
 
 
 def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float) -> int:
-    from mlfsic.harness.backbones import load_backbone
-    from mlfsic.harness.features import extract_shard
+    from mlfsic.harness.backbones.kinds import load_backbone
+    from mlfsic.harness.sweep.features import extract_shard
 
     _set_threads(num_cpus)
     backbone = load_backbone(benchmark.backbone_config, Path(benchmark.backbone_weights) if benchmark.backbone_weights else None,
@@ -263,8 +263,8 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
 
     # Driver: dataset, split, leakage check, episode sets. Then the backbone (a task: it may want the GPU) and features.
     dataset, split = _load_dataset(sweep, progress)
-    from mlfsic.harness.features import forward_passes
-    from mlfsic.harness.leakage import check_no_leakage
+    from mlfsic.harness.sweep.features import forward_passes
+    from mlfsic.harness.protocol.leakage import check_no_leakage
 
     eval_split = sweep.eval_split
     pools = {name: split_pool(dataset, name, split[name]) for name in ("base", "val", "test")}
@@ -392,7 +392,7 @@ def _extract_features(benchmark: Benchmark, image_ids: np.ndarray, options: dict
     Under the store's extraction lock (``features.extraction_lock``): a second sweep sharing the results
     dir waits and finds nothing missing.
     """
-    from mlfsic.harness.features import extraction_lock
+    from mlfsic.harness.sweep.features import extraction_lock
 
     with extraction_lock(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256):
         _extract_missing_features(benchmark, image_ids, options, progress)
@@ -400,7 +400,7 @@ def _extract_features(benchmark: Benchmark, image_ids: np.ndarray, options: dict
 
 def _extract_missing_features(benchmark: Benchmark, image_ids: np.ndarray, options: dict[str, Any],
                               progress: bool) -> None:
-    from mlfsic.harness.features import missing_image_ids
+    from mlfsic.harness.sweep.features import missing_image_ids
 
     missing = missing_image_ids(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256,
                                 image_ids)

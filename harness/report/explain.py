@@ -181,9 +181,9 @@ def prepare(options: ExplainOptions) -> Explained:
     """Resolve the config as ``mlfsic run`` would, prepare the benchmark and fit (or load) the method."""
     import torch
 
-    from mlfsic.harness.evaluate import fit_method, load_fitted, method_spec
-    from mlfsic.harness.prepare import prepare_benchmark
-    from mlfsic.harness.sweep import load_sweep
+    from mlfsic.harness.sweep.evaluate import fit_method, load_fitted, method_spec
+    from mlfsic.harness.sweep.prepare import prepare_benchmark
+    from mlfsic.harness.sweep.spec import load_sweep
     from mlfsic.methods.registry import get_method_class
 
     sweep = load_sweep(_sweep_overrides(options))
@@ -223,8 +223,8 @@ def draw_episode(
     support image ids. Drawn by the harness's sampler (``harness.episodes.make_episode``), which is pure,
     so it is the episode a sweep evaluating that split would draw. ``split``: the label split to draw
     from (``base``, ``val`` or ``test``); None: the explained split (``explained.pool``)."""
-    from mlfsic.harness.episodes import SamplerParams, make_episode
-    from mlfsic.harness.evaluate import episode_of
+    from mlfsic.harness.protocol.episodes import SamplerParams, make_episode
+    from mlfsic.harness.sweep.evaluate import episode_of
 
     sweep, benchmark = explained.sweep, explained.benchmark
     pool = explained.pool if split is None else benchmark.pool(split)

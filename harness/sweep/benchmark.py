@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mlfsic.harness.data import Dataset, LabelledPool, split_pool
+from mlfsic.harness.protocol.data import Dataset, LabelledPool, split_pool
 from mlfsic.harness.errors import MlfsicError
 
 
@@ -47,7 +47,7 @@ class Benchmark:
         return _pool(self.dataset_config, split, self.split_labels[split])
 
     def features(self, image_ids: np.ndarray, with_local: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        from mlfsic.harness.features import load_features
+        from mlfsic.harness.sweep.features import load_features
 
         return load_features(Path(self.feature_root), self.backbone_id, self.annotation_sha256, image_ids, with_local)
 
@@ -79,14 +79,14 @@ def _pool(dataset_config: str, split: str, labels: tuple[str, ...]) -> LabelledP
 
 @functools.lru_cache(maxsize=1)
 def _clip_model(backbone_config: str, weights: str | None) -> Any:
-    from mlfsic.harness.clip_models import load_clip
+    from mlfsic.harness.backbones.open_clip import load_clip
 
     return load_clip(json.loads(backbone_config), Path(weights) if weights else None)
 
 
 @functools.lru_cache(maxsize=16)
 def _clip_label_embeddings(backbone_config: str, weights: str | None, label_names: tuple[str, ...]) -> np.ndarray:
-    from mlfsic.harness.clip_models import PROMPT
+    from mlfsic.harness.backbones.open_clip import PROMPT
 
     text = _clip_model(backbone_config, weights).encode_text([PROMPT.format(label=name) for name in label_names])
     return text.numpy().astype(np.float32)
@@ -94,6 +94,6 @@ def _clip_label_embeddings(backbone_config: str, weights: str | None, label_name
 
 @functools.lru_cache(maxsize=16)
 def _label_embeddings(encoder: str, path: str | None, cache: str, label_names: tuple[str, ...]) -> np.ndarray:
-    from mlfsic.harness.embeddings import label_embeddings
+    from mlfsic.harness.backbones.embeddings import label_embeddings
 
     return label_embeddings(list(label_names), encoder=encoder, path=path, cache_dir=Path(cache))

@@ -42,7 +42,7 @@ from mlfsic.harness.io import atomic_path, sha256_json, write_json_atomic
 # Bump when harness/metrics.py (or how evaluate.py turns scores into records) changes any number, so a run
 # scored the old way is never ranked with one scored the new way. Runs that do not record it are "1".
 METRIC_VERSION = "1"
-PUBLISHED_DIR = Path(__file__).resolve().parent.parent / "results" / "published"
+PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "results" / "published"
 RUN_FILES = ("run.json", "records.parquet", "label_ap.parquet")
 # Sweep keys that choose the episodes: taken from the reference unless the user sets them.
 EPISODE_KEYS = ("setting", "seeds", "n_episodes", "n_query", "n_way", "protocol", "eval_split")
@@ -194,7 +194,7 @@ def check_before_work(sweep: Any, reference: Reference) -> None:
                        f"this harness scores episodes differently; {RERUN}")
     _check_dataset_config(sweep.dataset, reference)
     _check_episode_keys(sweep, reference)
-    from mlfsic.harness.embeddings import embedding_id
+    from mlfsic.harness.backbones.embeddings import embedding_id
 
     ours_embedding = embedding_id(sweep.embeddings.encoder, sweep.embeddings.path)
     if ours_embedding != reference.embedding_id:
@@ -260,7 +260,7 @@ def expected_backbone_id(backbone: Mapping[str, Any], reference: Reference) -> s
     (``dataset.backbone.pinned_weights``) when the reference was made with a pinned file too; otherwise the
     sweep trains it (or decides whether the pinned file fits this dataset) and the id is known later.
     """
-    from mlfsic.harness import backbones
+    from mlfsic.harness.backbones import kinds as backbones
 
     kind = backbone.get("kind")
     if kind == "resnet50":

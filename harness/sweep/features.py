@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mlfsic.harness.backbones import Backbone
-from mlfsic.harness.data import Dataset
+from mlfsic.harness.backbones.kinds import Backbone
+from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.images import image_paths
+from mlfsic.harness.backbones.images import image_paths
 from mlfsic.harness.io import file_lock, sha256_text, write_json_atomic
 
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlfsic.harness.backbone_models import ResNet50Backbone, SmallCNN
+from mlfsic.harness.backbones.networks import ResNet50Backbone, SmallCNN
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.images import IMAGENET_MEAN, IMAGENET_STD, read_images, to_tensor
+from mlfsic.harness.backbones.images import IMAGENET_MEAN, IMAGENET_STD, read_images, to_tensor
 from mlfsic.harness.io import sha256_file, sha256_json
 
 KINDS = ("small_cnn", "resnet50", "open_clip")
@@ -188,7 +188,7 @@ def identify_backbone(config: Mapping[str, Any], weights_path: Path | None) -> s
     if kind == "open_clip":
         if weights_path is None or not Path(weights_path).is_file():
             raise MlfsicError(f"open_clip weights file not found: {weights_path} (dataset.backbone.weights)")
-        from mlfsic.harness.clip_models import feature_layout
+        from mlfsic.harness.backbones.open_clip import feature_layout
 
         return backbone_id(feature_layout(str(config.get("model"))), sha256_file(Path(weights_path)), 0)
     raise MlfsicError(f"dataset.backbone.kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -208,7 +208,7 @@ def load_backbone(config: Mapping[str, Any], weights_path: Path | None, known_id
     device = str(config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if kind == "open_clip":
-        from mlfsic.harness.clip_models import ClipImageFeatures, load_clip
+        from mlfsic.harness.backbones.open_clip import ClipImageFeatures, load_clip
 
         clip = load_clip(config, Path(weights_path) if weights_path else None)
         path = Path(str(weights_path))

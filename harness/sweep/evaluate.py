@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mlfsic.harness.benchmark import Benchmark
-from mlfsic.harness.embeddings import embedding_id
-from mlfsic.harness.episodes import check_pool_matches, episode_seed, episode_targets, load_episode_set
+from mlfsic.harness.sweep.benchmark import Benchmark
+from mlfsic.harness.backbones.embeddings import embedding_id
+from mlfsic.harness.protocol.episodes import check_pool_matches, episode_seed, episode_targets, load_episode_set
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, file_lock, sha256_file, sha256_json, write_json_atomic
-from mlfsic.harness.metrics import episode_map, f1_at_k, per_label_ap
-from mlfsic.harness.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
+from mlfsic.harness.protocol.metrics import episode_map, f1_at_k, per_label_ap
+from mlfsic.harness.sweep.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
 from mlfsic.methods.api import Episode, SplitData, parse_setting
 from mlfsic.methods.registry import create_method, get_method_class
 

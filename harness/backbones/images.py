@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mlfsic.harness.data import Dataset
+from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

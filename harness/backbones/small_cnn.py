@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mlfsic.harness.backbone_models import SmallCNN
-from mlfsic.harness.data import Dataset
+from mlfsic.harness.backbones.networks import SmallCNN
+from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.images import image_paths, read_images, to_tensor
+from mlfsic.harness.backbones.images import image_paths, read_images, to_tensor
 from mlfsic.harness.io import atomic_path, sha256_file, write_json_atomic
 
 AUGMENT_PAD = 8
@@ -215,9 +215,9 @@ def split_out_option(overrides: list[str], expected: str) -> tuple[Path | None, 
 
 def train_command(overrides: list[str]) -> int:
     """``mlfsic backbone train [HYDRA OVERRIDES] [out=PATH]``; prints the retrained file and the comparison."""
-    from mlfsic.harness.backbones import pinned_record, pinned_weights
+    from mlfsic.harness.backbones.kinds import pinned_record, pinned_weights
     from mlfsic.harness.config import compose_config, plain
-    from mlfsic.harness.prepare import load_dataset_and_split, small_cnn_trained_on, trained_small_cnn
+    from mlfsic.harness.sweep.prepare import load_dataset_and_split, small_cnn_trained_on, trained_small_cnn
 
     out, hydra_overrides = split_out_option(overrides, "a folder or a .pt file")
     cfg = compose_config(hydra_overrides)
@@ -250,8 +250,8 @@ def train_command(overrides: list[str]) -> int:
 def _print_comparison(dataset: Dataset, split: dict[str, list[str]], backbone_cfg: dict[str, Any], retrained: Path,
                       pinned: Path, report: dict[str, Any], record: dict[str, Any]) -> None:
     """Same sha256 or not, max |feature difference| on base images, val mAP of both."""
-    from mlfsic.harness.backbones import load_backbone, load_small_cnn
-    from mlfsic.harness.data import split_pool
+    from mlfsic.harness.backbones.kinds import load_backbone, load_small_cnn
+    from mlfsic.harness.protocol.data import split_pool
 
     same = sha256_file(retrained) == sha256_file(pinned)
     config = {**backbone_cfg, "device": "cpu"}

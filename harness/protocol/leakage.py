@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mlfsic.harness.data import Dataset, LabelledPool, find_rows
+from mlfsic.harness.protocol.data import Dataset, LabelledPool, find_rows
 from mlfsic.harness.errors import MlfsicError
 
 

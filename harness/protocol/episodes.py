@@ -61,12 +61,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from mlfsic.harness.data import LabelledPool, find_rows
+from mlfsic.harness.protocol.data import LabelledPool, find_rows
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_json, write_json_atomic
 
 if TYPE_CHECKING:
-    from mlfsic.harness.sweep import Sweep
+    from mlfsic.harness.sweep.spec import Sweep
 
 PROTOCOLS = ("episodic-v1", "rest-of-pool")
 SAMPLER_VERSION = "1"

@@ -66,13 +66,13 @@ class ClipModel:
 
 # ----------------------------------------------------------------------------------------- building
 def minilm_dir() -> str:
-    from mlfsic.harness.embeddings import minilm_model_dir
+    from mlfsic.harness.backbones.embeddings import minilm_model_dir
 
     return str(minilm_model_dir())
 
 
 def minilm_identity() -> dict[str, object]:
-    from mlfsic.harness.embeddings import model_identity
+    from mlfsic.harness.backbones.embeddings import model_identity
 
     return model_identity("minilm", None)
 
@@ -104,7 +104,7 @@ def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_tiny_teacher(weights: Path) -> ClipModel:
     """The tiny teacher with the trained parameters of ``weights`` (a file ``trained_state`` saved)."""
-    from mlfsic.harness.backbones import read_state_dict
+    from mlfsic.harness.backbones.kinds import read_state_dict
 
     state = read_state_dict(weights, TINY_TEACHER)
     model = build_tiny_teacher()
