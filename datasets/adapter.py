@@ -1,7 +1,7 @@
 """Shared pieces of the adapters that read published datasets from disk (VOC, NUS-WIDE, iMaterialist).
 
 Each adapter reads its dataset as distributed, checks every file it names up front and returns a
-``harness.data.Dataset``. What they share lives here:
+``harness.protocol.data.Dataset``. What they share lives here:
 
 ``Digest``             sha256 over every annotation file read (path and bytes) and the options that change
                        the targets, so caches keyed on ``Dataset.annotation_sha256`` follow the content.
@@ -10,7 +10,7 @@ Each adapter reads its dataset as distributed, checks every file it names up fro
                        labels is an error naming both places.
 ``check_images``       which listed image files are missing (an error, or dropped with ``missing_images: drop``).
 ``summarize`` / ``format_summary``  the printable validation report: images, labels, images per split after
-                       the strict rule (``harness.data.split_pool``), missing files, split provenance.
+                       the strict rule (``harness.protocol.data.split_pool``), missing files, split provenance.
 
 Nothing here reads pixels or writes files.
 """
@@ -29,6 +29,7 @@ import numpy as np
 
 from mlfsic.harness.protocol.data import SPLITS, Dataset, split_pool
 from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.protocol.splits import split_path
 
 MISSING_IMAGE_MODES = ("error", "drop")
 FEW_IMAGES = 10  # a split label with fewer images than this in its pool is listed in the summary
@@ -314,25 +315,6 @@ class Prepared:
 
     def text(self) -> str:
         return format_summary(self.summary)
-
-
-def prepare(adapter: Any, cfg: Mapping[str, Any]) -> Prepared:
-    """Read ``cfg``'s dataset with ``adapter`` (a module with ``read`` and ``label_split``), checking every
-    file it names (image files included), split its labels and summarise; writes nothing."""
-    loaded = adapter.read(cfg, check_images=True)
-    split = adapter.label_split(cfg, loaded.dataset)
-    return Prepared(dataset=loaded.dataset, split=split,
-                    summary=summarize(loaded, split, str(option(cfg, "split_file", "")) or None))
-
-
-def split_path(split_file: str | os.PathLike[str]) -> Path:
-    """Where a split file is: a path, else ``configs/splits/<file>`` (as ``harness.config.load_label_split``)."""
-    from mlfsic.harness.config import config_dir
-
-    path = Path(split_file)
-    if not path.is_absolute() and not path.exists():
-        path = config_dir() / "splits" / str(split_file)
-    return path
 
 
 def split_file_meta(split_file: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The ``coco`` adapter (docs/architecture.md §6.1): real COCO 2014 and the generated coco-moji go through it.
 
-Reads COCO instances json files with pycocotools and returns a ``harness.data.Dataset``: every image
+Reads COCO instances json files with pycocotools and returns a ``harness.protocol.data.Dataset``: every image
 id, its file name, and multi-hot labels over the categories in category-id order. Files are checked up
 front; a missing or malformed file is a one-line ``MlfsicError`` naming it. Pixels are not read here
 (features are extracted once, lazily, by the feature store).
@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,9 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from mlfsic.datasets.adapter import Loaded, Prepared, bool_option, root_of
-from mlfsic.datasets.adapter import prepare as prepare_with
+from mlfsic.datasets.adapter import Loaded, root_of
 from mlfsic.harness.protocol.data import Dataset
-from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.errors import MlfsicError, invalid_value
 from mlfsic.harness.io import sha256_file
 
 
@@ -44,6 +42,16 @@ def read(cfg: Mapping[str, Any], check_images: bool = True) -> Loaded:
     parts = [load_coco(name, root, annotation_file, images, check_images) for annotation_file, images in sources]
     dataset = pool_coco(name, Path(root), parts, [annotation_file for annotation_file, _ in sources])
     return Loaded(dataset=dataset, sources=tuple((a, len(p.image_ids)) for (a, _), p in zip(sources, parts)))
+
+
+def check_files(cfg: Mapping[str, Any]) -> None:
+    """Every annotation file and image folder the config names is there (run at sweep resolution)."""
+    root = Path(str(cfg["root"])).expanduser().resolve()
+    for annotation_file, images in coco_sources(cfg):
+        for path, is_there in ((root / annotation_file, Path.is_file), (root / images, Path.is_dir)):
+            if not is_there(path):
+                raise invalid_value("dataset.root", cfg["root"], f"the folder holding {annotation_file} and "
+                                    f"{images}/ of dataset {cfg['name']}", f"{path} not found")
 
 
 def coco_sources(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -85,24 +93,6 @@ def pool_coco(name: str, root: Path, parts: Sequence[Dataset], annotation_files:
     return Dataset(name=name, image_root=root, image_ids=image_ids[order], file_names=tuple(file_names[i] for i in order),
                    label_names=first.label_names, targets=np.ascontiguousarray(targets[order]),
                    annotation_sha256=digest.hexdigest())
-
-
-def load(cfg: Mapping[str, Any], check_images: bool = True) -> Dataset:
-    """The dataset a ``configs/dataset/coco.yaml``-style config describes."""
-    return read(cfg, check_images).dataset
-
-
-def label_split(cfg: Mapping[str, Any], dataset: Dataset) -> dict[str, list[str]]:
-    """The label split of ``cfg.split_file`` (``configs/splits/coco.json``: 52 / 12 / 16)."""
-    from mlfsic.harness.config import load_label_split
-
-    return load_label_split(str(cfg.get("split_file", "coco.json")), dataset.label_names,
-                            bool_option(cfg, "restrict_split", False))
-
-
-def prepare(cfg: Mapping[str, Any]) -> Prepared:
-    """Dataset, label split and printable summary of ``cfg``, every file checked."""
-    return prepare_with(sys.modules[__name__], cfg)
 
 
 def load_coco(name: str, root: str | Path, annotations: str, images: str, check_images: bool = True) -> Dataset:

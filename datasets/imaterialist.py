@@ -28,15 +28,14 @@ import csv
 import io
 import json
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlfsic.datasets.adapter import Digest, LabelTable, Loaded, Prepared, decode_text, finish, option, read_bytes, \
-    read_json, root_of, split_path, str_list
-from mlfsic.datasets.adapter import prepare as prepare_with
-from mlfsic.harness.config import load_label_split
+from mlfsic.datasets.adapter import Digest, LabelTable, Loaded, decode_text, finish, option, read_bytes, \
+    read_json, root_of, str_list
+from mlfsic.harness.protocol.splits import split_path
+from mlfsic.harness.protocol.splits import load_label_split
 from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 
@@ -50,10 +49,6 @@ _TASK_COLUMNS = ("taskName", "task_name", "taskname", "task")
 _ID_LABEL = re.compile(r"^label_(\d+)$")
 
 
-def load(cfg: Mapping[str, Any], check_images: bool = True) -> Dataset:
-    return read(cfg, check_images).dataset
-
-
 def read(cfg: Mapping[str, Any], check_images: bool = True) -> Loaded:
     root = root_of(cfg, "the iMaterialist folder (holding train.json, validation.json)")
     names = option(cfg, "label_names", None)
@@ -63,11 +58,6 @@ def read(cfg: Mapping[str, Any], check_images: bool = True) -> Loaded:
         label_names=str(names) if names else None, n_labels=_int_option(cfg, "n_labels", N_LABELS),
         image_pattern=str(option(cfg, "image_pattern", "{imageId}.jpg")),
         missing_images=str(option(cfg, "missing_images", "error")), check_images=check_images)
-
-
-def prepare(cfg: Mapping[str, Any]) -> Prepared:
-    """Dataset, label split and printable summary (``.text()``) of ``cfg``, every file checked."""
-    return prepare_with(sys.modules[__name__], cfg)
 
 
 def read_imaterialist(name: str, root: str | Path, *, annotations: Sequence[str] = DEFAULT_ANNOTATIONS,

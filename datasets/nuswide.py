@@ -32,17 +32,16 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlfsic.datasets.adapter import Digest, Loaded, Prepared, build_dataset, decode_text, option, read_binary_matrix, \
-    read_bytes, read_lines, root_of, split_path
-from mlfsic.datasets.adapter import prepare as prepare_with
-from mlfsic.harness.config import load_label_split
+from mlfsic.datasets.adapter import Digest, Loaded, build_dataset, decode_text, option, read_binary_matrix, \
+    read_bytes, read_lines, root_of
+from mlfsic.harness.protocol.splits import split_path
+from mlfsic.harness.protocol.splits import load_label_split
 from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 
@@ -60,21 +59,12 @@ DEFAULTS = {
 _FLICKR_ID = re.compile(r"^\d+_(\d+)\.\w+$")
 
 
-def load(cfg: Mapping[str, Any], check_images: bool = True) -> Dataset:
-    return read(cfg, check_images).dataset
-
-
 def read(cfg: Mapping[str, Any], check_images: bool = True) -> Loaded:
     root = root_of(cfg, "the NUS-WIDE folder (holding ImageList/, ConceptsList/, Groundtruth/)")
     paths = {key: str(option(cfg, key, default)) for key, default in DEFAULTS.items()}
     return read_nuswide(str(option(cfg, "name", "nuswide")), root, protocol=str(option(cfg, "protocol", "concepts81")),
                         missing_images=str(option(cfg, "missing_images", "error")), check_images=check_images,
                         **paths)
-
-
-def prepare(cfg: Mapping[str, Any]) -> Prepared:
-    """Dataset, label split and printable summary (``.text()``) of ``cfg``, every file checked."""
-    return prepare_with(sys.modules[__name__], cfg)
 
 
 def read_nuswide(name: str, root: str | Path, *, image_list: str = DEFAULTS["image_list"],

@@ -1,33 +1,42 @@
 """The dataset factory: adapters keyed by the ``adapter:`` name of ``configs/dataset/<name>.yaml``.
 
 In the pattern of timm's ``create_model``: ``load_dataset(dataset_cfg)`` finds the adapter the config
-names and returns a ``harness.data.Dataset``; ``label_split(dataset_cfg, dataset)`` its base/val/test
+names and returns a ``harness.protocol.data.Dataset``; ``label_split(dataset_cfg, dataset)`` its base/val/test
 label lists; ``prepare_dataset(name, options)`` backs ``mlfsic data prepare NAME key=value ...``.
 
-An adapter is a module (imported when first used) with::
+An adapter is a module (imported when first used) that writes only what reads its files::
 
-    read(cfg, check_images=True) -> datasets.disk.Loaded   # the Dataset + notes for the summary
-    load(cfg, check_images=True) -> Dataset                 # read(...).dataset
+    read(cfg, check_images=True) -> datasets.adapter.Loaded   # the Dataset + notes for the summary
+
+and may override the defaults this module supplies (``_default_*`` below)::
+
+    load(cfg, check_images=True) -> Dataset                   # default: read(...).dataset
     label_split(cfg, dataset) -> {"base": [...], "val": [...], "test": [...]}
-    prepare(cfg) -> datasets.disk.Prepared                  # every file checked; summary via .text()
-    ensure_files(cfg, progress) -> None                     # optional: make missing files (coco-moji)
+                                                              # default: cfg.split_file (restrict_split)
+    prepare(cfg) -> datasets.adapter.Prepared                 # default: every file checked, summarised
+    check_files(cfg) -> None                                  # optional: at sweep resolution (coco)
+    ensure_files(cfg, progress) -> None                       # optional: make missing files (coco-moji)
 
 ``cfg`` is the dataset config as a plain mapping (``root`` and the adapter's own keys). Every file is
 checked up front; a missing or malformed one is a one-line ``MlfsicError`` naming it.
 
-Adding a dataset = one module (an adapter) + one yaml in ``configs/dataset/`` naming it with ``adapter:``
-+ a split file in ``configs/splits/``; put the module in ``ADAPTERS`` below (docs/architecture.md §6.1).
+Adding a dataset = one module with ``read`` + its line in ``ADAPTERS`` below (or ``register_adapter``
+from a plug-in) + one yaml in ``configs/dataset/`` naming it with ``adapter:`` and a split file in
+``configs/splits/`` (docs/architecture.md §11).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from mlfsic.harness.protocol.data import Dataset
+from mlfsic.datasets.adapter import Prepared, bool_option, option, summarize
 from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.protocol.data import Dataset
+from mlfsic.harness.protocol.splits import load_label_split
 
 # adapter name -> module implementing it
 ADAPTERS: dict[str, str] = {
@@ -39,10 +48,19 @@ ADAPTERS: dict[str, str] = {
 }
 
 
+def register_adapter(name: str, module: str) -> None:
+    """Add an adapter (a plug-in's module path); a name already taken is an error."""
+    if name in ADAPTERS:
+        raise MlfsicError(f"dataset adapter {name!r} is already registered ({ADAPTERS[name]})")
+    ADAPTERS[name] = module
+
+
 def adapter_module(name: str) -> ModuleType:
-    """The module of adapter ``name``; an unknown name lists the registered ones."""
+    """The module of adapter ``name``; an unknown name lists the registered ones (and the closest)."""
     if name not in ADAPTERS:
-        raise MlfsicError(f"unknown dataset adapter {name!r}; registered: {', '.join(sorted(ADAPTERS))}")
+        close = difflib.get_close_matches(str(name), list(ADAPTERS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise MlfsicError(f"unknown dataset adapter {name!r}; registered: {', '.join(sorted(ADAPTERS))}{hint}")
     return importlib.import_module(ADAPTERS[name])
 
 
@@ -61,14 +79,45 @@ def ensure_files(cfg: Mapping[str, Any], progress: bool = True) -> None:
         adapter.ensure_files(cfg, progress)
 
 
+def check_files(cfg: Mapping[str, Any]) -> None:
+    """The adapter's check of the files its config names, when it has one (run at sweep resolution)."""
+    adapter = _adapter_of(cfg)
+    if hasattr(adapter, "check_files"):
+        adapter.check_files(cfg)
+
+
 def load_dataset(cfg: Mapping[str, Any], check_images: bool = False) -> Dataset:
     """The ``Dataset`` that ``cfg`` (a dataset config) describes."""
-    return _adapter_of(cfg).load(cfg, check_images=check_images)
+    adapter = _adapter_of(cfg)
+    if hasattr(adapter, "load"):
+        return adapter.load(cfg, check_images=check_images)
+    return adapter.read(cfg, check_images=check_images).dataset
 
 
 def label_split(cfg: Mapping[str, Any], dataset: Dataset) -> dict[str, list[str]]:
     """Base/val/test label lists of ``cfg``'s split file for ``dataset``."""
-    return _adapter_of(cfg).label_split(cfg, dataset)
+    adapter = _adapter_of(cfg)
+    if hasattr(adapter, "label_split"):
+        return adapter.label_split(cfg, dataset)
+    return _default_label_split(cfg, dataset)
+
+
+def _default_label_split(cfg: Mapping[str, Any], dataset: Dataset) -> dict[str, list[str]]:
+    """``cfg.split_file`` (``configs/splits/<file>`` or a path); with ``restrict_split``, labels the dataset
+    does not have are dropped, otherwise they are an error."""
+    return load_label_split(str(cfg["split_file"]), dataset.label_names, bool_option(cfg, "restrict_split", False))
+
+
+def prepare_config(cfg: Mapping[str, Any]) -> Any:
+    """The dataset of ``cfg`` with every file checked, its split and summary (``.text()``): the adapter's
+    ``prepare`` when it has one (coco-moji generates), else read, split, summarise (``adapter.Prepared``)."""
+    adapter = _adapter_of(cfg)
+    if hasattr(adapter, "prepare"):
+        return adapter.prepare(cfg)
+    loaded = adapter.read(cfg, check_images=True)
+    split = label_split(cfg, loaded.dataset)
+    return Prepared(dataset=loaded.dataset, split=split,
+                    summary=summarize(loaded, split, str(option(cfg, "split_file", "")) or None))
 
 
 def dataset_config_names() -> list[str]:
@@ -86,7 +135,7 @@ def prepare_dataset(name: str, options: Mapping[str, str]) -> str:
     """
     import yaml
 
-    from mlfsic.harness.config import compose_config, config_dir, plain
+    from mlfsic.harness.config import compose_config, config_dir, to_container
 
     names = dataset_config_names()
     if name not in names:
@@ -98,4 +147,4 @@ def prepare_dataset(name: str, options: Mapping[str, str]) -> str:
         target = short.get(key, key)
         plus = "+" if target.startswith("+") else ""
         overrides.append(f"{plus}dataset.{target.lstrip('+')}={value}")
-    return adapter.prepare(plain(compose_config(overrides).dataset)).text()
+    return prepare_config(to_container(compose_config(overrides).dataset)).text()

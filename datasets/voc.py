@@ -23,16 +23,13 @@ so one photo never sits in a pool twice. File names are relative to the devkit: 
 from __future__ import annotations
 
 import re
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlfsic.datasets.adapter import Digest, LabelTable, Loaded, Prepared, bool_option, finish, read_bytes, read_lines, \
+from mlfsic.datasets.adapter import Digest, LabelTable, Loaded, bool_option, finish, read_bytes, read_lines, \
     root_of, str_list
-from mlfsic.datasets.adapter import prepare as prepare_with
-from mlfsic.harness.config import load_label_split
 from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 
@@ -47,26 +44,10 @@ _OLD_ID = re.compile(r"^(\d{6})$")  # VOC2007 ids: 000005
 _YEAR_FOLDER = re.compile(r"VOC(\d{4})")
 
 
-def load(cfg: Mapping[str, Any], check_images: bool = True) -> Dataset:
-    """The dataset a ``configs/dataset/voc.yaml``-style config describes."""
-    return read(cfg, check_images).dataset
-
-
 def read(cfg: Mapping[str, Any], check_images: bool = True) -> Loaded:
     root = root_of(cfg, "the VOCdevkit folder (holding VOC2007/ and/or VOC2012/)")
     return read_voc(str(cfg.get("name", "voc")), root, sets=str_list(cfg, "sets", DEFAULT_SETS),
                     include_difficult=bool_option(cfg, "include_difficult", True), check_images=check_images)
-
-
-def prepare(cfg: Mapping[str, Any]) -> Prepared:
-    """Dataset, label split and printable summary (``.text()``) of ``cfg``, every file checked."""
-    return prepare_with(sys.modules[__name__], cfg)
-
-
-def label_split(cfg: Mapping[str, Any], dataset: Dataset) -> dict[str, list[str]]:
-    """The label split of ``cfg.split_file`` (``configs/splits/voc.json`` by default)."""
-    return load_label_split(str(cfg.get("split_file", "voc.json")), dataset.label_names,
-                            bool_option(cfg, "restrict_split", False))
 
 
 def load_voc(name: str, root: str | Path, sets: Sequence[str] = DEFAULT_SETS, include_difficult: bool = True,

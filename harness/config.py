@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import json
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,32 +144,3 @@ def method_yaml(name: str) -> dict[str, Any]:
     return loaded
 
 
-def load_label_split(split_file: str, dataset_labels: tuple[str, ...], restrict: bool) -> dict[str, list[str]]:
-    """Read a split file (``configs/splits/<file>`` or a path): {"base", "val", "test"} label lists.
-
-    With ``restrict`` (coco-moji), labels the dataset does not have are dropped; otherwise an unknown
-    label is an error naming it and the file.
-    """
-    path = Path(split_file)
-    if not path.is_absolute() and not path.exists():
-        path = config_dir() / "splits" / split_file
-    if not path.is_file():
-        raise MlfsicError(f"split file not found: {path}")
-    try:
-        raw = json.loads(path.read_text())
-        split = {"base": list(raw["train"]), "val": list(raw["val"]), "test": list(raw["test"])}
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise MlfsicError(f"{path}: malformed split file ({error!r}); needs lists 'train', 'val', 'test'") from None
-    known = set(dataset_labels)
-    for part, labels in split.items():
-        unknown = [label for label in labels if label not in known]
-        if unknown and not restrict:
-            raise MlfsicError(f"{path}: {part} label {unknown[0]!r} is not a category of the dataset")
-        split[part] = [label for label in labels if label in known]
-    return split
-
-
-def plain(mapping: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
-    if isinstance(mapping, DictConfig):
-        return to_container(mapping)
-    return dict(mapping)

@@ -27,7 +27,6 @@ records and file names.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,17 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mlfsic.harness.errors import MlfsicError
-
-_SETTING_PATTERN = re.compile(r"^(\d+)shot$")
-
-
-def parse_setting(setting: str) -> int:
-    """``"5shot"`` -> 5, ``"0shot"`` -> 0; anything else is an error naming the setting."""
-    match = _SETTING_PATTERN.match(str(setting))
-    if match is None:
-        raise MlfsicError(f"setting {setting!r} is not of the form '<K>shot' (e.g. 0shot, 1shot, 5shot)")
-    return int(match.group(1))
+from mlfsic.harness.protocol.episodes import parse_setting
 
 
 @dataclass(frozen=True)
@@ -114,7 +103,7 @@ class Method(ABC):
         self.fit_report: dict[str, Any] = {}
 
     def use_clip(self, clip: Any) -> None:
-        """Called before ``fit`` and before ``predict`` with the backbone's ``harness.clip_models.ClipModel``
+        """Called before ``fit`` and before ``predict`` with the backbone's ``harness.backbones.open_clip.ClipModel``
         (image and text towers, tokenizer) when ``needs_clip``; it is not part of the checkpoint."""
         self.clip = clip
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mlfsic.harness.backbones.open_clip import PROMPT
+from mlfsic.harness.backbones.embeddings import PROMPT
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.methods.api import Episode, Method, SplitData, register
 from mlfsic.methods.torch_utils import check_episode, check_split_data

@@ -999,7 +999,7 @@ class LCM(Method):
         return results  # type: ignore[return-value]
 
     def explain(self, episode: Episode) -> dict[str, np.ndarray]:
-        """What the prototypes of a K-shot episode were built from, for figures (``harness.explain``), with
+        """What the prototypes of a K-shot episode were built from, for figures (``harness.cli.explain``), with
         the same adaptation as ``predict``.
 
         Returns numpy arrays: ``keep`` (n_s, L) bool kept positions, ``importance`` (n_s, L) LCM scores

@@ -10,7 +10,7 @@ the model's logit scale) and the two are averaged.
 Training, on the base split only (val for model selection):
 
 * Stage 1, knowledge distillation + ranking: the student is a trainable copy of the teacher's last ViT
-  block(s), final norm and projection (``harness.clip_models.LAST_BLOCKS``); everything earlier is frozen
+  block(s), final norm and projection (``harness.backbones.open_clip.LAST_BLOCKS``); everything earlier is frozen
   and never recomputed, because the feature store keeps the tokens entering those blocks. Loss = L1
   between the student's and the frozen teacher's normalised global embeddings (``distill_weight``) + the
   pairwise ranking loss over (positive, negative) base labels of the averaged raw two-stream cosines
@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlfsic.harness.backbones.open_clip import LAST_BLOCKS, PROMPT, run_blocks
+from mlfsic.harness.backbones.embeddings import PROMPT
+from mlfsic.harness.backbones.open_clip import LAST_BLOCKS, run_blocks
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.protocol.metrics import episode_map
 from mlfsic.methods.api import Episode, Method, SplitData, register

@@ -17,9 +17,10 @@ import pytest
 from conftest import tiny_overrides
 
 from mlfsic.harness.cli import main
-from mlfsic.harness.sweep.against_run import METRIC_VERSION, load_reference
+from mlfsic.harness.protocol.metrics import METRIC_VERSION
+from mlfsic.harness.sweep.against_run import load_reference
 from mlfsic.harness.sweep.runner import run_sweep
-from mlfsic.harness.sweep.spec import load_sweep
+from mlfsic.harness.sweep.load import load_sweep
 
 N_EPISODES = 20
 REFERENCE = ("method=[random,example-cosine]", "setting=[0shot,1shot]", "seeds=[0,1]", f"n_episodes={N_EPISODES}",

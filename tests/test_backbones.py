@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mlfsic.harness.backbones import kinds as backbones
-from mlfsic.harness.backbones.networks import ResNet50Backbone, SmallCNN
-from mlfsic.harness.backbones.small_cnn import embed_array, prototype_map, train_small_cnn
+from mlfsic.harness.backbones import kinds
+from mlfsic.harness.backbones import weights as backbones
+from mlfsic.harness.backbones.resnet50 import ResNet50Backbone
+from mlfsic.harness.backbones.small_cnn import SmallCNN, embed_array, train_small_cnn
+from mlfsic.harness.protocol.metrics import prototype_map
 from mlfsic.harness.backbones.kinds import load_backbone
 from mlfsic.harness.backbones.images import image_paths, read_image, read_images
 from mlfsic.harness.protocol.data import Dataset
@@ -139,7 +141,7 @@ def test_prototype_map_reference_cases():
 def test_train_small_cnn_deterministic_and_loadable(tmp_path):
     dataset = make_dataset(tmp_path / "images", 48)
     base_rows, val_rows = np.arange(32), np.arange(32, 48)
-    kwargs = dict(epochs=2, batch_size=16, lr=0.003, seed=3, progress=False)
+    kwargs = dict(epochs=2, batch_size=16, lr=0.003, seed=3, image_size=96, progress=False)
     reports = []
     for name in ("a.pt", "b.pt"):
         reports.append(train_small_cnn(
@@ -168,21 +170,21 @@ def test_train_small_cnn_rejects_bad_input(tmp_path):
     with pytest.raises(MlfsicError, match="targets shape"):
         train_small_cnn(dataset, dataset.image_ids, np.zeros((3, 2), np.float32), dataset.image_ids[:0],
                         np.zeros((0, 1), np.float32), tmp_path / "w.pt", epochs=1, batch_size=2, lr=0.01, seed=0,
-                        progress=False)
+                        image_size=96, progress=False)
     with pytest.raises(MlfsicError, match="image id 999"):
         train_small_cnn(dataset, np.array([100, 999]), np.zeros((2, 2), np.float32), dataset.image_ids[:0],
                         np.zeros((0, 1), np.float32), tmp_path / "w.pt", epochs=1, batch_size=2, lr=0.01, seed=0,
-                        progress=False)
+                        image_size=96, progress=False)
     with pytest.raises(MlfsicError, match="needs 2"):
         train_small_cnn(dataset, dataset.image_ids[:1], np.zeros((1, 2), np.float32), dataset.image_ids[:0],
                         np.zeros((0, 1), np.float32), tmp_path / "w.pt", epochs=1, batch_size=2, lr=0.01, seed=0,
-                        progress=False)
+                        image_size=96, progress=False)
     (dataset.image_root / dataset.file_names[1]).unlink()
     with pytest.raises(MlfsicError, match=dataset.file_names[1]):
         train_small_cnn(dataset, dataset.image_ids, np.zeros((4, 2), np.float32), dataset.image_ids[:0],
                         np.zeros((0, 1), np.float32), tmp_path / "w.pt", epochs=1, batch_size=2, lr=0.01, seed=0,
-                        progress=False)
-    assert backbones.KINDS == ("small_cnn", "resnet50", "open_clip")
+                        image_size=96, progress=False)
+    assert tuple(kinds.KINDS) == ("small_cnn", "resnet50", "open_clip")
 
 
 @pytest.mark.slow
@@ -197,7 +199,7 @@ def test_small_cnn_default_size_budget(tmp_path):
     report = train_small_cnn(
         dataset, dataset.image_ids[base_rows], dataset.targets[base_rows][:, base_labels],
         dataset.image_ids[val_rows], dataset.targets[val_rows][:, val_labels], tmp_path / "cnn.pt",
-        epochs=8, batch_size=128, lr=0.002, seed=0, progress=False,
+        epochs=8, batch_size=128, lr=0.002, seed=0, image_size=96, progress=False,
     )
     torch.manual_seed(0)
     val_images = read_images(image_paths(dataset, dataset.image_ids[val_rows]), 96)
@@ -297,7 +299,6 @@ def _pinned_dataset(record: dict, annotation_sha256: str | None = None) -> tuple
 
 def test_backbone_weights_uses_the_pinned_file_without_training(tmp_path, monkeypatch):
     from mlfsic.harness.backbones import small_cnn as backbone_training
-    from mlfsic.harness.sweep import prepare
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained although pinned weights fit")
@@ -306,7 +307,7 @@ def test_backbone_weights_uses_the_pinned_file_without_training(tmp_path, monkey
     config = coco_moji_backbone()
     pinned = backbones.pinned_weights(config)
     dataset, split = _pinned_dataset(backbones.pinned_record(pinned))
-    path, report = prepare.backbone_weights(dataset, split, config, tmp_path, progress=False)
+    path, report = kinds.backbone_weights(dataset, split, config, tmp_path, progress=False)
     assert path == pinned and not any(tmp_path.iterdir())
     assert report["pinned"] is True and report["weights_sha256"] == config["pinned_sha256"]
     assert report["weights_file"] == config["pinned_weights"] and report["training"]["val_map"] > 0
@@ -314,9 +315,9 @@ def test_backbone_weights_uses_the_pinned_file_without_training(tmp_path, monkey
     # Another dataset (or other settings): trained and cached as before, and the report says why.
     trained = tmp_path / "trained.pt"
     trained.write_bytes(b"weights")
-    monkeypatch.setattr(prepare, "trained_small_cnn", lambda *args, **kwargs: (trained, {"kind": "small_cnn"}))
+    monkeypatch.setattr(backbone_training, "trained_small_cnn", lambda *args, **kwargs: (trained, {"kind": "small_cnn"}))
     other, split = _pinned_dataset(backbones.pinned_record(pinned), annotation_sha256="other")
-    path, report = prepare.backbone_weights(other, split, {**config, "epochs": 1}, tmp_path, progress=False)
+    path, report = kinds.backbone_weights(other, split, {**config, "epochs": 1}, tmp_path, progress=False)
     assert path == trained and report["pinned"] is False
     assert "annotation_sha256" in report["pinned_unused"] and "backbone.epochs" in report["pinned_unused"]
 
@@ -324,7 +325,7 @@ def test_backbone_weights_uses_the_pinned_file_without_training(tmp_path, monkey
 def test_train_command_retrains_into_the_cache_and_compares(tmp_path, capsys):
     """`mlfsic backbone train` on a tiny coco-moji: trains into the cache, compares with the pinned file,
     writes out= as small_cnn-<sha[:12]>.pt with its record, and leaves the shipped file alone."""
-    from mlfsic.harness.backbones.small_cnn import train_command
+    from mlfsic.harness.cli.backbone import train_command
     from mlfsic.harness.io import sha256_file
 
     config = coco_moji_backbone()
@@ -343,4 +344,4 @@ def test_train_command_retrains_into_the_cache_and_compares(tmp_path, capsys):
     assert "val mAP (nearest-prototype): retrained" in printed
     assert sha256_file(shipped) == config["pinned_sha256"]
     with pytest.raises(MlfsicError, match="only a small_cnn"):
-        train_command(["dataset=coco", "dataset.root=/nonexistent"])
+        train_command(["dataset=coco-moji", f"results_dir={tmp_path}", "dataset.backbone.kind=resnet50"])

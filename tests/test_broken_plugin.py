@@ -59,7 +59,7 @@ def test_broken_entry_points_are_skipped_with_one_warning_each(fresh_registry, c
 
 
 def test_selecting_a_broken_plugin_is_a_one_line_error(fresh_registry):
-    from mlfsic.harness.sweep.spec import load_sweep
+    from mlfsic.harness.sweep.load import load_sweep
 
     with pytest.raises(MlfsicError, match="'broken-plugin' is a plug-in that failed to load") as error:
         load_sweep(["method=[random,broken-plugin]"])

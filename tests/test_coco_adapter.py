@@ -143,7 +143,7 @@ def test_pooled_files_must_not_share_an_image_id_or_differ_in_categories(tmp_pat
 
 
 def test_a_sweep_on_pooled_coco_checks_every_source_up_front(tmp_path):
-    from mlfsic.harness.sweep.spec import load_sweep
+    from mlfsic.harness.sweep.load import load_sweep
 
     _write_coco_2014(tmp_path)
     overrides = ["dataset=coco", f"dataset.root={tmp_path}", "dataset.restrict_split=true"]

@@ -16,7 +16,8 @@ from PIL import Image
 
 from mlfsic.datasets import adapter as disk
 from mlfsic.datasets import voc
-from mlfsic.harness.config import config_dir, load_label_split
+from mlfsic.harness.config import config_dir
+from mlfsic.harness.protocol.splits import load_label_split
 from mlfsic.harness.protocol.data import split_pool
 from mlfsic.harness.errors import MlfsicError
 
@@ -126,9 +127,9 @@ def test_voc_difficult_switch_and_options(tmp_path):
     strict = voc.read({"root": str(devkit), "include_difficult": False})
     rows = _rows(strict.dataset)
     assert rows[2007000009] == {"horse"} and rows[2009000001] == set() and rows[2007000005] == {"chair", "person"}
-    default = voc.load({"root": str(devkit)})
+    default = voc.read({"root": str(devkit)}).dataset
     assert strict.dataset.annotation_sha256 != default.annotation_sha256  # the option changes targets: new key
-    only_2012 = voc.load({"root": str(devkit), "sets": ["VOC2012/trainval"]})
+    only_2012 = voc.read({"root": str(devkit), "sets": ["VOC2012/trainval"]}).dataset
     assert only_2012.image_ids.tolist() == [2008000008, 2008000015, 2009000001, 2010000002]
     # the same list twice: images kept once
     twice = voc.read({"root": str(devkit), "sets": ["VOC2007/test", "VOC2007/test"]})
@@ -187,7 +188,7 @@ def test_voc_bad_input_is_one_line_naming_the_file(tmp_path, case, pattern):
     elif case == "wrong_root_element":
         (v7 / "Annotations" / "000007.xml").write_text("<html><body/></html>")
     with pytest.raises(MlfsicError, match=pattern) as error:
-        voc.load({"root": str(devkit)})
+        voc.read({"root": str(devkit)}).dataset
     assert "\n" not in str(error.value)
 
 
@@ -215,7 +216,7 @@ def test_voc_same_image_two_years_must_agree(tmp_path):
     (v12 / "Annotations" / "2007_000005.xml").write_text(_voc_xml("2007_000005", [("chair", 0), ("person", 0)]))
     _image(v12 / "JPEGImages" / "2007_000005.jpg")
     with pytest.raises(MlfsicError, match=r"image id 2007000005 .* is already used by VOC2007/JPEGImages/000005.jpg"):
-        voc.load({"root": str(devkit), "sets": ["VOC2007/trainval", "VOC2012/seg"]})
+        voc.read({"root": str(devkit), "sets": ["VOC2007/trainval", "VOC2012/seg"]}).dataset
 
 
 # ------------------------------------------------------------------------------------------- NUS-WIDE
@@ -308,7 +309,7 @@ def test_nuswide_zsl925_protocol(tmp_path):
     expected_test = {i: c for i, c in _rows(dataset).items() if c and c <= set(CONCEPTS81)}
     assert _pool_rows(split_pool(dataset, "test", split["test"])) == expected_test
     with pytest.raises(MlfsicError, match="needs dataset.protocol=zsl925"):
-        nuswide.label_split({"split_file": "nuswide_zsl925.json"}, nuswide.load({"root": str(root)}))
+        nuswide.label_split({"split_file": "nuswide_zsl925.json"}, nuswide.read({"root": str(root)}).dataset)
 
 
 def test_nuswide_duplicates_and_missing_images(tmp_path):
@@ -323,17 +324,17 @@ def test_nuswide_duplicates_and_missing_images(tmp_path):
     root = _write_nuswide(tmp_path / "b", images)
     with pytest.raises(MlfsicError, match=r"Imagelist.txt:8: image actor/0002_174174086.jpg is listed again with "
                                           r"different labels \(first at line 2\)"):
-        nuswide.load({"root": str(root)})
+        nuswide.read({"root": str(root)}).dataset
     root = _write_nuswide(tmp_path / "c")
     (root / "Flickr" / "animal" / "0001_55566677.jpg").unlink()
     with pytest.raises(MlfsicError, match=r"1 of 7 images are missing, first .*Flickr/animal/0001_55566677.jpg "
                                           r"\(listed in .*Imagelist.txt:5\)"):
-        nuswide.load({"root": str(root)})
+        nuswide.read({"root": str(root)}).dataset
     dropped = nuswide.read({"root": str(root), "missing_images": "drop"})
     assert dropped.dataset.image_ids.tolist() == [1, 2, 3, 4, 6, 7] and dropped.missing_images == 1
-    assert dropped.dataset.annotation_sha256 != nuswide.load({"root": str(root)}, check_images=False).annotation_sha256
+    assert dropped.dataset.annotation_sha256 != nuswide.read({"root": str(root)}, check_images=False).dataset.annotation_sha256
     # with drop, the files decide even when the caller skips checks (workers rebuild the same dataset)
-    assert nuswide.load({"root": str(root), "missing_images": "drop"}, check_images=False).image_ids.tolist() == \
+    assert nuswide.read({"root": str(root), "missing_images": "drop"}, check_images=False).dataset.image_ids.tolist() == \
         [1, 2, 3, 4, 6, 7]
 
 
@@ -382,7 +383,7 @@ def test_nuswide_bad_input_is_one_line_naming_the_file(tmp_path, case, pattern):
     elif case == "bad_protocol":
         cfg["protocol"] = "zsl"
     with pytest.raises(MlfsicError, match=pattern) as error:
-        nuswide.load(cfg)
+        nuswide.read(cfg).dataset
     assert "\n" not in str(error.value)
 
 
@@ -429,7 +430,7 @@ def test_imaterialist_multi_hot_ids_and_pools(tmp_path):
     summary = disk.summarize(loaded, split, "imaterialist.json")
     assert summary["images_without_labels"] == 1 and summary["images_per_split"] == {"base": 2, "val": 1, "test": 3}
     assert "PROVISIONAL" in disk.format_summary(summary)
-    only_val = imaterialist.load({"root": str(root), "annotations": ["validation.json"], "images": ["validation"]})
+    only_val = imaterialist.read({"root": str(root), "annotations": ["validation.json"], "images": ["validation"]}).dataset
     assert only_val.image_ids.tolist() == [1, 2]
 
 
@@ -442,15 +443,15 @@ def test_imaterialist_label_names_csv_and_json(tmp_path):
         for i in range(1, 229)]
     (root / "label_map_228.csv").write_text("\n".join(rows) + "\n")
     cfg = {"root": str(root), "label_names": "label_map_228.csv"}
-    dataset = imaterialist.load(cfg)
+    dataset = imaterialist.read(cfg).dataset
     assert dataset.label_names[:4] == ("attr 1", "Other (Style)", "Other (Category)", "attr 4")
     assert _rows(dataset)[1] == {"attr 1", "Other (Style)"}
     split = imaterialist.label_split(cfg, dataset)  # the id-named split, mapped to the names
     assert split["test"][:2] == ["attr 5", "attr 10"] and split["val"][0] == "Other (Category)"
-    assert dataset.annotation_sha256 != imaterialist.load({"root": str(root)}).annotation_sha256
+    assert dataset.annotation_sha256 != imaterialist.read({"root": str(root)}).dataset.annotation_sha256
 
     (root / "names.json").write_text(json.dumps({str(i): f"n{i}" for i in range(1, 30)}))
-    dataset = imaterialist.load({"root": str(root), "label_names": "names.json"})
+    dataset = imaterialist.read({"root": str(root), "label_names": "names.json"}).dataset
     assert len(dataset.label_names) == 29 and _rows(dataset)[4] == {"n10", "n20"}
 
 
@@ -512,13 +513,13 @@ def test_imaterialist_bad_input_is_one_line_naming_the_file(tmp_path, case, patt
         (tmp_path / "own.json").write_text(json.dumps({"train": ["label_1"], "val": ["label_2"], "test": ["label_999"]}))
         cfg["split_file"] = str(tmp_path / "own.json")
         with pytest.raises(MlfsicError, match=pattern) as error:
-            imaterialist.label_split(cfg, imaterialist.load(cfg))
+            imaterialist.label_split(cfg, imaterialist.read(cfg).dataset)
         assert "\n" not in str(error.value)
         return
     elif case == "lists_differ":
         cfg["images"] = ["train"]
     with pytest.raises(MlfsicError, match=pattern) as error:
-        imaterialist.load(cfg)
+        imaterialist.read(cfg).dataset
     assert "\n" not in str(error.value)
     if case == "missing_image":
         assert imaterialist.read({**cfg, "missing_images": "drop"}).missing_images == 1
@@ -528,7 +529,8 @@ def test_imaterialist_bad_input_is_one_line_naming_the_file(tmp_path, case, patt
 def test_dataset_configs_prepare_each_fixture(tmp_path):
     """configs/dataset/<name>.yaml composed as the CLI composes it, read by its adapter, summarised."""
     from mlfsic.datasets import imaterialist, nuswide
-    from mlfsic.harness.config import compose_config
+    from mlfsic.datasets import registry
+    from mlfsic.harness.config import compose_config, to_container
 
     cases = [("voc", voc, _write_voc(tmp_path / "v"), (4, 1, 4)),
              ("nuswide", nuswide, _write_nuswide(tmp_path / "n"), (2, 1, 2)),
@@ -537,11 +539,11 @@ def test_dataset_configs_prepare_each_fixture(tmp_path):
     for config, adapter, root, per_split in cases:
         cfg = compose_config([f"dataset={config}", f"dataset.root={root}"]).dataset
         assert cfg.adapter == adapter.__name__.rsplit(".", 1)[-1]
-        prepared = adapter.prepare(cfg)
+        prepared = registry.prepare_config(to_container(cfg))
         assert prepared.summary["split_provisional"] is True
         if per_split:
             assert tuple(prepared.summary["images_per_split"].values()) == per_split
         text = prepared.text()
         assert f"{cfg.name}: {len(prepared.dataset.image_ids)} images" in text and "PROVISIONAL" in text
     with pytest.raises(MlfsicError, match="dataset.root is not set"):
-        voc.prepare(compose_config(["dataset=voc"]).dataset)
+        registry.prepare_config(to_container(compose_config(["dataset=voc"]).dataset))

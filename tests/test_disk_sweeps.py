@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mlfsic.harness.config import load_label_split
+from mlfsic.harness.protocol.splits import load_label_split
 from mlfsic.harness.sweep.runner import run_sweep
-from mlfsic.harness.sweep.spec import load_sweep
+from mlfsic.harness.sweep.load import load_sweep
 
 SWEEP = ["method=[random,protonet]", "setting=[1shot]", "seeds=[0]", "n_episodes=20", "n_query=2",
          "dataset.backbone.kind=small_cnn", "dataset.backbone.image_size=32", "+dataset.backbone.epochs=1",

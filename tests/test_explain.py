@@ -18,22 +18,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlfsic.harness.report import explain as explain_module
+from mlfsic.harness.cli import explain as explain_module
 from mlfsic.harness.cli import main
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.report.explain import (
-    Boxes,
+from mlfsic.harness.cli.explain import (
     attention_transfer,
     border_cells,
-    cells_inside,
     explain_command,
-    figure_size,
     kept_inside_box_fraction,
     measure_boxes,
     parse_options,
     prepare,
-    tile_box,
 )
+from mlfsic.harness.report.explain_figure import Boxes, cells_inside, figure_size, tile_box
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from mlfsic.harness.sweep import features
-from mlfsic.harness.backbones.networks import SmallCNN
-from mlfsic.harness.backbones.kinds import Backbone, load_backbone
+from mlfsic.harness.backbones.extractor import Backbone
+from mlfsic.harness.backbones.kinds import load_backbone
+from mlfsic.harness.backbones.small_cnn import SmallCNN
 from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.sweep.features import (

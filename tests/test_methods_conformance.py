@@ -49,7 +49,7 @@ def base():
 @functools.lru_cache(maxsize=1)
 def tiny_clip():
     """The pinned tiny teacher: methods with ``needs_clip`` get it and features it computed (``clip_view``)."""
-    from mlfsic.harness.backbones.kinds import pinned_weights
+    from mlfsic.harness.backbones.weights import pinned_weights
     from mlfsic.harness.backbones.open_clip import load_tiny_teacher
 
     config = yaml.safe_load((importlib.resources.files("mlfsic.configs") / "backbone" / "tiny-teacher.yaml").read_text())

@@ -17,7 +17,7 @@ import pytest
 from mlfsic.harness.provenance import hardware
 from mlfsic.harness.report.leaderboard import build_leaderboard
 from mlfsic.harness.sweep.runner import run_sweep
-from mlfsic.harness.sweep.spec import load_sweep
+from mlfsic.harness.sweep.load import load_sweep
 
 pytestmark = pytest.mark.slow
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"

@@ -15,7 +15,8 @@ from mlfsic.harness.sweep.evaluate import evaluate_cell, method_spec
 from mlfsic.harness.sweep.store import RECORD_COLUMNS
 from mlfsic.harness.sweep.prepare import prepare_benchmark
 from mlfsic.harness.sweep.runner import _task_slots, run_sweep
-from mlfsic.harness.sweep.spec import TaskResources, load_sweep
+from mlfsic.harness.sweep.load import load_sweep
+from mlfsic.harness.sweep.spec import TaskResources
 
 N_EPISODES = 30
 
@@ -56,7 +57,7 @@ def test_sweep_writes_complete_records_and_resumes(ray_session, tiny_results_dir
 
     # The runner without Ray (prepare_benchmark + evaluate_cell) gives the same mAP per episode.
     sweep = load_sweep(tiny_overrides(tiny_results_dir, f"n_episodes={N_EPISODES}", *extra))
-    benchmark = prepare_benchmark(sweep.as_dictconfig(), progress=False)
+    benchmark = prepare_benchmark(sweep, progress=False)
     ray_rows = records.query("method == 'protonet' and seed == 1").sort_values("episode")
     path = tiny_results_dir / "episodes" / f"{ray_rows['episode_set_id'].iloc[0]}.json"
     spec = method_spec("protonet", sweep.methods["protonet"].config)

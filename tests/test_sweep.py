@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mlfsic.harness.config import compose_config, to_container
-from mlfsic.harness.sweep.spec import Sweep, load_sweep, resolve_sweep
+from mlfsic.harness.sweep.load import load_sweep
+from mlfsic.harness.sweep.spec import Sweep, resolve_sweep
 
 # Run ids of three commands, pinned: the same command must keep its run dir, so resuming a run still works.
 # A change of the default configs that moves them must be deliberate (it starts new run dirs); last moved by

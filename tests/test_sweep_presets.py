@@ -7,7 +7,7 @@ import pytest
 
 from mlfsic.harness.config import config_dir
 from mlfsic.harness.sweep.evaluate import method_spec
-from mlfsic.harness.sweep.spec import load_sweep
+from mlfsic.harness.sweep.load import load_sweep
 
 # hyperparameters that form one switch together (the released selection rule is a mode and its theta)
 SWITCH_GROUPS = ({"threshold_mode", "theta"},)

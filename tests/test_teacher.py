@@ -10,11 +10,12 @@ import torch
 import yaml
 
 from mlfsic.harness.backbones import kinds as backbones
+from mlfsic.harness.backbones import weights
 from mlfsic.harness.backbones import open_clip as clip_models
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_file
-from mlfsic.harness.sweep.prepare import open_clip_weights
-from mlfsic.harness.backbones.tiny_teacher import teacher_settings, teacher_trained_on, train_teacher
+from mlfsic.harness.backbones.open_clip import open_clip_weights, teacher_settings, teacher_trained_on
+from mlfsic.harness.backbones.tiny_teacher import train_teacher
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbone"
 TEACHERS = ("tiny-teacher", "tiny-teacher-strict")
@@ -27,10 +28,10 @@ def _config(name: str) -> dict:
 @pytest.mark.parametrize("name", TEACHERS)
 def test_shipped_teacher_matches_its_hash_and_record(name):
     config = _config(name)
-    path = backbones.pinned_weights(config)
+    path = weights.pinned_weights(config)
     assert path is not None and sha256_file(path) == config["pinned_sha256"]
     assert path.name == f"tiny_teacher-{config['regime']}-{config['pinned_sha256'][:12]}.pt"  # named by content
-    record = backbones.pinned_record(path)
+    record = weights.pinned_record(path)
     assert record["trained_on"] == teacher_trained_on(teacher_settings(config))
     assert record["training"]["seconds"] <= 30 * 60  # the 2-core training budget
     state = torch.load(path, weights_only=True)

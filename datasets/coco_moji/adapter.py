@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlfsic.datasets.coco import label_split, load, read  # noqa: F401  (the adapter's read/load/label_split)
+from mlfsic.datasets.coco import check_files, read  # noqa: F401  (the adapter's read and file check)
 from mlfsic.datasets.coco_moji.generate import format_summary, generate_coco_moji
 from mlfsic.harness.io import file_lock
 

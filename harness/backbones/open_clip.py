@@ -31,7 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.backbones.embeddings import minilm_model_dir, model_identity
+from mlfsic.harness.backbones.extractor import BackboneKind, Network, backbone_id
+from mlfsic.harness.backbones.weights import pinned_record, pinned_weights, read_state_dict
+from mlfsic.harness.errors import MlfsicError, invalid_value
+from mlfsic.harness.io import sha256_file
 
 TINY_TEACHER = "tiny-teacher"
 TINY_TEACHER_EMBED_DIM = 256
@@ -40,7 +44,6 @@ TINY_TEACHER_CONTEXT = 32  # MiniLM tokens per caption / prompt
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation, used by the tiny teacher too
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LAST_BLOCKS = 1  # tokens entering this many final ViT blocks are the stored local features
-PROMPT = "There is a {label} in the scene"  # a label as text: the prompt of MKT (He et al., AAAI 2023)
 
 
 @dataclass
@@ -66,14 +69,10 @@ class ClipModel:
 
 # ----------------------------------------------------------------------------------------- building
 def minilm_dir() -> str:
-    from mlfsic.harness.backbones.embeddings import minilm_model_dir
-
     return str(minilm_model_dir())
 
 
 def minilm_identity() -> dict[str, object]:
-    from mlfsic.harness.backbones.embeddings import model_identity
-
     return model_identity("minilm", None)
 
 
@@ -104,8 +103,6 @@ def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_tiny_teacher(weights: Path) -> ClipModel:
     """The tiny teacher with the trained parameters of ``weights`` (a file ``trained_state`` saved)."""
-    from mlfsic.harness.backbones.kinds import read_state_dict
-
     state = read_state_dict(weights, TINY_TEACHER)
     model = build_tiny_teacher()
     expected = set(trained_state(model))
@@ -235,3 +232,110 @@ class ClipImageFeatures(nn.Module):
         blocks = self.visual.transformer.resblocks
         pooled, _ = vit_finish(self.visual, blocks[len(blocks) - LAST_BLOCKS:], tokens)
         return pooled, tokens
+
+
+# ----------------------------------------------------------------------------------------- the tiny teacher's record
+TEACHER_TRAINING_KEYS = ("model", "regime", "corpus_seed", "corpus_images", "epochs", "batch_size", "lr",
+                         "weight_decay", "warmup_steps", "seed")
+
+
+TEACHER_DEFAULTS: dict[str, Any] = {"model": TINY_TEACHER, "regime": "concept-seen", "corpus_seed": 0,
+                                    "corpus_images": 24000, "epochs": 4, "batch_size": 128, "lr": 1e-3,
+                                    "weight_decay": 0.05, "warmup_steps": 200, "seed": 0}
+
+
+def teacher_settings(backbone_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings of a tiny-teacher backbone config, unset ones at ``TEACHER_DEFAULTS``."""
+    return {key: backbone_cfg.get(key, TEACHER_DEFAULTS[key]) for key in TEACHER_TRAINING_KEYS}
+
+
+def teacher_trained_on(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What determines a trained teacher: corpus version, settings, MiniLM, and the labels its corpus held out
+    (the val and novel labels of the packaged COCO split, whose glyphs the regime keeps from the teacher)."""
+    from mlfsic.datasets.openmoji_corpus import CORPUS_VERSION
+    from mlfsic.datasets.openmoji_corpus.regimes import held_out_labels
+
+    return {"corpus_version": CORPUS_VERSION, "settings": dict(settings),
+            "minilm": minilm_identity(), "held_out": held_out_labels()}
+
+
+# ----------------------------------------------------------------------------------------- the open_clip kind
+def open_clip_weights(backbone_cfg: dict[str, Any], split: dict[str, list[str]] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The weights of an open_clip backbone, checked by loading them once, and run.json's ``backbone`` block.
+
+    The tiny teacher: ``dataset.backbone.weights`` when given, else the pinned file, whose record must show
+    the configured training settings (a sweep never trains the teacher: ``mlfsic teacher train`` does) and
+    that its corpus held out every val and novel label of the sweep's ``split`` (else those labels' glyphs may
+    have been in its training data).
+    Any other open_clip model: ``dataset.backbone.weights``, a local file. Loading here turns an unknown
+    model name or weights of another model into a one-line error before any task is submitted.
+    """
+    model = str(backbone_cfg.get("model") or "")
+    given = backbone_cfg.get("weights")
+    path = Path(str(given)).expanduser() if given else None
+    report: dict[str, Any] = {"kind": "open_clip", "model": model}
+    if model == TINY_TEACHER and path is None:
+        path = pinned_weights(backbone_cfg)
+        if path is None:
+            raise MlfsicError("the tiny-teacher backbone has neither dataset.backbone.weights nor pinned_weights "
+                              "(train one with `mlfsic teacher train out=DIR`)")
+        record = pinned_record(path)
+        configured = teacher_trained_on(teacher_settings(backbone_cfg))
+        if record["trained_on"] != configured:
+            differing = [key for key in configured["settings"]
+                         if record["trained_on"].get("settings", {}).get(key) != configured["settings"][key]]
+            raise MlfsicError(f"pinned teacher {path.name} was trained with other settings "
+                              f"({', '.join(differing) or 'corpus or MiniLM version'}); a run never trains the teacher: "
+                              "`mlfsic teacher train out=DIR` and pin the result, or set dataset.backbone.weights")
+        held_out = {label for labels in record["trained_on"]["held_out"].values() for label in labels}
+        seen = [label for name in ("val", "test") for label in (split or {}).get(name, []) if label not in held_out]
+        if seen:
+            raise MlfsicError(f"pinned teacher {path.name} held out only the val/novel labels of the packaged COCO "
+                              f"split; {seen[0]!r} ({len(seen)} label(s) of this sweep's val/test split) may be in its "
+                              "corpus: use the packaged split, or a teacher trained for this split")
+        report.update(pinned=True, regime=record["trained_on"]["settings"]["regime"],
+                      training=record.get("training", {}))
+    load_clip(backbone_cfg, path)
+    # a pinned file's sha256 was just checked against the config: no second read of the file
+    report.update(weights_file=str(path),
+                  weights_sha256=str(backbone_cfg["pinned_sha256"]) if report.get("pinned") else sha256_file(path))
+    if model == TINY_TEACHER:
+        report["stand_in"] = ("tiny teacher trained by mlfsic on the OpenMoji glyph+name corpus; "
+                              "a stand-in for CLIP weights, not CLIP")
+    return path, report
+
+
+OPEN_CLIP_EXTRACT_BATCH = 64  # dataset.backbone.extract_batch_size when unset
+
+
+def _identify(config: Mapping[str, Any], weights: Path | None) -> str:
+    if weights is None or not Path(weights).is_file():
+        raise MlfsicError(f"open_clip weights file not found: {weights} (dataset.backbone.weights)")
+    return backbone_id(feature_layout(str(config.get("model"))), sha256_file(Path(weights)), 0)
+
+
+def _build(config: Mapping[str, Any], weights: Path | None) -> Network:
+    clip = load_clip(config, Path(weights) if weights else None)
+    return Network(module=ClipImageFeatures(clip.visual), weights=Path(str(weights)), image_size=clip.image_size,
+                   batch_size=int(config.get("extract_batch_size", OPEN_CLIP_EXTRACT_BATCH)),
+                   mean=tuple(clip.mean), std=tuple(clip.std))
+
+
+def _check(config: Mapping[str, Any]) -> None:
+    """An open_clip backbone names the tiny teacher or a known open_clip model; the latter needs local weights."""
+    model = config.get("model")
+    if model == TINY_TEACHER:
+        return
+    if not isinstance(model, str) or model not in open_clip_names():
+        raise invalid_value("dataset.backbone.model", model, f"{TINY_TEACHER} or an open_clip model name "
+                            "(open_clip.list_models(), e.g. ViT-B-16-quickgelu)")
+    if config.get("weights") is None:
+        raise invalid_value("dataset.backbone.weights", None, f"a local weights file for {model} (nothing is downloaded)")
+
+
+def _weights(dataset: Any, split: dict[str, list[str]], config: Mapping[str, Any], cache_root: Path,
+             progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    return open_clip_weights(dict(config), split)
+
+
+KIND = BackboneKind(name="open_clip", weights=_weights, identify=_identify, build=_build, check=_check, text_tower=True)

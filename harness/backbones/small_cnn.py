@@ -1,39 +1,130 @@
-"""SmallCNN training (docs/architecture.md §7): fit the coco-moji backbone on the base split, and retrain a pinned one.
+"""The ``small_cnn`` backbone kind: a small CNN for the embedded 96 px coco-moji benchmark, and its training.
 
-``train_small_cnn`` fits ``SmallCNN`` with multi-label BCE on the base pool, which is how the ML-FSIC
-papers pretrain their backbones on base classes (Alfassy et al. CVPR'19; Yan et al. AAAI'22), and
-scores the frozen features on the disjoint val labels with ``prototype_map``.
+``SmallCNN``: four conv stages (32-64-128-128 channels, BN + ReLU) with a stride-2 stem, 96 -> 48 -> 24 ->
+12 -> 6, so local = 6x6 -> (36, 128) and global = the average of that map (128). A linear head is used
+only for training.
 
-``train_command`` is ``mlfsic backbone train [HYDRA OVERRIDES] [out=PATH]``: it retrains the configured
-small_cnn with exactly the dataset's settings into the cache (``results/cache/backbones``) and, when the
-dataset pins weights (``dataset.backbone.pinned_weights``), reports how close the retrained ones are:
-same sha256 or not, the largest feature difference on a few hundred base images, and the val mAP of
-both. ``out=DIR`` (or ``out=FILE.pt``) also writes the weights as ``small_cnn-<sha256[:12]>.pt`` with
-its record ``.json`` (what it was trained on, the training report): the files to ship and pin. The
-shipped file is never overwritten unless ``out=`` names it.
+``train_small_cnn`` fits it with multi-label BCE on the base pool, which is how the ML-FSIC papers
+pretrain their backbones on base classes (Alfassy et al. CVPR'19; Yan et al. AAAI'22), and scores the
+frozen features on the disjoint val labels with ``protocol.metrics.prototype_map``.
+
+Weights (``KIND.weights``): the pinned file of ``dataset.backbone.pinned_weights`` (coco-moji; its sha256
+checked) when its record says it was trained on this dataset, split and settings; otherwise trained on
+the base split and cached content-addressed under ``results/cache/backbones`` (``trained_small_cnn``).
+``SmallCnnSettings`` holds every setting and its default. ``mlfsic backbone train`` (``cli/backbone.py``)
+retrains a pinned file and says how close it came.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
-from mlfsic.harness.backbones.networks import SmallCNN
-from mlfsic.harness.protocol.data import Dataset
-from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.backbones.extractor import BackboneKind, Network, backbone_id
 from mlfsic.harness.backbones.images import image_paths, read_images, to_tensor
-from mlfsic.harness.io import atomic_path, sha256_file, write_json_atomic
+from mlfsic.harness.backbones.weights import load_strict, pinned_record, pinned_weights, read_state_dict, save_state
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.io import file_lock, sha256_file, sha256_json, write_json_atomic
+from mlfsic.harness.protocol.data import Dataset, split_pool
+from mlfsic.harness.protocol.metrics import prototype_map
 
+
+@dataclass(frozen=True)
+class SmallCnnSettings:
+    """The ``dataset.backbone`` keys of a small_cnn and their defaults (coco-moji's values), in one place.
+
+    The training settings (``TRAINING_KEYS``) determine the weights; ``extract_batch_size`` only speeds up
+    extraction.
+    """
+
+    image_size: int = 96
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 0.002
+    seed: int = 0
+    extract_batch_size: int = 256
+
+    TRAINING_KEYS = ("image_size", "epochs", "batch_size", "lr", "seed")
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> SmallCnnSettings:
+        """The settings of a ``dataset.backbone`` mapping, unset keys at their defaults."""
+        return cls(**{f.name: type(f.default)(config[f.name]) for f in fields(cls) if config.get(f.name) is not None})
+
+    def training(self) -> dict[str, Any]:
+        """``{"kind": "small_cnn", <training keys>}``: what a weights record's ``trained_on.backbone`` holds."""
+        values = asdict(self)
+        return {"kind": "small_cnn", **{key: values[key] for key in self.TRAINING_KEYS}}
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    """Four-stage CNN for 96x96 RGB images.
+
+    Shapes for a (B, 3, 96, 96) input: stem stride 2 -> (B, 32, 48, 48) -> pool -> stage 2 (64, 24, 24)
+    -> pool -> stage 3 (128, 12, 12) -> pool -> stage 4 (128, 6, 6). ``forward_features`` returns
+    global (B, 128) and local (B, 36, 128); ``forward`` returns base-label logits (B, n_labels).
+    """
+
+    feature_dim = 128
+
+    def __init__(self, n_labels: int, channels: Sequence[int] = (32, 64, 128, 128)) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = channels
+        self.stages = nn.Sequential(
+            _conv_bn_relu(3, c1, stride=2),
+            nn.MaxPool2d(2),
+            _conv_bn_relu(c1, c2),
+            nn.MaxPool2d(2),
+            _conv_bn_relu(c2, c3),
+            _conv_bn_relu(c3, c3),
+            nn.MaxPool2d(2),
+            _conv_bn_relu(c3, c4),
+            _conv_bn_relu(c4, c4),
+        )
+        self.head = nn.Linear(c4, n_labels)
+        self.feature_dim = c4
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.feature_map(x)  # (B, C, h, w)
+        return fmap.mean(dim=(2, 3)), fmap.flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.feature_map(x).mean(dim=(2, 3)))
+
+
+def load_small_cnn(path: Path) -> SmallCNN:
+    """A ``SmallCNN`` with the state dict ``train_small_cnn`` saved (head size read from the file)."""
+    state = read_state_dict(path, "small_cnn")
+    if "head.weight" not in state:
+        raise MlfsicError(f"small_cnn weights {path} have no 'head.weight' entry")
+    module = SmallCNN(n_labels=int(state["head.weight"].shape[0]))
+    load_strict(module, state, path, "small_cnn")
+    return module
+
+
+# ----------------------------------------------------------------------------------------- training
 AUGMENT_PAD = 8
-COMPARE_IMAGES = 256  # base images whose features the retrain check compares
 
 
 def _augmented_batch(padded: np.ndarray, index: np.ndarray, size: int, generator: torch.Generator) -> np.ndarray:
@@ -65,40 +156,6 @@ def embed_array(module: SmallCNN, images: np.ndarray, batch_size: int = 256) -> 
     return np.concatenate(chunks).astype(np.float32)
 
 
-def prototype_map(features: np.ndarray, targets: np.ndarray, seed: int) -> float | None:
-    """Nearest-prototype mAP of frozen features on labels the network never trained on.
-
-    The val labels are disjoint from the base labels, so the BCE head cannot score them. We measure
-    what the few-shot methods rely on, transfer of the frozen features to unseen labels, with the
-    simplest training-free few-shot classifier (Snell et al., "Prototypical Networks", NeurIPS 2017,
-    multi-label form): the val images are split in two halves (seeded); a label's prototype is the
-    mean L2-normalised feature of the images in one half that carry it; the other half's images are
-    scored by cosine similarity to each prototype; macro AP (``sklearn.metrics.average_precision_score``)
-    over labels with positives on both sides; the two directions are averaged. A linear probe would
-    need its own hyperparameters and training time; prototypes need neither. None if no label qualifies.
-    """
-    from sklearn.metrics import average_precision_score
-
-    n = len(features)
-    if n < 2:
-        return None
-    normed = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    order = np.random.default_rng(seed).permutation(n)
-    halves = (order[: n // 2], order[n // 2:])
-    scores = []
-    for support, query in (halves, halves[::-1]):
-        y_support, y_query = targets[support] > 0, targets[query] > 0
-        usable = y_support.any(axis=0) & y_query.any(axis=0)
-        if not usable.any():
-            continue
-        counts = y_support[:, usable].sum(axis=0)
-        prototypes = (y_support[:, usable].T.astype(np.float32) @ normed[support]) / counts[:, None]
-        prototypes /= np.maximum(np.linalg.norm(prototypes, axis=1, keepdims=True), 1e-12)
-        similarity = normed[query] @ prototypes.T
-        scores.append(float(average_precision_score(y_query[:, usable], similarity, average="macro")))
-    return float(np.mean(scores)) if scores else None
-
-
 def train_small_cnn(
     dataset: Dataset,
     image_ids: np.ndarray,
@@ -110,7 +167,7 @@ def train_small_cnn(
     batch_size: int,
     lr: float,
     seed: int,
-    image_size: int = 96,
+    image_size: int,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``SmallCNN`` on the base pool with multi-label BCE; save its state dict atomically.
@@ -190,84 +247,91 @@ def train_small_cnn(
     }
 
 
-def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Save trained parameters atomically, through a file object: the archive's inner folder is then always
-    "archive" (a path would put the random temp file name there), so equal weights give equal bytes and the
-    same sha256. Used for the SmallCNN and the tiny teacher."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(state, handle)
+# ----------------------------------------------------------------------------------------- weights
+def small_cnn_trained_on(dataset: Dataset, split: dict[str, list[str]], config: Mapping[str, Any]) -> dict[str, Any]:
+    """What determines trained small_cnn weights: dataset annotations, base/val labels and training settings."""
+    return {"dataset": dataset.name, "annotation_sha256": dataset.annotation_sha256, "base": list(split["base"]),
+            "val": list(split["val"]), "backbone": SmallCnnSettings.of(config).training()}
 
 
-# ----------------------------------------------------------------------------------------- mlfsic backbone train
-def split_out_option(overrides: list[str], expected: str) -> tuple[Path | None, list[str]]:
-    """``out=PATH`` (where to write the files to ship) apart from the Hydra overrides of a train command."""
-    out: Path | None = None
-    hydra_overrides = []
-    for override in overrides:
-        if override.startswith("out="):
-            if not override[4:]:
-                raise MlfsicError(f"out= needs {expected}")
-            out = Path(override[4:]).expanduser()
-        else:
-            hydra_overrides.append(override)
-    return out, hydra_overrides
+def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Names of the entries (``backbone.<key>`` inside the settings) where two ``trained_on`` records differ."""
+    names = [key for key in current if key != "backbone" and recorded.get(key) != current[key]]
+    settings = recorded.get("backbone") if isinstance(recorded.get("backbone"), dict) else {}
+    return names + [f"backbone.{key}" for key, value in current["backbone"].items() if settings.get(key) != value]
 
 
-def train_command(overrides: list[str]) -> int:
-    """``mlfsic backbone train [HYDRA OVERRIDES] [out=PATH]``; prints the retrained file and the comparison."""
-    from mlfsic.harness.backbones.kinds import pinned_record, pinned_weights
-    from mlfsic.harness.config import compose_config, plain
-    from mlfsic.harness.sweep.prepare import load_dataset_and_split, small_cnn_trained_on, trained_small_cnn
+def trained_small_cnn(
+    dataset: Dataset, split: dict[str, list[str]], config: Mapping[str, Any], cache_root: Path, progress: bool = True,
+    retrain: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """The small_cnn trained on the base split, cached under ``cache_root/backbones`` (``retrain``: train anyway).
 
-    out, hydra_overrides = split_out_option(overrides, "a folder or a .pt file")
-    cfg = compose_config(hydra_overrides)
-    backbone_cfg = plain(cfg.dataset.backbone)
-    if backbone_cfg.get("kind") != "small_cnn":
-        raise MlfsicError(f"dataset.backbone.kind is {backbone_cfg.get('kind')!r} for dataset {cfg.dataset.name}: "
-                          "only a small_cnn backbone is trained by mlfsic")
-    pinned = pinned_weights(backbone_cfg)  # a wrong hash fails before minutes of training
-    torch.set_num_threads(os.cpu_count() or 1)  # as the runner's backbone task: same threads, same weights
-    dataset, split = load_dataset_and_split(cfg.dataset)
-    cache_root = Path(str(cfg.results_dir)).resolve() / "cache"
-    path, report = trained_small_cnn(dataset, split, backbone_cfg, cache_root, progress=True, retrain=True)
-    sha = sha256_file(path)
-    print(f"retrained: {path}  sha256 {sha}  ({report['seconds']:.1f} s; val mAP {report['val_map']})")
+    The cache key is the training input (``small_cnn_trained_on``: annotations, base/val labels, training
+    settings) and the code that trains it (this file and ``images.py``), so a change of either trains anew;
+    extraction-only keys (device, extract_batch_size) do not.
+    """
+    from mlfsic.harness.backbones import images
+
+    settings = SmallCnnSettings.of(config)
+    code = [sha256_file(file) for file in (images.__file__, __file__)]
+    key = sha256_json({**small_cnn_trained_on(dataset, split, config), "code": code})
+    path = cache_root / "backbones" / f"small_cnn-{key[:20]}.pt"
+    report_path = path.with_suffix(".json")
+    with file_lock(path.with_suffix(".lock")):  # two sweeps sharing a results dir train it once
+        if not retrain and path.is_file() and report_path.is_file():
+            return path, json.loads(report_path.read_text())
+        base = split_pool(dataset, "base", split["base"])
+        val = split_pool(dataset, "val", split["val"])
+        report = train_small_cnn(
+            dataset, base.image_ids, base.targets.astype(np.float32), val.image_ids, val.targets.astype(np.float32),
+            out_path=path, epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+            image_size=settings.image_size, progress=progress,
+        )
+        write_json_atomic(report_path, report)
+    return path, report
+
+
+def _weights(dataset: Dataset, split: dict[str, list[str]], config: Mapping[str, Any], cache_root: Path,
+             progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The pinned file when its record says it was trained on this dataset, split and settings (report
+    ``pinned: true``); otherwise trained and cached (``pinned: false``, with ``pinned_unused`` saying why when
+    a pinned file was not used)."""
+    pinned = pinned_weights(config)
+    unused = None
     if pinned is not None:
-        _print_comparison(dataset, split, backbone_cfg, path, pinned, report, pinned_record(pinned))
-    else:
-        print("no pinned weights configured (dataset.backbone.pinned_weights): nothing to compare")
-    if out is not None:
-        target = out if out.suffix == ".pt" else out / f"small_cnn-{sha[:12]}.pt"
-        with atomic_path(target) as tmp:
-            shutil.copyfile(path, tmp)
-        write_json_atomic(target.with_suffix(".json"),
-                          {"trained_on": small_cnn_trained_on(dataset, split, backbone_cfg), "training": report})
-        print(f"written: {target} and {target.with_suffix('.json').name} "
-              f"(pin with dataset.backbone.pinned_sha256: {sha})")
-    return 0
+        record = pinned_record(pinned)
+        differing = _differences(record["trained_on"], small_cnn_trained_on(dataset, split, config))
+        if not differing:
+            return pinned, {"kind": "small_cnn", "pinned": True, "weights_file": str(config["pinned_weights"]),
+                            "weights_sha256": str(config["pinned_sha256"]), "training": record.get("training", {})}
+        unused = f"{pinned.name} was trained with another {', '.join(differing)}; trained on this dataset instead"
+    path, report = trained_small_cnn(dataset, split, config, cache_root, progress)
+    report = {**report, "pinned": False, "weights_sha256": sha256_file(path)}
+    return path, report if unused is None else {**report, "pinned_unused": unused}
 
 
-def _print_comparison(dataset: Dataset, split: dict[str, list[str]], backbone_cfg: dict[str, Any], retrained: Path,
-                      pinned: Path, report: dict[str, Any], record: dict[str, Any]) -> None:
-    """Same sha256 or not, max |feature difference| on base images, val mAP of both."""
-    from mlfsic.harness.backbones.kinds import load_backbone, load_small_cnn
-    from mlfsic.harness.protocol.data import split_pool
+def _weights_file(weights: Path | None) -> Path:
+    if weights is None or not Path(weights).is_file():
+        raise MlfsicError(f"small_cnn weights file not found: {weights} (train it with train_small_cnn)")
+    return Path(weights)
 
-    same = sha256_file(retrained) == sha256_file(pinned)
-    config = {**backbone_cfg, "device": "cpu"}
-    base_ids = np.sort(split_pool(dataset, "base", split["base"]).image_ids)[:COMPARE_IMAGES]
-    first = load_backbone(config, retrained)
-    images = first.load_images(image_paths(dataset, base_ids))
-    outputs = (first.embed(images), load_backbone(config, pinned).embed(images))  # (global, local) each
-    differences = [float(np.abs(outputs[0][which] - outputs[1][which]).max()) for which in (0, 1)]
-    val = split_pool(dataset, "val", split["val"])
-    val_images = read_images(image_paths(dataset, val.image_ids), int(backbone_cfg["image_size"]))
-    pinned_map = prototype_map(embed_array(load_small_cnn(pinned), val_images), val.targets.astype(np.float32),
-                               int(backbone_cfg["seed"]))
-    recorded = record.get("training", {}).get("val_map")
-    print(f"pinned:    {pinned}  sha256 {sha256_file(pinned)}")
-    print(f"same sha256: {'yes' if same else 'no'}")
-    print(f"max |feature difference| on {len(base_ids)} base images: global {differences[0]:.3g}, "
-          f"local {differences[1]:.3g}")
-    print(f"val mAP (nearest-prototype): retrained {report['val_map']}, pinned "
-          f"{None if pinned_map is None else round(pinned_map, 6)} (recorded at its training: {recorded})")
+
+def _identify(config: Mapping[str, Any], weights: Path | None) -> str:
+    return backbone_id("small_cnn", sha256_file(_weights_file(weights)), SmallCnnSettings.of(config).image_size)
+
+
+def _build(config: Mapping[str, Any], weights: Path | None) -> Network:
+    settings = SmallCnnSettings.of(config)
+    path = _weights_file(weights)
+    return Network(module=load_small_cnn(path), weights=path, image_size=settings.image_size,
+                   batch_size=settings.extract_batch_size)
+
+
+def _config_weights(config: Mapping[str, Any]) -> Path | None:
+    """The pinned file (its sha256 checked: a mismatch is an error), None when none is pinned."""
+    return pinned_weights(config)
+
+
+KIND = BackboneKind(name="small_cnn", weights=_weights, identify=_identify, build=_build,
+                    config_weights=_config_weights, trains_on_base=True)

@@ -1,6 +1,6 @@
-"""Training the tiny CLIP teacher (docs/architecture.md §7.1) and ``mlfsic teacher train``.
+"""Training the tiny CLIP teacher (docs/architecture.md §7.1); ``mlfsic teacher train`` is ``cli/teacher.py``.
 
-``train_teacher`` fits the tiny teacher of ``harness.clip_models`` contrastively (Radford et al., "Learning
+``train_teacher`` fits the tiny teacher of ``backbones/open_clip.py`` contrastively (Radford et al., "Learning
 Transferable Visual Models From Natural Language Supervision", ICML 2021: the symmetric InfoNCE loss
 over a batch of image-caption pairs) on the OpenMoji glyph+name corpus of one regime
 (``mlfsic.datasets.openmoji_corpus``). Only the image tower, the text projection and the logit scale are
@@ -9,17 +9,12 @@ CVPR 2022, locks a pretrained tower). Captions that repeat in a batch (two image
 all positives of each other: the targets are spread evenly over them.
 
 Training is deterministic for a fixed number of threads (``TRAIN_THREADS``) on one machine: the same
-settings reproduce the shipped file byte for byte there. ``teacher_command`` is ``mlfsic teacher train
-[+backbone=tiny-teacher-strict] [out=DIR]``: it trains into the cache, reports its zero-shot mAP on the
-val labels of the benchmark (the prompt "There is a {label} in the scene", macro AP over val images), and
-on the novel labels for the record (never to choose settings), and compares with the pinned file; ``out=`` writes ``tiny_teacher-<regime>-<sha12>.pt`` + ``.json`` to ship.
-A sweep never trains the teacher.
+settings reproduce the shipped file byte for byte there. A sweep never trains the teacher.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -32,21 +27,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mlfsic.harness.backbones import open_clip as clip_models
-from mlfsic.harness.backbones.small_cnn import save_state
-from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.io import atomic_path, sha256_file, write_json_atomic
+from mlfsic.harness.backbones.weights import save_state
+from mlfsic.harness.backbones.embeddings import PROMPT
+from mlfsic.harness.io import sha256_file, write_json_atomic
 
 TRAIN_THREADS = 2
-TEACHER_TRAINING_KEYS = ("model", "regime", "corpus_seed", "corpus_images", "epochs", "batch_size", "lr",
-                         "weight_decay", "warmup_steps", "seed")
-TEACHER_DEFAULTS: dict[str, Any] = {"model": clip_models.TINY_TEACHER, "regime": "concept-seen", "corpus_seed": 0,
-                                    "corpus_images": 24000, "epochs": 4, "batch_size": 128, "lr": 1e-3,
-                                    "weight_decay": 0.05, "warmup_steps": 200, "seed": 0}
-
-
-def teacher_settings(backbone_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The training settings of a tiny-teacher backbone config, unset ones at ``TEACHER_DEFAULTS``."""
-    return {key: backbone_cfg.get(key, TEACHER_DEFAULTS[key]) for key in TEACHER_TRAINING_KEYS}
 
 
 def _caption_features(model: torch.nn.Module, tokenizer: Any, captions: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -69,7 +54,7 @@ def _normalised(images: np.ndarray) -> torch.Tensor:
 
 
 def train_teacher(settings: Mapping[str, Any], out_path: Path, corpus_cache: Path, progress: bool = True) -> dict[str, Any]:
-    """Train the tiny teacher with ``settings`` (``teacher_settings``) and save its trained state at ``out_path``."""
+    """Train the tiny teacher with ``settings`` (``open_clip.teacher_settings``) and save its trained state at ``out_path``."""
     from mlfsic.datasets.openmoji_corpus import load_or_build_corpus, summary
 
     started = time.perf_counter()
@@ -152,85 +137,25 @@ def image_embeddings(clip: clip_models.ClipModel, images: np.ndarray) -> torch.T
 
 
 def zero_shot_ap(clip: clip_models.ClipModel, embeddings: torch.Tensor, targets: np.ndarray, labels: list[str]) -> np.ndarray:
-    """AP per label (macro: its mean) of the cosine between image ``embeddings`` and label texts (``clip_models.PROMPT``)."""
+    """AP per label (macro: its mean) of the cosine between image ``embeddings`` and label texts (``PROMPT``)."""
     from mlfsic.harness.protocol.metrics import per_label_ap
 
-    text = clip.encode_text([clip_models.PROMPT.format(label=label) for label in labels])
+    text = clip.encode_text([PROMPT.format(label=label) for label in labels])
     scores = (F.normalize(embeddings, dim=-1) @ text.T).numpy().astype(np.float64)
     return per_label_ap(scores, targets)
-
-
-def teacher_trained_on(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """What determines a trained teacher: corpus version, settings, MiniLM, and the labels its corpus held out
-    (the val and novel labels of the packaged COCO split, whose glyphs the regime keeps from the teacher)."""
-    from mlfsic.datasets.openmoji_corpus import CORPUS_VERSION
-    from mlfsic.datasets.openmoji_corpus.regimes import held_out_labels
-
-    return {"corpus_version": CORPUS_VERSION, "settings": dict(settings),
-            "minilm": clip_models.minilm_identity(), "held_out": held_out_labels()}
 
 
 def trained_teacher(backbone_cfg: Mapping[str, Any], cache_root: Path, progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Train the configured teacher into ``cache_root/teachers`` (always: ``mlfsic teacher train`` only)."""
     from mlfsic.harness.io import file_lock, sha256_json
 
-    settings = teacher_settings(backbone_cfg)
+    settings = clip_models.teacher_settings(backbone_cfg)
     code = [sha256_file(module.__file__) for module in (clip_models,) if module.__file__]
-    key = sha256_json({**teacher_trained_on(settings), "code": code, "this": sha256_file(__file__)})
+    key = sha256_json({**clip_models.teacher_trained_on(settings), "code": code, "this": sha256_file(__file__)})
     path = cache_root / "teachers" / f"tiny_teacher-{settings['regime']}-{key[:16]}.pt"
     with file_lock(path.with_suffix(".lock")):
         report = train_teacher(settings, path, cache_root / "corpus", progress)
-        write_json_atomic(path.with_suffix(".json"), {"trained_on": teacher_trained_on(settings), "training": report})
+        write_json_atomic(path.with_suffix(".json"), {"trained_on": clip_models.teacher_trained_on(settings), "training": report})
     return path, report
 
 
-def teacher_command(overrides: list[str]) -> int:
-    """``mlfsic teacher train [HYDRA OVERRIDES] [out=DIR]``: train, report val zero-shot mAP, compare, write."""
-    from mlfsic.harness.backbones.small_cnn import prototype_map, split_out_option
-    from mlfsic.harness.backbones.kinds import pinned_weights
-    from mlfsic.harness.config import compose_config, plain
-    from mlfsic.harness.protocol.data import split_pool
-    from mlfsic.harness.backbones.images import image_paths, read_images
-    from mlfsic.harness.sweep.prepare import load_dataset_and_split
-
-    out, hydra_overrides = split_out_option(overrides, "a folder")
-    if not any(o.lstrip("+").startswith("backbone=") for o in hydra_overrides):
-        hydra_overrides.append("+backbone=tiny-teacher")
-    cfg = compose_config(hydra_overrides)
-    backbone_cfg = plain(cfg.dataset.backbone)
-    if backbone_cfg.get("model") != clip_models.TINY_TEACHER:
-        raise MlfsicError(f"dataset.backbone.model is {backbone_cfg.get('model')!r}: only the {clip_models.TINY_TEACHER} "
-                          "is trained by mlfsic (use +backbone=tiny-teacher or +backbone=tiny-teacher-strict)")
-    pinned = pinned_weights(backbone_cfg)  # a wrong hash fails before minutes of training
-    cache_root = Path(str(cfg.results_dir)).resolve() / "cache"
-    path, report = trained_teacher(backbone_cfg, cache_root, progress=True)
-    sha = sha256_file(path)
-    print(f"trained: {path}  sha256 {sha}  ({report['seconds']:.0f} s, loss per epoch {report['train_loss']})")
-    dataset, split = load_dataset_and_split(cfg.dataset)
-    models = {"trained": clip_models.load_tiny_teacher(path)}
-    if pinned is not None:
-        models["pinned"] = clip_models.load_tiny_teacher(pinned)
-    for name in ("val", "test"):
-        pool = split_pool(dataset, name, split[name])
-        images = read_images(image_paths(dataset, pool.image_ids), clip_models.TINY_TEACHER_VISION["image_size"])
-        embeddings = {label: image_embeddings(clip, images) for label, clip in models.items()}
-        aps = {label: zero_shot_ap(models[label], embeddings[label], pool.targets, list(pool.label_names))
-               for label in models}
-        shown_as = "val" if name == "val" else "novel (reported, never used to choose settings)"
-        print(f"zero-shot mAP on the {shown_as} labels ({len(pool.image_ids)} images, macro AP; chance = mean "
-              f"prevalence {pool.targets.mean():.4f}): "
-              + ", ".join(f"{label} {np.nanmean(ap):.4f}" for label, ap in aps.items()))
-        print("  per label (trained): " + ", ".join(f"{label} {ap:.3f}" for label, ap in zip(pool.label_names, aps["trained"])))
-        if name == "val":  # scored as the small_cnn's training report scores its features, so the backbones compare
-            backbone_map = prototype_map(embeddings["trained"].numpy(), pool.targets.astype(np.float32), 0)
-            print(f"as a backbone: val mAP of nearest prototypes (small_cnn's measure) {backbone_map or float('nan'):.4f}")
-    if pinned is not None:
-        print(f"pinned: {pinned}  same sha256: {'yes' if backbone_cfg['pinned_sha256'] == sha else 'no'}")
-    if out is not None:
-        target = out / f"tiny_teacher-{report['settings']['regime']}-{sha[:12]}.pt"
-        with atomic_path(target) as tmp:
-            shutil.copyfile(path, tmp)
-        write_json_atomic(target.with_suffix(".json"), {"trained_on": teacher_trained_on(report["settings"]),
-                                                        "training": report})
-        print(f"written: {target} (pin with dataset.backbone.pinned_sha256: {sha})")
-    return 0

@@ -1,4 +1,4 @@
-"""The ``mlfsic`` command (docs/architecture.md §4.1).
+"""The ``mlfsic`` command (docs/architecture.md §4.1); one module of this folder per subcommand.
 
     mlfsic run [HYDRA OVERRIDES...]      a sweep; prints the run dir
     mlfsic leaderboard RUN_DIR [...]     (re)build leaderboard.{csv,md,html}; out=DIR relocates them
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from mlfsic.harness.errors import MlfsicError
 
@@ -64,29 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                                "out=DIR also writes tiny_teacher-<regime>-<sha12>.pt and its .json")
     args = parser.parse_args(argv)
     try:
-        if args.command == "run":
-            return _run(args.overrides)
-        if args.command == "leaderboard":
-            return _leaderboard(args.args)
-        if args.command == "episodes":
-            return _episodes(args.overrides)
-        if args.command == "data":
-            return _data_prepare(args.name, args.options)
-        if args.command == "claims":
-            return _claims(args.options)
-        if args.command == "explain":
-            from mlfsic.harness.report.explain import explain_command
-
-            return explain_command(_key_values(args.options))
-        if args.command == "teacher":
-            from mlfsic.harness.backbones.tiny_teacher import teacher_command
-
-            return teacher_command(args.overrides)
-        if args.command == "backbone":
-            from mlfsic.harness.backbones.small_cnn import train_command
-
-            return train_command(args.overrides)
-        return _methods()
+        return _dispatch(args)
     except MlfsicError as error:
         print(f"mlfsic: error: {error}", file=sys.stderr)
         return 2
@@ -95,150 +72,41 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _key_values(options: list[str]) -> dict[str, str]:
-    values = {}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep or not key:
-            raise MlfsicError(f"expected key=value, got {option!r}")
-        values[key] = value
-    return values
+def _dispatch(args: argparse.Namespace) -> int:
+    """The subcommand's module, imported when it runs (``mlfsic methods`` does not import Ray or torch)."""
+    if args.command == "run":
+        from mlfsic.harness.cli.run import run_command
 
+        return run_command(args.overrides)
+    if args.command == "leaderboard":
+        from mlfsic.harness.cli.leaderboard import leaderboard_command
 
-def _run(overrides: list[str]) -> int:
-    from mlfsic.harness.report.leaderboard import build_leaderboard
-    from mlfsic.harness.sweep.runner import run_sweep
-    from mlfsic.harness.sweep.spec import load_sweep
+        return leaderboard_command(args.args)
+    if args.command == "episodes":
+        from mlfsic.harness.cli.episodes import episodes_command
 
-    sweep = load_sweep(overrides)  # every key validated here, before Ray starts or anything is written
-    outcome = run_sweep(sweep)  # with against=: checked against the reference before any work
-    paths = build_leaderboard([outcome.run_path], outcome.run_path, against=sweep.against)
-    print(Path(paths["md"]).read_text())
-    counts = outcome.counts
-    print(f"chunks: {counts['chunks_total']} planned, {counts['chunks_skipped']} already done, "
-          f"{counts['chunks_submitted']} computed; fits: {counts['fits_trained']} trained, "
-          f"{counts['fits_cached']} from checkpoints", file=sys.stderr)
-    for failure in outcome.failures:
-        print(f"FAILED {failure['method']} {failure['setting']} seed{failure['seed']}: {failure['error']}", file=sys.stderr)
-    print(outcome.run_path)
-    return 1 if outcome.failures else 0
+        return episodes_command(args.overrides)
+    if args.command == "data":
+        from mlfsic.harness.cli.data import data_prepare_command
 
+        return data_prepare_command(args.name, args.options)
+    if args.command == "claims":
+        from mlfsic.harness.cli.claims import claims_command
 
-def _leaderboard(args: list[str]) -> int:
-    """``mlfsic leaderboard RUN_DIR... [out=DIR] [against=published|RUN_DIR] [publish=true]``.
+        return claims_command(args.options)
+    if args.command == "explain":
+        from mlfsic.harness.cli.explain import explain_command
+        from mlfsic.harness.cli.options import key_values
 
-    ``against``: rank the runs together with a reference run, on their episode sets (harness.reference_run).
-    ``publish=true``: copy one finished run (default: the default sweep's) into out= (default: the
-    repository's results/published) as the reference ``against=published`` reads, with leaderboard.{csv,md}.
-    """
-    from mlfsic.harness.sweep.against_run import PUBLISHED_DIR, publish, resolve_against
-    from mlfsic.harness.report.leaderboard import build_leaderboard
+        return explain_command(key_values(args.options))
+    if args.command == "teacher":
+        from mlfsic.harness.cli.teacher import teacher_command
 
-    run_dirs = [Path(a) for a in args if "=" not in a]
-    options = _key_values([a for a in args if "=" in a])
-    unknown = set(options) - {"out", "against", "publish"}
-    if unknown:
-        raise MlfsicError(f"unknown leaderboard option {sorted(unknown)[0]!r} (known: out, against, publish)")
-    if options.get("publish", "false") not in ("true", "false"):
-        raise MlfsicError(f"publish={options['publish']}: expected true or false")
-    if options.get("publish") == "true":
-        if "against" in options or len(run_dirs) > 1:
-            raise MlfsicError("publish=true takes one RUN_DIR (default: the default sweep's) and no against=")
-        if not run_dirs:
-            from mlfsic.harness.sweep.spec import load_sweep
+        return teacher_command(args.overrides)
+    if args.command == "backbone":
+        from mlfsic.harness.cli.backbone import train_command
 
-            run_dirs = [load_sweep([]).run_path]
-        out = Path(options.get("out", str(PUBLISHED_DIR)))
-        written = publish(run_dirs[0], out)
-        paths = build_leaderboard([out], out, formats=("csv", "md"))
-        print(Path(paths["md"]).read_text())
-        for path in [*written, *paths.values()]:
-            print(path)
-        return 0
-    if not run_dirs:
-        raise MlfsicError("give at least one RUN_DIR")
-    out = Path(options["out"]) if "out" in options else run_dirs[0]
-    paths = build_leaderboard(run_dirs, out, against=resolve_against(options.get("against")))
-    print(Path(paths["md"]).read_text())
-    for path in paths.values():
-        print(path)
-    return 0
+        return train_command(args.overrides)
+    from mlfsic.harness.cli.methods import methods_command
 
-
-def _claims(options: list[str]) -> int:
-    """``mlfsic claims [ablation=DIR] [ranking=DIR] [out=DIR]`` (harness.report.claims)."""
-    from mlfsic.harness.report.claims import run_claims
-
-    values = _key_values(options)
-    unknown = sorted(set(values) - {"ablation", "ranking", "out"})
-    if unknown:
-        raise MlfsicError(f"unknown claims option {unknown[0]!r} (known: ablation, ranking, out)")
-    given = {key: Path(value) for key, value in values.items()}
-    text, paths = run_claims(ablation=given.get("ablation"), ranking=given.get("ranking"), out=given.get("out"))
-    print(text)
-    for path in paths.values():
-        print(path)
-    return 0
-
-
-def _episodes(overrides: list[str]) -> int:
-    from mlfsic.harness.protocol.data import split_pool
-    from mlfsic.harness.protocol.episodes import materialise_episode_sets
-    from mlfsic.harness.sweep.prepare import load_dataset_and_split
-    from mlfsic.harness.sweep.spec import load_sweep
-
-    sweep = load_sweep(overrides)
-    dataset, split = load_dataset_and_split(sweep.dataset_config())
-    pool = split_pool(dataset, sweep.eval_split, split[sweep.eval_split])
-    for ref in materialise_episode_sets(pool, sweep):
-        print(f"{ref.episode_set_id}  {ref.setting}  seed{ref.seed}  {ref.path}")
-    return 0
-
-
-def _data_prepare(name: str, options: list[str]) -> int:
-    from mlfsic.datasets.registry import prepare_dataset
-
-    if name == "openmoji-corpus":
-        return _corpus_prepare(_key_values(options))
-    print(prepare_dataset(name, _key_values(options)))
-    return 0
-
-
-def _corpus_prepare(options: dict[str, str]) -> int:
-    """``mlfsic data prepare openmoji-corpus``: build (or find) the teacher's corpus and print its summary."""
-    import json
-
-    from mlfsic.datasets.openmoji_corpus import load_or_build_corpus, summary
-    from mlfsic.harness.backbones.tiny_teacher import TEACHER_DEFAULTS
-
-    known = {"regime", "seed", "n_images", "image_size", "results_dir"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise MlfsicError(f"data prepare openmoji-corpus: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    try:
-        seed = int(options.get("seed", TEACHER_DEFAULTS["corpus_seed"]))
-        n_images = int(options.get("n_images", TEACHER_DEFAULTS["corpus_images"]))
-        image_size = int(options.get("image_size", 96))
-    except ValueError as error:
-        raise MlfsicError(f"data prepare openmoji-corpus: seed, n_images and image_size are integers ({error})") from None
-    cache = Path(options.get("results_dir", "results")).resolve() / "cache" / "corpus"
-    corpus = load_or_build_corpus(cache, options.get("regime", str(TEACHER_DEFAULTS["regime"])), seed, n_images,
-                                  image_size)
-    print(json.dumps(summary(corpus), indent=1))
-    return 0
-
-
-def _methods() -> int:
-    from mlfsic.methods.registry import available_methods, broken_methods
-
-    rows = [(info.name, info.cls.settings_label(),
-             ("local" if info.cls.needs_local_features else "global") + (", open_clip" if info.cls.needs_clip else ""),
-             info.origin) for info in available_methods().values()]
-    rows += [(info.name, f"BROKEN: {info.error}", "-", f"{info.origin} ({info.target})")
-             for info in broken_methods().values()]
-    header = ("method", "settings", "features", "origin")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
-    return 0
-
+    return methods_command()

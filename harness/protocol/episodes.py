@@ -56,7 +56,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -65,8 +65,36 @@ from mlfsic.harness.protocol.data import LabelledPool, find_rows
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_json, write_json_atomic
 
-if TYPE_CHECKING:
-    from mlfsic.harness.sweep.spec import Sweep
+
+_SETTING_PATTERN = re.compile(r"^(\d+)shot$")
+
+
+def parse_setting(setting: str) -> int:
+    """``"5shot"`` -> 5, ``"0shot"`` -> 0; anything else is an error naming the setting.
+
+    Example:
+        >>> parse_setting("5shot"), parse_setting("0shot")
+        (5, 0)
+        >>> parse_setting("5-shot")
+        Traceback (most recent call last):
+        ...
+        mlfsic.harness.errors.MlfsicError: setting '5-shot' is not of the form '<K>shot' (e.g. 0shot, 1shot, 5shot)
+    """
+    match = _SETTING_PATTERN.match(str(setting))
+    if match is None:
+        raise MlfsicError(f"setting {setting!r} is not of the form '<K>shot' (e.g. 0shot, 1shot, 5shot)")
+    return int(match.group(1))
+
+
+def is_setting(value: object) -> bool:
+    """Whether ``value`` is a setting name (``<K>shot``, K >= 0).
+
+    Example:
+        >>> is_setting("1shot"), is_setting("shot"), is_setting(5)
+        (True, False, False)
+    """
+    return isinstance(value, str) and _SETTING_PATTERN.match(value) is not None
+
 
 PROTOCOLS = ("episodic-v1", "rest-of-pool")
 SAMPLER_VERSION = "1"
@@ -316,16 +344,28 @@ class EpisodeSetRef:
         return f"{self.dataset}/{self.setting}/seed{self.seed}"
 
 
-def materialise_episode_sets(pool: LabelledPool, sweep: Sweep, progress: bool = False) -> list[EpisodeSetRef]:
-    """Build (or reuse) the episode set of every (setting, seed) of ``sweep``; all its methods share them."""
-    from mlfsic.methods.api import parse_setting
+@dataclass(frozen=True)
+class EpisodePlan:
+    """Which episode sets a sweep evaluates on: one per (setting, seed), all drawn alike."""
 
+    protocol: str
+    settings: tuple[str, ...]
+    seeds: tuple[int, ...]
+    n_query: int
+    n_episodes: int
+    n_way: int | None
+
+
+def materialise_episode_sets(pool: LabelledPool, plan: EpisodePlan, results_dir: Path,
+                             progress: bool = False) -> list[EpisodeSetRef]:
+    """Build (or reuse) the episode set of every (setting, seed) of ``plan`` under ``results_dir``; a sweep's
+    methods all share them."""
     refs = []
-    for setting in sweep.settings:
-        for seed in sweep.seeds:
-            episode_set = build_episode_set(pool, sweep.protocol, parse_setting(setting), sweep.n_query,
-                                            sweep.n_episodes, seed, n_way=sweep.n_way, progress=progress)
-            path = save_episode_set(episode_set, sweep.results_dir)
+    for setting in plan.settings:
+        for seed in plan.seeds:
+            episode_set = build_episode_set(pool, plan.protocol, parse_setting(setting), plan.n_query,
+                                            plan.n_episodes, seed, n_way=plan.n_way, progress=progress)
+            path = save_episode_set(episode_set, results_dir)
             refs.append(EpisodeSetRef(dataset=pool.dataset, setting=setting, seed=seed,
                                       episode_set_id=str(episode_set["episode_set_id"]), path=path,
                                       n_episodes=len(episode_set["episodes"])))

@@ -32,6 +32,8 @@ import numpy as np
 
 from mlfsic.harness.errors import MlfsicError
 
+METRIC_VERSION = "1"  # how episodes are scored; run.json records it, and against= refuses another
+
 
 def _check_pair(scores: np.ndarray, targets: np.ndarray, ndim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64)
@@ -68,7 +70,13 @@ def _ap_along_images(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """AP of one label over n images (1-D inputs); sklearn's definition; nan if no positive."""
+    """AP of one label over n images (1-D inputs); sklearn's definition; nan if no positive.
+
+    Example:
+        >>> import numpy as np
+        >>> round(average_precision(np.array([0.9, 0.8, 0.3, 0.1]), np.array([1, 0, 1, 0])), 4)
+        0.8333
+    """
     scores, targets = _check_pair(scores, targets, ndim=1)
     return float(_ap_along_images(scores[:, None], targets[:, None])[0])
 
@@ -115,3 +123,37 @@ def f1_at_k(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
     precision = true_pos / n_predicted
     recall = true_pos / n_positive
     return 2.0 * precision * recall / (precision + recall)
+
+
+def prototype_map(features: np.ndarray, targets: np.ndarray, seed: int) -> float | None:
+    """Nearest-prototype mAP of frozen features on labels the network never trained on.
+
+    The val labels are disjoint from the base labels, so the BCE head cannot score them. We measure
+    what the few-shot methods rely on, transfer of the frozen features to unseen labels, with the
+    simplest training-free few-shot classifier (Snell et al., "Prototypical Networks", NeurIPS 2017,
+    multi-label form): the val images are split in two halves (seeded); a label's prototype is the
+    mean L2-normalised feature of the images in one half that carry it; the other half's images are
+    scored by cosine similarity to each prototype; macro AP (``sklearn.metrics.average_precision_score``)
+    over labels with positives on both sides; the two directions are averaged. A linear probe would
+    need its own hyperparameters and training time; prototypes need neither. None if no label qualifies.
+    """
+    from sklearn.metrics import average_precision_score
+
+    n = len(features)
+    if n < 2:
+        return None
+    normed = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    order = np.random.default_rng(seed).permutation(n)
+    halves = (order[: n // 2], order[n // 2:])
+    scores = []
+    for support, query in (halves, halves[::-1]):
+        y_support, y_query = targets[support] > 0, targets[query] > 0
+        usable = y_support.any(axis=0) & y_query.any(axis=0)
+        if not usable.any():
+            continue
+        counts = y_support[:, usable].sum(axis=0)
+        prototypes = (y_support[:, usable].T.astype(np.float32) @ normed[support]) / counts[:, None]
+        prototypes /= np.maximum(np.linalg.norm(prototypes, axis=1, keepdims=True), 1e-12)
+        similarity = normed[query] @ prototypes.T
+        scores.append(float(average_precision_score(y_query[:, usable], similarity, average="macro")))
+    return float(np.mean(scores)) if scores else None

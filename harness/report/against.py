@@ -1,4 +1,4 @@
-"""A leaderboard against a reference run (``mlfsic run ... against=published``; ``harness.reference_run``).
+"""A leaderboard against a reference run (``mlfsic run ... against=published``; ``harness.sweep.against_run``).
 
 The board of the union of the new run(s) and the reference holds the reference's rows only on the episode
 sets the new run(s) used (``restrict_reference``: the settings and seeds the sweep asked for), so every
@@ -29,7 +29,7 @@ COMPARISON_COLUMNS = ["dataset", "setting", "group", "method", "versus", "n_pair
 
 def reference_info(reference_dir: Path) -> dict[str, Any]:
     """run_id, commit, dirty flag and creation date of the reference run, and whether it is the published one."""
-    from mlfsic.harness.sweep.against_run import PUBLISHED_DIR
+    from mlfsic.harness.sweep.spec import PUBLISHED_DIR
 
     path = Path(reference_dir) / "run.json"
     try:

@@ -137,13 +137,13 @@ def combined_verdict(verdicts: list[str]) -> str:
 
 
 def default_ablation_dir() -> Path:
-    from mlfsic.harness.sweep.against_run import PUBLISHED_DIR
+    from mlfsic.harness.sweep.spec import PUBLISHED_DIR
 
     return PUBLISHED_DIR.parent / "published_ablation"
 
 
 def default_ranking_dir() -> Path:
-    from mlfsic.harness.sweep.against_run import PUBLISHED_DIR
+    from mlfsic.harness.sweep.spec import PUBLISHED_DIR
 
     return PUBLISHED_DIR
 
@@ -249,7 +249,7 @@ def _row_base(run: Run, claim: Claim, setting: str, kind: str, compared_with: st
 
 def _shown(path: Path) -> str:
     """A path relative to the repository when inside it (so outputs do not depend on the checkout's place)."""
-    from mlfsic.harness.sweep.against_run import PUBLISHED_DIR
+    from mlfsic.harness.sweep.spec import PUBLISHED_DIR
 
     root = PUBLISHED_DIR.parent.parent
     try:

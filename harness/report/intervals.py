@@ -53,6 +53,12 @@ def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]
     """(mean, half-width of the t-interval): t_{(1+c)/2, n-1} * s / sqrt(n), s with ddof=1.
 
     The half-width is nan for a single value.
+
+    Example:
+        >>> import numpy as np
+        >>> mean, half = mean_ci(np.array([0.5, 0.6, 0.7]))
+        >>> round(mean, 4), round(half, 4)
+        (0.6, 0.2484)
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:

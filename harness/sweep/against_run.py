@@ -38,12 +38,11 @@ from typing import Any
 
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, sha256_json, write_json_atomic
+from mlfsic.harness.protocol.metrics import METRIC_VERSION
+from mlfsic.harness.sweep.spec import PUBLISHED_DIR, RUN_FILES, Sweep
 
 # Bump when harness/metrics.py (or how evaluate.py turns scores into records) changes any number, so a run
 # scored the old way is never ranked with one scored the new way. Runs that do not record it are "1".
-METRIC_VERSION = "1"
-PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "results" / "published"
-RUN_FILES = ("run.json", "records.parquet", "label_ap.parquet")
 # Sweep keys that choose the episodes: taken from the reference unless the user sets them.
 EPISODE_KEYS = ("setting", "seeds", "n_episodes", "n_query", "n_way", "protocol", "eval_split")
 # Backbone keys that choose a weights file rather than how it is trained: its id is compared instead (from
@@ -87,24 +86,6 @@ class Reference:
             _, setting, seed = key.rsplit("/", 2)
             out.add((setting, int(seed.removeprefix("seed"))))
         return out
-
-
-def resolve_against(value: Any) -> Path | None:
-    """``against``: null, ``published`` (the repository's results/published) or a run dir; checked."""
-    if value is None:
-        return None
-    expected = "null, published (results/published of the repository) or a run dir (results/runs/<run_id>)"
-    if not isinstance(value, str) or not value.strip():
-        raise MlfsicError(f"against={value!r}: not a run dir; expected {expected}")
-    path = PUBLISHED_DIR if value == "published" else Path(value).expanduser().resolve()
-    if not path.is_dir():
-        raise MlfsicError(f"against={value}: folder {path} not found; expected {expected}")
-    for name in RUN_FILES:
-        if not (path / name).is_file():
-            hint = (" (no run is published yet: mlfsic leaderboard RUN_DIR publish=true writes it)"
-                    if value == "published" else "")
-            raise MlfsicError(f"against={value}: {path / name} not found{hint}; expected {expected}")
-    return path
 
 
 def load_reference(path: Path) -> Reference:
@@ -184,11 +165,8 @@ def _flat(prefix: str, value: Any) -> dict[str, Any]:
 RERUN = "run the baselines too (leave against out)"
 
 
-def check_before_work(sweep: Any, reference: Reference) -> None:
-    """Everything comparable from the config alone (see the module docstring); raises on the first difference.
-
-    ``sweep`` is a ``harness.sweep.Sweep`` (typed loosely: sweep imports this module).
-    """
+def check_before_work(sweep: Sweep, reference: Reference) -> None:
+    """Everything comparable from the config alone (see the module docstring); raises on the first difference."""
     if reference.metric_version != METRIC_VERSION:
         raise _differs("metric version", METRIC_VERSION, reference, reference.metric_version,
                        f"this harness scores episodes differently; {RERUN}")
@@ -234,7 +212,7 @@ def _check_dataset_config(dataset: Mapping[str, Any], reference: Reference) -> N
                 "leave dataset.generate out: the reference's dataset is another")
 
 
-def _check_episode_keys(sweep: Any, reference: Reference) -> None:
+def _check_episode_keys(sweep: Sweep, reference: Reference) -> None:
     """The keys that draw the episodes equal the reference's; seeds and settings among its own."""
     for key in ("eval_split", "protocol", "n_way", "n_query", "n_episodes"):
         ours, theirs = sweep.config.get(key), reference.config.get(key)

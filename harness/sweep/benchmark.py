@@ -58,7 +58,7 @@ class Benchmark:
         return _label_embeddings(self.embedding_encoder, self.embedding_path, self.embedding_cache, tuple(label_names))
 
     def clip_model(self) -> Any:
-        """The backbone's ``harness.clip_models.ClipModel`` (open_clip backbones only), loaded once per process."""
+        """The backbone's ``harness.backbones.open_clip.ClipModel`` (open_clip backbones only), loaded once per process."""
         if self.backbone_config.get("kind") != "open_clip":
             raise MlfsicError(f"backbone {self.backbone_config.get('kind')!r} has no text tower: "
                               "this method needs an open_clip backbone (+backbone=tiny-teacher)")
@@ -86,7 +86,7 @@ def _clip_model(backbone_config: str, weights: str | None) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def _clip_label_embeddings(backbone_config: str, weights: str | None, label_names: tuple[str, ...]) -> np.ndarray:
-    from mlfsic.harness.backbones.open_clip import PROMPT
+    from mlfsic.harness.backbones.embeddings import PROMPT
 
     text = _clip_model(backbone_config, weights).encode_text([PROMPT.format(label=name) for name in label_names])
     return text.numpy().astype(np.float32)

@@ -2,12 +2,12 @@
 
 These functions are the units of work of a sweep (docs/architecture.md §9): ``fit_method`` per (method, dataset,
 seed) with a content-addressed checkpoint, ``evaluate_episodes`` per (method, setting, chunk of
-episodes). The Ray runner (``harness.runner``) submits them as tasks; ``evaluate_cell`` chains them in
+episodes). The Ray runner (``harness.sweep.runner``) submits them as tasks; ``evaluate_cell`` chains them in
 one process for notebooks, tests and debugging.
 
 A method only ever receives ``SplitData`` (the base split, and the val split for model selection) and
 ``Episode`` objects, which carry no query targets; targets are looked up here, after ``predict`` returned.
-The rows written for each chunk follow the run directory's schema in ``harness.store``.
+The rows written for each chunk follow the run directory's schema in ``harness.sweep.store``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, file_lock, sha256_file, sha256_json, write_json_atomic
 from mlfsic.harness.protocol.metrics import episode_map, f1_at_k, per_label_ap
 from mlfsic.harness.sweep.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
-from mlfsic.methods.api import Episode, SplitData, parse_setting
+from mlfsic.harness.protocol.episodes import parse_setting
+from mlfsic.methods.api import Episode, SplitData
 from mlfsic.methods.registry import create_method, get_method_class
 
 

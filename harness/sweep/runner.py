@@ -9,11 +9,11 @@ Plain Ray tasks, no Tune: the driver resolves every job, skips what already exis
     evaluate   one task per (method, setting, seed, chunk of ~100 episodes) parts/ in the run dir
 
 Tasks receive a small ``Benchmark`` handle and read features from shared storage; they return small
-results, which the driver writes as they arrive (``harness.store``). A method that raises or returns
+results, which the driver writes as they arrive (``harness.sweep.store``). A method that raises or returns
 bad scores fails its cell (error recorded in run.json), the sweep goes on, and the exit code says so.
 Worker or node loss is retried by Ray (``max_retries``). Re-running the same command resumes.
 
-With ``against`` (a reference run dir, ``harness.reference_run``) the sweep is checked against the
+With ``against`` (a reference run dir, ``harness.sweep.against_run``) the sweep is checked against the
 reference before anything starts (config), after the dataset is read (annotations, split, episode sets;
 before Ray starts) and after the backbone step (backbone id; before any feature, method task or record);
 methods the reference holds with the same config and code are not computed.
@@ -35,9 +35,10 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
+from mlfsic.harness.backbones.kinds import backbone_kind, backbone_weights
 from mlfsic.harness.sweep.benchmark import Benchmark
-from mlfsic.harness.config import plain
 from mlfsic.harness.protocol.data import split_pool
+from mlfsic.harness.protocol.metrics import METRIC_VERSION
 from mlfsic.harness.protocol.episodes import EpisodeSetRef, materialise_episode_sets
 from mlfsic.harness.backbones.embeddings import embedding_id
 from mlfsic.harness.errors import MlfsicError
@@ -51,9 +52,9 @@ from mlfsic.harness.sweep.evaluate import (
     method_spec,
 )
 from mlfsic.harness.io import canonical_json, file_lock
-from mlfsic.harness.sweep.prepare import backbone_weights, load_dataset_and_split, make_benchmark
+from mlfsic.harness.sweep.prepare import load_dataset_and_split, make_benchmark
 from mlfsic.harness.provenance import git_state, hardware, package_versions
-from mlfsic.harness.sweep import against_run as reference_run
+from mlfsic.harness.sweep import against_run
 from mlfsic.harness.sweep.store import (
     ChunkResult, assemble, assembled_cells, cell_key, cell_of, chunk_done, chunk_name, predict_reports, write_chunk,
     write_run_json,
@@ -174,12 +175,9 @@ def _set_threads(num_cpus: float) -> None:
 
 # ----------------------------------------------------------------------------------------- tasks
 def _backbone_task(dataset_cfg: dict[str, Any], cache_root: str) -> tuple[str | None, dict[str, Any]]:
-    from omegaconf import OmegaConf
-
     _set_threads(os.cpu_count() or 1)  # runs alone, before any other task of the sweep
-    cfg = OmegaConf.create(dataset_cfg)
-    dataset, split = load_dataset_and_split(cfg, progress=False)
-    path, report = backbone_weights(dataset, split, plain(cfg.backbone), Path(cache_root), progress=False)
+    dataset, split = load_dataset_and_split(dataset_cfg, progress=False)
+    path, report = backbone_weights(dataset, split, dataset_cfg["backbone"], Path(cache_root), progress=False)
     return (str(path) if path else None), report
 
 
@@ -257,9 +255,9 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
                "max_retries": sweep.max_retries}
     run_id, run_path = sweep.run_id, sweep.run_path
     started = time.time()
-    reference = reference_run.load_reference(sweep.against) if sweep.against is not None else None
+    reference = against_run.load_reference(sweep.against) if sweep.against is not None else None
     if reference is not None:  # nothing started or written yet
-        reference_run.check_before_work(sweep, reference)
+        against_run.check_before_work(sweep, reference)
 
     # Driver: dataset, split, leakage check, episode sets. Then the backbone (a task: it may want the GPU) and features.
     dataset, split = _load_dataset(sweep, progress)
@@ -276,10 +274,10 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
                        model_selection_on_evaluated_split=True)
         leakage["fit_receives"].append("val (model selection only; the evaluated split, fit_val=true)")
     if reference is not None:
-        reference_run.check_dataset(dataset.annotation_sha256, split, reference)
-    episode_sets = materialise_episode_sets(pools[eval_split], sweep)
+        against_run.check_dataset(dataset.annotation_sha256, split, reference)
+    episode_sets = materialise_episode_sets(pools[eval_split], sweep.episode_plan, sweep.results_dir)
     if reference is not None:
-        reference_run.check_episode_sets({ref.key: ref.episode_set_id for ref in episode_sets}, reference)
+        against_run.check_episode_sets({ref.key: ref.episode_set_id for ref in episode_sets}, reference)
 
     init_ray(sweep.ray)
     check_resources(sweep.resources)
@@ -291,13 +289,13 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     weights, backbone_report = _get_or_raise(backbone_ref)
     if progress:
         origin = ("pinned weights shipped with the package" if backbone_report.get("pinned")
-                  else "weights file" if sweep.dataset["backbone"]["kind"] != "small_cnn"
+                  else "weights file" if not backbone_kind(sweep.dataset["backbone"]["kind"]).trains_on_base
                   else "trained on the base split, cached")
         print(f"backbone: {sweep.dataset['backbone']['kind']} for {dataset.name} ({origin}: {weights})",
               file=sys.stderr, flush=True)
-    benchmark = make_benchmark(sweep.as_dictconfig(), dataset, split, weights, cache_root)
+    benchmark = make_benchmark(sweep, dataset, split, weights)
     if reference is not None:  # before any feature, method task or record
-        reference_run.check_backbone(benchmark.backbone_id, reference)
+        against_run.check_backbone(benchmark.backbone_id, reference)
     all_ids = np.unique(np.concatenate([pool.image_ids for pool in pools.values()]))
     _extract_features(benchmark, all_ids, options, progress)
     with file_lock(Path(benchmark.embedding_cache) / ".lock"):  # computed by one sweep, read by the others
@@ -324,8 +322,8 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
         "backbone": {"id": benchmark.backbone_id, "weights": weights, **backbone_report},
         "embedding_id": embedding_id(benchmark.embedding_encoder, benchmark.embedding_path),
         "dataset": {"name": dataset.name, "annotation_sha256": dataset.annotation_sha256,
-                    "split_sha256": reference_run.split_sha256(split)},
-        "metric_version": reference_run.METRIC_VERSION,
+                    "split_sha256": against_run.split_sha256(split)},
+        "metric_version": METRIC_VERSION,
         **({"against": {"path": str(reference.path), "run_id": reference.run_id, "commit": reference.commit,
                         "published": reference.published}} if reference is not None else {}),
         "leakage_check": leakage, "failures": [], "status": "running",
@@ -362,11 +360,11 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     return SweepOutcome(run_path=run_path, failures=list(failures.values()), counts=plan.counts)
 
 
-def _new_methods(specs: dict[str, MethodSpec], reference: reference_run.Reference, progress: bool) -> dict[str, MethodSpec]:
+def _new_methods(specs: dict[str, MethodSpec], reference: against_run.Reference, progress: bool) -> dict[str, MethodSpec]:
     """The methods the reference does not hold with the same config and code (those are not recomputed)."""
     kept = {}
     for name, spec in specs.items():
-        if reference_run.in_reference(reference, name, spec.config_hash):
+        if against_run.in_reference(reference, name, spec.config_hash):
             if progress:
                 print(f"{name}: in {reference.name} with the same config and code; "
                       "its rows come from there", file=sys.stderr, flush=True)
@@ -379,7 +377,7 @@ def _load_dataset(sweep: Sweep, progress: bool) -> tuple[Any, dict[str, list[str
     """Dataset and label split (a generated dataset made first, by one process at a time: its adapter locks)."""
     started = time.time()
     tty = _is_tty(sys.stderr)
-    dataset, split = load_dataset_and_split(sweep.dataset_config(), progress=progress and tty)
+    dataset, split = load_dataset_and_split(sweep.dataset, progress=progress and tty)
     if progress and not tty:
         print(f"dataset: {dataset.name}, {len(dataset.image_ids)} images, ready in {time.time() - started:.1f} s",
               file=sys.stderr, flush=True)

@@ -33,7 +33,7 @@ Ranking against a reference run (``against``)
     ``against=published`` (the repository's results/published) or ``against=<run dir>`` makes the sweep
     compute only the methods the reference lacks, on its episode sets and features, and rank them in one
     leaderboard with it. ``load_sweep`` takes every episode key the user did not set (setting, seeds,
-    n_episodes, n_query, n_way, protocol, eval_split) from the reference; ``harness.reference_run``
+    n_episodes, n_query, n_way, protocol, eval_split) from the reference; ``harness.sweep.against_run``
     checks that the rest is comparable. ``against`` is not part of the run id.
 """
 
@@ -48,11 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mlfsic.harness.config import compose_config, config_dir, method_yaml, to_container, top_level_keys
-from mlfsic.harness.errors import MlfsicError
+from mlfsic.datasets import registry
+from mlfsic.harness.backbones.kinds import KINDS, backbone_kind
+from mlfsic.harness.config import method_yaml, to_container, top_level_keys
+from mlfsic.harness.errors import MlfsicError, invalid_value, show_value
 from mlfsic.harness.io import sha256_json
+from mlfsic.harness.protocol.episodes import PROTOCOLS, EpisodePlan, is_setting
+from mlfsic.harness.protocol.splits import split_path
 
 # Keys that do not change what a sweep computes: left out of the run id.
 # ``against`` only says which reference the leaderboard is built with: the records do not depend on it.
@@ -87,7 +91,7 @@ class SweepMethod:
     """One entry of ``method``: a registered method or a variant of one, with its hyperparameters.
 
     ``config`` holds the values the run sets (yaml, ``method_args``, the variant's); the constructor
-    defaults are filled in by ``harness.evaluate.method_spec``.
+    defaults are filled in by ``harness.sweep.evaluate.method_spec``.
     """
 
     name: str  # the name records carry
@@ -122,7 +126,7 @@ class Sweep:
     dataset: dict[str, Any]  # the dataset config, ``root`` made absolute
     method_modules: tuple[str, ...]
     config: dict[str, Any]  # the resolved config as composed (run.json["config"], the run id)
-    against: Path | None = None  # a reference run dir (harness.reference_run): only new methods are computed
+    against: Path | None = None  # a reference run dir (harness.sweep.against_run): only new methods are computed
     fit_val: bool = False  # eval_split=val only: fit still gets the val split for model selection (ablations)
 
     @property
@@ -137,13 +141,10 @@ class Sweep:
     def run_path(self) -> Path:
         return self.results_dir / "runs" / self.run_id
 
-    def dataset_config(self) -> DictConfig:
-        """The dataset config as the dataset loaders (``harness.prepare``) read it."""
-        return OmegaConf.create(self.dataset)
-
-    def as_dictconfig(self) -> DictConfig:
-        """The resolved config for code that still reads a DictConfig (``harness.prepare``)."""
-        return OmegaConf.create({**self.config, "results_dir": str(self.results_dir), "dataset": self.dataset})
+    @property
+    def episode_plan(self) -> EpisodePlan:
+        return EpisodePlan(protocol=self.protocol, settings=self.settings, seeds=self.seeds, n_query=self.n_query,
+                           n_episodes=self.n_episodes, n_way=self.n_way)
 
 
 def derive_run_id(config: Mapping[str, Any]) -> str:
@@ -161,26 +162,28 @@ def derive_run_id(config: Mapping[str, Any]) -> str:
     return f"{config['dataset']['name']}-{sha256_json(content)[:12]}"
 
 
-def load_sweep(overrides: Sequence[str] = ()) -> Sweep:
-    """``resolve_sweep(compose_config(overrides))``; with ``against``, the episode keys the user did not
-    set (``reference_run.EPISODE_KEYS``: setting, seeds, n_episodes, ...) are the reference run's."""
-    cfg = compose_config(list(overrides))
-    if cfg.get("against") is None:
-        return resolve_sweep(cfg)
-    from mlfsic.harness.sweep.against_run import EPISODE_KEYS, load_reference, resolve_against, with_reference_episodes
-
-    config = to_container(cfg)
-    path = resolve_against(config["against"])
-    assert path is not None
-    defaults = to_container(compose_config([]))
-    named = {_override_key(o) for o in overrides}
-    given = {key for key in (*EPISODE_KEYS, "seed") if key in named or config.get(key) != defaults.get(key)}
-    return resolve_sweep(with_reference_episodes(config, given, load_reference(path)))
+PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "results" / "published"
 
 
-def _override_key(override: str) -> str:
-    """The top-level key an override sets: ``+seeds=[0]`` -> ``seeds``, ``dataset.root=x`` -> ``dataset``."""
-    return override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].strip()
+RUN_FILES = ("run.json", "records.parquet", "label_ap.parquet")
+
+
+def resolve_against(value: Any) -> Path | None:
+    """``against``: null, ``published`` (the repository's results/published) or a run dir; checked."""
+    if value is None:
+        return None
+    expected = "null, published (results/published of the repository) or a run dir (results/runs/<run_id>)"
+    if not isinstance(value, str) or not value.strip():
+        raise MlfsicError(f"against={value!r}: not a run dir; expected {expected}")
+    path = PUBLISHED_DIR if value == "published" else Path(value).expanduser().resolve()
+    if not path.is_dir():
+        raise MlfsicError(f"against={value}: folder {path} not found; expected {expected}")
+    for name in RUN_FILES:
+        if not (path / name).is_file():
+            hint = (" (no run is published yet: mlfsic leaderboard RUN_DIR publish=true writes it)"
+                    if value == "published" else "")
+            raise MlfsicError(f"against={value}: {path / name} not found{hint}; expected {expected}")
+    return path
 
 
 def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
@@ -196,11 +199,11 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
     n_episodes = _integer("n_episodes", config["n_episodes"], 1)
     n_query = _integer("n_query", config["n_query"], 1)
     n_way = None if config["n_way"] is None else _integer("n_way", config["n_way"], 1, "null (all labels) or an integer >= 1")
-    protocol = _choice("protocol", config["protocol"], _protocols())
+    protocol = _choice("protocol", config["protocol"], PROTOCOLS)
     eval_split = _choice("eval_split", config["eval_split"], ("test", "val", "base"))
     fit_val = _boolean("fit_val", config["fit_val"])
     if fit_val and eval_split != "val":
-        raise _bad("fit_val", True, "false unless eval_split=val",
+        raise invalid_value("fit_val", True, "false unless eval_split=val",
                    f"fit always receives the val split when eval_split={eval_split}")
     chunk_episodes = _integer("chunk_episodes", config["chunk_episodes"], 1)
     max_retries = _integer("max_retries", config["max_retries"], 0)
@@ -211,13 +214,12 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
     resources = _resources(config["resources"])
     embeddings = _embeddings(config["embeddings"])
     dataset = _dataset(config["dataset"])
-    if embeddings.encoder == "clip" and dataset["backbone"].get("kind") != "open_clip":
-        raise _bad("embeddings.encoder", "clip", "minilm, glove or hf on this backbone",
+    kind = backbone_kind(dataset["backbone"]["kind"])
+    if embeddings.encoder == "clip" and not kind.text_tower:
+        raise invalid_value("embeddings.encoder", "clip", "minilm, glove or hf on this backbone",
                    "clip needs an open_clip backbone (+backbone=tiny-teacher)")
     method_modules = _method_modules(config["method_modules"])
-    methods = _resolve_methods(config, clip_backbone=dataset["backbone"].get("kind") == "open_clip")
-    from mlfsic.harness.sweep.against_run import resolve_against
-
+    methods = _resolve_methods(config, clip_backbone=kind.text_tower)
     against = resolve_against(config["against"])
     return Sweep(
         methods=methods, settings=settings, seeds=seeds, n_episodes=n_episodes, n_query=n_query, n_way=n_way,
@@ -229,25 +231,6 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
 
 
 # ----------------------------------------------------------------------------------------- messages
-def _show(value: Any) -> str:
-    """A value as it is typed in an override: ``[0,x]``, ``null``, ``true``, ``{method:protonet}``."""
-    if value is None:
-        return "null"
-    if value == "":
-        return "''"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_show(v)}" for k, v in value.items()) + "}"
-    return str(value).replace("\n", "\\n")  # the message stays one line
-
-
-def _bad(key: str, value: Any, expected: str, problem: str | None = None) -> MlfsicError:
-    """``<key>=<value>: <problem>; expected <what is accepted>`` -- one line."""
-    where = f"{key}={_show(value)}"
-    return MlfsicError(f"{where}: {problem}; expected {expected}" if problem else f"{where}: expected {expected}")
 
 
 def _is_int(value: Any) -> bool:
@@ -267,7 +250,7 @@ def _check_keys(config: Mapping[str, Any]) -> None:
     known = top_level_keys()
     for key in config:
         if key not in known:
-            raise _bad(key, config[key], f"one of the keys of configs/config.yaml: {', '.join(sorted(known))}",
+            raise invalid_value(key, config[key], f"one of the keys of configs/config.yaml: {', '.join(sorted(known))}",
                        f"unknown config key {key!r}")
     for key in known:
         if key not in config:
@@ -277,10 +260,10 @@ def _check_keys(config: Mapping[str, Any]) -> None:
 
 def _check_subkeys(key: str, value: Any, known: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _bad(key, value, f"a mapping with keys {', '.join(known)}")
+        raise invalid_value(key, value, f"a mapping with keys {', '.join(known)}")
     for sub in value:
         if sub not in known:
-            raise _bad(f"{key}.{sub}", value[sub], f"one of {', '.join(f'{key}.{k}' for k in known)}",
+            raise invalid_value(f"{key}.{sub}", value[sub], f"one of {', '.join(f'{key}.{k}' for k in known)}",
                        f"unknown key {sub!r} of {key}")
     return value
 
@@ -288,57 +271,50 @@ def _check_subkeys(key: str, value: Any, known: tuple[str, ...]) -> dict[str, An
 # ----------------------------------------------------------------------------------------- scalar keys
 SEEDS_EXPECTED = "a seed or a list of distinct seeds (integers >= 0), e.g. seeds=[0,1,2]"
 SETTINGS_EXPECTED = "a setting or a list of distinct settings <K>shot, e.g. setting=[0shot,1shot,5shot]"
-_SETTING = re.compile(r"^\d+shot$")
 
 
 def _integer(key: str, value: Any, minimum: int, expected: str | None = None) -> int:
     expected = expected or f"an integer >= {minimum}"
     if not _is_int(value):
-        raise _bad(key, value, expected, f"{value!r} is not an integer")
+        raise invalid_value(key, value, expected, f"{value!r} is not an integer")
     if value < minimum:
-        raise _bad(key, value, expected, f"{value} is below {minimum}")
+        raise invalid_value(key, value, expected, f"{value} is below {minimum}")
     return int(value)
 
 
 def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise _bad(key, value, f"one of {', '.join(choices)}", f"{value!r} is not known")
+        raise invalid_value(key, value, f"one of {', '.join(choices)}", f"{value!r} is not known")
     return str(value)
 
 
 def _boolean(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _bad(key, value, "true or false", f"{value!r} is not a boolean")
+        raise invalid_value(key, value, "true or false", f"{value!r} is not a boolean")
     return value
-
-
-def _protocols() -> tuple[str, ...]:
-    from mlfsic.harness.protocol.episodes import PROTOCOLS
-
-    return PROTOCOLS
 
 
 def _settings(raw: Any) -> tuple[str, ...]:
     items = _as_list(raw)
     if not items:
-        raise _bad("setting", raw, SETTINGS_EXPECTED, "no setting")
+        raise invalid_value("setting", raw, SETTINGS_EXPECTED, "no setting")
     for item in items:
-        if not isinstance(item, str) or not _SETTING.match(item):
-            raise _bad("setting", raw, SETTINGS_EXPECTED, f"{item!r} is not a setting")
+        if not is_setting(item):
+            raise invalid_value("setting", raw, SETTINGS_EXPECTED, f"{item!r} is not a setting")
     if len(set(items)) < len(items):
-        raise _bad("setting", raw, SETTINGS_EXPECTED, "a setting is listed twice")
+        raise invalid_value("setting", raw, SETTINGS_EXPECTED, "a setting is listed twice")
     return tuple(items)
 
 
 def _seeds(raw: Any, seed: Any) -> tuple[int, ...]:
     items = _as_list(raw)
     if not items:
-        raise _bad("seeds", raw, SEEDS_EXPECTED, "no seed")
+        raise invalid_value("seeds", raw, SEEDS_EXPECTED, "no seed")
     for item in items:
         if not _is_int(item) or item < 0:
-            raise _bad("seeds", raw, SEEDS_EXPECTED, f"{item!r} is not an integer >= 0")
+            raise invalid_value("seeds", raw, SEEDS_EXPECTED, f"{item!r} is not an integer >= 0")
     if len(set(items)) < len(items):
-        raise _bad("seeds", raw, SEEDS_EXPECTED, "a seed is listed twice")
+        raise invalid_value("seeds", raw, SEEDS_EXPECTED, "a seed is listed twice")
     if seed is not None:  # a single seed overrides seeds
         return (_integer("seed", seed, 0, "null (use seeds) or one seed, an integer >= 0"),)
     return tuple(int(item) for item in items)
@@ -351,7 +327,7 @@ def _run_id(config: Mapping[str, Any]) -> str:
     value = config["run_id"]
     if value is not None and value != "":
         if not (isinstance(value, str) or _is_int(value)) or not _RUN_ID.match(str(value)):
-            raise _bad("run_id", value, "null (derived from the config) or a directory name of letters, digits and "
+            raise invalid_value("run_id", value, "null (derived from the config) or a directory name of letters, digits and "
                        "._+- not starting with . or -", "not a plain directory name")
     return derive_run_id(config)
 
@@ -359,13 +335,13 @@ def _run_id(config: Mapping[str, Any]) -> str:
 def _results_dir(value: Any) -> Path:
     expected = "a directory (created when missing) for runs, episodes, cache and generated data"
     if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "" or _missing(value):
-        raise _bad("results_dir", value, expected, "not a path")
+        raise invalid_value("results_dir", value, expected, "not a path")
     path = Path(str(value)).expanduser().resolve()
     for existing in [path, *path.parents]:
         if existing.exists():
             if not existing.is_dir():
                 problem = "is an existing file" if existing == path else f"{existing} is a file, not a directory"
-                raise _bad("results_dir", value, expected, problem)
+                raise invalid_value("results_dir", value, expected, problem)
             break
     return path
 
@@ -377,7 +353,7 @@ def _ray_options(value: Any) -> RayOptions:
     ray_cfg = _check_subkeys("ray", value, ("address", "num_cpus", "object_store_memory"))
     address = ray_cfg.get("address")
     if address is not None and (not isinstance(address, str) or not address.strip()):
-        raise _bad("ray.address", address, "null (start a local Ray), auto, or host:port of a cluster's head")
+        raise invalid_value("ray.address", address, "null (start a local Ray), auto, or host:port of a cluster's head")
     num_cpus = ray_cfg.get("num_cpus")
     if num_cpus is not None:
         num_cpus = _integer("ray.num_cpus", num_cpus, 1, "null (all cores) or an integer >= 1")
@@ -393,11 +369,11 @@ def _resources(value: Any) -> TaskResources:
         amount = resources.get(key)
         expected = f"a number {minimum} per task (a fraction, or a whole number above 1)"
         if not _is_number(amount):
-            raise _bad(f"resources.{key}", amount, expected, f"{amount!r} is not a number")
+            raise invalid_value(f"resources.{key}", amount, expected, f"{amount!r} is not a number")
         if amount < 0 or (amount == 0 and key == "num_cpus"):
-            raise _bad(f"resources.{key}", amount, expected, "out of range")
+            raise invalid_value(f"resources.{key}", amount, expected, "out of range")
         if amount > 1 and amount != int(amount):
-            raise _bad(f"resources.{key}", amount, expected, "Ray takes fractions of one unit only")
+            raise invalid_value(f"resources.{key}", amount, expected, "Ray takes fractions of one unit only")
         amounts[key] = float(amount)
     return TaskResources(**amounts)
 
@@ -417,90 +393,63 @@ def _embeddings(value: Any) -> EmbeddingOptions:
         return EmbeddingOptions(encoder="glove", path=None)
     kind = {"glove": "a GloVe text file", "hf": "a local Hugging Face model directory"}[encoder]
     if not isinstance(path, str) or not path:
-        raise _bad("embeddings.path", path, f"{kind} with embeddings.encoder={encoder}", "not set")
+        raise invalid_value("embeddings.path", path, f"{kind} with embeddings.encoder={encoder}", "not set")
     exists = Path(path).is_file() if encoder == "glove" else Path(path).is_dir()
     if not exists:
-        raise _bad("embeddings.path", path, f"{kind} with embeddings.encoder={encoder}", "not found")
+        raise invalid_value("embeddings.path", path, f"{kind} with embeddings.encoder={encoder}", "not found")
     return EmbeddingOptions(encoder=encoder, path=path)
 
 
 _DATASET_INTEGERS = {"generate": {"seed": 0, "image_size": 8, "n_base": 1, "n_val": 1, "n_test": 1},
                      "backbone": {"image_size": 8, "epochs": 1, "batch_size": 1, "seed": 0}}
-BACKBONES = ("small_cnn", "resnet50", "open_clip")
-
-
-def _open_clip_model(backbone: dict[str, Any]) -> None:
-    """An open_clip backbone names the tiny teacher or a known open_clip model; the latter needs local weights."""
-    import open_clip
-
-    from mlfsic.harness.backbones.open_clip import TINY_TEACHER
-
-    model = backbone.get("model")
-    if model == TINY_TEACHER:
-        return
-    if not isinstance(model, str) or model not in open_clip.list_models():
-        raise _bad("dataset.backbone.model", model, f"{TINY_TEACHER} or an open_clip model name "
-                   "(open_clip.list_models(), e.g. ViT-B-16-quickgelu)")
-    if backbone.get("weights") is None:
-        raise _bad("dataset.backbone.weights", None, f"a local weights file for {model} (nothing is downloaded)")
 
 
 def _dataset(value: Any) -> dict[str, Any]:
     """The dataset config with an absolute root; files it names are checked unless the dataset is generated."""
     if not isinstance(value, dict):
-        raise _bad("dataset", value, "a dataset config name (dataset=coco-moji, dataset=coco)")
+        raise invalid_value("dataset", value, "a dataset config name (dataset=coco-moji, dataset=coco)")
     dataset = dict(value)
-    from mlfsic.datasets.registry import ADAPTERS
-
-    _choice("dataset.adapter", dataset.get("adapter"), tuple(sorted(ADAPTERS)))
+    _choice("dataset.adapter", dataset.get("adapter"), tuple(sorted(registry.ADAPTERS)))
     for key in ("name", "root", "split_file"):
         item = dataset.get(key)
         if not isinstance(item, str) or not item or _missing(item):
             problem = "not set" if item is None or _missing(item) else f"{item!r} is not a string"
-            raise _bad(f"dataset.{key}", item, "a non-empty string" if key != "root" else
+            raise invalid_value(f"dataset.{key}", item, "a non-empty string" if key != "root" else
                        "the dataset folder, e.g. dataset.root=/data/coco", problem)
     for group, minimums in _DATASET_INTEGERS.items():
         section = dataset.get(group)
         if section is None:
             continue
         if not isinstance(section, dict):
-            raise _bad(f"dataset.{group}", section, "a mapping")
+            raise invalid_value(f"dataset.{group}", section, "a mapping")
         for key, minimum in minimums.items():
             if key in section:
                 _integer(f"dataset.{group}.{key}", section[key], minimum)
     backbone = dataset.get("backbone")
     if not isinstance(backbone, dict):
-        raise _bad("dataset.backbone", backbone, f"a mapping with kind: {' or '.join(BACKBONES)}")
-    _choice("dataset.backbone.kind", backbone.get("kind"), BACKBONES)
+        raise invalid_value("dataset.backbone", backbone, f"a mapping with kind: {' or '.join(KINDS)}")
+    _choice("dataset.backbone.kind", backbone.get("kind"), tuple(KINDS))
     if "lr" in backbone and (not _is_number(backbone["lr"]) or backbone["lr"] <= 0):
-        raise _bad("dataset.backbone.lr", backbone["lr"], "a number > 0")
+        raise invalid_value("dataset.backbone.lr", backbone["lr"], "a number > 0")
     weights = backbone.get("weights")
     if weights is not None and not Path(str(weights)).expanduser().is_file():
-        raise _bad("dataset.backbone.weights", weights, "null (torch cache, pinned file) or a weights file",
+        raise invalid_value("dataset.backbone.weights", weights, "null (torch cache, pinned file) or a weights file",
                    "file not found")
-    if backbone.get("kind") == "open_clip":
-        _open_clip_model(backbone)
+    backbone_kind(backbone["kind"]).check(backbone)
     if "restrict_split" in dataset:
         _boolean("dataset.restrict_split", dataset["restrict_split"])
-    split_file = Path(dataset["split_file"])
-    if not split_file.is_file() and not (config_dir() / "splits" / dataset["split_file"]).is_file():
-        raise _bad("dataset.split_file", dataset["split_file"], "a file of configs/splits/ or a path to one",
+    if not split_path(dataset["split_file"]).is_file():
+        raise invalid_value("dataset.split_file", dataset["split_file"], "a file of configs/splits/ or a path to one",
                    "not found")
     root = Path(dataset["root"]).expanduser().resolve()
     if dataset.get("generate") is None and not root.is_dir():
-        raise _bad("dataset.root", dataset["root"], f"the folder of dataset {dataset['name']}", "folder not found")
-    if dataset.get("generate") is None and dataset["adapter"] == "coco":  # its files must be there
-        from mlfsic.datasets.coco import coco_sources
-
-        for annotation_file, images in coco_sources(dataset):
-            for path, is_there in ((root / annotation_file, Path.is_file), (root / images, Path.is_dir)):
-                if not is_there(path):
-                    raise _bad("dataset.root", dataset["root"], f"the folder holding {annotation_file} and "
-                               f"{images}/ of dataset {dataset['name']}", f"{path} not found")
+        raise invalid_value("dataset.root", dataset["root"], f"the folder of dataset {dataset['name']}", "folder not found")
+    if dataset.get("generate") is None:  # the files must be there: the adapter's own check (coco)
+        registry.check_files(dataset)
     else:  # generated there when missing: the folder must be one we can create
         existing = next(p for p in [root, *root.parents] if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) and existing != root:
-            raise _bad("dataset.root", dataset["root"], f"a folder to generate {dataset['name']} in (or holding it)",
+            raise invalid_value("dataset.root", dataset["root"], f"a folder to generate {dataset['name']} in (or holding it)",
                        f"{existing} is not a writable directory")
     dataset["root"] = str(root)
     return dataset
@@ -512,12 +461,12 @@ def _method_modules(value: Any) -> tuple[str, ...]:
     modules = _as_list(value)
     for module in modules:
         if not isinstance(module, str) or not module:
-            raise _bad("method_modules", value, expected, f"{module!r} is not a module name")
+            raise invalid_value("method_modules", value, expected, f"{module!r} is not a module name")
         try:
             importlib.import_module(module)
         except Exception as error:  # noqa: BLE001 - any import-time failure of user code is a config error
             message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise _bad("method_modules", value, expected,
+            raise invalid_value("method_modules", value, expected,
                        f"cannot import {module!r} ({type(error).__name__}: {message})") from None
     return tuple(modules)
 
@@ -545,29 +494,29 @@ def _resolve_methods(config: Mapping[str, Any], clip_backbone: bool = False) -> 
     if method_args is None:
         method_args = {}
     if not isinstance(method_args, dict):
-        raise _bad("method_args", method_args, "a mapping <method>: {<hyperparameter>: <value>}, "
+        raise invalid_value("method_args", method_args, "a mapping <method>: {<hyperparameter>: <value>}, "
                    "e.g. +method_args.protonet.lr=0.01")
     for name, values in method_args.items():
         key = f"method_args.{name}"
         if name in variants:
-            raise _bad(key, values, f"variants.{name}.<hyperparameter>=<value> for a variant",
+            raise invalid_value(key, values, f"variants.{name}.<hyperparameter>=<value> for a variant",
                        f"{name!r} is a variant, not a registered method")
         if name not in registered:
             _unknown_method(key, values, name, registered, broken_methods())
         if not isinstance(values, dict):
-            raise _bad(key, values, f"hyperparameters of {name!r}, e.g. +{key}.<key>=<value>")
+            raise invalid_value(key, values, f"hyperparameters of {name!r}, e.g. +{key}.<key>=<value>")
         check_hyperparameters(name, values, key)
     raw = config["method"]
     names = _as_list(raw)
     expected = f"all, or a list of registered methods ({', '.join(registered)})" + (
         f" and variants ({', '.join(variants)})" if variants else "")
     if not names:
-        raise _bad("method", raw, expected, "no method")
+        raise invalid_value("method", raw, expected, "no method")
     for name in names:
         if not isinstance(name, str) or (name == "all" and len(names) > 1):
-            raise _bad("method", raw, expected, f"{name!r} is not a method name")
+            raise invalid_value("method", raw, expected, f"{name!r} is not a method name")
     if len(set(names)) < len(names):
-        raise _bad("method", raw, expected, "a method is listed twice")
+        raise invalid_value("method", raw, expected, "a method is listed twice")
     if names == ["all"]:
         names = [name for name in [*registered, *variants]
                  if clip_backbone or not registered[variants.get(name, (name, {}))[0]].cls.needs_clip]
@@ -577,7 +526,7 @@ def _resolve_methods(config: Mapping[str, Any], clip_backbone: bool = False) -> 
         if base not in registered:
             _unknown_method("method", raw, name, registered, broken_methods(), variants)
         if registered[base].cls.needs_clip and not clip_backbone:
-            raise _bad("method", raw, "methods the backbone supports",
+            raise invalid_value("method", raw, "methods the backbone supports",
                        f"{name!r} needs an open_clip backbone (+backbone=tiny-teacher, or an open_clip model)")
         yaml_values = method_yaml(base)
         check_hyperparameters(base, yaml_values, f"configs/methods/{base}.yaml:")
@@ -597,21 +546,21 @@ def _variants(value: Any, registered: Mapping[str, Any]) -> dict[str, tuple[str,
         return {}
     schema = "{method: <registered method>, <hyperparameter>: <value>, ...}"
     if not isinstance(value, dict):
-        raise _bad("variants", value, f"a mapping <variant name>: {schema}")
+        raise invalid_value("variants", value, f"a mapping <variant name>: {schema}")
     variants = {}
     for name, spec in value.items():
         key = f"variants.{name}"
         if not isinstance(name, str) or not _VARIANT_NAME.match(name) or "__" in name or name == "all":
-            raise _bad(key, spec, "a variant name of letters, digits and ._+- (no '__', not 'all')",
+            raise invalid_value(key, spec, "a variant name of letters, digits and ._+- (no '__', not 'all')",
                        f"{name!r} cannot name a variant")
         if name in registered or name in broken_methods():
-            raise _bad(key, spec, "a name that no registered method has", f"{name!r} is a registered method")
+            raise invalid_value(key, spec, "a name that no registered method has", f"{name!r} is a registered method")
         if not isinstance(spec, dict) or "method" not in spec:
-            raise _bad(key, spec, schema, "no method: the variant names the registered method it varies")
+            raise invalid_value(key, spec, schema, "no method: the variant names the registered method it varies")
         base = spec["method"]
         if not isinstance(base, str) or base not in registered:
             if isinstance(base, str) and base in value:
-                raise _bad(f"{key}.method", base, "a registered method", f"{base!r} is a variant; variants of "
+                raise invalid_value(f"{key}.method", base, "a registered method", f"{base!r} is a variant; variants of "
                            "variants are not supported, repeat its hyperparameters instead")
             _unknown_method(f"{key}.method", base, str(base), registered, broken_methods())
         own = {k: v for k, v in spec.items() if k != "method"}
@@ -624,12 +573,12 @@ def _unknown_method(key: str, value: Any, name: str, registered: Mapping[str, An
                     variants: Mapping[str, Any] | None = None) -> None:
     if name in broken:
         info = broken[name]
-        raise _bad(key, value, "a method that loads", f"method {name!r} is a plug-in that failed to load "
+        raise invalid_value(key, value, "a method that loads", f"method {name!r} is a plug-in that failed to load "
                    f"({info.target}, {info.origin}: {info.error}); fix or uninstall it, or leave it out")
     known = f"registered methods: {', '.join(registered)}"
     if variants:
         known += f"; variants: {', '.join(variants)}"
-    raise _bad(key, value, known, f"unknown method {name!r}")
+    raise invalid_value(key, value, known, f"unknown method {name!r}")
 
 
 def check_hyperparameters(method: str, values: Mapping[str, Any], key: str) -> None:
@@ -644,19 +593,19 @@ def check_hyperparameters(method: str, values: Mapping[str, Any], key: str) -> N
     for name, value in values.items():
         where = f"{key}{sep}{name}"
         if name == "seed":
-            raise _bad(where, value, "seeds=[...] (the harness passes each method its seed)",
+            raise invalid_value(where, value, "seeds=[...] (the harness passes each method its seed)",
                        "the seed is not a hyperparameter")
         if name not in named:
             if accepts_any:
                 continue
-            raise _bad(where, value, f"a hyperparameter of {method!r}: {', '.join(named) or '(none)'}",
+            raise invalid_value(where, value, f"a hyperparameter of {method!r}: {', '.join(named) or '(none)'}",
                        f"{method!r} has no hyperparameter {name!r}")
         default = named[name].default
         if default is inspect.Parameter.empty or default is None:
             continue
         kind = _type_name(default)
         if kind is not None and not _same_kind(default, value):
-            raise _bad(where, value, f"{kind} (default of {method!r}: {_show(default)})",
+            raise invalid_value(where, value, f"{kind} (default of {method!r}: {show_value(default)})",
                        f"{value!r} is not {kind}")
 
 

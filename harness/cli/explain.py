@@ -20,8 +20,8 @@ override, e.g. ``dataset.generate.n_base=400`` or ``+method_args.lcm.steps=20``)
 * ``split``: ``val`` (default) or ``test``; ``test`` shows novel-split episodes and says so on stderr:
   choices (hyperparameters, ablations) must never be made on them.
 * ``dataset``, ``results_dir``: as in ``mlfsic run``. The dataset, backbone and features are made or
-  found as ``mlfsic run`` does (``harness.prepare.prepare_benchmark``), and the method is fitted through
-  ``harness.evaluate.fit_method`` with the val split for model selection (``fit_val``), so it is the
+  found as ``mlfsic run`` does (``harness.sweep.prepare.prepare_benchmark``), and the method is fitted through
+  ``harness.sweep.evaluate.fit_method`` with the val split for model selection (``fit_val``), so it is the
   checkpoint a default run (or a ``fit_val`` ablation) makes and shares.
 * ``theta``, ``threshold_mode``: applied to the fitted method before explaining (its training keeps the
   fitted config), to look at another selection rule of the same model.
@@ -45,7 +45,6 @@ label's boxes (cyan) when the annotations have them.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -54,9 +53,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
 from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.protocol.data import LabelledPool
+from mlfsic.harness.report.explain_figure import Boxes, FigureRow, cells_inside, grid_side, load_boxes, render_figure
+from mlfsic.harness.sweep.benchmark import Benchmark
+from mlfsic.harness.sweep.spec import Sweep
+from mlfsic.methods.api import Method
 
 MEASURES = ("boxes", "attention")
 SPLITS = ("val", "test")
@@ -68,16 +70,6 @@ OPTION_TYPES: dict[str, type] = {
     "dataset": str, "split": str, "results_dir": str, "out": str, "measure": str, "n_episodes": int,
     "theta": float, "threshold_mode": str,
 }
-
-# figure layout (pixels)
-TILE = 192
-GAP = 6
-CAPTION = 16
-TITLE = 52
-MARGIN = 6
-BOX_COLOUR = (0, 230, 255)
-KEPT_COLOUR = (40, 220, 60)
-DROPPED_SHADE = (30, 30, 30)
 
 
 # ------------------------------------------------------------------------------------------- options
@@ -103,7 +95,7 @@ class ExplainOptions:
 
     @property
     def k_shot(self) -> int:
-        from mlfsic.methods.api import parse_setting
+        from mlfsic.harness.protocol.episodes import parse_setting
 
         return parse_setting(self.setting)
 
@@ -163,10 +155,10 @@ def _check_options(options: ExplainOptions) -> None:
 class Explained:
     """A prepared benchmark with a fitted LCM-family method, ready to draw and explain episodes."""
 
-    sweep: Any  # harness.sweep.Sweep
-    benchmark: Any  # harness.benchmark.Benchmark
-    method: Any  # a fitted methods.lcm.LCM
-    pool: Any  # harness.data.LabelledPool of the explained split
+    sweep: Sweep
+    benchmark: Benchmark
+    method: Method  # fitted, of a class with ``explain`` (the LCM family: methods.lcm.LCM)
+    pool: LabelledPool  # of the explained split
 
 
 def _sweep_overrides(options: ExplainOptions) -> list[str]:
@@ -183,7 +175,7 @@ def prepare(options: ExplainOptions) -> Explained:
 
     from mlfsic.harness.sweep.evaluate import fit_method, load_fitted, method_spec
     from mlfsic.harness.sweep.prepare import prepare_benchmark
-    from mlfsic.harness.sweep.spec import load_sweep
+    from mlfsic.harness.sweep.load import load_sweep
     from mlfsic.methods.registry import get_method_class
 
     sweep = load_sweep(_sweep_overrides(options))
@@ -195,7 +187,7 @@ def prepare(options: ExplainOptions) -> Explained:
         print("mlfsic explain: note: split=test shows novel-split episodes; never choose hyperparameters from them",
               file=sys.stderr)
     # the runner's steps and locks: an explain beside a sweep on the same results dir waits for its work
-    benchmark = prepare_benchmark(sweep.as_dictconfig(), progress=False)
+    benchmark = prepare_benchmark(sweep, progress=False)
     spec = method_spec(entry.name, entry.config, base=entry.base)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the runner's fit tasks, so the checkpoint is the one a run makes
@@ -220,7 +212,7 @@ def draw_episode(
     explained: Explained, k_shot: int, seed: int, index: int, split: str | None = None
 ) -> tuple[Any, np.ndarray]:
     """Episode ``index`` of the sweep's episode set for (split, K, seed), as the method sees it, and its
-    support image ids. Drawn by the harness's sampler (``harness.episodes.make_episode``), which is pure,
+    support image ids. Drawn by the harness's sampler (``harness.protocol.episodes.make_episode``), which is pure,
     so it is the episode a sweep evaluating that split would draw. ``split``: the label split to draw
     from (``base``, ``val`` or ``test``); None: the explained split (``explained.pool``)."""
     from mlfsic.harness.protocol.episodes import SamplerParams, make_episode
@@ -236,34 +228,6 @@ def draw_episode(
 
 
 # --------------------------------------------------------------------------------------------- boxes
-@dataclass(frozen=True)
-class Boxes:
-    """COCO boxes per (image id, label name), (x, y, w, h) in pixels, and each image's (width, height)."""
-
-    sizes: dict[int, tuple[int, int]]
-    boxes: dict[tuple[int, str], list[tuple[float, float, float, float]]]
-
-    def of(self, image_id: int, label: str) -> list[tuple[float, float, float, float]]:
-        return self.boxes.get((int(image_id), label), [])
-
-
-def load_boxes(annotation_path: Path) -> Boxes:
-    """The boxes of a COCO instances json; a file without boxes is a one-line error naming it."""
-    try:
-        content = json.loads(Path(annotation_path).read_text(encoding="utf-8"))
-        names = {int(c["id"]): str(c["name"]) for c in content["categories"]}
-        sizes = {int(i["id"]): (int(i["width"]), int(i["height"])) for i in content["images"]}
-        boxes: dict[tuple[int, str], list[tuple[float, float, float, float]]] = {}
-        for annotation in content["annotations"]:
-            x, y, w, h = (float(v) for v in annotation["bbox"])
-            key = (int(annotation["image_id"]), names[int(annotation["category_id"])])
-            boxes.setdefault(key, []).append((x, y, w, h))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MlfsicError(f"cannot read boxes from {annotation_path}: {error}") from None
-    except (KeyError, TypeError, ValueError) as error:
-        raise MlfsicError(f"{annotation_path}: no COCO boxes (images need width/height, annotations a bbox): "
-                          f"missing or bad {error}") from None
-    return Boxes(sizes=sizes, boxes=boxes)
 
 
 def dataset_boxes(dataset_cfg: Mapping[str, Any]) -> Boxes:
@@ -271,29 +235,6 @@ def dataset_boxes(dataset_cfg: Mapping[str, Any]) -> Boxes:
     if "annotations" not in dataset_cfg or not str(dataset_cfg["annotations"]).endswith(".json"):
         raise MlfsicError(f"dataset {dataset_cfg.get('name')!r} has no COCO annotation file with boxes")
     return load_boxes(Path(str(dataset_cfg["root"])) / str(dataset_cfg["annotations"]))
-
-
-def grid_side(positions: int) -> int:
-    """The side g of a square g x g local grid with ``positions`` = g * g (row-major, backbones.py)."""
-    side = int(round(math.sqrt(positions)))
-    if side * side != positions:
-        raise MlfsicError(f"local features have {positions} positions, not a square grid")
-    return side
-
-
-def cells_inside(boxes: Sequence[tuple[float, float, float, float]], width: int, height: int, side: int) -> np.ndarray:
-    """(side * side,) bool, row-major: the cell's centre lies inside one of ``boxes`` (image pixels).
-
-    The backbone resizes the whole image to its input size without cropping, so cell (r, c) of the
-    grid covers [c W / g, (c + 1) W / g) x [r H / g, (r + 1) H / g) of the original image.
-    """
-    centre_x = (np.arange(side) + 0.5) * width / side
-    centre_y = (np.arange(side) + 0.5) * height / side
-    cy, cx = np.meshgrid(centre_y, centre_x, indexing="ij")
-    inside = np.zeros((side, side), dtype=bool)
-    for x, y, w, h in boxes:
-        inside |= (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
-    return inside.reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -505,91 +446,6 @@ def write_attention(explained: Explained, options: ExplainOptions, results: Mapp
 
 
 # -------------------------------------------------------------------------------------------- figure
-def figure_size(n_rows: int, n_columns: int) -> tuple[int, int]:
-    """(width, height) of a figure with ``n_rows`` support images and ``n_columns`` tiles per row."""
-    width = 2 * MARGIN + n_columns * TILE + (n_columns - 1) * GAP
-    height = TITLE + n_rows * (CAPTION + TILE + GAP) - GAP + MARGIN
-    return width, height
-
-
-def tile_box(row: int, column: int) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) of a tile: column 0 the image, 1 the kept positions, 2.. one per label."""
-    x0 = MARGIN + column * (TILE + GAP)
-    y0 = TITLE + row * (CAPTION + TILE + GAP) + CAPTION
-    return x0, y0, x0 + TILE, y0 + TILE
-
-
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=11)
-    except TypeError:  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def _grid_image(values: np.ndarray, side: int, resample: Image.Resampling = Image.Resampling.NEAREST) -> np.ndarray:
-    """(side * side,) values in [0, 1] -> (TILE, TILE) float array, each cell a block."""
-    grid = Image.fromarray(values.reshape(side, side).astype(np.float32), mode="F")
-    return np.asarray(grid.resize((TILE, TILE), resample), dtype=np.float32)
-
-
-def _cell_rectangle(cell: int, side: int) -> tuple[int, int, int, int]:
-    row, column = divmod(cell, side)
-    return (round(column * TILE / side), round(row * TILE / side),
-            round((column + 1) * TILE / side) - 1, round((row + 1) * TILE / side) - 1)
-
-
-def kept_tile(image: np.ndarray, keep: np.ndarray, side: int) -> Image.Image:
-    """The image (TILE, TILE, 3) with dropped cells darkened and kept cells outlined."""
-    dropped = 1.0 - _grid_image(keep.astype(np.float32), side)[..., None]
-    shaded = image * (1 - 0.75 * dropped) + np.asarray(DROPPED_SHADE, np.float32) * 0.75 * dropped
-    tile = Image.fromarray(shaded.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(tile)
-    for cell in np.flatnonzero(keep):
-        draw.rectangle(_cell_rectangle(int(cell), side), outline=KEPT_COLOUR)
-    return tile
-
-
-def _heat_colours(values: np.ndarray) -> np.ndarray:
-    """A black-red-yellow-white ramp: (..., ) in [0, 1] -> (..., 3) in [0, 255]."""
-    ramp = np.stack([np.clip(3 * values, 0, 1), np.clip(3 * values - 1, 0, 1), np.clip(3 * values - 2, 0, 1)], -1)
-    return ramp * 255.0
-
-
-def attention_tile(image: np.ndarray, attention: np.ndarray, side: int, boxes: Sequence[tuple[float, ...]],
-                   scale: tuple[float, float]) -> Image.Image:
-    """The image blended with the attention heat (normalised by its maximum) and the label's boxes."""
-    values = attention / max(float(attention.max()), 1e-12)
-    heat = _grid_image(values, side)
-    alpha = (0.35 + 0.45 * heat)[..., None]
-    blended = image * (1 - alpha) + _heat_colours(heat) * alpha
-    tile = Image.fromarray(blended.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(tile)
-    for x, y, w, h in boxes:
-        draw.rectangle((x * scale[0], y * scale[1], (x + w) * scale[0] - 1, (y + h) * scale[1] - 1),
-                       outline=BOX_COLOUR, width=2)
-    return tile
-
-
-def _image_tile(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-    """The support image resized to (TILE, TILE) as float32 RGB, and its original (width, height)."""
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except OSError as error:
-        raise MlfsicError(f"cannot read image {path}: {error}") from None
-    return np.asarray(rgb.resize((TILE, TILE), Image.Resampling.NEAREST), dtype=np.float32), rgb.size
-
-
-@dataclass(frozen=True)
-class FigureRow:
-    """One support image of the figure: its id, file, kept positions and one entry per label shown."""
-
-    image_id: int
-    path: Path
-    keep: np.ndarray  # (L,) bool
-    labels: tuple[str, ...]
-    attention: tuple[np.ndarray, ...]  # (L,) per label
-    weights: tuple[float, ...]  # the image's weight in each label's prototype
 
 
 def figure_rows(explained: Explained, episode: Any, support_ids: np.ndarray, n_images: int, max_labels: int) -> list[FigureRow]:
@@ -608,35 +464,6 @@ def figure_rows(explained: Explained, episode: Any, support_ids: np.ndarray, n_i
             weights=tuple(float(info["image_weights"][p]) for p in pairs),
         ))
     return rows
-
-
-def render_figure(rows: Sequence[FigureRow], title: str, max_labels: int, boxes: Boxes | None) -> Image.Image:
-    """The PNG image: one row per support image, columns image | kept | one attention tile per label."""
-    width, height = figure_size(len(rows), 2 + max_labels)
-    figure = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(figure)
-    font = _font()
-    draw.multiline_text((MARGIN, 4), title, fill=(0, 0, 0), font=font, spacing=3)
-    for row_index, row in enumerate(rows):
-        image, (image_width, image_height) = _image_tile(row.path)
-        side = grid_side(row.keep.shape[0])
-        scale = (TILE / image_width, TILE / image_height)
-        tiles = [(Image.fromarray(image.astype(np.uint8)), f"image {row.image_id}"),
-                 (kept_tile(image, row.keep, side), f"kept {int(row.keep.sum())}/{row.keep.shape[0]}")]
-        for label, attention, weight in zip(row.labels, row.attention, row.weights):
-            label_boxes = boxes.of(row.image_id, label) if boxes is not None else []
-            peak = float(attention.max()) * attention.shape[0]  # the largest weight / the uniform weight 1/L
-            caption = f"{label} w {weight:.2f} peak {peak:.1f}x"
-            tiles.append((attention_tile(image, attention, side, label_boxes, scale), caption))
-        for column in range(2 + max_labels):
-            x0, y0, x1, y1 = tile_box(row_index, column)
-            if column < len(tiles):
-                tile, caption = tiles[column]
-                figure.paste(tile, (x0, y0))
-                draw.text((x0, y0 - CAPTION + 2), caption[:34], fill=(0, 0, 0), font=font)
-            else:
-                draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(240, 240, 240))
-    return figure
 
 
 def default_out(explained: Explained, options: ExplainOptions) -> Path:

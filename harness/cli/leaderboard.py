@@ -1,0 +1,48 @@
+"""``mlfsic leaderboard RUN_DIR... [out=DIR] [against=published|RUN_DIR] [publish=true]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlfsic.harness.cli.options import key_values
+from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.report.leaderboard import build_leaderboard
+from mlfsic.harness.sweep.against_run import publish
+from mlfsic.harness.sweep.spec import PUBLISHED_DIR, resolve_against
+from mlfsic.harness.sweep.load import load_sweep
+
+
+def leaderboard_command(args: list[str]) -> int:
+    """``mlfsic leaderboard RUN_DIR... [out=DIR] [against=published|RUN_DIR] [publish=true]``.
+
+    ``against``: rank the runs together with a reference run, on their episode sets (harness.sweep.against_run).
+    ``publish=true``: copy one finished run (default: the default sweep's) into out= (default: the
+    repository's results/published) as the reference ``against=published`` reads, with leaderboard.{csv,md}.
+    """
+    run_dirs = [Path(a) for a in args if "=" not in a]
+    options = key_values([a for a in args if "=" in a])
+    unknown = set(options) - {"out", "against", "publish"}
+    if unknown:
+        raise MlfsicError(f"unknown leaderboard option {sorted(unknown)[0]!r} (known: out, against, publish)")
+    if options.get("publish", "false") not in ("true", "false"):
+        raise MlfsicError(f"publish={options['publish']}: expected true or false")
+    if options.get("publish") == "true":
+        if "against" in options or len(run_dirs) > 1:
+            raise MlfsicError("publish=true takes one RUN_DIR (default: the default sweep's) and no against=")
+        if not run_dirs:
+            run_dirs = [load_sweep([]).run_path]
+        out = Path(options.get("out", str(PUBLISHED_DIR)))
+        written = publish(run_dirs[0], out)
+        paths = build_leaderboard([out], out, formats=("csv", "md"))
+        print(Path(paths["md"]).read_text())
+        for path in [*written, *paths.values()]:
+            print(path)
+        return 0
+    if not run_dirs:
+        raise MlfsicError("give at least one RUN_DIR")
+    out = Path(options["out"]) if "out" in options else run_dirs[0]
+    paths = build_leaderboard(run_dirs, out, against=resolve_against(options.get("against")))
+    print(Path(paths["md"]).read_text())
+    for path in paths.values():
+        print(path)
+    return 0
