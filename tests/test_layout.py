@@ -204,6 +204,7 @@ TOY_ADAPTER = '''"""A toy adapter: a labels.json {file name: [labels]} beside th
 import json
 from pathlib import Path
 
+import numpy as np
 
 from mlfsic.datasets.adapter import Loaded, root_of
 from mlfsic.harness.protocol.data import Dataset
