@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,27 @@ class LaSO(Method):
     this module's earlier classifier (it used ``episode_lr=0.05``, ``episode_weight_decay=0.001``). Either
     is trained full-batch for ``episode_steps`` Adam steps. Scores: the classifier's sigmoid on the
     queries, (n_q, N).
+
+    Batching (``predict_batch``, what the harness calls per chunk): ``predict`` trains one episode's
+    ``EpisodeMLP`` at a time and is the reference; ``predict_batch`` trains the classifiers of up to
+    ``SUB_BATCH`` episodes together and returns, episode by episode, exactly ``predict``'s scores (bitwise
+    on the tested build; the default test checks 1e-4). Every parameter gets a leading episode dimension
+    E; activations are (n, E, H), so ``F.batch_norm`` over (n, E * H) takes each episode's statistics on
+    its own rows; the linear layers are per-episode batched products (``BatchedLinear``); Adam is
+    elementwise and all episodes take the same steps, so one optimiser over the stacked tensors is E
+    independent ones. Each episode keeps its own random streams: its union pairs, initial weights
+    (``initial_mlp_params``, drawn in the module's order) and dropout masks (all steps' masks in one
+    draw from its generator, the same stream as ``predict``'s draw per step). Episodes are batched only
+    with episodes of the same number of training rows and labels, not padded and masked: this training
+    amplifies float rounding (a one-ulp change of the support features moves some scores by up to 0.1,
+    through Adam's normalised first steps and the batch-norm-cancelled biases), so "equal within
+    tolerance" needs the same arithmetic, and padding changes the rounding of the reductions over rows.
+    On coco-moji a chunk of 100 episodes has about 7 (1shot) to 14 (5shot) distinct training-set sizes.
+    For the same reason both paths compute the loss gradient with ``episode_loss_gradient`` (its
+    sigmoid position-independent) and run Adam as ``EpisodeAdam``; these compute the released recipe's
+    loss and optimiser, only with a rounding that does not depend on the tensor sizes (this changed the
+    one-at-a-time path's scores at that rounding level). With a hidden size that is not a multiple of
+    ``LANES`` (reductions then round by tensor size too) ``predict_batch`` trains one episode at a time.
 
     What the paper used, as far as the released code shows (README, ``train_setops_stripped.py``,
     ``test_augmentation.py``; the paper text itself was not checked here): an Inception-v3 backbone (299 px
@@ -271,7 +293,7 @@ class LaSO(Method):
         classifier = EpisodeMLP(
             inputs.shape[1], self._episode_hidden(inputs.shape[1]), episode.n_labels, self.episode_dropout, init_generator
         )
-        optimiser = self._episode_optimiser(list(classifier.parameters()))
+        optimiser = self._episode_optimiser(list(classifier.parameters()), 1)
         classifier.train()
         for _ in range(self.episode_steps):
             logits = classifier(inputs, dropout_generator)
@@ -310,38 +332,25 @@ class LaSO(Method):
 
     def _batched_mlp_scores(self, part: list[_EpisodeData]) -> list[np.ndarray]:
         """Train the MLP classifiers of ``part`` (E episodes with the same n training rows and N labels)
-        together and score their queries: ``predict``'s steps with every parameter stacked along a
-        leading episode dimension. Activations are (n, E, H), so ``F.batch_norm`` on (n, E * H) takes each
-        episode's statistics over its own rows; the linear layers are per-episode products
-        (``BatchedLinear``); one fused Adam over the stacked parameters is E independent Adams (Adam is
-        elementwise, and every episode takes the same steps). Initial weights and dropout masks are drawn
-        from each episode's own generators in ``predict``'s order (all steps' masks in one draw: the same
-        stream). Queries are zero-padded to the longest (evaluation treats rows independently)."""
+        together and score their queries: ``predict``'s steps on parameters stacked along a leading
+        episode dimension (see the class docstring). Queries are zero-padded to the longest (evaluation
+        treats rows independently) and the scores cut back per episode."""
         size, (rows, dim) = len(part), part[0].inputs.shape
         hidden, n_labels, steps = self._episode_hidden(dim), int(part[0].targets.shape[1]), self.episode_steps
-        classifiers = [
-            EpisodeMLP(dim, hidden, n_labels, self.episode_dropout, torch_generator(self.seed, data.seed, 3))
-            for data in part
-        ]
+        params = initial_mlp_params([torch_generator(self.seed, data.seed, 3) for data in part], dim, hidden, n_labels)
+        for tensor in params.values():
+            tensor.requires_grad_(True)
         keep = None
         if self.episode_dropout > 0.0:
             keep = torch.empty(steps, 2, rows, size, hidden, dtype=torch.bool)
             for slot, data in enumerate(part):
                 uniform = torch.rand((steps, 2, rows, hidden), generator=torch_generator(self.seed, data.seed, 4))
                 keep[:, :, :, slot] = uniform >= self.episode_dropout
-        params = {
-            name: torch.stack([dict(c.named_parameters())[name].detach() for c in classifiers]).requires_grad_(True)
-            for name, _ in classifiers[0].named_parameters()
-        }
-        norms = [
-            {name: torch.cat([getattr(c.norms[i], name) for c in classifiers]) for name in ("running_mean", "running_var")}
-            for i in range(3)
-        ]
-        network = _BatchedMLP(params, norms, classifiers[0].norms[0], self.episode_dropout)
+        network = _BatchedMLP(params, size, hidden, self.episode_dropout)
         inputs = torch.stack([data.inputs for data in part], dim=1)  # (n, E, D)
         targets = torch.stack([data.targets for data in part])  # (E, n, N)
         row_weights = torch.stack([data.row_weights for data in part])  # (E, n)
-        optimiser = self._episode_optimiser(list(params.values()))
+        optimiser = self._episode_optimiser(list(params.values()), size)
         for step in range(steps):
             logits = network(inputs, None if keep is None else keep[step])
             optimiser.zero_grad()
@@ -379,8 +388,8 @@ class LaSO(Method):
     def _episode_hidden(self, dim: int) -> int:
         return self.episode_hidden_dim if self.episode_hidden_dim > 0 else dim
 
-    def _episode_optimiser(self, parameters: list[torch.Tensor]) -> torch.optim.Adam:
-        return torch.optim.Adam(parameters, lr=self.episode_lr, weight_decay=self.episode_weight_decay, foreach=True)
+    def _episode_optimiser(self, parameters: list[torch.Tensor], n_episodes: int) -> EpisodeAdam:
+        return EpisodeAdam(parameters, n_episodes, lr=self.episode_lr, weight_decay=self.episode_weight_decay)
 
     def _logistic_scores(
         self, episode: Episode, inputs: torch.Tensor, targets: torch.Tensor, row_weights: torch.Tensor,
@@ -389,7 +398,7 @@ class LaSO(Method):
         """Logistic regression (zero-initialised) trained full-batch on the training rows: the
         ``episode_classifier="logistic"`` classifier and the fallback of single-row episodes."""
         classifier = linear(inputs.shape[1], episode.n_labels, torch_generator(self.seed, episode.seed, 3), zero=True)
-        optimiser = self._episode_optimiser(list(classifier.parameters()))
+        optimiser = self._episode_optimiser(list(classifier.parameters()), 1)
         for _ in range(self.episode_steps):
             logits = classifier(inputs)
             optimiser.zero_grad()
@@ -421,6 +430,30 @@ class _EpisodeData:
     queries: torch.Tensor  # (n_q, D) standardised
 
 
+class EpisodeAdam:
+    """``torch.optim.Adam`` (``lr``, ``weight_decay``, default betas and eps) over the parameters of one
+    episode classifier, or of E stacked along a leading dimension (``n_episodes``). Adam is elementwise;
+    it is run as two optimisers: the fused kernel for the tensors whose per-episode size is a multiple of
+    ``LANES`` and the foreach one for the others (the fused kernel's scalar remainder loop rounds
+    differently, so an element's update would depend on the size of the tensor it is in)."""
+
+    def __init__(self, parameters: list[torch.Tensor], n_episodes: int, lr: float, weight_decay: float) -> None:
+        whole = [p for p in parameters if (p.numel() // n_episodes) % LANES == 0]
+        rest = [p for p in parameters if (p.numel() // n_episodes) % LANES != 0]
+        self.optimisers = [
+            torch.optim.Adam(group, lr=lr, weight_decay=weight_decay, **({"fused": True} if fused else {"foreach": True}))
+            for group, fused in ((whole, True), (rest, False)) if group
+        ]
+
+    def zero_grad(self) -> None:
+        for optimiser in self.optimisers:
+            optimiser.zero_grad()
+
+    def step(self) -> None:
+        for optimiser in self.optimisers:
+            optimiser.step()
+
+
 def episode_loss_gradient(logits: torch.Tensor, targets: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
     """The gradient, with respect to the logits, of the episode classifier's loss: per row the BCE
     averaged over the N labels, weighed by the row's weight, summed over rows. logits, targets (..., n, N),
@@ -442,17 +475,45 @@ def lanewise_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(padded)[: flat.numel()].view(x.shape)
 
 
-class _BatchedMLP:
-    """``EpisodeMLP.forward`` for E episodes at once, on the stacked ``named_parameters`` of their
-    classifiers (``params``, (E, ...)) and their batch-norm running statistics (``norms``, per block,
-    (E * H,)), updated in place in training mode. x (n, E, D) -> (E, n, N) logits."""
+def initial_mlp_params(
+    generators: list[torch.Generator], in_dim: int, hidden_dim: int, n_labels: int
+) -> dict[str, torch.Tensor]:
+    """The initial parameters of E ``EpisodeMLP`` classifiers, one per generator, stacked along a leading
+    dimension and named as its ``named_parameters``: each episode's weights drawn from its generator in
+    the module's order (per linear layer Kaiming-uniform weight, then uniform bias, as ``linear``; the
+    three hidden layers, then the output), batch-norm scales 1 and shifts 0."""
+    size = len(generators)
+    shapes = {"linears.0": (hidden_dim, in_dim), "linears.1": (hidden_dim, hidden_dim),
+              "linears.2": (hidden_dim, hidden_dim), "output": (n_labels, hidden_dim)}
+    params: dict[str, torch.Tensor] = {}
+    for name, (out_dim, fan_in) in shapes.items():
+        params[f"{name}.weight"] = torch.empty(size, out_dim, fan_in)
+        params[f"{name}.bias"] = torch.empty(size, out_dim)
+    for slot, generator in enumerate(generators):
+        for name, (_, fan_in) in shapes.items():
+            nn.init.kaiming_uniform_(params[f"{name}.weight"][slot], a=math.sqrt(5), generator=generator)
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(params[f"{name}.bias"][slot], -bound, bound, generator=generator)
+    for index in range(3):
+        params[f"norms.{index}.weight"] = torch.ones(size, hidden_dim)
+        params[f"norms.{index}.bias"] = torch.zeros(size, hidden_dim)
+    return params
 
-    def __init__(
-        self, params: dict[str, torch.Tensor], norms: list[dict[str, torch.Tensor]], norm: nn.BatchNorm1d,
-        dropout: float,
-    ) -> None:
-        self.params, self.norms, self.dropout = params, norms, dropout
-        self.momentum, self.eps = float(norm.momentum or 0.0), float(norm.eps)
+
+class _BatchedMLP:
+    """``EpisodeMLP.forward`` for E episodes at once, on their stacked parameters (``params``, (E, ...),
+    named as ``EpisodeMLP.named_parameters``), with batch-norm running statistics per block, (E * H,),
+    starting as ``nn.BatchNorm1d``'s and updated in place in training mode (its momentum and eps).
+    x (n, E, D) -> (E, n, N) logits."""
+
+    def __init__(self, params: dict[str, torch.Tensor], size: int, hidden_dim: int, dropout: float) -> None:
+        self.params, self.dropout = params, dropout
+        self.norms = [
+            {"running_mean": torch.zeros(size * hidden_dim), "running_var": torch.ones(size * hidden_dim)}
+            for _ in range(3)
+        ]
+        reference = nn.BatchNorm1d(hidden_dim)
+        self.momentum, self.eps = float(reference.momentum or 0.0), float(reference.eps)
 
     def __call__(self, x: torch.Tensor, keep: torch.Tensor | None, training: bool = True) -> torch.Tensor:
         """``keep`` (2, n, E, H) bool: the dropout masks of the first two blocks (None: no dropout)."""
@@ -486,6 +547,7 @@ class BatchedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         x, weight = ctx.saved_tensors
+        grad = grad.contiguous()  # a reduction over rows of a strided tensor rounds by its layout
         grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
         return grad_x, torch.bmm(grad.transpose(1, 2), x), grad.sum(dim=1)
 
