@@ -176,6 +176,43 @@ def make_episode(
     return episode, query_targets
 
 
+# -------------------------------------------------------------------------- coco-moji-sized episodes
+def coco_moji_sized_pool(world: World, n_images: int, positions: int, seed: int):
+    """Images over the world's 12 novel labels with 1-4 labels each (coco-moji's 40/29/20/11 %)."""
+    rng = np.random.default_rng(seed)
+    columns = len(world.base_labels) + np.arange(len(world.novel_labels))
+    targets = np.zeros((n_images, columns.size), np.float32)
+    for row in range(n_images):
+        carried = rng.choice(columns.size, size=rng.choice([1, 2, 3, 4], p=[0.4, 0.29, 0.2, 0.11]), replace=False)
+        targets[row, carried] = 1.0
+    features = (targets @ world.centroids[columns] + world.offset
+                + world.noise * rng.normal(size=(n_images, world.dim))).astype(np.float32)
+    local, _ = make_local_grid(world, columns, features, targets, positions, rng)
+    return features, local, targets
+
+
+def coco_moji_sized_episodes(world: World, k_shot: int, n_episodes: int, positions: int = 36) -> list[Episode]:
+    """Episodes drawn by the harness's episodic-v1 sampler from a pool of 2000 synthetic images over the
+    world's 12 novel labels (1-4 labels per image, coco-moji's 40/29/20/11 %)."""
+    from mlfsic.harness.protocol.data import LabelledPool
+    from mlfsic.harness.protocol.episodes import SamplerParams, make_episode as draw
+
+    features, local, targets = coco_moji_sized_pool(world, 2000, positions, seed=1)
+    pool = LabelledPool(dataset="synthetic", split="test", label_names=world.novel_labels,
+                        image_ids=np.arange(len(targets), dtype=np.int64), targets=targets > 0.5, annotation_sha256="")
+    embeddings = world.embeddings[len(world.base_labels):]
+    episodes = []
+    for index in range(n_episodes):
+        drawn = draw(pool, SamplerParams(k_shot=k_shot, n_query=4), 0, index)
+        support, query = np.asarray(drawn["support"], dtype=np.int64), np.asarray(drawn["query"], dtype=np.int64)
+        episodes.append(Episode(
+            index=index, seed=index, k_shot=k_shot, label_names=world.novel_labels, label_embeddings=embeddings,
+            support_features=features[support], support_local_features=local[support],
+            support_targets=targets[support], query_features=features[query], query_local_features=local[query],
+        ))
+    return episodes
+
+
 # ----------------------------------------------------------------------------------------- open_clip views
 def clip_view(data: SplitData | Episode, clip, seed: int = 0) -> SplitData | Episode:
     """``data`` with its features replaced by what an open_clip backbone stores for deterministic noise images

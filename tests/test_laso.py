@@ -1,19 +1,23 @@
 """LaSO's switches (methods/laso.py; Alfassy et al., CVPR 2019): each loss switch changes what is trained and
 what the fit report lists, the released MLP episode classifier works for 1shot and 5shot episodes and is
-query-independent, and fitting and predicting are deterministic per seed. Tiny synthetic data only."""
+query-independent, fitting and predicting are deterministic per seed, and ``predict_batch`` (the episode
+classifiers of a chunk trained together) gives ``predict``'s scores. Tiny synthetic data only, but for a
+slow benchmark of predict throughput at the coco-moji size."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from mlfsic.harness.errors import MlfsicError
+from mlfsic.methods import laso
 from mlfsic.methods.laso import LOSS_TERMS, LaSO
 from mlfsic.methods.registry import create_method
-from synthetic_data import make_base_data, make_episode
+from synthetic_data import coco_moji_sized_episodes, make_base_data, make_episode, make_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -121,3 +125,67 @@ def test_bad_switch_values_are_one_line_errors():
         LaSO(episode_classifier="svm")
     with pytest.raises(MlfsicError, match="episode_dropout"):
         LaSO(episode_dropout=1.0)
+
+
+def chunk(k_shot: int) -> list:
+    """A chunk of episodes with differing support counts (n_way 3, 4 and 6), three of the same size (so
+    they train together, with different seeds), and for 1shot a single-image episode (logistic)."""
+    episodes = [make_episode(k_shot, seed=seed, n_way=n_way)[0]
+                for seed, n_way in ((10, 6), (11, 4), (12, 6), (13, 3), (14, 6), (15, 4))]
+    if k_shot == 1:
+        single, _ = make_episode(1, seed=16, n_way=1)
+        episodes.append(dataclasses.replace(
+            single, support_features=single.support_features[:1], support_targets=single.support_targets[:1]))
+    return episodes
+
+
+@pytest.mark.parametrize("k_shot", [1, 5])
+def test_predict_batch_equals_predict(k_shot, default, monkeypatch):
+    episodes = chunk(k_shot)
+    rows = [default._training_set(episode)[0].shape[0] for episode in episodes]
+    assert len(set(rows)) >= 3 and max(rows.count(n) for n in rows) >= 3  # differing sizes, a group of three
+    monkeypatch.setattr(laso, "SUB_BATCH", 2)  # the group of three trains as two sub-batches
+    one_at_a_time = [default.predict(episode) for episode in episodes]
+    batched = default.predict_batch(episodes)
+    backwards = default.predict_batch(episodes[::-1])[::-1]
+    for episode, single, together, reversed_ in zip(episodes, one_at_a_time, batched, backwards):
+        assert together.shape == (episode.n_query, episode.n_labels)
+        np.testing.assert_allclose(together, single, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(reversed_, single, rtol=0, atol=1e-4)
+
+
+def test_predict_batch_with_other_hidden_sizes(base):
+    """A hidden size that is not a multiple of LANES trains one episode at a time; one that is, batched."""
+    episodes = chunk(5)[:3]
+    for hidden in (20, 16, 48):
+        method = fitted(base, episode_hidden_dim=hidden)
+        for single, together in zip([method.predict(e) for e in episodes], method.predict_batch(episodes)):
+            np.testing.assert_allclose(together, single, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_benchmark_predict_batch_at_coco_moji_size():
+    """coco-moji default size on one thread (6000 base images over 42 labels, D = 128; episodes of 12
+    labels, episodic-v1: 1shot ~7 / 5shot ~31 support images, ~47 queries): episodes/s of ``predict``
+    one at a time and of ``predict_batch`` on one chunk of 100 (as the runner's evaluate task calls it),
+    and the largest score difference between them."""
+    world = make_world(n_base_labels=42, n_novel_labels=12, dim=128, emb_dim=384, latent_dim=30, noise=2.0, seed=7)
+    method = create_method("laso", {}, seed=0)
+    method.fit(make_base_data(n=6000, seed=0, world=world, local_positions=None), None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for k_shot in (1, 5):
+            episodes = coco_moji_sized_episodes(world, k_shot, 100, positions=4)
+            start = time.perf_counter()
+            single = [method.predict(episode) for episode in episodes]
+            single_per_s = len(episodes) / (time.perf_counter() - start)
+            start = time.perf_counter()
+            batched = method.predict_batch(episodes)
+            batched_per_s = len(episodes) / (time.perf_counter() - start)
+            difference = max(float(np.abs(a - b).max()) for a, b in zip(single, batched))
+            print(f"laso {k_shot}shot: predict {single_per_s:.1f} episodes/s, predict_batch {batched_per_s:.1f} "
+                  f"episodes/s (x{batched_per_s / single_per_s:.1f}); max |batched - predict| {difference:.2g}")
+            assert difference <= 1e-4
+    finally:
+        torch.set_num_threads(threads)

@@ -30,7 +30,7 @@ from mlfsic.methods.lcm import (
 )
 from mlfsic.methods.registry import create_method
 from mlfsic.methods.torch_utils import torch_generator
-from synthetic_data import make_base_data, make_episode, make_local_grid, make_world
+from synthetic_data import coco_moji_sized_episodes, make_base_data, make_episode, make_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the runner gives each task one thread
 
@@ -295,43 +295,6 @@ def test_bad_inputs_are_one_line_errors(fitted, base, val):
 
 
 # -------------------------------------------------------------------------------------- benchmark
-def coco_moji_sized_pool(world, n_images: int, positions: int, seed: int):
-    """Images over the world's 12 novel labels with 1-4 labels each (coco-moji's 40/29/20/11 %)."""
-    rng = np.random.default_rng(seed)
-    columns = len(world.base_labels) + np.arange(len(world.novel_labels))
-    targets = np.zeros((n_images, columns.size), np.float32)
-    for row in range(n_images):
-        carried = rng.choice(columns.size, size=rng.choice([1, 2, 3, 4], p=[0.4, 0.29, 0.2, 0.11]), replace=False)
-        targets[row, carried] = 1.0
-    features = (targets @ world.centroids[columns] + world.offset
-                + world.noise * rng.normal(size=(n_images, world.dim))).astype(np.float32)
-    local, _ = make_local_grid(world, columns, features, targets, positions, rng)
-    return features, local, targets
-
-
-def coco_moji_sized_episodes(world, k_shot: int, n_episodes: int, positions: int = 36) -> list:
-    """Episodes drawn by the harness's episodic-v1 sampler from a pool of 2000 synthetic images over the
-    world's 12 novel labels (1-4 labels per image, coco-moji's 40/29/20/11 %)."""
-    from mlfsic.harness.protocol.data import LabelledPool
-    from mlfsic.harness.protocol.episodes import SamplerParams, make_episode as draw
-    from mlfsic.methods.api import Episode
-
-    features, local, targets = coco_moji_sized_pool(world, 2000, positions, seed=1)
-    pool = LabelledPool(dataset="synthetic", split="test", label_names=world.novel_labels,
-                        image_ids=np.arange(len(targets), dtype=np.int64), targets=targets > 0.5, annotation_sha256="")
-    embeddings = world.embeddings[len(world.base_labels):]
-    episodes = []
-    for index in range(n_episodes):
-        drawn = draw(pool, SamplerParams(k_shot=k_shot, n_query=4), 0, index)
-        support, query = np.asarray(drawn["support"], dtype=np.int64), np.asarray(drawn["query"], dtype=np.int64)
-        episodes.append(Episode(
-            index=index, seed=index, k_shot=k_shot, label_names=world.novel_labels, label_embeddings=embeddings,
-            support_features=features[support], support_local_features=local[support],
-            support_targets=targets[support], query_features=features[query], query_local_features=local[query],
-        ))
-    return episodes
-
-
 @pytest.mark.slow
 def test_benchmark_predict_and_fit_at_coco_moji_size():
     """coco-moji default size on one thread: 6000 base images over 42 labels, D = C = 128, L = 36,
