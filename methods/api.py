@@ -27,6 +27,7 @@ records and file names.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,3 +148,17 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     from mlfsic.methods import registry
 
     return registry.register(name)
+
+
+def hyperparameters(cls: type[Method]) -> dict[str, inspect.Parameter]:
+    """The named constructor arguments of a method class but ``seed`` (the harness passes each method its seed):
+    the hyperparameters a config may set. The one place the harness reads a method's signature."""
+    parameters = inspect.signature(cls.__init__).parameters
+    return {name: parameter for name, parameter in parameters.items() if name not in ("self", "seed")
+            and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def constructor_defaults(cls: type[Method]) -> dict[str, Any]:
+    """The hyperparameters that have a default, with it (a method's configuration before its yaml)."""
+    return {name: parameter.default for name, parameter in hyperparameters(cls).items()
+            if parameter.default is not inspect.Parameter.empty}

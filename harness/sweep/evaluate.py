@@ -34,7 +34,7 @@ from mlfsic.harness.io import atomic_path, file_lock, sha256_file, sha256_json, 
 from mlfsic.harness.protocol.metrics import episode_map, f1_at_k, per_label_ap
 from mlfsic.harness.sweep.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
 from mlfsic.harness.protocol.episodes import parse_setting
-from mlfsic.methods.api import Episode, SplitData
+from mlfsic.methods.api import Episode, SplitData, constructor_defaults
 from mlfsic.methods.registry import create_method, get_method_class
 
 
@@ -68,9 +68,7 @@ def method_spec(name: str, config: dict[str, Any], base: str | None = None) -> M
     """The method with every hyperparameter spelled out: constructor defaults updated by ``config``."""
     method = base or name
     cls = get_method_class(method)
-    defaults = {key: parameter.default for key, parameter in inspect.signature(cls.__init__).parameters.items()
-                if key not in ("self", "seed") and parameter.default is not inspect.Parameter.empty}
-    config = {**defaults, **config}
+    config = {**constructor_defaults(cls), **config}
     source = inspect.getsourcefile(cls)
     code: Any = sha256_file(source) if source else cls.__qualname__
     if cls.code_modules:  # modules of the method's own code beyond its class file

@@ -585,10 +585,11 @@ def check_hyperparameters(method: str, values: Mapping[str, Any], key: str) -> N
     """Each value must be a constructor argument of ``method``'s class, of the type of its default."""
     from mlfsic.methods.registry import get_method_class
 
-    parameters = inspect.signature(get_method_class(method).__init__).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    named = {k: p for k, p in parameters.items() if k not in ("self", "seed")
-             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    from mlfsic.methods.api import hyperparameters
+
+    cls = get_method_class(method)
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    named = hyperparameters(cls)
     sep = " " if key.endswith(":") else "."
     for name, value in values.items():
         where = f"{key}{sep}{name}"
