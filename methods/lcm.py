@@ -23,7 +23,6 @@ import copy
 import hashlib
 import inspect
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -44,6 +43,7 @@ from mlfsic.methods.lcm_adaptation import (
 )
 from mlfsic.methods.protonet import sample_episode
 from mlfsic.methods.torch_utils import (
+    KeepBest,
     check_episode,
     check_split_data,
     fit_standardiser,
@@ -856,9 +856,8 @@ class LCM(Method):
         val_episodes = self._val_episodes(val) if val is not None else []
         eval_every = max(1, self.eval_every or self.steps // 10)
         optimiser = torch.optim.Adam(self.net.parameters(), lr=self.lr, foreach=True)
-        best = (-math.inf, None, 0)
+        best = KeepBest(self.patience)
         curve: list[dict] = []
-        since_best = 0
         step = 0
         loss_curve: list[dict] = []
         running = torch.zeros(2)
@@ -894,16 +893,12 @@ class LCM(Method):
                 entry = self._validate(val, val_episodes)
                 entry = {"step": step, **entry}
                 curve.append(entry)
-                if entry["val_map"] > best[0]:
-                    best = (entry["val_map"], copy.deepcopy(self.net.state_dict()), step)
-                    since_best = 0
-                else:
-                    since_best += 1
-                    if self.patience and since_best >= self.patience:
-                        break
-        if best[1] is not None:
-            self.net.load_state_dict(best[1])
-            self.fit_report = {"kept_step": best[2], "val_map": round(best[0], 6), "val_curve": curve,
+                best.offer(entry["val_map"], step, lambda: copy.deepcopy(self.net.state_dict()))
+                if best.exhausted:
+                    break
+        if best.found:
+            self.net.load_state_dict(best.payload)
+            self.fit_report = {"kept_step": best.tag, "val_map": round(best.score, 6), "val_curve": curve,
                                "steps_run": step, "loss_curve": loss_curve}
         else:
             self.fit_report = {"kept_step": step, "val_map": None, "val_curve": [], "steps_run": step,

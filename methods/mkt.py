@@ -53,7 +53,7 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.protocol.metrics import episode_map
 from mlfsic.methods.api import Episode, Method, SplitData, register
 from mlfsic.methods.baselines import hinge_rank_loss
-from mlfsic.methods.torch_utils import check_episode, check_split_data, minibatches, torch_generator
+from mlfsic.methods.torch_utils import KeepBest, check_episode, check_split_data, minibatches, torch_generator
 
 
 class MktStudent(nn.Module):
@@ -216,7 +216,8 @@ class MKT(Method):
         hand_text = self._text(labels, None)
         generator = torch_generator(self.seed, 0)
         curve = [{"stage": 0, "step": 0, "val_map": self._val_map(val, None)}]
-        best = (curve[0]["val_map"], copy.deepcopy(self.student.state_dict()), None, "teacher")
+        best = KeepBest(score=curve[0]["val_map"], tag="teacher",  # payload: (student state, prompt context)
+                        payload=(copy.deepcopy(self.student.state_dict()), None))
 
         optimiser = torch.optim.AdamW(self.student.parameters(), lr=self.lr, weight_decay=0.01)
         step = 0
@@ -233,12 +234,12 @@ class MKT(Method):
                 step += 1
                 if val is not None and step % self.val_every == 0:
                     curve.append({"stage": 1, "step": step, "val_map": self._val_map(val, None)})
-                    if curve[-1]["val_map"] > best[0]:
-                        best = (curve[-1]["val_map"], copy.deepcopy(self.student.state_dict()), None, f"stage1-{step}")
+                    best.offer(curve[-1]["val_map"], f"stage1-{step}",
+                               lambda: (copy.deepcopy(self.student.state_dict()), None))
                 if step >= self.stage1_steps:
                     break
         if val is not None:
-            self.student.load_state_dict(best[1])
+            self.student.load_state_dict(best.payload[0])
         self.student.requires_grad_(False)
 
         with torch.no_grad():  # stage 2: the image side is frozen, so its outputs are computed once
@@ -257,11 +258,11 @@ class MKT(Method):
             prompt_optimiser.step()
             if val is not None and step % self.val_every == 0:
                 curve.append({"stage": 2, "step": step, "val_map": self._val_map(val, context.detach())})
-                if curve[-1]["val_map"] > best[0]:
-                    best = (curve[-1]["val_map"], best[1], context.detach().clone(), f"stage2-{step}")
-        self.context = best[2] if val is not None else context.detach().clone()
+                best.offer(curve[-1]["val_map"], f"stage2-{step}",
+                           lambda: (best.payload[0], context.detach().clone()))
+        self.context = best.payload[1] if val is not None else context.detach().clone()
         self.student.eval()
-        self.fit_report = {"kept": best[3] if val is not None else "stage2-last", "val_map": best[0],
+        self.fit_report = {"kept": best.tag if val is not None else "stage2-last", "val_map": best.score,
                            "val_curve": curve, "scale": round(self.scale, 4)}
 
     # ------------------------------------------------------------------------------------------ predict

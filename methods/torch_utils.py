@@ -15,7 +15,7 @@ Bad inputs raise ``MlfsicError`` with one line naming the method, the field and,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -156,3 +156,42 @@ def check_episode(episode: Episode, method: str, feature_dim: int, zero_shot: bo
                 f"{method}: episode {episode.index} label {episode.label_names[int(missing[0])]!r} "
                 f"has no support image"
             )
+
+
+# ----------------------------------------------------------------------------------- model selection
+class KeepBest:
+    """Keep what scored best on val so far (docs/architecture.md §4.3), shared by lcm and mkt.
+
+    ``offer(score, tag, keep)`` replaces the kept payload only for a strictly higher score, calling ``keep()``
+    (e.g. a deep copy of a state dict) only then; ``patience`` (0: never) offers in a row without improvement
+    end training (``exhausted``). An initial ``score``/``payload`` (mkt's teacher state) competes like any offer.
+
+    Example:
+        >>> best = KeepBest(patience=2)
+        >>> [best.offer(s, f"step{i}", lambda: i) for i, s in enumerate([0.3, 0.5, 0.5, 0.4])]
+        [True, True, False, False]
+        >>> best.score, best.tag, best.payload, best.exhausted
+        (0.5, 'step1', 1, True)
+    """
+
+    def __init__(self, patience: int = 0, score: float = -math.inf, tag: object = None, payload: object = None):
+        self.patience = patience
+        self.score, self.tag, self.payload = score, tag, payload
+        self.since_best = 0
+
+    @property
+    def found(self) -> bool:
+        """Whether any offer (or the initial payload) was kept."""
+        return self.payload is not None
+
+    @property
+    def exhausted(self) -> bool:
+        return bool(self.patience) and self.since_best >= self.patience
+
+    def offer(self, score: float, tag: object, keep: Callable[[], object]) -> bool:
+        if score > self.score:
+            self.score, self.tag, self.payload = score, tag, keep()
+            self.since_best = 0
+            return True
+        self.since_best += 1
+        return False

@@ -12,15 +12,14 @@ verdict (``better`` / ``worse``: the interval excludes 0; ``tied``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.report.intervals import paired_difference
+from mlfsic.harness.sweep.store import read_run_json
 
 NOW, REFERENCE = "now", "reference"
 COMPARISON_COLUMNS = ["dataset", "setting", "group", "method", "versus", "n_paired", "diff", "diff_ci_low",
@@ -31,11 +30,7 @@ def reference_info(reference_dir: Path) -> dict[str, Any]:
     """run_id, commit, dirty flag and creation date of the reference run, and whether it is the published one."""
     from mlfsic.harness.sweep.spec import PUBLISHED_DIR
 
-    path = Path(reference_dir) / "run.json"
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise MlfsicError(f"{path}: cannot read the reference run ({error})") from None
+    info = read_run_json(Path(reference_dir))
     git = info.get("git") or {}
     return {"run_id": str(info.get("run_id")), "commit": str(git.get("commit", "unknown")), "dirty": git.get("dirty"),
             "created": str(info.get("created", "unknown")),
@@ -46,11 +41,7 @@ def episode_sets_of(run_dirs: list[Path]) -> set[str]:
     """Every episode set id the runs' run.json files list (all settings and seeds they asked for)."""
     ids: set[str] = set()
     for run_dir in run_dirs:
-        path = Path(run_dir) / "run.json"
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise MlfsicError(f"{path}: cannot read ({error})") from None
+        info = read_run_json(Path(run_dir))
         ids.update(str(value) for value in (info.get("episode_sets") or {}).values())
     return ids
 

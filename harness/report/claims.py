@@ -47,7 +47,8 @@ from mlfsic.harness.report.intervals import (
     n_seeds_of,
     paired_difference,
 )
-from mlfsic.harness.report.stats import _read_run_json, _read_table
+from mlfsic.harness.report.stats import _read_table
+from mlfsic.harness.sweep.store import read_run_json
 
 ABLATION, RANKING = "ablation", "ranking"
 SPLIT_OF_RUN = {ABLATION: "val", RANKING: "test"}  # the split each run's claims are tested on
@@ -165,7 +166,7 @@ def load_run(path: Path, role: str) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise MlfsicError(f"{role} run dir {path} not found: {_how_to_make(role, path)}")
-    info = _read_run_json(path)
+    info = read_run_json(path)
     split = (info.get("config") or {}).get("eval_split")
     if split is None:
         raise MlfsicError(f"{path / 'run.json'}: missing field 'config.eval_split' (which split was evaluated)")

@@ -65,7 +65,7 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_text
 from mlfsic.harness.report import against as against_reference
 from mlfsic.harness.report.intervals import EPISODE_LEVEL, MIN_SEEDS, ranks_with_ties
-from mlfsic.harness.sweep.store import LABEL_AP_COLUMNS, RECORD_COLUMNS
+from mlfsic.harness.sweep.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, read_run_json
 
 FEATURE_COLUMNS = ("protocol", "backbone_id", "embedding_id")  # "unknown" in runs made before records had them
 UNKNOWN = "unknown"
@@ -121,19 +121,6 @@ def _read_table(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
-def _read_run_json(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise MlfsicError(f"missing {path} (not a run dir?)")
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise MlfsicError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
-    if not isinstance(info, dict) or "run_id" not in info:
-        raise MlfsicError(f"{path}: missing field 'run_id'")
-    return info
-
-
 def _provenance(info: dict[str, Any]) -> dict[str, Any]:
     git = info.get("git") or {}
     return {
@@ -169,7 +156,7 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[di
     records, label_ap, runs = [], [], {}
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
-        info = _read_run_json(run_dir)
+        info = read_run_json(run_dir)
         run_id = str(info["run_id"])
         if run_id in runs:
             continue  # the same run given twice

@@ -29,7 +29,6 @@ hashes that include the annotation sha256 and the evaluated labels, still are co
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, sha256_json, write_json_atomic
 from mlfsic.harness.protocol.metrics import METRIC_VERSION
 from mlfsic.harness.sweep.spec import PUBLISHED_DIR, RUN_FILES, Sweep
+from mlfsic.harness.sweep.store import read_run_json
 
 # Bump when harness/metrics.py (or how evaluate.py turns scores into records) changes any number, so a run
 # scored the old way is never ranked with one scored the new way. Runs that do not record it are "1".
@@ -94,14 +94,7 @@ def load_reference(path: Path) -> Reference:
     import pyarrow.parquet as pq
 
     path = Path(path)
-    run_json = path / "run.json"
-    try:
-        info = json.loads(run_json.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise MlfsicError(f"{run_json}: cannot read the reference run ({error})") from None
-    for key in ("run_id", "config", "episode_sets", "backbone"):
-        if key not in info:
-            raise MlfsicError(f"{run_json}: missing field {key!r} (not a run dir made by mlfsic run?)")
+    info = read_run_json(path, required=("run_id", "config", "episode_sets", "backbone"))
     try:
         present = set(pq.read_schema(path / "records.parquet").names)
         records = pd.read_parquet(path / "records.parquet",
@@ -305,7 +298,7 @@ def publish(run_dir: Path, out_dir: Path) -> list[Path]:
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise MlfsicError(f"publish: {run_dir / name} not found (a finished run dir is needed)")
-    info = json.loads((run_dir / "run.json").read_text())
+    info = read_run_json(run_dir)
     if info.get("status") != "complete":
         raise MlfsicError(f"publish: run {info.get('run_id')} has status {info.get('status')!r} "
                           f"({len(info.get('failures') or [])} failed cells); publish a complete run")

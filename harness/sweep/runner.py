@@ -21,7 +21,6 @@ methods the reference holds with the same config and code are not computed.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -57,6 +56,7 @@ from mlfsic.harness.provenance import git_state, hardware, package_versions
 from mlfsic.harness.sweep import against_run
 from mlfsic.harness.sweep.store import (
     ChunkResult, assemble, assembled_cells, cell_key, cell_of, chunk_done, chunk_name, predict_reports, write_chunk,
+    read_run_json,
     write_run_json,
 )
 from mlfsic.harness.sweep.spec import RayOptions, Sweep, TaskResources
@@ -516,12 +516,9 @@ def _write_run_info(run_path: Path, run_info: dict[str, Any]) -> None:
 
 def _previous_run_info(run_path: Path) -> dict[str, Any]:
     """run.json of an earlier invocation of this run (resume), or {}."""
-    path = run_path / "run.json"
-    if not path.is_file():
-        return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        return read_run_json(run_path, required=())
+    except MlfsicError:  # none yet, or a half-written one from an interrupted write: start afresh
         return {}
 
 

@@ -164,3 +164,23 @@ def _assemble_scores(run_path: Path, names: list[str]) -> None:
 
 def write_run_json(run_path: Path, content: dict[str, Any]) -> None:
     write_json_atomic(run_path / "run.json", content)
+
+
+def read_run_json(run_dir: Path, required: tuple[str, ...] = ("run_id",)) -> dict[str, Any]:
+    """A run dir's run.json as a dict; a missing or unreadable file, or a missing ``required`` field, is a
+    one-line MlfsicError naming the file. The one reader of run.json (``write_run_json`` the one writer)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise MlfsicError(f"missing {path} (not a run dir made by mlfsic run?)")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise MlfsicError(f"{path}: cannot read ({error})") from None
+    except json.JSONDecodeError as error:
+        raise MlfsicError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(info, dict):
+        raise MlfsicError(f"{path}: expected a JSON object, found {type(info).__name__}")
+    for key in required:
+        if key not in info:
+            raise MlfsicError(f"{path}: missing field {key!r} (not a run dir made by mlfsic run?)")
+    return info
