@@ -37,7 +37,7 @@ def test_token_split_reproduces_the_image_embedding(vit_b16):
     torch.testing.assert_close(global_features, reference, rtol=1e-4, atol=1e-4)
 
 
-def test_mkt_scores_and_trains_one_step_on_vit_b16(vit_b16):
+def test_mkt_scores_and_trains_one_step_on_vit_b16(vit_b16, tmp_path):
     from mlfsic.methods.mkt import MKT, MktStudent
 
     images = torch.randn(2, 3, vit_b16.image_size, vit_b16.image_size)
@@ -61,19 +61,18 @@ def test_mkt_scores_and_trains_one_step_on_vit_b16(vit_b16):
     for episode in (zero, one):
         scores = method.predict(episode)
         assert scores.shape == (2, 3) and np.isfinite(scores).all()
-    restored = torch.load(_saved(method), weights_only=False)
+    restored = _saved_and_loaded(method, tmp_path)
     assert not hasattr(restored, "clip")  # the model comes from the backbone, never from the checkpoint
     restored.use_clip(vit_b16)
     np.testing.assert_allclose(restored.predict(one), method.predict(one))
 
 
-def _saved(method) -> "io.BytesIO":
-    import io
+def _saved_and_loaded(method, tmp_path):
+    """Through the harness's data-only checkpoint (``harness.sweep.checkpoint``), as a sweep stores it."""
+    from mlfsic.harness.sweep.checkpoint import load_checkpoint, save_checkpoint
 
-    buffer = io.BytesIO()
-    torch.save(method, buffer)
-    buffer.seek(0)
-    return buffer
+    save_checkpoint(tmp_path / "mkt.pt", method, {"name": "mkt", "seed": 0})
+    return load_checkpoint(tmp_path / "mkt.pt")[0]
 
 
 @pytest.mark.parametrize("arguments,named", [

@@ -227,8 +227,10 @@ def test_a_loaded_checkpoint_takes_and_checks_the_variants_prediction_values(fit
     from mlfsic.harness.errors import MlfsicError
     from mlfsic.harness.sweep.evaluate import load_fitted
 
+    from mlfsic.harness.sweep.checkpoint import save_checkpoint
+
     path = tmp_path / "lcm.pt"
-    torch.save({"method": fitted}, path)
+    save_checkpoint(path, fitted, {"name": "lcm", "seed": 0})
     variant = method_spec("lcm-x", {**TINY, "adapt_steps": 7, "selection": "off"}, base="lcm")
     loaded = load_fitted(str(path), variant)
     assert (loaded.adapt_steps, loaded.selection, loaded.adapt_lr) == (7, "off", TINY["adapt_lr"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import json
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mlfsic.harness.sweep import checkpoint
 from mlfsic.harness.sweep.benchmark import Benchmark
 from mlfsic.harness.backbones.embeddings import embedding_id
 from mlfsic.harness.protocol.episodes import check_pool_matches, episode_seed, episode_targets, load_episode_set
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.io import atomic_path, file_lock, sha256_file, sha256_json, write_json_atomic
+from mlfsic.harness.io import file_lock, sha256_file, sha256_json
 from mlfsic.harness.protocol.metrics import episode_map, f1_at_k, per_label_ap
 from mlfsic.harness.sweep.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
 from mlfsic.harness.protocol.episodes import parse_setting
@@ -88,6 +89,7 @@ class FitResult:
     fit_s: float
     cached: bool
     report: dict[str, Any]  # the method's ``fit_report`` (e.g. the kept epoch and its val mAP)
+    note: str = ""  # one line when a cached checkpoint was refused and refitted (the driver prints it)
 
 
 def fit_splits(eval_split: str, fit_val: bool = False) -> tuple[str, ...]:
@@ -106,6 +108,7 @@ def checkpoint_path(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_roo
         "fit_labels": {split: list(benchmark.split_labels[split]) for split in fit_splits(eval_split, fit_val)},
         "embeddings": embedding_id(benchmark.embedding_encoder, benchmark.embedding_path),
         "seed": seed,
+        "checkpoint_format": checkpoint.FORMAT_VERSION,  # a pickle of an older harness is never opened
     })
     return cache_root / "checkpoints" / f"{spec.method}-{key[:20]}.pt"
 
@@ -140,10 +143,18 @@ def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Pa
 
 
 def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int, splits: tuple[str, ...]) -> FitResult:
-    if path.is_file() and path.with_suffix(".json").is_file():
-        info = json.loads(path.with_suffix(".json").read_text())
-        return FitResult(str(path), float(info["fit_s"]), cached=True, report=info.get("fit_report", {}))
-    importlib.import_module(spec.module)
+    importlib.import_module(spec.module)  # registers a one-file method: its module's classes may be decoded
+    note = ""
+    if path.is_file() or checkpoint.record_path(path).is_file():
+        try:  # checked and decoded as data (never executed); a bad file is refitted: the fit is recomputable
+            checkpoint.load_checkpoint(path, (spec.module,))
+            info = checkpoint.read_record(path)
+            return FitResult(str(path), float(info["fit_s"]), cached=True, report=info.get("fit_report", {}))
+        except (MlfsicError, OSError, ValueError, KeyError, TypeError) as error:
+            note = f"mlfsic: {error}; refitting {spec.name} seed {seed}"
+            print(note, file=sys.stderr, flush=True)
+            path.unlink(missing_ok=True)
+            checkpoint.record_path(path).unlink(missing_ok=True)
     method = create_method(spec.method, spec.config, seed)
     if method.needs_clip:
         method.use_clip(benchmark.clip_model())
@@ -156,18 +167,23 @@ def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int,
         raise MethodFailure(f"{spec.name}.fit raised {type(error).__name__}: {error}") from error
     fit_s = time.perf_counter() - start
     report = dict(getattr(method, "fit_report", {}) or {})
-    write_json_atomic(path.with_suffix(".json"), {"fit_s": fit_s, "name": spec.method, "seed": seed, "fit_report": report,
-                                                  "config": spec.config, "config_hash": spec.config_hash})
-    with atomic_path(path) as tmp:  # written last: its presence means the fit is complete
-        torch.save({"method": method, "fit_s": fit_s, "name": spec.method, "seed": seed}, tmp)
-    return FitResult(str(path), fit_s, cached=False, report=report)
+    checkpoint.save_checkpoint(path, method, {  # the record beside it is written last: the fit is complete
+        "fit_s": fit_s, "name": spec.method, "seed": seed, "fit_report": report, "config": spec.config,
+        "config_hash": spec.config_hash, "fit_hash": spec.fit_hash or spec.config_hash})
+    return FitResult(str(path), fit_s, cached=False, report=report, note=note)
 
 
-def load_fitted(checkpoint: str, spec: MethodSpec | None = None) -> Any:
+def load_fitted(path: str, spec: MethodSpec | None = None) -> Any:
     """A fresh copy per chunk: a method that mutates itself in predict cannot leak state across chunks.
     With ``spec``, the method's ``predict_params`` are set to the spec's values (a variant that changes
-    only those shares its base's checkpoint)."""
-    method = torch.load(checkpoint, weights_only=False)["method"]
+    only those shares its base's checkpoint). The file is checked against its record and read as data
+    (``harness.sweep.checkpoint``); a bad one is a one-line MlfsicError (re-running the sweep refits it)."""
+    if spec is not None:
+        importlib.import_module(spec.module)
+    try:
+        method, _ = checkpoint.load_checkpoint(Path(path), (spec.module,) if spec is not None else ())
+    except checkpoint.CheckpointError as error:
+        raise MlfsicError(f"{error}; re-run the same `mlfsic run` command to refit it") from None
     if spec is not None and type(method).predict_params:
         checked = create_method(spec.method, spec.config, method.seed)  # the constructor checks the values
         for key in type(method).predict_params:

@@ -484,6 +484,8 @@ def _collect(
                     failures.setdefault(cell_key(task.method, setting, task.seed),
                                         _failure(task.method, dataset, setting, task.seed, result))
             elif task.kind == "fit":
+                if result.note:  # a cached checkpoint was refused and refitted: say so
+                    print(result.note, file=sys.stderr, flush=True)
                 fit_seconds[f"{task.method}/seed{task.seed}"] = result.fit_s
                 if result.report:
                     fit_reports[f"{task.method}/seed{task.seed}"] = result.report
