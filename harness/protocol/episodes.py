@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,8 +322,9 @@ def save_episode_set(episode_set: dict[str, Any], results_dir: Path) -> Path:
         try:
             load_episode_set(path)
             return path
-        except MlfsicError:
-            pass  # a damaged file under the right name: rewrite it with the content we hold
+        except MlfsicError as error:  # a damaged file under the right name: the set is a deterministic
+            # function of the pool and the plan, so rewrite it with the content just drawn, and say so
+            print(f"mlfsic: {error}; regenerated it from the pool and the episode plan", file=sys.stderr, flush=True)
     write_json_atomic(path, episode_set, indent=None)
     return path
 

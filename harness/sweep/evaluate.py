@@ -193,7 +193,12 @@ def load_fitted(path: str, spec: MethodSpec | None = None) -> Any:
 
 @functools.lru_cache(maxsize=32)
 def cached_episode_set(path: str) -> dict[str, Any]:
-    return load_episode_set(Path(path))
+    """An episode-set file, checked against its content hash; a damaged one is a one-line error saying how to
+    rebuild it (the sweep's driver regenerates a damaged file before any task reads it)."""
+    try:
+        return load_episode_set(Path(path))
+    except MlfsicError as error:
+        raise MlfsicError(f"{error}; re-run the same `mlfsic run` command to regenerate it") from None
 
 
 def build_episode(

@@ -6,7 +6,8 @@ Layout, content-addressed by (backbone_id, annotation file sha256, image id)::
         shards/<shard_key>/ids.npy         (n,) int64 image ids, row order of the arrays
         shards/<shard_key>/global.npy      (n, D) float32
         shards/<shard_key>/local.npy       (n, L, C) float16 (half the bytes; ample precision for features)
-        shards/<shard_key>/meta.json       shapes, dtypes, backbone kind
+        shards/<shard_key>/meta.json       shapes, dtypes, backbone kind, size and sha256 of each array file
+        shards/<shard_key>/verified.json   (size, mtime) of the files when their sha256 was last checked
         forwards/<shard_key>.<token>.json  images this writer pushed through the backbone, and seconds
 
 ``shard_key`` is the sha256 of the sorted image ids the shard holds, so the same work always lands in
@@ -20,6 +21,12 @@ the backbone, duplicates included; a sweep that reuses the store adds zero.
 ``missing_image_ids`` lists what is not stored yet, ``extract_shard`` computes only that (one Ray task
 per shard in the runner) and ``load_features`` memory-maps the shard arrays (``np.load(mmap_mode="r")``)
 and gathers rows in the requested order, so a worker touches only the pages of the images it asks for.
+
+A shard is checked when it is opened: its arrays must parse and have the sizes meta.json records (every
+reader, a few ``stat`` calls); the sweep's driver, before extraction, also checks their sha256 (again only
+when a file's size or mtime changed since the last check, ``verified.json``). A shard that fails the
+driver's check is dropped with one line and its images are extracted again; one that fails a worker's
+read (damaged during the sweep) is a one-line error naming it (re-running the sweep rebuilds it).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,7 +50,7 @@ from mlfsic.harness.backbones.kinds import Backbone
 from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.backbones.images import image_paths
-from mlfsic.harness.io import file_lock, sha256_text, write_json_atomic
+from mlfsic.harness.io import file_lock, sha256_file, sha256_text, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,79 @@ def _open_shard(shard: Path, with_local: bool) -> tuple[np.ndarray, np.ndarray, 
         global_f = np.load(shard / "global.npy", mmap_mode="r")
         local_f = np.load(shard / "local.npy", mmap_mode="r") if with_local else None
     except (OSError, ValueError) as error:
-        raise MlfsicError(f"corrupt feature shard {shard}: {error}") from None
+        raise MlfsicError(f"corrupt feature shard {shard}: {error}; {_REBUILD}") from None
     return ids, global_f, local_f
+
+
+SHARD_ARRAYS = ("ids.npy", "global.npy", "local.npy")
+_REBUILD = "re-run the same `mlfsic run` command: it drops the shard and extracts its images again"
+
+
+def shard_problem(shard: Path, full: bool = False) -> str | None:
+    """Why a published shard cannot be read as written, or None: unreadable meta.json, a missing array, a
+    size other than meta.json records (shards written before sizes were recorded: an array numpy cannot
+    map), and with ``full`` a sha256 other than recorded (checked again only after a file's size or mtime
+    changed, ``verified.json``)."""
+    try:
+        meta = json.loads((shard / "meta.json").read_text())
+        files = meta.get("files")
+    except (OSError, ValueError, AttributeError) as error:
+        return f"has no readable meta.json ({type(error).__name__})"
+    try:
+        stats = {name: (shard / name).stat() for name in SHARD_ARRAYS}
+    except OSError as error:
+        return f"lacks {Path(str(error.filename)).name}"
+    if not isinstance(files, dict):  # written before sizes were recorded: the arrays must at least map
+        try:
+            ids = np.load(shard / "ids.npy")
+            rows = [np.load(shard / name, mmap_mode="r").shape[0] for name in ("global.npy", "local.npy")]
+        except (OSError, ValueError) as error:
+            return f"has an unreadable array ({error})"
+        return None if rows == [len(ids), len(ids)] else "has arrays of different lengths"
+    for name in SHARD_ARRAYS:
+        expected = int(files.get(name, {}).get("size", -1))
+        if stats[name].st_size != expected:
+            return f"has {name} of {stats[name].st_size} bytes where meta.json records {expected} (truncated?)"
+    if not full:
+        return None
+    seen = {name: [stats[name].st_size, stats[name].st_mtime_ns] for name in SHARD_ARRAYS}
+    try:
+        if json.loads((shard / "verified.json").read_text()) == seen:
+            return None
+    except (OSError, ValueError):
+        pass
+    for name in SHARD_ARRAYS:
+        if sha256_file(shard / name) != files[name].get("sha256"):
+            return f"has {name} whose sha256 differs from meta.json's (modified?)"
+    try:
+        write_json_atomic(shard / "verified.json", seen)
+    except OSError:  # a read-only store: checked again next time
+        pass
+    return None
+
+
+def drop_damaged_shards(store_root: Path, backbone_id: str, annotation_sha256: str) -> list[str]:
+    """Check every shard of a store in full (``shard_problem``) and remove those that fail, so that their
+    images count as missing and are extracted again; one printed line per removed shard (returned too).
+    Called through ``missing_image_ids``, which the sweep runs under the extraction lock."""
+    directory = store_dir(store_root, backbone_id, annotation_sha256)
+    lines = []
+    for shard in _shard_dirs(directory):
+        problem = shard_problem(shard, full=True)
+        if problem is None:
+            continue
+        try:
+            n_images: object = int(json.loads((shard / "meta.json").read_text())["n"])
+        except (OSError, ValueError, KeyError, TypeError):
+            n_images = "its"
+        shutil.rmtree(shard, ignore_errors=True)
+        line = f"mlfsic: feature shard {shard} {problem}; dropped it, {n_images} images are extracted again"
+        print(line, file=sys.stderr, flush=True)
+        lines.append(line)
+    if lines:
+        _open_shard.cache_clear()
+        _STORE_INDEX.pop(directory, None)
+    return lines
 
 
 def stored_image_ids(store_root: Path, backbone_id: str, annotation_sha256: str) -> np.ndarray:
@@ -94,7 +173,9 @@ def stored_image_ids(store_root: Path, backbone_id: str, annotation_sha256: str)
 
 
 def missing_image_ids(store_root: Path, backbone_id: str, annotation_sha256: str, image_ids: np.ndarray) -> np.ndarray:
-    """The ids of ``image_ids`` (unique, first-seen order) whose features are not stored yet."""
+    """The ids of ``image_ids`` (unique, first-seen order) whose features are not stored yet; a damaged shard
+    is dropped first (``drop_damaged_shards``), so its images count as missing."""
+    drop_damaged_shards(store_root, backbone_id, annotation_sha256)
     wanted = _unique_in_order(np.asarray(image_ids, dtype=np.int64))
     stored = stored_image_ids(store_root, backbone_id, annotation_sha256)
     return wanted[~np.isin(wanted, stored)]
@@ -177,6 +258,10 @@ def _store_index(directory: Path, rebuild: bool = False) -> _StoreIndex:
     if index is not None and index.mtime_ns == mtime_ns and not rebuild:
         return index
     shards = tuple(_shard_dirs(directory))
+    for shard in shards:  # a few stat calls each; the driver checks hashes too (``drop_damaged_shards``)
+        problem = shard_problem(shard)
+        if problem is not None:
+            raise MlfsicError(f"feature shard {shard} {problem}; {_REBUILD}")
     ids = [_open_shard(shard, False)[0] for shard in shards]
     if ids:
         all_ids = np.concatenate(ids).astype(np.int64, copy=False)
@@ -252,9 +337,10 @@ def extract_shard(
         for name, array in (("ids", todo), ("global", global_f), ("local", local_f)):
             with open(tmp / f"{name}.npy", "wb") as handle:
                 np.save(handle, array)
+        files = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)} for name in SHARD_ARRAYS}
         meta = {"n": len(todo), "global": list(global_f.shape[1:]), "local": list(local_f.shape[1:]),
                 "global_dtype": "float32", "local_dtype": "float16", "backbone_kind": backbone.kind,
-                "image_size": backbone.image_size}
+                "image_size": backbone.image_size, "files": files}
         (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True) + "\n")
         published = _publish(tmp, final)
     finally:

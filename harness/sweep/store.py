@@ -6,8 +6,10 @@
     results/runs/<run_id>/label_ap.parquet      setting, seed, episode), failed cells left out
     results/runs/<run_id>/scores/<cell>.npz     with save_scores=true
 
-A chunk counts as done once its ``.records.parquet`` exists (written last), so an interrupted sweep is
-resumed by skipping done chunks. The assembled tables hold complete, non-failed cells only (every
+A chunk counts as done once its ``.records.parquet`` exists (written last) and checks out, so an interrupted
+sweep is resumed by skipping done chunks. The records file's parquet metadata records the size and sha256
+of the chunk's other files (label AP, scores, report); ``chunk_done`` checks them and the records file's
+footer, and a part that fails (truncated, half-written, replaced) is removed with one line and recomputed. The assembled tables hold complete, non-failed cells only (every
 planned chunk done), so they never hold a partial cell or a duplicate row, during a sweep or after an
 interruption.
 """
@@ -15,15 +17,18 @@ interruption.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.io import write_json_atomic, write_with_atomic
+from mlfsic.harness.io import sha256_file, write_json_atomic, write_with_atomic
 
 # records.parquet: one row per (method, dataset, setting, seed, episode). ``backbone_id``,
 # ``embedding_id`` and ``protocol`` say which features, label embeddings and episode protocol a number
@@ -70,18 +75,77 @@ def cell_of(part_name: str) -> str:
     return "__".join(part_name.split("__")[:3])
 
 
+PART_FILES_KEY = b"mlfsic.part_files"  # in a records part's parquet metadata: {suffix: {size, sha256}}
+
+
 def chunk_done(run_path: Path, name: str) -> bool:
-    return (run_path / "parts" / f"{name}.records.parquet").is_file()
+    """Whether chunk ``name`` is done: its records file exists and ``part_problem`` finds nothing. A damaged
+    part is removed, with one line on stderr, so the chunk is computed again."""
+    if not (run_path / "parts" / f"{name}.records.parquet").is_file():
+        return False
+    problem = part_problem(run_path, name)
+    if problem is None:
+        return True
+    print(f"mlfsic: part {run_path / 'parts' / name}.*: {problem}; removed it, the chunk is computed again",
+          file=sys.stderr, flush=True)
+    _remove_part(run_path, name)
+    return False
+
+
+def part_problem(run_path: Path, name: str) -> str | None:
+    """Why a written part is not intact, or None: an unreadable records footer (truncated, half-written or
+    garbage), or a companion file missing or of another size or sha256 than the records file recorded."""
+    parts = run_path / "parts"
+    records = parts / f"{name}.records.parquet"
+    try:
+        metadata = pq.read_metadata(records)
+    except (OSError, ValueError, pa.ArrowException) as error:
+        return f"{records.name} is unreadable ({type(error).__name__}: {str(error).strip().splitlines()[0][:120]})"
+    raw = (metadata.metadata or {}).get(PART_FILES_KEY)
+    if raw is None:  # a part written before sizes were recorded: its label AP must at least be readable
+        try:
+            pq.read_metadata(parts / f"{name}.label_ap.parquet")
+        except (OSError, ValueError, pa.ArrowException) as error:
+            return f"{name}.label_ap.parquet is unreadable ({type(error).__name__})"
+        return None
+    try:
+        files = json.loads(raw)
+    except ValueError:
+        return f"{records.name} has unreadable part metadata"
+    for suffix, expected in sorted(files.items()):
+        path = parts / f"{name}.{suffix}"
+        if not path.is_file():
+            return f"{path.name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{path.name} has {path.stat().st_size} bytes where its records file says {expected['size']} (truncated?)"
+        if sha256_file(path) != expected["sha256"]:
+            return f"{path.name} has another sha256 than its records file says (modified?)"
+    return None
+
+
+def _remove_part(run_path: Path, name: str) -> None:
+    for path in (run_path / "parts").glob(f"{name}.*"):
+        path.unlink(missing_ok=True)
 
 
 def write_chunk(run_path: Path, name: str, result: ChunkResult) -> None:
+    """Write one finished chunk: its companion files, then the records file (last) recording their size
+    and sha256 in its parquet metadata."""
     parts = run_path / "parts"
+    written = []
     if result.scores is not None:
         write_with_atomic(parts / f"{name}.scores.npz", lambda tmp: _save_npz(tmp, result.scores))
+        written.append("scores.npz")
     if result.report:
         write_json_atomic(parts / f"{name}.report.json", result.report)
+        written.append("report.json")
     write_with_atomic(parts / f"{name}.label_ap.parquet", lambda tmp: result.label_ap.to_parquet(tmp, index=False))
-    write_with_atomic(parts / f"{name}.records.parquet", lambda tmp: result.records.to_parquet(tmp, index=False))
+    written.append("label_ap.parquet")
+    files = {suffix: {"size": (parts / f"{name}.{suffix}").stat().st_size, "sha256": sha256_file(parts / f"{name}.{suffix}")}
+             for suffix in written}
+    table = pa.Table.from_pandas(result.records, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), PART_FILES_KEY: json.dumps(files).encode()})
+    write_with_atomic(parts / f"{name}.records.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 def predict_reports(run_path: Path, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -125,10 +189,10 @@ def assemble(run_path: Path, planned_parts: list[str], failed_cells: set[str]) -
     for name in planned_parts:
         by_cell.setdefault(cell_of(name), []).append(name)
     complete = {cell for cell, names in by_cell.items()
-                if cell not in failed_cells and all(chunk_done(run_path, n) for n in names)}
+                if cell not in failed_cells and all((parts / f"{n}.records.parquet").is_file() for n in names)}
     names = sorted(n for n in planned_parts if cell_of(n) in complete)
-    records = _concat([pd.read_parquet(parts / f"{n}.records.parquet") for n in names], RECORD_COLUMNS)
-    label_ap = _concat([pd.read_parquet(parts / f"{n}.label_ap.parquet") for n in names], LABEL_AP_COLUMNS)
+    records = _concat([_read_part(run_path, n, "records") for n in names], RECORD_COLUMNS)
+    label_ap = _concat([_read_part(run_path, n, "label_ap") for n in names], LABEL_AP_COLUMNS)
     keys = ["method", "dataset", "setting", "seed", "episode"]
     records = records.sort_values(keys, kind="stable").reset_index(drop=True)
     if records.duplicated(keys).any():
@@ -138,6 +202,17 @@ def assemble(run_path: Path, planned_parts: list[str], failed_cells: set[str]) -
     write_with_atomic(run_path / "label_ap.parquet", lambda tmp: label_ap.to_parquet(tmp, index=False))
     _assemble_scores(run_path, names)
     return records
+
+
+def _read_part(run_path: Path, name: str, table: str) -> pd.DataFrame:
+    """One table of a part; an unreadable one (damaged after it was checked) is removed and a one-line error."""
+    path = run_path / "parts" / f"{name}.{table}.parquet"
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as error:
+        _remove_part(run_path, name)
+        raise MlfsicError(f"part {path} is unreadable ({type(error).__name__}); removed it, re-run the same "
+                          "`mlfsic run` command to recompute that chunk") from None
 
 
 def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
