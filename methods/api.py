@@ -14,8 +14,9 @@ never reaches ``fit``; the leakage check of every sweep proves it and records it
 
 Constructor arguments are the method's hyperparameters, with their defaults in the signature;
 ``configs/methods/<name>.yaml`` holds only the values a benchmark run uses that differ from those
-defaults, and ``seed`` is always passed. A fitted method is checkpointed by pickling the whole object
-(``torch.save``), so methods keep their state in plain attributes and modules. A method may set
+defaults, and ``seed`` is always passed. A fitted method is checkpointed as data, never as a pickle
+(``harness.sweep.checkpoint``: tensors, numpy arrays, numbers, strings, containers, nn.Modules, dataclasses,
+``torch.Generator``), so methods keep their state in plain attributes and modules. A method may set
 ``fit_report`` (a small JSON-ready dict, e.g. the kept epoch and its val mAP): run.json records it.
 The harness scores a chunk of episodes with ``predict_batch`` (default: ``predict`` per episode), so a
 method that trains per episode can batch that training; ``predict_params`` names the hyperparameters
