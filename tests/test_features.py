@@ -149,3 +149,36 @@ def test_errors_name_the_image_or_file(setup):
         extract_shard(backbone, dataset, dataset.image_ids, store, progress=False)
     # The failed shard left nothing behind: the images before it are still missing, none half-stored.
     assert len(missing_image_ids(store, backbone.backbone_id, dataset.annotation_sha256, dataset.image_ids)) == 8
+
+
+def test_a_modified_shard_is_refused_by_readers_and_dropped_by_the_check(setup, capsys):
+    """Same size, other bytes (sha256 in meta.json) and a truncated array (size): a reader refuses the
+    truncated shard with one line; ``missing_image_ids`` (the driver, before extraction) drops either with
+    one line, and extracting again gives the same features."""
+    backbone, dataset, store, _ = setup
+    info = extract_shard(backbone, dataset, dataset.image_ids, store, progress=False)
+    assert info.shard_dir is not None
+    before, _ = load_features(store, backbone.backbone_id, "annsha", dataset.image_ids, with_local=False)
+    meta_files = (info.shard_dir / "meta.json").read_text()
+    assert '"sha256"' in meta_files and '"size"' in meta_files
+
+    data = bytearray((info.shard_dir / "global.npy").read_bytes())
+    data[-8:] = b"\x00" * 8  # same size, other bytes
+    (info.shard_dir / "global.npy").write_bytes(bytes(data))
+    assert features.shard_problem(info.shard_dir) is None  # sizes match: readers do not hash
+    assert "sha256" in features.shard_problem(info.shard_dir, full=True)
+    missing = missing_image_ids(store, backbone.backbone_id, "annsha", dataset.image_ids)
+    assert missing.tolist() == dataset.image_ids.tolist() and not info.shard_dir.exists()
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "feature shard" in line]
+    assert str(info.shard_dir) in line and "10 images are extracted again" in line
+
+    again = extract_shard(backbone, dataset, dataset.image_ids, store, progress=False)
+    with open(again.shard_dir / "local.npy", "r+b") as handle:  # a truncated array: every reader refuses it
+        handle.truncate(100)
+    features._STORE_INDEX.clear()
+    with pytest.raises(MlfsicError, match=r"local\.npy of 100 bytes .* re-run the same `mlfsic run`"):
+        load_features(store, backbone.backbone_id, "annsha", dataset.image_ids, with_local=False)
+    assert len(missing_image_ids(store, backbone.backbone_id, "annsha", dataset.image_ids)) == 10
+    extract_shard(backbone, dataset, dataset.image_ids, store, progress=False)
+    after, _ = load_features(store, backbone.backbone_id, "annsha", dataset.image_ids, with_local=False)
+    np.testing.assert_array_equal(after, before)
