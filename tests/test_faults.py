@@ -195,6 +195,34 @@ def test_truncated_and_half_written_parts_are_recomputed(clean, capfd):
     _check_survived("truncated / half-written part files", clean_records, run_path)
 
 
+def test_damage_after_the_check_is_a_one_line_error_naming_the_file(clean, tmp_path):
+    """A checkpoint or a part damaged after the driver checked it (during a sweep): the chunk or the assembly
+    stops with one line naming the file and the command that rebuilds it; the damaged part is removed."""
+    from mlfsic.harness.errors import MlfsicError
+    from mlfsic.harness.sweep.evaluate import load_fitted
+    from mlfsic.harness.sweep.store import assemble
+
+    results_dir, clean_run, _ = clean
+    source = _checkpoint(results_dir)
+    checkpoint = tmp_path / source.name
+    shutil.copy(source, checkpoint)
+    shutil.copy(source.with_suffix(".json"), checkpoint.with_suffix(".json"))
+    assert type(load_fitted(str(checkpoint))).__name__ == "MultiLabelProtoNet"
+    with open(checkpoint, "r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(MlfsicError, match=f"checkpoint {checkpoint}: .*re-run the same `mlfsic run` command to refit"):
+        load_fitted(str(checkpoint))
+
+    run_path = tmp_path / "run"
+    shutil.copytree(clean_run, run_path)
+    planned = sorted(p.name.removesuffix(".records.parquet") for p in (run_path / "parts").glob("*.records.parquet"))
+    damaged = run_path / "parts" / f"{planned[0]}.records.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with pytest.raises(MlfsicError, match=f"part {damaged} is unreadable .*re-run the same `mlfsic run` command"):
+        assemble(run_path, planned, set())
+    assert not damaged.exists()  # so the re-run computes that chunk again
+
+
 # ----------------------------------------------------------------------------------------- the codec alone
 def _write_raw_checkpoint(path: Path, state: dict) -> None:
     """A file that passes torch.load(weights_only=True) and its record: only the decoder stands in the way."""
