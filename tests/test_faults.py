@@ -126,6 +126,7 @@ def test_planted_pickle_is_refused_unexecuted_and_refitted(clean, capfd, tmp_pat
     assert not marker.exists(), "the planted pickle was executed"
     lines = [line for line in err.splitlines() if str(checkpoint) in line]
     assert len(lines) == 1 and "weights_only=True" in lines[0] and "refitting protonet seed 0" in lines[0], err[-3000:]
+    assert "mkdir" in lines[0]  # the line says what was refused
     assert code == 0
     assert torch.load(checkpoint, weights_only=True)["format"] == "mlfsic-checkpoint"  # refitted in place
     _check_survived("planted pickle checkpoint", clean_records, run_path)

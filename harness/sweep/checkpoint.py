@@ -178,9 +178,8 @@ def load_checkpoint(path: Path, extra_modules: tuple[str, ...] = ()) -> tuple[Me
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - a pickle with code, a truncated zip, garbage: all refused
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CheckpointError(f"checkpoint {path}: not a data-only checkpoint, refused by "
-                              f"torch.load(weights_only=True) ({type(error).__name__}: {reason[:160]})") from None
+                              f"torch.load(weights_only=True) ({type(error).__name__}: {_reason(error)})") from None
     if not (isinstance(content, dict) and content.get("format") == FORMAT and content.get("version") == FORMAT_VERSION
             and isinstance(content.get("header"), str) and "state" in content):
         raise CheckpointError(f"checkpoint {path}: not an {FORMAT} file of version {FORMAT_VERSION}")
@@ -192,6 +191,13 @@ def load_checkpoint(path: Path, extra_modules: tuple[str, ...] = ()) -> tuple[Me
     if not isinstance(method, Method):
         raise CheckpointError(f"checkpoint {path}: holds a {type(method).__name__}, not a fitted method")
     return method, header
+
+
+def _reason(error: Exception) -> str:
+    """The line of torch's refusal that says what was refused (e.g. "... unsupported GLOBAL posix.mkdir ...")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    chosen = next((line for line in lines if "GLOBAL" in line or "nsupported" in line), lines[0] if lines else "")
+    return chosen[:200]
 
 
 def check_record(path: Path) -> str | None:

@@ -121,8 +121,12 @@ def shard_problem(shard: Path, full: bool = False) -> str | None:
         except (OSError, ValueError) as error:
             return f"has an unreadable array ({error})"
         return None if rows == [len(ids), len(ids)] else "has arrays of different lengths"
+    try:
+        recorded = {name: (int(files[name]["size"]), str(files[name]["sha256"])) for name in SHARD_ARRAYS}
+    except (KeyError, TypeError, ValueError):
+        return "has a meta.json without the size and sha256 of each array"
     for name in SHARD_ARRAYS:
-        expected = int(files.get(name, {}).get("size", -1))
+        expected = recorded[name][0]
         if stats[name].st_size != expected:
             return f"has {name} of {stats[name].st_size} bytes where meta.json records {expected} (truncated?)"
     if not full:
@@ -134,7 +138,7 @@ def shard_problem(shard: Path, full: bool = False) -> str | None:
     except (OSError, ValueError):
         pass
     for name in SHARD_ARRAYS:
-        if sha256_file(shard / name) != files[name].get("sha256"):
+        if sha256_file(shard / name) != recorded[name][1]:
             return f"has {name} whose sha256 differs from meta.json's (modified?)"
     try:
         write_json_atomic(shard / "verified.json", seen)

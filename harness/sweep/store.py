@@ -109,16 +109,16 @@ def part_problem(run_path: Path, name: str) -> str | None:
             return f"{name}.label_ap.parquet is unreadable ({type(error).__name__})"
         return None
     try:
-        files = json.loads(raw)
-    except ValueError:
+        files = {str(suffix): (int(item["size"]), str(item["sha256"])) for suffix, item in json.loads(raw).items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return f"{records.name} has unreadable part metadata"
-    for suffix, expected in sorted(files.items()):
+    for suffix, (size, digest) in sorted(files.items()):
         path = parts / f"{name}.{suffix}"
         if not path.is_file():
             return f"{path.name} is missing"
-        if path.stat().st_size != expected["size"]:
-            return f"{path.name} has {path.stat().st_size} bytes where its records file says {expected['size']} (truncated?)"
-        if sha256_file(path) != expected["sha256"]:
+        if path.stat().st_size != size:
+            return f"{path.name} has {path.stat().st_size} bytes where its records file says {size} (truncated?)"
+        if sha256_file(path) != digest:
             return f"{path.name} has another sha256 than its records file says (modified?)"
     return None
 
