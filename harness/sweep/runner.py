@@ -22,9 +22,13 @@ methods the reference holds with the same config and code are not computed.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -192,24 +196,74 @@ def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float)
     return len(image_ids)
 
 
+class TaskTimedOut(BaseException):
+    """Raised in a fit or evaluate task that ran past ``task_timeout_s``.
+
+    A BaseException (as KeyboardInterrupt is), so a method's own ``except Exception`` cannot swallow it.
+    """
+
+
+# Seconds past the limit after which a task that never returned to Python (a hang inside C code, where the
+# alarm cannot be delivered) ends its worker process instead; Ray then reports the worker as lost.
+HARD_EXIT_GRACE_S = 30.0
+
+
+@contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Bound the block to ``seconds`` (None: no bound): past it, ``TaskTimedOut`` is raised in the block.
+
+    A SIGALRM timer interrupts the task where Python runs next (a sleep, a Python loop, between torch ops);
+    a watchdog thread ends the process ``HARD_EXIT_GRACE_S`` later if that never happens. Ray runs a task on
+    its worker's main thread, which is where signal handlers run; elsewhere (a threaded caller) only the
+    watchdog applies.
+    """
+    if seconds is None:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TaskTimedOut(f"timed out: {what} ran past task_timeout_s={seconds:g}")
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    watchdog = threading.Timer(seconds + HARD_EXIT_GRACE_S, os._exit, args=(70,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+        if on_main_thread:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
 def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str, eval_split: str,
-              fit_val: bool = False) -> FitResult | str:
+              fit_val: bool = False, timeout_s: float | None = None) -> FitResult | str:
     _set_threads(1)  # one thread: results do not depend on how many CPUs a task was given
     try:
-        return fit_method(benchmark, spec, seed, Path(cache_root), eval_split, fit_val)  # one writer per checkpoint
+        with time_limit(timeout_s, f"the fit of {spec.method} seed {seed}"):
+            return fit_method(benchmark, spec, seed, Path(cache_root), eval_split, fit_val)  # one writer per checkpoint
+    except TaskTimedOut as error:
+        return str(error)
     except Exception as error:  # any error fails this method's cells, never the sweep
         return _error_text(error)
 
 
 def _evaluate_task(
     benchmark: Benchmark, spec: MethodSpec, seed: int, setting: str, episode_set_path: str, indices: list[int],
-    fit: FitResult | str, run_id: str, save_scores: bool,
+    fit: FitResult | str, run_id: str, save_scores: bool, timeout_s: float | None = None,
 ) -> ChunkResult | str:
     if isinstance(fit, str):
         return fit
     _set_threads(1)
     try:
-        return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, indices, fit, run_id, save_scores)
+        with time_limit(timeout_s, f"{spec.method} {setting} seed {seed}, episodes {indices[0]}-{indices[-1]}"):
+            return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, indices, fit, run_id, save_scores)
+    except TaskTimedOut as error:
+        return str(error)
     except Exception as error:
         return _error_text(error)
 
@@ -441,13 +495,14 @@ def _plan_and_submit(
             if not todo:
                 continue
             fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(sweep.cache_root),
-                                                                            sweep.eval_split, sweep.fit_val)
+                                                                            sweep.eval_split, sweep.fit_val,
+                                                                            sweep.task_timeout_s)
             plan.pending[fit_ref] = _Task("fit", name, seed, supported)
             plan.counts["fit_tasks"] += 1
             for episode_set, part, indices in todo:
                 ref = ray.remote(_evaluate_task).options(**options).remote(
                     benchmark, spec, seed, episode_set.setting, str(episode_set.path), indices, fit_ref, sweep.run_id,
-                    sweep.save_scores,
+                    sweep.save_scores, sweep.task_timeout_s,
                 )
                 plan.pending[ref] = _Task("evaluate", name, seed, (episode_set.setting,), part)
                 plan.counts["chunks_submitted"] += 1
@@ -477,7 +532,7 @@ def _collect(
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayError as error:  # retries exhausted: worker/node lost, OOM, ...
-                result = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+                result = ray_failure_text(error)
             bar.update(1)
             if isinstance(result, str):  # a fit fails all its settings' cells, a chunk its own cell
                 for setting in task.settings:
@@ -538,6 +593,17 @@ def _as_completed(refs: list[Any]):
         ready, remaining = ray.wait(remaining, num_returns=1)
         _get_or_raise(ready[0])
         yield ready[0]
+
+
+def ray_failure_text(error: Exception) -> str:
+    """One line for a task Ray could not complete (after ``max_retries``): memory kills said as such."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, ray.exceptions.OutOfMemoryError):
+        return f"out of memory: Ray's memory monitor killed the worker ({first})"
+    if isinstance(error, ray.exceptions.WorkerCrashedError):
+        return (f"worker died (killed, out of memory outside Ray's monitor, or stuck past task_timeout_s + "
+                f"{HARD_EXIT_GRACE_S:g} s in native code): {first}")
+    return f"{type(error).__name__}: {first}"
 
 
 def _failure(method: str, dataset: str, setting: str, seed: int, error: str) -> dict[str, Any]:
