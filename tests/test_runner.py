@@ -173,6 +173,38 @@ def test_time_limit_interrupts_the_block_and_restores_the_alarm():
         time.sleep(0.3)
 
 
+def test_published_costs_order_the_tasks_longest_first(ray_session, tiny_results_dir):
+    """Fits by measured fit seconds, then chunks by estimated seconds (published per-episode cost x episodes)."""
+    import ray
+
+    from mlfsic.harness.protocol.data import split_pool
+    from mlfsic.harness.protocol.episodes import materialise_episode_sets
+    from mlfsic.harness.sweep.prepare import load_dataset_and_split
+    from mlfsic.harness.sweep.runner import TaskCosts, _plan_and_submit
+
+    costs = TaskCosts.published()
+    assert costs.episode_s("lcm", "5shot") > costs.episode_s("lcm", "1shot") > costs.episode_s("protonet", "5shot")
+    assert costs.fit_s("laso") > costs.fit_s("protonet") > costs.fit_s("random")
+    assert costs.fit_s("not-published") == pytest.approx(float(np.median(list(costs.fit.values()))))
+
+    sweep = load_sweep(tiny_overrides(tiny_results_dir, f"n_episodes={N_EPISODES}", "chunk_episodes=10", "seeds=[0]",
+                                      "method=[random,wordvec-zeroshot,protonet]", "run_id=lpt-order"))
+    benchmark = prepare_benchmark(sweep, progress=False)
+    dataset, split = load_dataset_and_split(sweep.dataset)
+    episode_sets = materialise_episode_sets(split_pool(dataset, "test", split["test"]), sweep.episode_plan,
+                                            sweep.results_dir)
+    specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}
+    plan = _plan_and_submit(sweep, benchmark, specs, episode_sets, {"num_cpus": 1, "max_retries": 0})
+    tasks = list(plan.pending.values())  # in submission order
+    ray.get(list(plan.pending))
+    fits = [task.method for task in tasks if task.kind == "fit"]
+    assert fits == ["protonet", "wordvec-zeroshot", "random"]
+    chunks = [(task.method, task.settings[0]) for task in tasks if task.kind == "evaluate"]
+    estimates = [costs.episode_s(method, setting) for method, setting in chunks]
+    assert estimates == sorted(estimates, reverse=True) and len(chunks) == 3 * 3 + 2 * 3 + 3
+    assert chunks[0][0] == "random" and chunks[-1] == ("wordvec-zeroshot", "0shot")
+
+
 def test_gpu_request_on_cpu_cluster_is_rejected_up_front(ray_session, tiny_results_dir):
     sweep = load_sweep(tiny_overrides(tiny_results_dir, "resources.num_gpus=1", "method=[random]"))
     with pytest.raises(MlfsicError, match="num_gpus=1 requested, but no node of the Ray cluster has that many GPUs"):

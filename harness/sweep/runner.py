@@ -472,11 +472,19 @@ def _plan_and_submit(
     sweep: Sweep, benchmark: Benchmark, specs: dict[str, MethodSpec], episode_sets: list[EpisodeSetRef],
     options: dict[str, Any],
 ) -> _Plan:
-    """Submit a fit per (method, seed) with unfinished chunks, and an evaluate task per unfinished chunk."""
+    """Submit a fit per (method, seed) with unfinished chunks, and an evaluate task per unfinished chunk.
+
+    Longest processing time first (``TaskCosts``): fits in order of their measured cost, then every chunk in
+    order of its estimated seconds, so the sweep's tail is short chunks that fill the last free slots rather
+    than one heavy chunk that keeps a single worker busy while the others idle. Order changes no result
+    (each task is deterministic and single-threaded); chunk boundaries stay ``chunk_episodes``.
+    """
     chunk_size = sweep.chunk_episodes
+    costs = TaskCosts.published()
     sets = {(ref.setting, ref.seed): ref for ref in episode_sets}
     plan = _Plan(pending={}, planned_parts=[], counts={"fit_tasks": 0, "fits_trained": 0, "fits_cached": 0,
                                                        "chunks_total": 0, "chunks_skipped": 0, "chunks_submitted": 0})
+    fits = []  # (name, spec, seed, supported settings, unfinished chunks)
     for name, spec in specs.items():
         cls = get_method_class(spec.method)
         supported = tuple(s for s in sweep.settings if cls.supports(s))
@@ -492,21 +500,63 @@ def _plan_and_submit(
                         plan.counts["chunks_skipped"] += 1
                         continue
                     todo.append((episode_set, part, list(range(start, min(start + chunk_size, episode_set.n_episodes)))))
-            if not todo:
-                continue
-            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(sweep.cache_root),
-                                                                            sweep.eval_split, sweep.fit_val,
-                                                                            sweep.task_timeout_s)
-            plan.pending[fit_ref] = _Task("fit", name, seed, supported)
-            plan.counts["fit_tasks"] += 1
-            for episode_set, part, indices in todo:
-                ref = ray.remote(_evaluate_task).options(**options).remote(
-                    benchmark, spec, seed, episode_set.setting, str(episode_set.path), indices, fit_ref, sweep.run_id,
-                    sweep.save_scores, sweep.task_timeout_s,
-                )
-                plan.pending[ref] = _Task("evaluate", name, seed, (episode_set.setting,), part)
-                plan.counts["chunks_submitted"] += 1
+            if todo:
+                fits.append((name, spec, seed, supported, todo))
+
+    chunks = []  # (estimated seconds, submission index, name, spec, seed, fit ref, episode set, part, indices)
+    for name, spec, seed, supported, todo in sorted(fits, key=lambda f: -costs.fit_s(f[1].method)):
+        fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(sweep.cache_root),
+                                                                        sweep.eval_split, sweep.fit_val,
+                                                                        sweep.task_timeout_s)
+        plan.pending[fit_ref] = _Task("fit", name, seed, supported)
+        plan.counts["fit_tasks"] += 1
+        for episode_set, part, indices in todo:
+            estimate = costs.episode_s(spec.method, episode_set.setting) * len(indices)
+            chunks.append((estimate, len(chunks), name, spec, seed, fit_ref, episode_set, part, indices))
+    for _, _, name, spec, seed, fit_ref, episode_set, part, indices in sorted(chunks, key=lambda c: (-c[0], c[1])):
+        ref = ray.remote(_evaluate_task).options(**options).remote(
+            benchmark, spec, seed, episode_set.setting, str(episode_set.path), indices, fit_ref, sweep.run_id,
+            sweep.save_scores, sweep.task_timeout_s,
+        )
+        plan.pending[ref] = _Task("evaluate", name, seed, (episode_set.setting,), part)
+        plan.counts["chunks_submitted"] += 1
     return plan
+
+
+@dataclass(frozen=True)
+class TaskCosts:
+    """Measured task seconds for scheduling: per registered method the mean fit, per (method, setting) the mean
+    ``predict`` seconds of an episode. From the published run (results/published: the default sweep, measured on
+    this project's reference machine); a method or setting it lacks gets the median of what it holds (or 1 s).
+    Only the submission order depends on these figures, never a result."""
+
+    fit: dict[str, float]
+    episode: dict[tuple[str, str], float]
+
+    @staticmethod
+    def published() -> TaskCosts:
+        import pandas as pd
+
+        from mlfsic.harness.sweep.spec import PUBLISHED_DIR
+
+        try:
+            info = read_run_json(PUBLISHED_DIR)
+            records = pd.read_parquet(PUBLISHED_DIR / "records.parquet", columns=["method", "setting", "predict_s"])
+        except Exception:  # no published run next to this install: every task costs the same
+            return TaskCosts({}, {})
+        fit: dict[str, list[float]] = {}
+        for key, seconds in (info.get("fit_seconds") or {}).items():
+            fit.setdefault(key.split("/")[0], []).append(float(seconds))
+        episode = records.groupby(["method", "setting"])["predict_s"].mean()
+        return TaskCosts({name: float(np.mean(values)) for name, values in fit.items()},
+                         {(str(m), str(s)): float(v) for (m, s), v in episode.items()})
+
+    def fit_s(self, method: str) -> float:
+        return self.fit.get(method, float(np.median(list(self.fit.values()))) if self.fit else 1.0)
+
+    def episode_s(self, method: str, setting: str) -> float:
+        default = float(np.median(list(self.episode.values()))) if self.episode else 1.0
+        return self.episode.get((method, setting), default)
 
 
 def _collect(
