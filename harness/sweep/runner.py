@@ -177,8 +177,30 @@ def _set_threads(num_cpus: float) -> None:
     torch.set_num_threads(max(1, int(num_cpus)))
 
 
+def task_device() -> str:
+    """The torch device of the running Ray task: ``"cuda"`` when Ray assigned it GPUs (Ray sets
+    ``CUDA_VISIBLE_DEVICES`` to them, so ``cuda`` is the assigned one; with ``resources.num_gpus=0.5`` two
+    tasks share it), else ``"cpu"``. A task given a GPU on a node where torch finds no CUDA device stops with
+    one line instead of running on the CPU unnoticed. Feature extraction runs on this device; the built-in
+    methods fit and predict on the CPU whatever their task was given (their tasks check the device all the same).
+    """
+    gpu_ids = ray.get_gpu_ids()
+    if not gpu_ids:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MlfsicError(
+            f"Ray assigned GPU {','.join(str(i) for i in gpu_ids)} to a task on {socket.gethostname()}, but torch "
+            f"finds no CUDA device there (torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+            "set resources.num_gpus=0 or install a CUDA build of torch on the GPU nodes"
+        )
+    return "cuda"
+
+
 # ----------------------------------------------------------------------------------------- tasks
 def _backbone_task(dataset_cfg: dict[str, Any], cache_root: str) -> tuple[str | None, dict[str, Any]]:
+    task_device()  # a GPU the sweep cannot use stops it here, before any feature or method task
     _set_threads(os.cpu_count() or 1)  # runs alone, before any other task of the sweep
     dataset, split = load_dataset_and_split(dataset_cfg, progress=False)
     path, report = backbone_weights(dataset, split, dataset_cfg["backbone"], Path(cache_root), progress=False)
@@ -190,7 +212,9 @@ def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float)
     from mlfsic.harness.sweep.features import extract_shard
 
     _set_threads(num_cpus)
-    backbone = load_backbone(benchmark.backbone_config, Path(benchmark.backbone_weights) if benchmark.backbone_weights else None,
+    config = dict(benchmark.backbone_config)
+    config["device"] = config.get("device") or task_device()
+    backbone = load_backbone(config, Path(benchmark.backbone_weights) if benchmark.backbone_weights else None,
                              benchmark.backbone_id)
     extract_shard(backbone, benchmark.dataset(), image_ids, Path(benchmark.feature_root), progress=False)
     return len(image_ids)
@@ -244,6 +268,7 @@ def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str
               fit_val: bool = False, timeout_s: float | None = None) -> FitResult | str:
     _set_threads(1)  # one thread: results do not depend on how many CPUs a task was given
     try:
+        task_device()
         with time_limit(timeout_s, f"the fit of {spec.method} seed {seed}"):
             return fit_method(benchmark, spec, seed, Path(cache_root), eval_split, fit_val)  # one writer per checkpoint
     except TaskTimedOut as error:
@@ -260,6 +285,7 @@ def _evaluate_task(
         return fit
     _set_threads(1)
     try:
+        task_device()
         with time_limit(timeout_s, f"{spec.method} {setting} seed {seed}, episodes {indices[0]}-{indices[-1]}"):
             return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, indices, fit, run_id, save_scores)
     except TaskTimedOut as error:
@@ -302,11 +328,17 @@ class _Plan:
     counts: dict[str, int]
 
 
+def task_options(sweep: Sweep) -> dict[str, Any]:
+    """The Ray options of every task of the sweep: ``resources`` per task (``num_gpus=0.5``: two tasks share a
+    GPU) and ``max_retries``."""
+    return {"num_cpus": sweep.resources.num_cpus, "num_gpus": sweep.resources.num_gpus,
+            "max_retries": sweep.max_retries}
+
+
 def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     """Run (or resume) ``sweep`` (see ``harness.sweep.resolve_sweep``); returns the run dir and any failed cells."""
     cache_root = sweep.cache_root
-    options = {"num_cpus": sweep.resources.num_cpus, "num_gpus": sweep.resources.num_gpus,
-               "max_retries": sweep.max_retries}
+    options = task_options(sweep)
     run_id, run_path = sweep.run_id, sweep.run_path
     started = time.time()
     reference = against_run.load_reference(sweep.against) if sweep.against is not None else None
