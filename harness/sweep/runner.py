@@ -118,13 +118,18 @@ def _is_tty(stream: Any) -> bool:
 
 # ----------------------------------------------------------------------------------------- Ray set-up
 def init_ray(options: RayOptions) -> None:
-    """Local Ray with explicit CPUs and a capped object store, or connect to ``ray.address``."""
+    """Local Ray with explicit CPUs and a capped object store, or connect to ``ray.address``.
+
+    ``address="local"``: a new local instance even where ``ray start`` ran on this machine before (Ray would
+    otherwise join the cluster it recorded in /tmp/ray, or fail on a stopped one).
+    """
     if ray.is_initialized():
         return
     if options.address:
         ray.init(address=options.address, log_to_driver=False)
         return
     ray.init(
+        address="local",
         num_cpus=options.num_cpus or os.cpu_count(),
         object_store_memory=options.object_store_memory,
         include_dashboard=False,
