@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,6 +109,100 @@ def test_failing_methods_fail_their_cells_only(ray_session, tiny_results_dir):
     assert len(records) == N_EPISODES
     run_json = json.loads((outcome.run_path / "run.json").read_text())
     assert run_json["status"] == "failed" and len(run_json["failures"]) == 4
+
+
+def test_a_hung_method_times_out_and_the_sweep_goes_on(ray_session, tiny_results_dir):
+    """task_timeout_s bounds each fit and each evaluate chunk: a method sleeping forever (in fit, or in one
+    chunk's predict) fails its cells as timed out; the other cells complete with their records."""
+    started = time.time()
+    outcome = _sweep(tiny_results_dir, "method_modules=[faulty_methods]", "setting=[1shot]", "seeds=[0]",
+                     "method=[random,test-hangs,test-fit-hangs]", "task_timeout_s=8")
+    assert time.time() - started < 120
+    failed = {f["method"]: f["error"] for f in outcome.failures}
+    assert set(failed) == {"test-hangs", "test-fit-hangs"}
+    assert failed["test-fit-hangs"] == "timed out: the fit of test-fit-hangs seed 0 ran past task_timeout_s=8"
+    assert failed["test-hangs"] == "timed out: test-hangs 1shot seed 0, episodes 10-19 ran past task_timeout_s=8"
+    records = pd.read_parquet(outcome.run_path / "records.parquet")
+    assert set(records["method"]) == {"random"} and len(records) == N_EPISODES
+    run_json = json.loads((outcome.run_path / "run.json").read_text())
+    assert run_json["status"] == "failed" and {f["method"] for f in run_json["failures"]} == set(failed)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_for_memory_is_reported_as_out_of_memory(tiny_results_dir, tmp_path):
+    """A sweep in its own Ray (a subprocess), whose memory monitor kills workers once the machine uses 3 GB more
+    than now; the method allocating without bound fails its cell as out of memory, the other cell completes."""
+    import os
+    import subprocess
+    import sys
+
+    meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines())
+    total, available = (int(meminfo[key].split()[0]) * 1024 for key in ("MemTotal", "MemAvailable"))
+    threshold = min(0.95, (total - available + 3.0e9) / total)
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+           "RAY_memory_usage_threshold": f"{threshold:.3f}", "RAY_task_oom_retries": "0"}
+    overrides = tiny_overrides(tiny_results_dir, f"n_episodes={N_EPISODES}", "chunk_episodes=10", "setting=[1shot]",
+                               "seeds=[0]", "method_modules=[faulty_methods]", "method=[random,test-eats-memory]",
+                               "max_retries=0", "ray.num_cpus=2", f"run_id=oom-{tmp_path.name}")
+    done = subprocess.run([sys.executable, "-m", "mlfsic.harness.cli", "run", *overrides], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    failed = [line for line in done.stderr.splitlines() if line.startswith("FAILED ")]
+    assert len(failed) == 1 and failed[0].startswith("FAILED test-eats-memory 1shot seed0: out of memory: "), \
+        done.stderr[-3000:]
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    assert set(pd.read_parquet(run_dir / "records.parquet")["method"]) == {"random"}
+
+
+def test_time_limit_interrupts_the_block_and_restores_the_alarm():
+    from mlfsic.harness.sweep.runner import TaskTimedOut, time_limit
+
+    before = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(TaskTimedOut, match=r"timed out: a nap ran past task_timeout_s=0.2"):
+        with time_limit(0.2, "a nap"):
+            try:
+                time.sleep(5)
+            except Exception:  # a method's broad except does not swallow the timeout
+                pass
+    with time_limit(5, "quick"):
+        pass
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is before
+    with time_limit(None, "unbounded"):
+        time.sleep(0.3)
+
+
+def test_published_costs_order_the_tasks_longest_first(ray_session, tiny_results_dir):
+    """Fits by measured fit seconds, then chunks by estimated seconds (published per-episode cost x episodes)."""
+    import ray
+
+    from mlfsic.harness.protocol.data import split_pool
+    from mlfsic.harness.protocol.episodes import materialise_episode_sets
+    from mlfsic.harness.sweep.prepare import load_dataset_and_split
+    from mlfsic.harness.sweep.runner import TaskCosts, _plan_and_submit
+
+    costs = TaskCosts.published()
+    assert costs.episode_s("lcm", "5shot") > costs.episode_s("lcm", "1shot") > costs.episode_s("protonet", "5shot")
+    assert costs.fit_s("laso") > costs.fit_s("protonet") > costs.fit_s("random")
+    assert costs.fit_s("not-published") == pytest.approx(float(np.median(list(costs.fit.values()))))
+
+    sweep = load_sweep(tiny_overrides(tiny_results_dir, f"n_episodes={N_EPISODES}", "chunk_episodes=10", "seeds=[0]",
+                                      "method=[random,wordvec-zeroshot,protonet]", "run_id=lpt-order"))
+    benchmark = prepare_benchmark(sweep, progress=False)
+    dataset, split = load_dataset_and_split(sweep.dataset)
+    episode_sets = materialise_episode_sets(split_pool(dataset, "test", split["test"]), sweep.episode_plan,
+                                            sweep.results_dir)
+    specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}
+    plan = _plan_and_submit(sweep, benchmark, specs, episode_sets, {"num_cpus": 1, "max_retries": 0})
+    tasks = list(plan.pending.values())  # in submission order
+    ray.get(list(plan.pending))
+    fits = [task.method for task in tasks if task.kind == "fit"]
+    assert fits == ["protonet", "wordvec-zeroshot", "random"]
+    chunks = [(task.method, task.settings[0]) for task in tasks if task.kind == "evaluate"]
+    estimates = [costs.episode_s(method, setting) for method, setting in chunks]
+    assert estimates == sorted(estimates, reverse=True) and len(chunks) == 3 * 3 + 2 * 3 + 3
+    assert chunks[0][0] == "random" and chunks[-1] == ("wordvec-zeroshot", "0shot")
 
 
 def test_gpu_request_on_cpu_cluster_is_rejected_up_front(ray_session, tiny_results_dir):

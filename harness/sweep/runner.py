@@ -22,9 +22,13 @@ methods the reference holds with the same config and code are not computed.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -114,13 +118,18 @@ def _is_tty(stream: Any) -> bool:
 
 # ----------------------------------------------------------------------------------------- Ray set-up
 def init_ray(options: RayOptions) -> None:
-    """Local Ray with explicit CPUs and a capped object store, or connect to ``ray.address``."""
+    """Local Ray with explicit CPUs and a capped object store, or connect to ``ray.address``.
+
+    ``address="local"``: a new local instance even where ``ray start`` ran on this machine before (Ray would
+    otherwise join the cluster it recorded in /tmp/ray, or fail on a stopped one).
+    """
     if ray.is_initialized():
         return
     if options.address:
         ray.init(address=options.address, log_to_driver=False)
         return
     ray.init(
+        address="local",
         num_cpus=options.num_cpus or os.cpu_count(),
         object_store_memory=options.object_store_memory,
         include_dashboard=False,
@@ -173,8 +182,30 @@ def _set_threads(num_cpus: float) -> None:
     torch.set_num_threads(max(1, int(num_cpus)))
 
 
+def task_device() -> str:
+    """The torch device of the running Ray task: ``"cuda"`` when Ray assigned it GPUs (Ray sets
+    ``CUDA_VISIBLE_DEVICES`` to them, so ``cuda`` is the assigned one; with ``resources.num_gpus=0.5`` two
+    tasks share it), else ``"cpu"``. A task given a GPU on a node where torch finds no CUDA device stops with
+    one line instead of running on the CPU unnoticed. Feature extraction runs on this device; the built-in
+    methods fit and predict on the CPU whatever their task was given (their tasks check the device all the same).
+    """
+    gpu_ids = ray.get_gpu_ids()
+    if not gpu_ids:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MlfsicError(
+            f"Ray assigned GPU {','.join(str(i) for i in gpu_ids)} to a task on {socket.gethostname()}, but torch "
+            f"finds no CUDA device there (torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+            "set resources.num_gpus=0 or install a CUDA build of torch on the GPU nodes"
+        )
+    return "cuda"
+
+
 # ----------------------------------------------------------------------------------------- tasks
 def _backbone_task(dataset_cfg: dict[str, Any], cache_root: str) -> tuple[str | None, dict[str, Any]]:
+    task_device()  # a GPU the sweep cannot use stops it here, before any feature or method task
     _set_threads(os.cpu_count() or 1)  # runs alone, before any other task of the sweep
     dataset, split = load_dataset_and_split(dataset_cfg, progress=False)
     path, report = backbone_weights(dataset, split, dataset_cfg["backbone"], Path(cache_root), progress=False)
@@ -186,30 +217,84 @@ def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float)
     from mlfsic.harness.sweep.features import extract_shard
 
     _set_threads(num_cpus)
-    backbone = load_backbone(benchmark.backbone_config, Path(benchmark.backbone_weights) if benchmark.backbone_weights else None,
+    config = dict(benchmark.backbone_config)
+    config["device"] = config.get("device") or task_device()
+    backbone = load_backbone(config, Path(benchmark.backbone_weights) if benchmark.backbone_weights else None,
                              benchmark.backbone_id)
     extract_shard(backbone, benchmark.dataset(), image_ids, Path(benchmark.feature_root), progress=False)
     return len(image_ids)
 
 
+class TaskTimedOut(BaseException):
+    """Raised in a fit or evaluate task that ran past ``task_timeout_s``.
+
+    A BaseException (as KeyboardInterrupt is), so a method's own ``except Exception`` cannot swallow it.
+    """
+
+
+# Seconds past the limit after which a task that never returned to Python (a hang inside C code, where the
+# alarm cannot be delivered) ends its worker process instead; Ray then reports the worker as lost.
+HARD_EXIT_GRACE_S = 30.0
+
+
+@contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Bound the block to ``seconds`` (None: no bound): past it, ``TaskTimedOut`` is raised in the block.
+
+    A SIGALRM timer interrupts the task where Python runs next (a sleep, a Python loop, between torch ops);
+    a watchdog thread ends the process ``HARD_EXIT_GRACE_S`` later if that never happens. Ray runs a task on
+    its worker's main thread, which is where signal handlers run; elsewhere (a threaded caller) only the
+    watchdog applies.
+    """
+    if seconds is None:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TaskTimedOut(f"timed out: {what} ran past task_timeout_s={seconds:g}")
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    watchdog = threading.Timer(seconds + HARD_EXIT_GRACE_S, os._exit, args=(70,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+        if on_main_thread:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
 def _fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str, eval_split: str,
-              fit_val: bool = False) -> FitResult | str:
+              fit_val: bool = False, timeout_s: float | None = None) -> FitResult | str:
     _set_threads(1)  # one thread: results do not depend on how many CPUs a task was given
     try:
-        return fit_method(benchmark, spec, seed, Path(cache_root), eval_split, fit_val)  # one writer per checkpoint
+        task_device()
+        with time_limit(timeout_s, f"the fit of {spec.method} seed {seed}"):
+            return fit_method(benchmark, spec, seed, Path(cache_root), eval_split, fit_val)  # one writer per checkpoint
+    except TaskTimedOut as error:
+        return str(error)
     except Exception as error:  # any error fails this method's cells, never the sweep
         return _error_text(error)
 
 
 def _evaluate_task(
     benchmark: Benchmark, spec: MethodSpec, seed: int, setting: str, episode_set_path: str, indices: list[int],
-    fit: FitResult | str, run_id: str, save_scores: bool,
+    fit: FitResult | str, run_id: str, save_scores: bool, timeout_s: float | None = None,
 ) -> ChunkResult | str:
     if isinstance(fit, str):
         return fit
     _set_threads(1)
     try:
-        return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, indices, fit, run_id, save_scores)
+        task_device()
+        with time_limit(timeout_s, f"{spec.method} {setting} seed {seed}, episodes {indices[0]}-{indices[-1]}"):
+            return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, indices, fit, run_id, save_scores)
+    except TaskTimedOut as error:
+        return str(error)
     except Exception as error:
         return _error_text(error)
 
@@ -248,11 +333,17 @@ class _Plan:
     counts: dict[str, int]
 
 
+def task_options(sweep: Sweep) -> dict[str, Any]:
+    """The Ray options of every task of the sweep: ``resources`` per task (``num_gpus=0.5``: two tasks share a
+    GPU) and ``max_retries``."""
+    return {"num_cpus": sweep.resources.num_cpus, "num_gpus": sweep.resources.num_gpus,
+            "max_retries": sweep.max_retries}
+
+
 def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     """Run (or resume) ``sweep`` (see ``harness.sweep.resolve_sweep``); returns the run dir and any failed cells."""
     cache_root = sweep.cache_root
-    options = {"num_cpus": sweep.resources.num_cpus, "num_gpus": sweep.resources.num_gpus,
-               "max_retries": sweep.max_retries}
+    options = task_options(sweep)
     run_id, run_path = sweep.run_id, sweep.run_path
     started = time.time()
     reference = against_run.load_reference(sweep.against) if sweep.against is not None else None
@@ -418,11 +509,19 @@ def _plan_and_submit(
     sweep: Sweep, benchmark: Benchmark, specs: dict[str, MethodSpec], episode_sets: list[EpisodeSetRef],
     options: dict[str, Any],
 ) -> _Plan:
-    """Submit a fit per (method, seed) with unfinished chunks, and an evaluate task per unfinished chunk."""
+    """Submit a fit per (method, seed) with unfinished chunks, and an evaluate task per unfinished chunk.
+
+    Longest processing time first (``TaskCosts``): fits in order of their measured cost, then every chunk in
+    order of its estimated seconds, so the sweep's tail is short chunks that fill the last free slots rather
+    than one heavy chunk that keeps a single worker busy while the others idle. Order changes no result
+    (each task is deterministic and single-threaded); chunk boundaries stay ``chunk_episodes``.
+    """
     chunk_size = sweep.chunk_episodes
+    costs = TaskCosts.published()
     sets = {(ref.setting, ref.seed): ref for ref in episode_sets}
     plan = _Plan(pending={}, planned_parts=[], counts={"fit_tasks": 0, "fits_trained": 0, "fits_cached": 0,
                                                        "chunks_total": 0, "chunks_skipped": 0, "chunks_submitted": 0})
+    fits = []  # (name, spec, seed, supported settings, unfinished chunks)
     for name, spec in specs.items():
         cls = get_method_class(spec.method)
         supported = tuple(s for s in sweep.settings if cls.supports(s))
@@ -438,20 +537,63 @@ def _plan_and_submit(
                         plan.counts["chunks_skipped"] += 1
                         continue
                     todo.append((episode_set, part, list(range(start, min(start + chunk_size, episode_set.n_episodes)))))
-            if not todo:
-                continue
-            fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(sweep.cache_root),
-                                                                            sweep.eval_split, sweep.fit_val)
-            plan.pending[fit_ref] = _Task("fit", name, seed, supported)
-            plan.counts["fit_tasks"] += 1
-            for episode_set, part, indices in todo:
-                ref = ray.remote(_evaluate_task).options(**options).remote(
-                    benchmark, spec, seed, episode_set.setting, str(episode_set.path), indices, fit_ref, sweep.run_id,
-                    sweep.save_scores,
-                )
-                plan.pending[ref] = _Task("evaluate", name, seed, (episode_set.setting,), part)
-                plan.counts["chunks_submitted"] += 1
+            if todo:
+                fits.append((name, spec, seed, supported, todo))
+
+    chunks = []  # (estimated seconds, submission index, name, spec, seed, fit ref, episode set, part, indices)
+    for name, spec, seed, supported, todo in sorted(fits, key=lambda f: -costs.fit_s(f[1].method)):
+        fit_ref = ray.remote(_fit_task).options(**options).remote(benchmark, spec, seed, str(sweep.cache_root),
+                                                                        sweep.eval_split, sweep.fit_val,
+                                                                        sweep.task_timeout_s)
+        plan.pending[fit_ref] = _Task("fit", name, seed, supported)
+        plan.counts["fit_tasks"] += 1
+        for episode_set, part, indices in todo:
+            estimate = costs.episode_s(spec.method, episode_set.setting) * len(indices)
+            chunks.append((estimate, len(chunks), name, spec, seed, fit_ref, episode_set, part, indices))
+    for _, _, name, spec, seed, fit_ref, episode_set, part, indices in sorted(chunks, key=lambda c: (-c[0], c[1])):
+        ref = ray.remote(_evaluate_task).options(**options).remote(
+            benchmark, spec, seed, episode_set.setting, str(episode_set.path), indices, fit_ref, sweep.run_id,
+            sweep.save_scores, sweep.task_timeout_s,
+        )
+        plan.pending[ref] = _Task("evaluate", name, seed, (episode_set.setting,), part)
+        plan.counts["chunks_submitted"] += 1
     return plan
+
+
+@dataclass(frozen=True)
+class TaskCosts:
+    """Measured task seconds for scheduling: per registered method the mean fit, per (method, setting) the mean
+    ``predict`` seconds of an episode. From the published run (results/published: the default sweep, measured on
+    this project's reference machine); a method or setting it lacks gets the median of what it holds (or 1 s).
+    Only the submission order depends on these figures, never a result."""
+
+    fit: dict[str, float]
+    episode: dict[tuple[str, str], float]
+
+    @staticmethod
+    def published() -> TaskCosts:
+        import pandas as pd
+
+        from mlfsic.harness.sweep.spec import PUBLISHED_DIR
+
+        try:
+            info = read_run_json(PUBLISHED_DIR)
+            records = pd.read_parquet(PUBLISHED_DIR / "records.parquet", columns=["method", "setting", "predict_s"])
+        except Exception:  # no published run next to this install: every task costs the same
+            return TaskCosts({}, {})
+        fit: dict[str, list[float]] = {}
+        for key, seconds in (info.get("fit_seconds") or {}).items():
+            fit.setdefault(key.split("/")[0], []).append(float(seconds))
+        episode = records.groupby(["method", "setting"])["predict_s"].mean()
+        return TaskCosts({name: float(np.mean(values)) for name, values in fit.items()},
+                         {(str(m), str(s)): float(v) for (m, s), v in episode.items()})
+
+    def fit_s(self, method: str) -> float:
+        return self.fit.get(method, float(np.median(list(self.fit.values()))) if self.fit else 1.0)
+
+    def episode_s(self, method: str, setting: str) -> float:
+        default = float(np.median(list(self.episode.values()))) if self.episode else 1.0
+        return self.episode.get((method, setting), default)
 
 
 def _collect(
@@ -477,7 +619,7 @@ def _collect(
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayError as error:  # retries exhausted: worker/node lost, OOM, ...
-                result = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+                result = ray_failure_text(error)
             bar.update(1)
             if isinstance(result, str):  # a fit fails all its settings' cells, a chunk its own cell
                 for setting in task.settings:
@@ -540,6 +682,17 @@ def _as_completed(refs: list[Any]):
         ready, remaining = ray.wait(remaining, num_returns=1)
         _get_or_raise(ready[0])
         yield ready[0]
+
+
+def ray_failure_text(error: Exception) -> str:
+    """One line for a task Ray could not complete (after ``max_retries``): memory kills said as such."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, ray.exceptions.OutOfMemoryError):
+        return f"out of memory: Ray's memory monitor killed the worker ({first})"
+    if isinstance(error, ray.exceptions.WorkerCrashedError):
+        return (f"worker died (killed, out of memory outside Ray's monitor, or stuck past task_timeout_s + "
+                f"{HARD_EXIT_GRACE_S:g} s in native code): {first}")
+    return f"{type(error).__name__}: {first}"
 
 
 def _failure(method: str, dataset: str, setting: str, seed: int, error: str) -> dict[str, Any]:

@@ -60,7 +60,7 @@ from mlfsic.harness.protocol.splits import split_path
 
 # Keys that do not change what a sweep computes: left out of the run id.
 # ``against`` only says which reference the leaderboard is built with: the records do not depend on it.
-RUN_ID_IGNORED_KEYS = ("ray", "resources", "results_dir", "run_id", "max_retries", "against")
+RUN_ID_IGNORED_KEYS = ("ray", "resources", "results_dir", "run_id", "max_retries", "task_timeout_s", "against")
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,7 @@ class Sweep:
     save_scores: bool
     chunk_episodes: int
     max_retries: int
+    task_timeout_s: float | None  # per fit and per evaluate chunk; None: no bound
     ray: RayOptions
     resources: TaskResources
     embeddings: EmbeddingOptions
@@ -207,6 +208,7 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
                    f"fit always receives the val split when eval_split={eval_split}")
     chunk_episodes = _integer("chunk_episodes", config["chunk_episodes"], 1)
     max_retries = _integer("max_retries", config["max_retries"], 0)
+    task_timeout_s = _timeout(config.get("task_timeout_s"))
     save_scores = _boolean("save_scores", config["save_scores"])
     run_id = _run_id(config)
     results_dir = _results_dir(config["results_dir"])
@@ -224,7 +226,7 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
     return Sweep(
         methods=methods, settings=settings, seeds=seeds, n_episodes=n_episodes, n_query=n_query, n_way=n_way,
         protocol=protocol, eval_split=eval_split, results_dir=results_dir, run_id=run_id, save_scores=save_scores,
-        chunk_episodes=chunk_episodes, max_retries=max_retries, ray=ray_options, resources=resources,
+        chunk_episodes=chunk_episodes, max_retries=max_retries, task_timeout_s=task_timeout_s, ray=ray_options, resources=resources,
         embeddings=embeddings, dataset=dataset, method_modules=method_modules, config=config, against=against,
         fit_val=fit_val,
     )
@@ -271,6 +273,14 @@ def _check_subkeys(key: str, value: Any, known: tuple[str, ...]) -> dict[str, An
 # ----------------------------------------------------------------------------------------- scalar keys
 SEEDS_EXPECTED = "a seed or a list of distinct seeds (integers >= 0), e.g. seeds=[0,1,2]"
 SETTINGS_EXPECTED = "a setting or a list of distinct settings <K>shot, e.g. setting=[0shot,1shot,5shot]"
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise invalid_value("task_timeout_s", value, "a number of seconds > 0, or null (no bound)")
+    return float(value)
 
 
 def _integer(key: str, value: Any, minimum: int, expected: str | None = None) -> int:
