@@ -25,6 +25,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never a cluster another process started with `ray start` on this machine
             num_cpus=2,
             object_store_memory=100 * 1024 * 1024,
             include_dashboard=False,
