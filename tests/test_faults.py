@@ -3,7 +3,7 @@
 One clean tiny coco-moji sweep (``mlfsic run`` in this process, on the session's local Ray) is the
 reference. Each test damages one artifact the clean sweep left in the results dir -- a planted pickle, a
 truncated or garbage checkpoint, a truncated feature shard, a modified episode-set file, truncated or
-half-written parts -- runs the same sweep again and asserts the exit code, the one line that names the
+half-written parts, or adds a method that hangs -- runs the same sweep again and asserts the exit code, the one line that names the
 file, and that every record equals the clean run's (timing columns and run_id aside). Worker loss and a
 driver SIGKILL mid-write are tested in tests/test_interrupt.py and tests/test_cluster.py, not here.
 
@@ -194,6 +194,27 @@ def test_truncated_and_half_written_parts_are_recomputed(clean, capfd):
     counts = json.loads((run_path / "run.json").read_text())["counts"]
     assert counts["chunks_submitted"] == 2 and counts["chunks_skipped"] == counts["chunks_total"] - 2
     _check_survived("truncated / half-written part files", clean_records, run_path)
+
+
+def test_a_hung_method_times_out_and_the_other_cells_are_the_clean_runs(clean, capfd):
+    """task_timeout_s bounds each fit and each evaluation chunk: a method sleeping forever in fit, and one
+    sleeping forever in its second chunk's predict, fail their cells as timed out (run.json says why); the
+    other cells complete, equal to the clean run's; exit code 1."""
+    results_dir, _, clean_records = clean
+    capfd.readouterr()
+    code = main(["run", *tiny_overrides(results_dir, *SWEEP, "method_modules=[faulty_methods]", "task_timeout_s=8",
+                                        "method=[random,protonet,test-hangs,test-fit-hangs]", "run_id=hung")])
+    err = capfd.readouterr().err
+    assert code == 1
+    failed = [line for line in err.splitlines() if line.startswith("FAILED ")]
+    assert sorted(failed) == [
+        "FAILED test-fit-hangs 1shot seed0: timed out: the fit of test-fit-hangs seed 0 ran past task_timeout_s=8",
+        "FAILED test-hangs 1shot seed0: timed out: test-hangs 1shot seed 0, episodes 10-19 ran past task_timeout_s=8",
+    ], err[-3000:]
+    run_path = results_dir / "runs" / "hung"
+    info = json.loads((run_path / "run.json").read_text())
+    assert info["status"] == "failed" and {f["method"] for f in info["failures"]} == {"test-hangs", "test-fit-hangs"}
+    _check_survived("method hung in fit / in one chunk (task_timeout_s)", clean_records, run_path)
 
 
 def test_damage_after_the_check_is_a_one_line_error_naming_the_file(clean, tmp_path):
