@@ -5,7 +5,8 @@ thread. For the root it keeps ``VmHWM`` (the kernel's own peak resident set, exa
 before the process exits). For every Ray worker (a descendant whose title starts with ``ray::``; Ray
 renames a worker ``ray::<function>`` while it runs a task and ``ray::IDLE`` between tasks) it keeps its
 ``VmHWM`` and, per title, the largest ``VmRSS`` / ``RssAnon`` / ``RssFile`` seen while the worker had
-that title and the seconds it was seen with it (sampling resolution ``interval``). ``RssFile`` holds the
+that title, the seconds it was seen with it and the CPU seconds (user + system, from ``/proc/<pid>/stat``)
+it used between two samples that both saw that title (sampling resolution ``interval``). ``RssFile`` holds the
 pages of memory-mapped files (the feature store) a worker has touched; ``RssAnon`` its own heap.
 
 No psutil: it is not a dependency of the package.
@@ -43,6 +44,17 @@ def _title(pid: int) -> str:
     return raw.split(b"\0")[0].decode(errors="replace").strip()
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15 of stat)
+
+
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = defaultdict(list)
     for entry in os.listdir("/proc"):
@@ -72,6 +84,7 @@ class TitleStats:
     anon: int = 0
     file: int = 0
     seconds: float = 0.0
+    cpu: float = 0.0
 
 
 @dataclass
@@ -79,9 +92,10 @@ class ProcSampler:
     pid: int
     interval: float = 0.25
     root_hwm: int = 0
+    root_cpu: float = 0.0  # the root's own CPU seconds at the last sample
     worker_hwm: dict[int, int] = field(default_factory=dict)
     titles: dict[str, TitleStats] = field(default_factory=lambda: defaultdict(TitleStats))
-    worker_titles: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+    _last: dict[int, tuple[str, float]] = field(default_factory=dict)  # pid -> (title, CPU seconds) at the last sample
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -107,6 +121,7 @@ class ProcSampler:
         root = _status(self.pid)
         if root:
             self.root_hwm = max(self.root_hwm, root.get("VmHWM", 0))
+            self.root_cpu = _cpu_seconds(self.pid) or self.root_cpu
         for pid in descendants(self.pid):
             title = _title(pid)
             if not title.startswith("ray::"):
@@ -115,8 +130,13 @@ class ProcSampler:
             if not status:
                 continue
             self.worker_hwm[pid] = max(self.worker_hwm.get(pid, 0), status.get("VmHWM", 0))
-            self.worker_titles[pid].add(title)
             stats = self.titles[title]
+            cpu = _cpu_seconds(pid)
+            if cpu is not None:
+                previous = self._last.get(pid)
+                if previous is not None and previous[0] == title:
+                    stats.cpu += cpu - previous[1]
+                self._last[pid] = (title, cpu)
             stats.rss = max(stats.rss, status.get("VmRSS", 0))
             stats.anon = max(stats.anon, status.get("RssAnon", 0))
             stats.file = max(stats.file, status.get("RssFile", 0))
