@@ -65,10 +65,11 @@ def store_vs_bare(backbone: Backbone, dataset: Dataset, store_root: Path) -> dic
     batch = torch.randn(backbone.batch_size, 3, backbone.image_size, backbone.image_size)
     backbone.embed(batch)  # warm-up
     _synchronize(backbone)
+    n_batches = -(-n_images // backbone.batch_size)  # full batches covering the images
     started = time.perf_counter()
-    for _ in range(0, n_images, backbone.batch_size):
+    for _ in range(n_batches):
         backbone.embed(batch)
     _synchronize(backbone)
-    bare_rate = n_images / (time.perf_counter() - started)
+    bare_rate = n_batches * backbone.batch_size / (time.perf_counter() - started)
     store_rate = n_images / info.seconds
     return {"n_images": n_images, "store_rate": store_rate, "bare_rate": bare_rate, "ratio": store_rate / bare_rate}

@@ -5,7 +5,7 @@ already holds a Ray instance), or by hand: ``python tests/ray_overhead.py [N_TAS
 object.
 
 ``ray.cluster_utils.Cluster``: a head and two more nodes (separate raylets on localhost), one CPU each,
-80 MB object stores, no dashboard. Tasks are submitted the way ``harness.sweep.runner._plan_and_submit``
+80 MB object stores, no dashboard, Ray temp dirs of its own (not /tmp/ray). Tasks are submitted the way ``harness.sweep.runner._plan_and_submit``
 submits chunks: ``ray.remote(fn).options(num_cpus=1, num_gpus=0, max_retries=3).remote(...)`` per task
 (a fresh ``RemoteFunction`` each time, as the runner does), with the arguments of an evaluate task (a real
 ``Benchmark`` handle and ``MethodSpec``, the setting, an episode-set path, 100 episode indices, the
@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import ray
@@ -92,10 +94,13 @@ def run_variant(n_tasks: int, hoisted: bool, benchmark, spec) -> dict:
 def main(n_tasks: int) -> dict:
     from ray.cluster_utils import Cluster
 
+    # Its own Ray temp dirs: a head in /tmp/ray would record itself in /tmp/ray/ray_current_cluster, where
+    # any other user's address-less ray.init() (a local `mlfsic run`) on this machine would then connect.
+    temp = tempfile.mkdtemp(prefix="r", dir="/tmp")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 * 2**20,
-                                                            "include_dashboard": False})
+                                                            "include_dashboard": False, "temp_dir": f"{temp}/h"})
     for _ in range(2):
-        cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+        cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20, temp_dir=f"{temp}/n")
     try:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
@@ -111,6 +116,7 @@ def main(n_tasks: int) -> dict:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,10 @@ def _watched(command: list[str], timeout: float) -> dict:
     """Run ``command``; its stdout, stderr lines with arrival times, wall seconds and the sampler."""
     started = time.perf_counter()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # RAY_ADDRESS=local: a local Ray of its own even when a `ray start` / Cluster of someone else on this machine
+    # is recorded in /tmp/ray/ray_current_cluster (ray.init() without an address would connect to it).
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "RAY_ADDRESS": "local"})
     lines: list[tuple[float, str]] = []
     out: list[str] = []
     readers = [threading.Thread(target=lambda: lines.extend((time.perf_counter(), line.rstrip("\n"))
