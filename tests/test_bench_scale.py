@@ -1,7 +1,7 @@
 """Benchmark (``make bench``): cost curves of a short sweep against the number of coco-moji images (issue 25, item 3).
 
 For each size in ``MLFSIC_SCALE_SIZES`` (total generated images before the generator's ~5 % mixed scenes;
-default ``10000,20000``, what a shared 2-core box affords in half an hour; the issue's curve is
+default ``5000,10000``, about 30 minutes on a shared 2-core box; the issue's curve is
 ``10000,40000,120000``) and in a
 fresh results dir per size (``MLFSIC_SCALE_RESULTS`` keeps them), three subprocesses, each with its own
 local Ray, each watched by ``tests/proc_sampler.py``:
@@ -48,7 +48,7 @@ from proc_sampler import ProcSampler, tree_bytes
 
 pytestmark = pytest.mark.slow
 
-SIZES = [int(n) for n in os.environ.get("MLFSIC_SCALE_SIZES", "10000,20000").split(",") if n.strip()]
+SIZES = [int(n) for n in os.environ.get("MLFSIC_SCALE_SIZES", "5000,10000").split(",") if n.strip()]
 SWEEP = ["method=[protonet,laso,lcm]", "setting=[1shot,5shot]", "seeds=[0]", "n_episodes=100",
          "dataset.backbone.epochs=1", f"ray.num_cpus={os.environ.get('MLFSIC_SCALE_CPUS', '2')}"]
 RATIO = {"n_base": 6000, "n_val": 1500, "n_test": 2000}  # configs/dataset/coco-moji.yaml
@@ -177,16 +177,13 @@ def exponent(sizes: list[float], values: list[float]) -> float | None:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def test_bench_scale_cost_curves(tmp_path):
-    base = Path(os.environ.get("MLFSIC_SCALE_RESULTS", tmp_path)).resolve()
-    results = []
-    for n_images in SIZES:
-        started = time.perf_counter()
-        results.append(measure(n_images, base / f"n{n_images}"))
-        if os.environ.get("MLFSIC_SCALE_OUT"):  # kept as each size finishes
-            Path(os.environ["MLFSIC_SCALE_OUT"]).write_text(json.dumps({"sweep": SWEEP, "results": results}, indent=1))
-        print(f"\nscale: {n_images} images measured in {time.perf_counter() - started:.0f} s", flush=True)
+def table(results: list[dict]) -> tuple[list[str], dict]:
+    """The printed figures of ``results`` (one dict per size, as ``measure`` returns) and each row's exponent.
 
+    Also for results of separate invocations: ``table(json.load(f1)["results"] + json.load(f2)["results"])``.
+    """
+    results = sorted(results, key=lambda r: r["n_images"])
+    lines: list[str] = []
     sizes = [r["n_images"] for r in results]
     phases = list(results[0]["seconds"])
     rows = {}
@@ -206,18 +203,33 @@ def test_bench_scale_cost_curves(tmp_path):
         rows[f"{task} anon MB"] = [r["rss"][task]["anon"] / 2**20 for r in results]
         rows[f"{task} mmap/file MB"] = [r["rss"][task]["file"] / 2**20 for r in results]
 
-    print(f"\nscale: sweep {' '.join(SWEEP)}; images (generated, incl. mixed scenes): {sizes}")
-    print("| figure | " + " | ".join(str(n) for n in sizes) + " | exponent |")
-    print("|---|" + "---|" * (len(sizes) + 1))
+    lines.append(f"scale: sweep {' '.join(SWEEP)}; images (generated, incl. mixed scenes): {sizes}")
+    lines.append("| figure | " + " | ".join(str(n) for n in sizes) + " | exponent |")
+    lines.append("|---|" + "---|" * (len(sizes) + 1))
     exponents = {}
     for name, values in rows.items():
         b = exponent(sizes, values)
         exponents[name] = b
-        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {'-' if b is None else f'{b:.2f}'} |")
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {'-' if b is None else f'{b:.2f}'} |")
     for r in results:
-        print(f"scale: {r['n_images']} images: sweep wall {r['sweep_wall_s']:.1f} s, cold process {r['cold_process_wall_s']:.1f} s,"
+        lines.append(f"scale: {r['n_images']} images: sweep wall {r['sweep_wall_s']:.1f} s, cold process {r['cold_process_wall_s']:.1f} s,"
               f" warm process {r['warm_process_wall_s']:.1f} s (evaluate {r['warm_evaluate_s']:.1f} s),"
               f" fit_seconds {r['fit_method_s']}, chunks {r['chunks']}, feature images {r['n_feature_images']}")
+    return lines, exponents
+
+
+def test_bench_scale_cost_curves(tmp_path):
+    base = Path(os.environ.get("MLFSIC_SCALE_RESULTS", tmp_path)).resolve()
+    results = []
+    for n_images in SIZES:
+        started = time.perf_counter()
+        results.append(measure(n_images, base / f"n{n_images}"))
+        if os.environ.get("MLFSIC_SCALE_OUT"):  # kept as each size finishes
+            Path(os.environ["MLFSIC_SCALE_OUT"]).write_text(json.dumps({"sweep": SWEEP, "results": results}, indent=1))
+        print(f"\nscale: {n_images} images measured in {time.perf_counter() - started:.0f} s", flush=True)
+
+    lines, exponents = table(results)
+    print("\n" + "\n".join(lines))
     out = os.environ.get("MLFSIC_SCALE_OUT")
     if out:
         Path(out).write_text(json.dumps({"sweep": SWEEP, "results": results, "exponents": exponents}, indent=1) + "\n")
