@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: run test bench publish venv clean
+.PHONY: run test bench gpu-check publish venv clean
 
 # The example plug-in of the tests lives outside the venv, on the tests' PYTHONPATH only, so the default
 # sweep (`make run`, method=all) ranks registered methods only.
@@ -39,6 +39,12 @@ publish: venv
 
 bench: venv $(TEST_PLUGINS)/.installed
 	$(TEST_ENV) $(PY) -m pytest -m slow -s $(ARGS)
+
+# The GPU figures of issue 25 (tests/gpu_check.py): on a CUDA machine, ResNet-50 extraction through the store vs a
+# bare forward pass, lcm/laso/mkt sweeps with and without the GPU, two sweeps packed at resources.num_gpus=0.5.
+# Without CUDA: one skip line, exit 0. Never part of `make test` or CI.
+gpu-check: venv $(TEST_PLUGINS)/.installed
+	$(TEST_ENV) $(PY) tests/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) results/runs results/cache results/episodes results/data
