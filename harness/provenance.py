@@ -47,7 +47,19 @@ def hardware() -> dict[str, Any]:
         "python": platform.python_version(),
         "system": platform.platform(terse=True),
         "cuda_available": torch.cuda.is_available(),
+        "cpu_model": _cpu_model(),  # float order in training differs between CPU models (AVX kernels)
     }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else ``platform.processor()``, else "unknown"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
