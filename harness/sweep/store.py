@@ -5,6 +5,7 @@
     results/runs/<run_id>/records.parquet       assembled from the parts: one row per (method, dataset,
     results/runs/<run_id>/label_ap.parquet      setting, seed, episode), failed cells left out
     results/runs/<run_id>/scores/<cell>.npz     with save_scores=true
+    results/suites/<suite_id>/suite.json        a suite (``mlfsic run +suite=NAME``): its member run dirs
 
 A chunk counts as done once its ``.records.parquet`` exists (written last) and checks out, so an interrupted
 sweep is resumed by skipping done chunks. The records file's parquet metadata records the size and sha256
@@ -247,6 +248,48 @@ def read_run_json(run_dir: Path, required: tuple[str, ...] = ("run_id",)) -> dic
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise MlfsicError(f"missing {path} (not a run dir made by mlfsic run?)")
+    info = _read_json_object(path)
+    for key in required:
+        if key not in info:
+            raise MlfsicError(f"{path}: missing field {key!r} (not a run dir made by mlfsic run?)")
+    return info
+
+
+# ----------------------------------------------------------------------------------------- suite dirs
+# results/suites/<suite_id>/suite.json: {"suite": name, "suite_id": id, "members": [{"name", "run_id",
+# "run_dir" (relative to the suite dir, so a moved results dir keeps working), "overrides", "status"}, ...]}.
+# A suite's runs are ordinary run dirs under results/runs/; the suite dir only points at them.
+
+def is_suite_dir(path: Path) -> bool:
+    return (Path(path) / "suite.json").is_file()
+
+
+def write_suite_json(suite_dir: Path, content: dict[str, Any]) -> None:
+    write_json_atomic(Path(suite_dir) / "suite.json", content)
+
+
+def read_suite_json(suite_dir: Path) -> dict[str, Any]:
+    """A suite dir's suite.json, checked: every member names a run dir. One-line MlfsicError naming the file."""
+    path = Path(suite_dir) / "suite.json"
+    if not path.is_file():
+        raise MlfsicError(f"missing {path} (not a suite dir made by mlfsic run +suite=...?)")
+    info = _read_json_object(path)
+    members = info.get("members")
+    if not isinstance(members, list) or not members:
+        raise MlfsicError(f"{path}: field 'members' must be a non-empty list")
+    for index, member in enumerate(members):
+        if not isinstance(member, dict) or not isinstance(member.get("name"), str) or not isinstance(member.get("run_dir"), str):
+            raise MlfsicError(f"{path}: members[{index}] needs a 'name' and a 'run_dir' string")
+    return info
+
+
+def suite_run_dirs(suite_dir: Path) -> list[tuple[str, Path]]:
+    """(member name, run dir) per member of a suite, in the suite's order."""
+    info = read_suite_json(suite_dir)
+    return [(member["name"], Path(suite_dir) / member["run_dir"]) for member in info["members"]]
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as error:
@@ -255,7 +298,4 @@ def read_run_json(run_dir: Path, required: tuple[str, ...] = ("run_id",)) -> dic
         raise MlfsicError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
     if not isinstance(info, dict):
         raise MlfsicError(f"{path}: expected a JSON object, found {type(info).__name__}")
-    for key in required:
-        if key not in info:
-            raise MlfsicError(f"{path}: missing field {key!r} (not a run dir made by mlfsic run?)")
     return info
