@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import ray
 
@@ -60,7 +61,7 @@ def run_variant(n_tasks: int, hoisted: bool, benchmark, spec) -> dict:
     from mlfsic.harness.sweep import runner
 
     options = {"num_cpus": 1, "num_gpus": 0, "max_retries": 3}
-    plan = runner._Plan(pending={}, planned_parts=[], counts={"fit_tasks": 1, "fits_trained": 0, "fits_cached": 0,
+    plan = runner._Plan(run_path=Path("/tmp/unused-run-dir"), dataset="coco-moji", counts={"fit_tasks": 1, "fits_trained": 0, "fits_cached": 0,
                                                               "chunks_total": n_tasks, "chunks_skipped": 0,
                                                               "chunks_submitted": n_tasks})
     remote_chunk = ray.remote(_chunk).options(**options) if hoisted else None
@@ -73,9 +74,7 @@ def run_variant(n_tasks: int, hoisted: bool, benchmark, spec) -> dict:
                               list(range(chunk * 100, chunk * 100 + 100)), fit_ref, "overhead", False)
         plan.pending[ref] = runner._Task("evaluate", "random", 0, ("1shot",), f"part-{chunk}")
     wall1, cpu1 = time.perf_counter(), time.process_time()
-    failures: dict = {}
-    runner._collect(plan, "/tmp/unused-run-dir", "coco-moji", failures, {}, {}, {"n_chunks": 0, "wall": 0.0, "cpu": 0.0},
-                    progress=False)
+    runner._collect([plan], progress=False)
     wall2, cpu2 = time.perf_counter(), time.process_time()
     assert not plan.pending
     total = n_tasks + 1

@@ -177,7 +177,7 @@ def test_published_costs_order_the_tasks_longest_first(ray_session, tiny_results
     episode_sets = materialise_episode_sets(split_pool(dataset, "test", split["test"]), sweep.episode_plan,
                                             sweep.results_dir)
     specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}
-    plan = _plan_and_submit(sweep, benchmark, specs, episode_sets, {"num_cpus": 1, "max_retries": 0})
+    [plan] = _plan_and_submit([(sweep, benchmark, specs, episode_sets)], {"num_cpus": 1, "max_retries": 0})
     tasks = list(plan.pending.values())  # in submission order
     ray.get(list(plan.pending))
     fits = [task.method for task in tasks if task.kind == "fit"]

@@ -326,11 +326,35 @@ class _Task:
 
 @dataclass
 class _Plan:
-    """What the driver submitted: pending task refs and the part names the run dir should end up with."""
+    """One sweep's submitted work: pending task refs, the part names its run dir should end up with, and what
+    its finished tasks reported (a suite collects several plans at once)."""
 
-    pending: dict[Any, _Task]
-    planned_parts: list[str]
-    counts: dict[str, int]
+    run_path: Path
+    dataset: str
+    pending: dict[Any, _Task] = field(default_factory=dict)
+    planned_parts: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "fit_tasks": 0, "fits_trained": 0, "fits_cached": 0, "chunks_total": 0, "chunks_skipped": 0,
+        "chunks_submitted": 0})
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fit_seconds: dict[str, float] = field(default_factory=dict)
+    fit_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Summed over the chunks computed now: wall - cpu is time their processes were runnable but not running.
+    chunk_seconds: dict[str, float] = field(default_factory=lambda: {"n_chunks": 0, "wall": 0.0, "cpu": 0.0})
+
+
+@dataclass
+class _Prepared:
+    """A sweep whose dataset, episode sets, backbone and features are ready: what its method tasks need."""
+
+    sweep: Sweep
+    benchmark: Benchmark
+    specs: dict[str, MethodSpec]
+    episode_sets: list[EpisodeSetRef]
+    run_info: dict[str, Any]  # run.json without the submission counts
+    all_ids: np.ndarray
+    started: float
+    prepared: float  # dataset, backbone, features and episode sets ready; method tasks may start
 
 
 def task_options(sweep: Sweep) -> dict[str, Any]:
@@ -342,17 +366,55 @@ def task_options(sweep: Sweep) -> dict[str, Any]:
 
 def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     """Run (or resume) ``sweep`` (see ``harness.sweep.resolve_sweep``); returns the run dir and any failed cells."""
+    return run_sweeps([sweep], progress)[0]
+
+
+def run_sweeps(sweeps: list[Sweep], progress: bool = True, desc: str = "sweep") -> list[SweepOutcome]:
+    """Run (or resume) several sweeps as one Ray job graph (a suite, ``harness.sweep.suite``).
+
+    Each sweep is prepared in turn (dataset, episode sets, backbone, features: sweeps on the same backbone
+    and dataset find the features already stored), then the method tasks of all of them are submitted in
+    one longest-first order and collected by one loop with one progress display. Each sweep keeps its own
+    run dir, run.json and failures, exactly as when it runs alone. They must share Ray and task resources.
+    """
+    for other in sweeps[1:]:
+        for key in ("ray", "resources", "max_retries"):
+            if getattr(other, key) != getattr(sweeps[0], key):
+                raise MlfsicError(f"{key}: every sweep of a suite runs on one Ray with the same task options; "
+                                  f"run {other.run_id} has {getattr(other, key)}, run {sweeps[0].run_id} "
+                                  f"{getattr(sweeps[0], key)}")
+    prepared = [_prepare(sweep, progress) for sweep in sweeps]
+    plans = _plan_and_submit([(p.sweep, p.benchmark, p.specs, p.episode_sets) for p in prepared],
+                             task_options(sweeps[0]))
+    for member, plan in zip(prepared, plans):
+        member.run_info["invocations"][-1].update(chunks_submitted=plan.counts["chunks_submitted"],
+                                                  fits_submitted=plan.counts["fit_tasks"])
+        _write_run_info(member.sweep.run_path, member.run_info)
+    try:
+        _collect(plans, progress, desc)
+    except KeyboardInterrupt:
+        for plan in plans:
+            for ref in plan.pending:
+                ray.cancel(ref, force=True)
+        for member, plan in zip(prepared, plans):
+            assemble(plan.run_path, plan.planned_parts, set(plan.failures))
+            member.run_info.update(status="interrupted", failures=list(plan.failures.values()))
+            _write_run_info(plan.run_path, member.run_info)
+        raise
+    return [_finish(member, plan) for member, plan in zip(prepared, plans)]
+
+
+def _prepare(sweep: Sweep, progress: bool) -> _Prepared:
+    """Everything before the method tasks: checks against a reference, dataset, leakage check, episode sets,
+    Ray, the backbone (a task: it may want the GPU), features and label embeddings; run.json's first write."""
     cache_root = sweep.cache_root
     options = task_options(sweep)
-    run_id, run_path = sweep.run_id, sweep.run_path
     started = time.time()
     reference = against_run.load_reference(sweep.against) if sweep.against is not None else None
     if reference is not None:  # nothing started or written yet
         against_run.check_before_work(sweep, reference)
 
-    # Driver: dataset, split, leakage check, episode sets. Then the backbone (a task: it may want the GPU) and features.
     dataset, split = _load_dataset(sweep, progress)
-    from mlfsic.harness.sweep.features import forward_passes
     from mlfsic.harness.protocol.leakage import check_no_leakage
 
     eval_split = sweep.eval_split
@@ -396,14 +458,12 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
     specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}
     if reference is not None:
         specs = _new_methods(specs, reference, progress)
-    plan = _plan_and_submit(sweep, benchmark, specs, episode_sets, options)
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    previous = _previous_run_info(run_path)
-    invocation = {"started": now, "host": socket.gethostname(), "pid": os.getpid(), "git": git_state(), "chunks_submitted": plan.counts["chunks_submitted"],
-                  "fits_submitted": plan.counts["fit_tasks"]}
+    previous = _previous_run_info(sweep.run_path)
+    invocation = {"started": now, "host": socket.gethostname(), "pid": os.getpid(), "git": git_state()}
     run_info: dict[str, Any] = {
-        "run_id": run_id, "created": previous.get("created", now),
+        "run_id": sweep.run_id, "created": previous.get("created", now),
         "invocations": [*previous.get("invocations", []), invocation],
         "config": sweep.config,
         "methods": {n: {"method": s.method, "config": s.config, "config_hash": s.config_hash} for n, s in specs.items()},
@@ -419,35 +479,28 @@ def run_sweep(sweep: Sweep, progress: bool = True) -> SweepOutcome:
                         "published": reference.published}} if reference is not None else {}),
         "leakage_check": leakage, "failures": [], "status": "running",
     }
-    _write_run_info(run_path, run_info)
+    return _Prepared(sweep=sweep, benchmark=benchmark, specs=specs, episode_sets=episode_sets, run_info=run_info,
+                     all_ids=all_ids, started=started, prepared=time.time())
 
-    prepared = time.time()  # dataset, backbone, features, episode sets ready; method tasks start
-    failures: dict[str, dict[str, Any]] = {}
-    fit_seconds: dict[str, float] = {}
-    fit_reports: dict[str, dict[str, Any]] = {}
-    # Summed over the chunks computed now: wall - cpu is time their processes were runnable but not running.
-    chunk_seconds = {"n_chunks": 0, "wall": 0.0, "cpu": 0.0}
-    try:
-        _collect(plan, run_path, dataset.name, failures, fit_seconds, fit_reports, chunk_seconds, progress)
-    except KeyboardInterrupt:
-        for ref in plan.pending:
-            ray.cancel(ref, force=True)
-        assemble(run_path, plan.planned_parts, set(failures))
-        run_info.update(status="interrupted", failures=list(failures.values()))
-        _write_run_info(run_path, run_info)
-        raise
 
+def _finish(member: _Prepared, plan: _Plan) -> SweepOutcome:
+    """Assemble the run dir's tables and write the final run.json."""
+    from mlfsic.harness.sweep.features import forward_passes
+
+    benchmark, run_path, failures = member.benchmark, plan.run_path, plan.failures
     records = assemble(run_path, plan.planned_parts, set(failures))
-    run_info.update(
+    member.run_info.update(
         status="failed" if failures else "complete", failures=list(failures.values()), counts=plan.counts,
-        fit_seconds=fit_seconds, fit_reports=fit_reports, wall_s=round(time.time() - started, 3), n_records=int(len(records)),
-        phase_s={"prepare": round(prepared - started, 3), "fit_and_evaluate": round(time.time() - prepared, 3)},
-        evaluate_chunk_s={key: round(value, 3) for key, value in chunk_seconds.items()},
+        fit_seconds=plan.fit_seconds, fit_reports=plan.fit_reports, wall_s=round(time.time() - member.started, 3),
+        n_records=int(len(records)),
+        phase_s={"prepare": round(member.prepared - member.started, 3),
+                 "fit_and_evaluate": round(time.time() - member.prepared, 3)},
+        evaluate_chunk_s={key: round(value, 3) for key, value in plan.chunk_seconds.items()},
         predict_reports=predict_reports(run_path, [n for n in plan.planned_parts if cell_of(n) in assembled_cells(records)]),
         forward_passes=forward_passes(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256),
-        n_feature_images=int(len(all_ids)),
+        n_feature_images=int(len(member.all_ids)),
     )
-    _write_run_info(run_path, run_info)
+    _write_run_info(run_path, member.run_info)
     return SweepOutcome(run_path=run_path, failures=list(failures.values()), counts=plan.counts)
 
 
@@ -506,60 +559,65 @@ def _extract_missing_features(benchmark: Benchmark, image_ids: np.ndarray, optio
 
 
 def _plan_and_submit(
-    sweep: Sweep, benchmark: Benchmark, specs: dict[str, MethodSpec], episode_sets: list[EpisodeSetRef],
-    options: dict[str, Any],
-) -> _Plan:
-    """Submit a fit per (method, seed) with unfinished chunks, and an evaluate task per unfinished chunk.
+    sweeps: list[tuple[Sweep, Benchmark, dict[str, MethodSpec], list[EpisodeSetRef]]], options: dict[str, Any],
+) -> list[_Plan]:
+    """Submit, for each sweep, a fit per (method, seed) with unfinished chunks and an evaluate task per unfinished
+    chunk; one plan per sweep.
 
-    Longest processing time first (``TaskCosts``): fits in order of their measured cost, then every chunk in
-    order of its estimated seconds, so the sweep's tail is short chunks that fill the last free slots rather
-    than one heavy chunk that keeps a single worker busy while the others idle. Order changes no result
-    (each task is deterministic and single-threaded); chunk boundaries stay ``chunk_episodes``.
+    Longest processing time first (``TaskCosts``), across all the sweeps: fits in order of their measured cost,
+    then every chunk in order of its estimated seconds, so the tail is short chunks that fill the last free
+    slots rather than one heavy chunk that keeps a single worker busy while the others idle. Order changes no
+    result (each task is deterministic and single-threaded); chunk boundaries stay ``chunk_episodes``.
     """
-    chunk_size = sweep.chunk_episodes
     costs = TaskCosts.published()
-    sets = {(ref.setting, ref.seed): ref for ref in episode_sets}
-    plan = _Plan(pending={}, planned_parts=[], counts={"fit_tasks": 0, "fits_trained": 0, "fits_cached": 0,
-                                                       "chunks_total": 0, "chunks_skipped": 0, "chunks_submitted": 0})
-    fits = []  # (name, spec, seed, supported settings, unfinished chunks)
-    for name, spec in specs.items():
-        cls = get_method_class(spec.method)
-        supported = tuple(s for s in sweep.settings if cls.supports(s))
-        for seed in sweep.seeds:
-            todo = []
-            for setting in supported:
-                episode_set = sets[(setting, seed)]
-                for chunk, start in enumerate(range(0, episode_set.n_episodes, chunk_size)):
-                    part = chunk_name(name, setting, seed, spec.config_hash, chunk)
-                    plan.planned_parts.append(part)
-                    plan.counts["chunks_total"] += 1
-                    if chunk_done(sweep.run_path, part):
-                        plan.counts["chunks_skipped"] += 1
-                        continue
-                    todo.append((episode_set, part, list(range(start, min(start + chunk_size, episode_set.n_episodes)))))
-            if todo:
-                fits.append((name, spec, seed, supported, todo))
+    plans = []
+    fits = []  # (plan, sweep, benchmark, name, spec, seed, supported settings, unfinished chunks)
+    for sweep, benchmark, specs, episode_sets in sweeps:
+        plan = _Plan(run_path=sweep.run_path, dataset=sweep.dataset_name)
+        plans.append(plan)
+        chunk_size = sweep.chunk_episodes
+        sets = {(ref.setting, ref.seed): ref for ref in episode_sets}
+        for name, spec in specs.items():
+            cls = get_method_class(spec.method)
+            supported = tuple(s for s in sweep.settings if cls.supports(s))
+            for seed in sweep.seeds:
+                todo = []
+                for setting in supported:
+                    episode_set = sets[(setting, seed)]
+                    for chunk, start in enumerate(range(0, episode_set.n_episodes, chunk_size)):
+                        part = chunk_name(name, setting, seed, spec.config_hash, chunk)
+                        plan.planned_parts.append(part)
+                        plan.counts["chunks_total"] += 1
+                        if chunk_done(sweep.run_path, part):
+                            plan.counts["chunks_skipped"] += 1
+                            continue
+                        todo.append((episode_set, part,
+                                     list(range(start, min(start + chunk_size, episode_set.n_episodes)))))
+                if todo:
+                    fits.append((plan, sweep, benchmark, name, spec, seed, supported, todo))
 
     # One remote function each, made once: ``ray.remote`` per task cost the driver ~4x its submission time.
     fit_task = ray.remote(_fit_task).options(**options)
     evaluate_task = ray.remote(_evaluate_task).options(**options)
-    chunks = []  # (estimated seconds, submission index, name, spec, seed, fit ref, episode set, part, indices)
-    for name, spec, seed, supported, todo in sorted(fits, key=lambda f: -costs.fit_s(f[1].method)):
+    chunks = []  # (estimated seconds, submission index, plan, sweep, benchmark, name, spec, seed, fit ref, set, part, indices)
+    for plan, sweep, benchmark, name, spec, seed, supported, todo in sorted(fits, key=lambda f: -costs.fit_s(f[4].method)):
         fit_ref = fit_task.remote(benchmark, spec, seed, str(sweep.cache_root), sweep.eval_split, sweep.fit_val,
                                   sweep.task_timeout_s)
         plan.pending[fit_ref] = _Task("fit", name, seed, supported)
         plan.counts["fit_tasks"] += 1
         for episode_set, part, indices in todo:
             estimate = costs.episode_s(spec.method, episode_set.setting) * len(indices)
-            chunks.append((estimate, len(chunks), name, spec, seed, fit_ref, episode_set, part, indices))
-    for _, _, name, spec, seed, fit_ref, episode_set, part, indices in sorted(chunks, key=lambda c: (-c[0], c[1])):
+            chunks.append((estimate, len(chunks), plan, sweep, benchmark, name, spec, seed, fit_ref, episode_set,
+                           part, indices))
+    for _, _, plan, sweep, benchmark, name, spec, seed, fit_ref, episode_set, part, indices in sorted(
+            chunks, key=lambda c: (-c[0], c[1])):
         ref = evaluate_task.remote(
             benchmark, spec, seed, episode_set.setting, str(episode_set.path), indices, fit_ref, sweep.run_id,
             sweep.save_scores, sweep.task_timeout_s,
         )
         plan.pending[ref] = _Task("evaluate", name, seed, (episode_set.setting,), part)
         plan.counts["chunks_submitted"] += 1
-    return plan
+    return plans
 
 
 @dataclass(frozen=True)
@@ -598,50 +656,55 @@ class TaskCosts:
         return self.episode.get((method, setting), default)
 
 
-def _collect(
-    plan: _Plan, run_path: Path, dataset: str, failures: dict[str, dict[str, Any]],
-    fit_seconds: dict[str, float], fit_reports: dict[str, dict[str, Any]], chunk_seconds: dict[str, float],
-    progress: bool,
-) -> None:
-    """Write results as they arrive (``ray.wait`` loop); a failed fit or chunk fails its cells only.
+def _collect(plans: list[_Plan], progress: bool, desc: str = "sweep") -> None:
+    """Write results as they arrive (``ray.wait`` loop over every plan's tasks, one progress display); a failed
+    fit or chunk fails its cells only.
 
     The driver only waits and writes each finished chunk as a part; it does not re-assemble
     records.parquet while tasks run (that is done once, at the end or on Ctrl-C), so on a small machine
     the CPUs stay with the tasks.
     """
-    counts = plan.counts
-    bar = _Progress("sweep", len(plan.pending), "tasks", progress)
-    while plan.pending:
-        refs = list(plan.pending)
+    owner = {ref: plan for plan in plans for ref in plan.pending}
+    bar = _Progress(desc, len(owner), "tasks", progress)
+    while owner:
+        refs = list(owner)
         ready, _ = ray.wait(refs, num_returns=1, timeout=5.0)
         if ready and len(refs) > 1:  # take every result that is ready, not one per round trip
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in ready:
+            plan = owner.pop(ref)
             task = plan.pending.pop(ref)
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayError as error:  # retries exhausted: worker/node lost, OOM, ...
                 result = ray_failure_text(error)
             bar.update(1)
-            if isinstance(result, str):  # a fit fails all its settings' cells, a chunk its own cell
-                for setting in task.settings:
-                    failures.setdefault(cell_key(task.method, setting, task.seed),
-                                        _failure(task.method, dataset, setting, task.seed, result))
-            elif task.kind == "fit":
-                if result.note:  # a cached checkpoint was refused and refitted: say so
-                    print(result.note, file=sys.stderr, flush=True)
-                fit_seconds[f"{task.method}/seed{task.seed}"] = result.fit_s
-                if result.report:
-                    fit_reports[f"{task.method}/seed{task.seed}"] = result.report
-                counts["fits_cached" if result.cached else "fits_trained"] += 1
-            elif cell_key(task.method, task.settings[0], task.seed) not in failures:
-                assert task.part is not None
-                write_chunk(run_path, task.part, result)
-                chunk_seconds["n_chunks"] += 1
-                chunk_seconds["wall"] += result.task_s
-                chunk_seconds["cpu"] += result.task_cpu_s
-    bar.close(f"{counts['chunks_total']} chunks ({counts['chunks_skipped']} skipped, {counts['chunks_submitted']} "
-              f"computed), {counts['fit_tasks']} fits ({counts['fits_cached']} from checkpoints)")
+            _file_result(plan, task, result)
+    totals = {key: sum(plan.counts[key] for plan in plans) for key in plans[0].counts} if plans else {}
+    if totals:
+        bar.close(f"{totals['chunks_total']} chunks ({totals['chunks_skipped']} skipped, {totals['chunks_submitted']} "
+                  f"computed), {totals['fit_tasks']} fits ({totals['fits_cached']} from checkpoints)")
+
+
+def _file_result(plan: _Plan, task: _Task, result: Any) -> None:
+    """One finished task into its plan: a failure (a string) fails its cells, a fit its timings, a chunk its part."""
+    if isinstance(result, str):  # a fit fails all its settings' cells, a chunk its own cell
+        for setting in task.settings:
+            plan.failures.setdefault(cell_key(task.method, setting, task.seed),
+                                     _failure(task.method, plan.dataset, setting, task.seed, result))
+    elif task.kind == "fit":
+        if result.note:  # a cached checkpoint was refused and refitted: say so
+            print(result.note, file=sys.stderr, flush=True)
+        plan.fit_seconds[f"{task.method}/seed{task.seed}"] = result.fit_s
+        if result.report:
+            plan.fit_reports[f"{task.method}/seed{task.seed}"] = result.report
+        plan.counts["fits_cached" if result.cached else "fits_trained"] += 1
+    elif cell_key(task.method, task.settings[0], task.seed) not in plan.failures:
+        assert task.part is not None
+        write_chunk(plan.run_path, task.part, result)
+        plan.chunk_seconds["n_chunks"] += 1
+        plan.chunk_seconds["wall"] += result.task_s
+        plan.chunk_seconds["cpu"] += result.task_cpu_s
 
 
 def _write_run_info(run_path: Path, run_info: dict[str, Any]) -> None:
