@@ -147,7 +147,7 @@ def test_a_sweep_on_pooled_coco_checks_every_source_up_front(tmp_path):
 
     _write_coco_2014(tmp_path)
     overrides = ["dataset=coco", f"dataset.root={tmp_path}", "dataset.restrict_split=true"]
-    assert load_sweep(overrides).dataset["sources"][1]["images"] == "val2014"
+    assert load_sweep(overrides).dataset.settings["sources"][1]["images"] == "val2014"
     (tmp_path / "val2014").rename(tmp_path / "elsewhere")
     with pytest.raises(MlfsicError, match=r"dataset.root=.*val2014 not found"):
         load_sweep(overrides)

@@ -179,7 +179,7 @@ def test_a_toy_backbone_kind_runs_a_cell_without_touching_the_harness(toy_kind, 
     from mlfsic.harness.protocol.episodes import materialise_episode_sets
     from mlfsic.harness.sweep.prepare import load_dataset_and_split
 
-    dataset, split = load_dataset_and_split(sweep.dataset, progress=False)
+    dataset, split = load_dataset_and_split(sweep.dataset.as_dict(), progress=False)
     ref = materialise_episode_sets(split_pool(dataset, "test", split["test"]), sweep.episode_plan, sweep.results_dir)[0]
     spec = method_spec("protonet", sweep.methods["protonet"].config)
     records = evaluate_cell(benchmark, spec, 0, "1shot", str(ref.path), sweep.cache_root).records

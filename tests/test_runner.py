@@ -173,7 +173,7 @@ def test_published_costs_order_the_tasks_longest_first(ray_session, tiny_results
     sweep = load_sweep(tiny_overrides(tiny_results_dir, f"n_episodes={N_EPISODES}", "chunk_episodes=10", "seeds=[0]",
                                       "method=[random,wordvec-zeroshot,protonet]", "run_id=lpt-order"))
     benchmark = prepare_benchmark(sweep, progress=False)
-    dataset, split = load_dataset_and_split(sweep.dataset)
+    dataset, split = load_dataset_and_split(sweep.dataset.as_dict())
     episode_sets = materialise_episode_sets(split_pool(dataset, "test", split["test"]), sweep.episode_plan,
                                             sweep.results_dir)
     specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}

@@ -82,7 +82,7 @@ def test_shipped_suites_resolve(tmp_path, monkeypatch):
     suite = load_suite("coco-moji-all", [f"results_dir={tmp_path}", "n_episodes=50", "seeds=[0]"])
     default = load_sweep([f"results_dir={tmp_path}", "n_episodes=50", "seeds=[0]"])
     assert suite.members[0].sweep.run_id == default.run_id
-    regimes = [m.sweep.dataset["backbone"].get("regime") for m in suite.members]
+    regimes = [m.sweep.dataset.backbone.regime for m in suite.members]
     assert regimes == [None, "concept-seen", "strict"]
     assert "mkt" in suite.members[1].sweep.methods and "mkt" not in suite.members[0].sweep.methods
 

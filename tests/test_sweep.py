@@ -46,7 +46,7 @@ def test_sweep_is_typed_frozen_and_keeps_the_resolved_config(tmp_path):
     assert sweep.results_dir == (tmp_path / "r").resolve() and sweep.results_dir.is_absolute()
     assert sweep.resources.num_gpus == 0.5 and sweep.resources.num_cpus == 1.0
     assert sweep.ray.address == "auto"
-    assert Path(sweep.dataset["root"]).is_absolute()
+    assert sweep.dataset.root.is_absolute() and Path(sweep.dataset.as_dict()["root"]).is_absolute()
     assert sweep.config == to_container(cfg)  # run.json["config"]: the resolved config as composed
     with pytest.raises(dataclasses.FrozenInstanceError):
         sweep.n_episodes = 3  # type: ignore[misc]

@@ -44,13 +44,13 @@ def train_command(overrides: list[str]) -> int:
     """``mlfsic backbone train [HYDRA OVERRIDES] [out=PATH]``; prints the retrained file and the comparison."""
     out, hydra_overrides = split_out_option(overrides, "a folder or a .pt file")
     sweep = load_sweep(hydra_overrides)  # every key validated, as for `mlfsic run`
-    backbone_cfg = dict(sweep.dataset["backbone"])
+    backbone_cfg = sweep.dataset.backbone.as_dict()
     if backbone_cfg.get("kind") != "small_cnn":
         raise MlfsicError(f"dataset.backbone.kind is {backbone_cfg.get('kind')!r} for dataset {sweep.dataset_name}: "
                           "only a small_cnn backbone is trained by mlfsic")
     pinned = pinned_weights(backbone_cfg)  # a wrong hash fails before minutes of training
     torch.set_num_threads(os.cpu_count() or 1)  # as the runner's backbone task: same threads, same weights
-    dataset, split = load_dataset_and_split(sweep.dataset)
+    dataset, split = load_dataset_and_split(sweep.dataset.as_dict())
     path, report = trained_small_cnn(dataset, split, backbone_cfg, sweep.cache_root, progress=True, retrain=True)
     sha = sha256_file(path)
     print(f"retrained: {path}  sha256 {sha}  ({report['seconds']:.1f} s; val mAP {report['val_map']})")

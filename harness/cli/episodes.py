@@ -10,7 +10,7 @@ from mlfsic.harness.sweep.load import load_sweep
 
 def episodes_command(overrides: list[str]) -> int:
     sweep = load_sweep(overrides)
-    dataset, split = load_dataset_and_split(sweep.dataset)
+    dataset, split = load_dataset_and_split(sweep.dataset.as_dict())
     pool = split_pool(dataset, sweep.eval_split, split[sweep.eval_split])
     for ref in materialise_episode_sets(pool, sweep.episode_plan, sweep.results_dir):
         print(f"{ref.episode_set_id}  {ref.setting}  seed{ref.seed}  {ref.path}")

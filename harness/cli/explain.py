@@ -303,7 +303,7 @@ def kept_inside_box_fraction(
 
 def measure_boxes(explained: Explained, options: ExplainOptions) -> BoxFractions:
     """``kept_inside_box_fraction`` over episodes 0 .. n_episodes - 1 of (split, setting, seed)."""
-    boxes = dataset_boxes(explained.sweep.dataset)
+    boxes = dataset_boxes(explained.sweep.dataset.as_dict())
     episodes = [draw_episode(explained, options.k_shot, options.seed, index) for index in range(options.n_episodes)]
     return kept_inside_box_fraction(explained.method, episodes, boxes)
 
@@ -491,7 +491,7 @@ def write_figure(explained: Explained, options: ExplainOptions) -> Path:
     episode, support_ids = draw_episode(explained, options.k_shot, options.seed, options.episode)
     rows = figure_rows(explained, episode, support_ids, options.n_images, options.max_labels)
     try:
-        boxes: Boxes | None = dataset_boxes(explained.sweep.dataset)
+        boxes: Boxes | None = dataset_boxes(explained.sweep.dataset.as_dict())
     except MlfsicError:
         boxes = None  # a dataset without boxes: the figure without them
     figure = render_figure(rows, _title(explained, options, len(support_ids)), options.max_labels, boxes)

@@ -31,7 +31,7 @@ def teacher_command(overrides: list[str]) -> int:
     if not any(o.lstrip("+").startswith("backbone=") for o in hydra_overrides):
         hydra_overrides.append("+backbone=tiny-teacher")
     sweep = load_sweep(hydra_overrides)  # every key validated, as for `mlfsic run`
-    backbone_cfg = dict(sweep.dataset["backbone"])
+    backbone_cfg = sweep.dataset.backbone.as_dict()
     if backbone_cfg.get("model") != clip_models.TINY_TEACHER:
         raise MlfsicError(f"dataset.backbone.model is {backbone_cfg.get('model')!r}: only the {clip_models.TINY_TEACHER} "
                           "is trained by mlfsic (use +backbone=tiny-teacher or +backbone=tiny-teacher-strict)")
@@ -39,7 +39,7 @@ def teacher_command(overrides: list[str]) -> int:
     path, report = trained_teacher(backbone_cfg, sweep.cache_root, progress=True)
     sha = sha256_file(path)
     print(f"trained: {path}  sha256 {sha}  ({report['seconds']:.0f} s, loss per epoch {report['train_loss']})")
-    dataset, split = load_dataset_and_split(sweep.dataset)
+    dataset, split = load_dataset_and_split(sweep.dataset.as_dict())
     models = {"trained": clip_models.load_tiny_teacher(path)}
     if pinned is not None:
         models["pinned"] = clip_models.load_tiny_teacher(pinned)

@@ -163,7 +163,7 @@ def check_before_work(sweep: Sweep, reference: Reference) -> None:
     if reference.metric_version != METRIC_VERSION:
         raise _differs("metric version", METRIC_VERSION, reference, reference.metric_version,
                        f"this harness scores episodes differently; {RERUN}")
-    _check_dataset_config(sweep.dataset, reference)
+    _check_dataset_config(sweep.dataset.as_dict(), reference)
     _check_episode_keys(sweep, reference)
     from mlfsic.harness.backbones.embeddings import embedding_id
 
@@ -172,11 +172,11 @@ def check_before_work(sweep: Sweep, reference: Reference) -> None:
         their_encoder = (reference.config.get("embeddings") or {}).get("encoder")
         raise _differs("label embedding", ours_embedding, reference, reference.embedding_id,
                        f"use the reference's embeddings.encoder={their_encoder}, or {RERUN}")
-    ours_backbone = expected_backbone_id(sweep.dataset.get("backbone") or {}, reference)
+    ours_backbone = expected_backbone_id(sweep.dataset.backbone.as_dict(), reference)
     if ours_backbone is not None:
         check_backbone(ours_backbone, reference)
     else:  # known after the backbone step; its training settings now
-        _check_same(_flat("dataset.backbone", sweep.dataset.get("backbone") or {}),
+        _check_same(_flat("dataset.backbone", sweep.dataset.backbone.as_dict()),
                     _flat("dataset.backbone", _their_dataset(reference).get("backbone") or {}), reference,
                     f"the backbone would differ; {RERUN}, or use the reference's backbone settings",
                     skip=BACKBONE_FILE_KEYS)

@@ -35,9 +35,9 @@ def load_dataset_and_split(dataset_cfg: Mapping[str, Any], progress: bool = True
 
 def make_benchmark(sweep: Sweep, dataset: Dataset, split: dict[str, list[str]], weights: str | Path | None) -> Benchmark:
     """The small picklable handle of a prepared benchmark (see ``sweep/benchmark.py``)."""
-    backbone = dict(sweep.dataset["backbone"])
+    backbone = sweep.dataset.backbone.as_dict()
     return Benchmark(
-        dataset_name=dataset.name, dataset_config=json.dumps(sweep.dataset, sort_keys=True),
+        dataset_name=dataset.name, dataset_config=json.dumps(sweep.dataset.as_dict(), sort_keys=True),
         annotation_sha256=dataset.annotation_sha256, split_labels={k: tuple(v) for k, v in split.items()},
         backbone_config=backbone, backbone_weights=str(weights) if weights else None,
         backbone_id=identify_backbone(backbone, Path(weights) if weights else None),
@@ -50,8 +50,8 @@ def prepare_benchmark(sweep: Sweep, progress: bool = True) -> Benchmark:
     """Dataset, backbone and features of ``sweep`` made (or found) in this process, without Ray."""
     from mlfsic.harness.sweep.features import extract_shard, extraction_lock, missing_image_ids
 
-    dataset, split = load_dataset_and_split(sweep.dataset, progress)
-    weights, _ = backbone_weights(dataset, split, sweep.dataset["backbone"], sweep.cache_root, progress)
+    dataset, split = load_dataset_and_split(sweep.dataset.as_dict(), progress)
+    weights, _ = backbone_weights(dataset, split, sweep.dataset.backbone.as_dict(), sweep.cache_root, progress)
     benchmark = make_benchmark(sweep, dataset, split, weights)
     image_ids = np.unique(np.concatenate([split_pool(dataset, name, labels).image_ids for name, labels in split.items()]))
     feature_root = Path(benchmark.feature_root)

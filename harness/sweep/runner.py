@@ -434,7 +434,7 @@ def _prepare(sweep: Sweep, progress: bool) -> _Prepared:
 
     init_ray(sweep.ray)
     check_resources(sweep.resources)
-    backbone_ref = ray.remote(_backbone_task).options(**options).remote(sweep.dataset, str(cache_root))
+    backbone_ref = ray.remote(_backbone_task).options(**options).remote(sweep.dataset.as_dict(), str(cache_root))
     # The other task slots import the harness meanwhile. Not awaited (a dropped ref does not cancel a task); an
     # import error fails the method tasks, which say why.
     for _ in range(_task_slots(sweep.resources) - 1):
@@ -442,9 +442,9 @@ def _prepare(sweep: Sweep, progress: bool) -> _Prepared:
     weights, backbone_report = _get_or_raise(backbone_ref)
     if progress:
         origin = ("pinned weights shipped with the package" if backbone_report.get("pinned")
-                  else "weights file" if not backbone_kind(sweep.dataset["backbone"]["kind"]).trains_on_base
+                  else "weights file" if not backbone_kind(sweep.dataset.backbone.kind).trains_on_base
                   else "trained on the base split, cached")
-        print(f"backbone: {sweep.dataset['backbone']['kind']} for {dataset.name} ({origin}: {weights})",
+        print(f"backbone: {sweep.dataset.backbone.kind} for {dataset.name} ({origin}: {weights})",
               file=sys.stderr, flush=True)
     benchmark = make_benchmark(sweep, dataset, split, weights)
     if reference is not None:  # before any feature, method task or record
@@ -521,7 +521,7 @@ def _load_dataset(sweep: Sweep, progress: bool) -> tuple[Any, dict[str, list[str
     """Dataset and label split (a generated dataset made first, by one process at a time: its adapter locks)."""
     started = time.time()
     tty = _is_tty(sys.stderr)
-    dataset, split = load_dataset_and_split(sweep.dataset, progress=progress and tty)
+    dataset, split = load_dataset_and_split(sweep.dataset.as_dict(), progress=progress and tty)
     if progress and not tty:
         print(f"dataset: {dataset.name}, {len(dataset.image_ids)} images, ready in {time.time() - started:.1f} s",
               file=sys.stderr, flush=True)

@@ -39,6 +39,7 @@ Ranking against a reference run (``against``)
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import os
@@ -87,6 +88,49 @@ class EmbeddingOptions:
 
 
 @dataclass(frozen=True)
+class BackboneConfig:
+    """``dataset.backbone``: the kind (a ``backbones.kinds.KINDS`` name) and the kind's own settings, checked by
+    the kind (``BackboneKind.check``: SmallCnnSettings, ResNet50Settings, the open_clip keys)."""
+
+    kind: str
+    settings: Mapping[str, Any]  # the whole mapping as composed, ``kind`` included
+
+    @property
+    def regime(self) -> str | None:
+        """The tiny teacher's training regime (``concept-seen``, ``strict``); None for other backbones."""
+        value = self.settings.get("regime")
+        return None if value is None else str(value)
+
+    def as_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(dict(self.settings))
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """``dataset``: what every dataset has, typed; the adapter's own keys (sources, sets, generate, ...) stay in
+    ``settings``, which its adapter reads (``as_dict``) and checks (``datasets.registry.check_files``)."""
+
+    name: str
+    adapter: str
+    root: Path  # absolute
+    split_file: str
+    backbone: BackboneConfig
+    generated: bool  # coco-moji: made under ``root`` when missing (``generate``)
+    settings: Mapping[str, Any]  # the whole mapping, ``root`` made absolute
+
+    @staticmethod
+    def from_mapping(dataset: Mapping[str, Any]) -> DatasetConfig:
+        backbone = dict(dataset["backbone"])
+        return DatasetConfig(name=str(dataset["name"]), adapter=str(dataset["adapter"]), root=Path(dataset["root"]),
+                             split_file=str(dataset["split_file"]), backbone=BackboneConfig(str(backbone["kind"]), backbone),
+                             generated=dataset.get("generate") is not None, settings=copy.deepcopy(dict(dataset)))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain mapping adapters, the backbone task and run.json read (a copy: the config stays frozen)."""
+        return copy.deepcopy(dict(self.settings))
+
+
+@dataclass(frozen=True)
 class SweepMethod:
     """One entry of ``method``: a registered method or a variant of one, with its hyperparameters.
 
@@ -124,7 +168,7 @@ class Sweep:
     ray: RayOptions
     resources: TaskResources
     embeddings: EmbeddingOptions
-    dataset: dict[str, Any]  # the dataset config, ``root`` made absolute
+    dataset: DatasetConfig
     method_modules: tuple[str, ...]
     config: dict[str, Any]  # the resolved config as composed (run.json["config"], the run id)
     against: Path | None = None  # a reference run dir (harness.sweep.against_run): only new methods are computed
@@ -132,7 +176,7 @@ class Sweep:
 
     @property
     def dataset_name(self) -> str:
-        return str(self.dataset["name"])
+        return self.dataset.name
 
     @property
     def cache_root(self) -> Path:
@@ -215,8 +259,8 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
     ray_options = _ray_options(config["ray"])
     resources = _resources(config["resources"])
     embeddings = _embeddings(config["embeddings"])
-    dataset = _dataset(config["dataset"])
-    kind = backbone_kind(dataset["backbone"]["kind"])
+    dataset = DatasetConfig.from_mapping(_dataset(config["dataset"]))
+    kind = backbone_kind(dataset.backbone.kind)
     if embeddings.encoder == "clip" and not kind.text_tower:
         raise invalid_value("embeddings.encoder", "clip", "minilm, glove or hf on this backbone",
                    "clip needs an open_clip backbone (+backbone=tiny-teacher)")

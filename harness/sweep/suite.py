@@ -152,12 +152,11 @@ def suite_info(suite: Suite, status: str, outcomes: dict[str, Any] | None = None
     members = []
     for member in suite.members:
         sweep = member.sweep
-        backbone = sweep.dataset["backbone"]
         members.append({
             "name": member.name, "run_id": sweep.run_id,
             "run_dir": os.path.relpath(sweep.run_path, suite.suite_dir),
-            "overrides": list(member.overrides), "dataset": sweep.dataset_name, "backbone": backbone["kind"],
-            **({"regime": backbone["regime"]} if backbone.get("regime") else {}),
+            "overrides": list(member.overrides), "dataset": sweep.dataset_name, "backbone": sweep.dataset.backbone.kind,
+            **({"regime": sweep.dataset.backbone.regime} if sweep.dataset.backbone.regime else {}),
             "methods": list(sweep.methods), "settings": list(sweep.settings), "seeds": list(sweep.seeds),
             "status": outcomes.get(member.name, status),
         })
