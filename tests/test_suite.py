@@ -15,8 +15,10 @@ from mlfsic.harness.config import compose_config
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.sweep.load import load_sweep
 from mlfsic.harness.sweep.runner import run_sweep
-from mlfsic.harness.sweep.store import read_suite_json, suite_run_dirs
-from mlfsic.harness.sweep.suite import load_suite, read_suite_file, run_suite, split_suite_override, suite_file
+from mlfsic.harness.sweep.store import read_suite_json, suite_run_dirs, write_suite_json
+from mlfsic.harness.sweep.suite import (
+    load_suite, publish_suite, read_suite_file, run_suite, split_suite_override, suite_file,
+)
 
 SMALL = ["method=[random,protonet]", "setting=[1shot,5shot]", "seeds=[0]", "n_episodes=12", "chunk_episodes=5"]
 # Two members on the same dataset and backbone (features shared), differing in their label embeddings.
@@ -74,11 +76,28 @@ def test_suite_runs_every_member_as_one_job_and_resumes(ray_session, tiny_result
     assert [o.counts["chunks_submitted"] for o in outcomes] == [0, 0]
     assert [o.counts["fit_tasks"] for o in outcomes] == [0, 0]
 
+    # Published member by member, then ranked against: each member gets its own member's reference.
+    published = tmp_path / "published"
+    publish_suite(suite.suite_dir, published)
+    ranked = load_suite(str(path), [*overrides, f"against={published}"])
+    assert [m.sweep.against for m in ranked.members] == [(published / "minilm").resolve(), (published / "glove").resolve()]
+    outcomes = run_suite(ranked, progress=False)  # every method is in its reference: nothing is computed
+    assert [o.counts["fit_tasks"] for o in outcomes] == [0, 0]
+    with pytest.raises(MlfsicError, match="has no member 'glove'"):
+        write_suite_json(tmp_path / "one", {**read_suite_json(published), "members": read_suite_json(published)["members"][:1]})
+        for member in ("minilm",):
+            (tmp_path / "one" / member).symlink_to(published / member)
+        load_suite(str(path), [*overrides, f"against={tmp_path / 'one'}"])
+    with pytest.raises(MlfsicError, match="with \\+suite=, expected published or a suite dir"):
+        load_suite(str(path), [*overrides, f"against={runs['glove']}"])
+
 
 def test_shipped_suites_resolve(tmp_path, monkeypatch):
     members = read_suite_file(suite_file("coco-moji-all"))
-    assert members == {"small-cnn": (), "tiny-teacher-concept-seen": ("+backbone=tiny-teacher",),
-                       "tiny-teacher-strict": ("+backbone=tiny-teacher-strict",)}
+    untied = ("+method_args.lcm.tie_local_projection=false", "+method_args.lcm.selection=off",
+              "+method_args.wvga.tie_local_projection=false")
+    assert members == {"small-cnn": (), "tiny-teacher-concept-seen": ("+backbone=tiny-teacher", *untied),
+                       "tiny-teacher-strict": ("+backbone=tiny-teacher-strict", *untied)}
     suite = load_suite("coco-moji-all", [f"results_dir={tmp_path}", "n_episodes=50", "seeds=[0]"])
     default = load_sweep([f"results_dir={tmp_path}", "n_episodes=50", "seeds=[0]"])
     assert suite.members[0].sweep.run_id == default.run_id
@@ -121,4 +140,6 @@ def test_suite_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFSIC_COCO_ROOT", raising=False)
     with pytest.raises(MlfsicError, match="member coco-resnet50: .*MLFSIC_COCO_ROOT"):
         load_suite("papers-all", [])
+    with pytest.raises(MlfsicError, match="member tiny-teacher-concept-seen: against=published: nothing published"):
+        load_suite("coco-moji-all", [f"results_dir={tmp_path}", "against=published"])
     assert main(["run", "+suite=nope"]) == 2

@@ -18,6 +18,13 @@ member equal to the default sweep *is* the default run); ``runner.run_sweeps`` p
 their method tasks as one Ray job graph with one progress display. The suite dir
 ``results/suites/<suite_id>/suite.json`` points at the member runs (``store.write_suite_json``); the same
 command resumes every member, as a sweep resumes.
+
+Ranking against published work, member by member (``against=``): ``against=SUITE_DIR`` gives each member the
+run of the same member name in that suite dir (a suite dir made by ``mlfsic run +suite=``, or one
+``publish_suite`` wrote); ``against=published`` is the repository's ``results/published_suites/<suite>``
+(``mlfsic leaderboard SUITE_DIR publish=true``), where a member without overrides (the default sweep) may
+fall back to ``results/published``. Each member then computes only the methods its reference lacks and is
+checked against it as a sweep with ``against=`` is (``against_run``).
 """
 
 from __future__ import annotations
@@ -35,11 +42,13 @@ from mlfsic.harness.config import config_dir
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_json
 from mlfsic.harness.sweep.load import load_sweep
-from mlfsic.harness.sweep.spec import Sweep
-from mlfsic.harness.sweep.store import write_suite_json
+from mlfsic.harness.sweep.against_run import publish
+from mlfsic.harness.sweep.spec import PUBLISHED_DIR, Sweep
+from mlfsic.harness.sweep.store import is_suite_dir, read_suite_json, suite_run_dirs, write_suite_json
 
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 SUITE_KEYS = ("description", "members")
+PUBLISHED_SUITES_DIR = PUBLISHED_DIR.parent / "published_suites"
 
 
 @dataclass(frozen=True)
@@ -132,10 +141,14 @@ def load_suite(name: str, overrides: list[str]) -> Suite:
         if override.lstrip("+").split("=", 1)[0] == "run_id":
             raise MlfsicError(f"{override}: the members of a suite derive their own run ids; drop run_id=")
     source = suite_file(name)
+    against = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == "against"), None)
+    others = [o for o in overrides if o.lstrip("+").split("=", 1)[0] != "against"]
     members = []
     for member, member_overrides in read_suite_file(source).items():
         try:
-            sweep = load_sweep([*member_overrides, *overrides])
+            member_against = ([] if against in (None, "null") else
+                              [f"against={_member_against(against, source.stem, member, member_overrides)}"])
+            sweep = load_sweep([*member_overrides, *others, *member_against])
         except MlfsicError as error:
             raise MlfsicError(f"suite {source.stem}, member {member}: {error}") from None
         members.append(SuiteMember(member, member_overrides, sweep))
@@ -144,6 +157,41 @@ def load_suite(name: str, overrides: list[str]) -> Suite:
         raise MlfsicError(f"suite {source.stem}: the members write to different results_dir ({', '.join(sorted(results_dirs))}); "
                           "a suite has one results_dir")
     return Suite(name=source.stem, source=source, overrides=tuple(overrides), members=tuple(members))
+
+
+def _member_against(value: str, suite_name: str, member: str, member_overrides: tuple[str, ...]) -> str:
+    """The reference run of one member for ``against=published`` or ``against=SUITE_DIR``."""
+    if value == "published":
+        base = PUBLISHED_SUITES_DIR / suite_name
+        if not is_suite_dir(base):
+            if not member_overrides:  # the default sweep: the repository's published run
+                return "published"
+            raise MlfsicError(f"against=published: nothing published for this member ({base} has no suite.json); "
+                              f"publish a finished suite with `mlfsic leaderboard SUITE_DIR publish=true`")
+    else:
+        base = Path(value).expanduser()
+        if not is_suite_dir(base):
+            raise MlfsicError(f"against={value}: with +suite=, expected published or a suite dir (holding "
+                              "suite.json), whose members are matched by name")
+    runs = dict(suite_run_dirs(base))
+    if member not in runs:
+        raise MlfsicError(f"against={value}: {base} has no member {member!r} (it has {', '.join(runs)})")
+    return str(runs[member].resolve())
+
+
+def publish_suite(suite_dir: Path, out_dir: Path) -> list[Path]:
+    """Publish every member of a finished suite into ``out_dir/<member>`` (``against_run.publish``) with a
+    suite.json there pointing at them, so that ``against=out_dir`` (or ``against=published`` for the default
+    ``out_dir``, ``results/published_suites/<suite>``) ranks a later run of the suite member by member."""
+    info = read_suite_json(suite_dir)
+    written = []
+    members = []
+    for name, run_dir in suite_run_dirs(suite_dir):
+        written += publish(run_dir, Path(out_dir) / name)
+        member = next(m for m in info["members"] if m["name"] == name)
+        members.append({**member, "run_dir": name})
+    write_suite_json(out_dir, {**info, "members": members, "published_from": str(Path(suite_dir).resolve())})
+    return [*written, Path(out_dir) / "suite.json"]
 
 
 def suite_info(suite: Suite, status: str, outcomes: dict[str, Any] | None = None) -> dict[str, Any]:
