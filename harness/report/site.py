@@ -422,12 +422,14 @@ def method_card(method: str, entries: list[dict[str, Any]], reported: pd.DataFra
     for entry in entries:
         leakage = entry["leakage"]
         base, val = leakage.get("base") or {}, leakage.get("val") or {}
+        receives = [str(r) for r in leakage.get("fit_receives", [])]
+        val_text = (f"; val split {esc(val.get('images', '?'))} images, {esc(val.get('labels', '?'))} labels, for model "
+                    "selection" if any(r.startswith("val") for r in receives) else "; no val split")
         dirty = {True: "dirty", False: "clean", None: "unknown"}[entry["dirty"]]
         parts.append(
             f"<h3>{esc(entry['run_id'])} ({esc(entry['benchmark'].dataset)} · {esc(entry['benchmark'].backbone)})</h3><ul>"
-            f"<li>fit received (run.json leakage_check.fit_receives): {esc(', '.join(leakage.get('fit_receives', [])))}"
-            f"; base split {esc(base.get('images', '?'))} images, {esc(base.get('labels', '?'))} labels; val split "
-            f"{esc(val.get('images', '?'))} images, {esc(val.get('labels', '?'))} labels (model selection only)</li>"
+            f"<li>fit received (run.json leakage_check.fit_receives): {esc(', '.join(receives))}"
+            f"; base split {esc(base.get('images', '?'))} images, {esc(base.get('labels', '?'))} labels{val_text}</li>"
             f"<li>evaluated split: {esc(entry['eval_split'])} (fit_val {esc(entry['fit_val'])}); evaluated split "
             f"reaches fit: {esc(leakage.get('evaluated_split_reaches_fit', 'unknown'))}</li>"
             f"<li>fit report fields: {esc(', '.join(entry['fit_report_fields']) or 'none')}</li>"
