@@ -1,7 +1,7 @@
 """The ``mlfsic`` command (docs/architecture.md §4.1); one module of this folder per subcommand.
 
     mlfsic run [HYDRA OVERRIDES...]      a sweep; prints the run dir
-    mlfsic leaderboard RUN_DIR [...]     (re)build leaderboard.{csv,md,html}; out=DIR relocates them
+    mlfsic leaderboard DIR [...]         (re)build leaderboard.{csv,md,html} and the site of run/suite dirs; out=DIR
     mlfsic episodes [OVERRIDES...]       materialise episode sets; print id and path
     mlfsic data prepare NAME [k=v ...]   generate coco-moji (out=DIR seed=S preview=PATH) or check a dataset;
                                          openmoji-corpus [regime= seed= n_images= image_size=]: the teacher's corpus
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
                      "against=published, +backbone=tiny-teacher (open_clip image tower; adds mkt, clip-zeroshot); "
                      "every key is documented in configs/config.yaml")
     board = commands.add_parser("leaderboard", help="build the leaderboard of one or more run dirs")
-    board.add_argument("args", nargs="+", metavar="RUN_DIR",
-                       help="run dirs, then options: out=DIR (where the board goes), against=published|RUN_DIR "
+    board.add_argument("args", nargs="+", metavar="DIR",
+                       help="run dirs or suite dirs, then options: out=DIR (where the board and the site go), against=published|RUN_DIR "
                             "(rank against a reference run), publish=true (copy one complete run into "
                             "results/published; no RUN_DIR: the default sweep's)")
     episodes = commands.add_parser("episodes", help="materialise episode sets")

@@ -1,4 +1,4 @@
-"""``mlfsic leaderboard RUN_DIR... [out=DIR] [against=published|RUN_DIR] [publish=true]``."""
+"""``mlfsic leaderboard DIR... [out=DIR] [against=published|RUN_DIR] [publish=true]``: the board and the site."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ from pathlib import Path
 from mlfsic.harness.cli.options import key_values
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.report.leaderboard import build_leaderboard
+from mlfsic.harness.report.site import build_site, default_site_dir, expand_dirs
 from mlfsic.harness.sweep.against_run import publish
 from mlfsic.harness.sweep.spec import PUBLISHED_DIR, resolve_against
 from mlfsic.harness.sweep.load import load_sweep
 
 
 def leaderboard_command(args: list[str]) -> int:
-    """``mlfsic leaderboard RUN_DIR... [out=DIR] [against=published|RUN_DIR] [publish=true]``.
+    """``mlfsic leaderboard DIR... [out=DIR] [against=published|RUN_DIR] [publish=true]``.
 
+    Each DIR is a run dir or a suite dir (its member runs). Writes leaderboard.{csv,md,html} of all the runs
+    and the static site (``report.site``: index.html, benchmarks/, methods/, assets/) into out= (default: the
+    first DIR when it is a run dir, ``<suite_dir>/site`` when it is a suite dir).
     ``against``: rank the runs together with a reference run, on their episode sets (harness.sweep.against_run).
     ``publish=true``: copy one finished run (default: the default sweep's) into out= (default: the
     repository's results/published) as the reference ``against=published`` reads, with leaderboard.{csv,md}.
@@ -39,10 +43,12 @@ def leaderboard_command(args: list[str]) -> int:
             print(path)
         return 0
     if not run_dirs:
-        raise MlfsicError("give at least one RUN_DIR")
-    out = Path(options["out"]) if "out" in options else run_dirs[0]
-    paths = build_leaderboard(run_dirs, out, against=resolve_against(options.get("against")))
+        raise MlfsicError("give at least one run dir or suite dir")
+    members = expand_dirs(run_dirs)  # a DIR that is neither: one line naming it
+    out = Path(options["out"]) if "out" in options else default_site_dir(run_dirs)
+    paths = build_leaderboard(members, out, against=resolve_against(options.get("against")))
+    site = build_site(run_dirs, out)
     print(Path(paths["md"]).read_text())
-    for path in paths.values():
+    for path in [*paths.values(), site["index.html"]]:
         print(path)
     return 0

@@ -4,9 +4,11 @@ leaderboard``, 10). Only the CLI enters it.
     stats       load run dirs, merge them, group cells, summarise (means, intervals, paired tests, ranks)
     against     a board against a reference run: its rows on our episode sets, sources, paired differences
     intervals   mean_ci, paired_bootstrap, ranks_with_ties
-    reference   paper-reported numbers (``configs/reference/*.yaml``)
+    papers      paper-reported numbers (``configs/reference/*.yaml``)
     tables      csv and markdown
-    page        the self-contained HTML page
+    page        the HTML page (self-contained, or one page of the site)
+    costs       fit / predict seconds, episodes/s, CPU- and GPU-seconds per cell
+    site        the static site of run and suite dirs: overview, per-benchmark pages, method cards
 
 ``build_leaderboard`` writes the three files atomically. Every output is a pure function of the inputs
 (sorted tables, fixed bootstrap seed, no build timestamp), so rebuilding gives byte-identical files.

@@ -1,16 +1,19 @@
-"""The self-contained leaderboard page (docs/architecture.md §10): one HTML file that works offline.
+"""The leaderboard page (docs/architecture.md §10): one HTML file per board, shared by ``leaderboard.html`` and
+the site's per-benchmark pages (``report.site``).
 
 Contents, top to bottom: a sortable table (mAP ± CI per method x setting x dataset, ranks with
 significance marks, which interval, reported paper rows marked *reported*), the notes (intervals,
 undefined metrics, groups on different features), the average ranks per rank family, one bar chart per dataset
 (mAP per setting and method, 95% CI error bars; reported numbers as hatched bars without error bars),
 one per-label AP heatmap (method x label) per cell, and a provenance block per run (git commit + dirty
-flag, episode set ids, package versions, hardware, run date).
+flag, episode set ids, package versions, hardware, run date). ``render_page`` takes extra sections (the
+site's costs table and links) and where plotly.js is: inlined once (``leaderboard.html``, self-contained,
+no ``<script src>``) or one relative ``<script src>`` (the site's ``assets/plotly.min.js``).
 
-Reproducibility: plotly.js is inlined once (``include_plotlyjs=True`` on the first figure, no
-``<script src>``), every figure has a fixed ``div_id`` derived from its content's names, tables are
+Reproducibility: every figure has a fixed ``div_id`` derived from its content's names, tables are
 sorted, and nothing depends on the build time, so the same inputs give a byte-identical page.
-The table sorts on click by a ``data-v`` value per cell (about 20 lines of inline JS).
+Tables sort on click by a ``data-v`` value per cell (``SORT_JS``, about 20 lines of inline JS; empty
+values stay last).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -50,6 +54,7 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
       var rows = Array.prototype.slice.call(body.rows);
       rows.sort(function (a, b) {
         var x = a.cells[column].getAttribute("data-v"), y = b.cells[column].getAttribute("data-v");
+        if (x === "" || y === "") { return (x === "") - (y === ""); }  // empty values last, either way
         var nx = parseFloat(x), ny = parseFloat(y), cmp;
         if (!isNaN(nx) && !isNaN(ny)) { cmp = nx - ny; } else { cmp = String(x).localeCompare(String(y)); }
         return ascending ? cmp : -cmp;
@@ -66,7 +71,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
 
 
-def _e(text: Any) -> str:
+def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
@@ -78,16 +83,16 @@ def _pct(value: Any) -> str:
     return "" if value is None or pd.isna(value) else f"{100.0 * float(value):.1f}"
 
 
-def _td(text: str, sort_value: Any, css: str = "") -> str:
+def td(text: str, sort_value: Any, css: str = "") -> str:
     cls = f' class="{css}"' if css else ""
-    return f'<td data-v="{_e(sort_value)}"{cls}>{_e(text)}</td>'
+    return f'<td data-v="{esc(sort_value)}"{cls}>{esc(text)}</td>'
 
 
 def results_table(data: LeaderboardData) -> str:
     headers = ["dataset", "setting", "episode sets", "method", "mAP ± 95% CI", "rank", "Δ vs best [95% CI]", "p",
                "F1@3", "F1@5", "episodes", "seeds", "interval", "source"]
     out = ['<table class="sortable" id="mlfsic-results-table"><thead><tr>']
-    out += [f"<th>{_e(h)}</th>" for h in headers]
+    out += [f"<th>{esc(h)}</th>" for h in headers]
     out.append("</tr></thead><tbody>")
     for row in data.cells.itertuples(index=False):
         ours = row.kind == "ours"
@@ -101,14 +106,14 @@ def results_table(data: LeaderboardData) -> str:
         else:
             rank, css, diff, p_value = "reported" if not ours else "-", "", "", ""
         cells = [
-            _td(row.dataset, row.dataset), _td(row.setting, setting_order(row.setting)[0]),
-            _td(row.group, row.group), _td(row.method, row.method), _td(f"{_pct(row.map)}{ci}", _num(row.map)),
-            _td(rank, int(row.rank) if ranked else 10**6, css), _td(diff, _num(row.diff_vs_best) if ranked else ""),
-            _td(p_value, _num(row.p_value) if ranked else ""), _td(_f1(row, row.f1_3), _num(row.f1_3)),
-            _td(_f1(row, row.f1_5), _num(row.f1_5)), _td("" if not ours else int(row.n_episodes), row.n_episodes if ours else ""),
-            _td("" if not ours else int(row.n_seeds), row.n_seeds if ours else ""),
-            _td(interval_text(row.interval) if ours else "", row.interval if ours else ""),
-            _td(_source(data, row), row.kind if data.reference is None or not ours else row.source),
+            td(row.dataset, row.dataset), td(row.setting, setting_order(row.setting)[0]),
+            td(row.group, row.group), td(row.method, row.method), td(f"{_pct(row.map)}{ci}", _num(row.map)),
+            td(rank, int(row.rank) if ranked else 10**6, css), td(diff, _num(row.diff_vs_best) if ranked else ""),
+            td(p_value, _num(row.p_value) if ranked else ""), td(_f1(row, row.f1_3), _num(row.f1_3)),
+            td(_f1(row, row.f1_5), _num(row.f1_5)), td("" if not ours else int(row.n_episodes), row.n_episodes if ours else ""),
+            td("" if not ours else int(row.n_seeds), row.n_seeds if ours else ""),
+            td(interval_text(row.interval) if ours else "", row.interval if ours else ""),
+            td(_source(data, row), row.kind if data.reference is None or not ours else row.source),
         ]
         out.append(f'<tr class="{"ours" if ours else "reported"}">' + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
@@ -134,15 +139,15 @@ def against_table(data: LeaderboardData) -> str:
     headers = ["dataset", "setting", "method (now)", "vs (reference)", "Δ [95% CI]", "p", "paired episodes",
                "interval", "verdict"]
     out = ['<table class="sortable" id="mlfsic-against-table"><thead><tr>']
-    out += [f"<th>{_e(h)}</th>" for h in headers]
+    out += [f"<th>{esc(h)}</th>" for h in headers]
     out.append("</tr></thead><tbody>")
     for row in comparisons.itertuples(index=False):
         out.append("<tr>" + "".join([
-            _td(row.dataset, row.dataset), _td(row.setting, setting_order(row.setting)[0]), _td(row.method, row.method),
-            _td(row.versus, row.versus),
-            _td(f"{_pct(row.diff)} [{_pct(row.diff_ci_low)}, {_pct(row.diff_ci_high)}]", _num(row.diff)),
-            _td(f"{row.p_value:.3g}", _num(row.p_value)), _td(row.n_paired, row.n_paired),
-            _td(interval_text(row.interval), row.interval), _td(row.verdict, row.verdict),
+            td(row.dataset, row.dataset), td(row.setting, setting_order(row.setting)[0]), td(row.method, row.method),
+            td(row.versus, row.versus),
+            td(f"{_pct(row.diff)} [{_pct(row.diff_ci_low)}, {_pct(row.diff_ci_high)}]", _num(row.diff)),
+            td(f"{row.p_value:.3g}", _num(row.p_value)), td(row.n_paired, row.n_paired),
+            td(interval_text(row.interval), row.interval), td(row.verdict, row.verdict),
         ]) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -156,14 +161,14 @@ def notes_block(data: LeaderboardData) -> str:
     """The board's notes, then each cell's (intervals, undefined metrics), as lists."""
     out = ['<div id="mlfsic-notes">']
     if data.notes:
-        out.append("<ul>" + "".join(f"<li>{_e(note)}</li>" for note in data.notes) + "</ul>")
+        out.append("<ul>" + "".join(f"<li>{esc(note)}</li>" for note in data.notes) + "</ul>")
     def order(item: Any) -> tuple[Any, ...]:
         (dataset, setting, group), _ = item
         return dataset, setting_order(setting), group
 
     for (dataset, setting, group), notes in sorted(data.cell_notes.items(), key=order):
-        out.append(f"<h3>{_e(dataset)} / {_e(setting)} ({_e(group)})</h3><ul>"
-                   + "".join(f"<li>{_e(note)}</li>" for note in notes) + "</ul>")
+        out.append(f"<h3>{esc(dataset)} / {esc(setting)} ({esc(group)})</h3><ul>"
+                   + "".join(f"<li>{esc(note)}</li>" for note in notes) + "</ul>")
     out.append("</div>")
     return "".join(out)
 
@@ -173,12 +178,12 @@ def average_rank_table(data: LeaderboardData) -> str:
     out = ['<div id="mlfsic-average-rank"><p>Per rank family: the cells that hold exactly the same methods on the '
            "same features; every method of a family is ranked in each of its cells.</p>"]
     for family, block in data.average_ranks.groupby("family", sort=True):
-        out.append(f"<h3>Family {_e(family)}: {_e(block['cells'].iloc[0])}</h3>"
-                   f'<table class="sortable" id="mlfsic-average-rank-{_e(family)}"><thead><tr><th>method</th>'
+        out.append(f"<h3>Family {esc(family)}: {esc(block['cells'].iloc[0])}</h3>"
+                   f'<table class="sortable" id="mlfsic-average-rank-{esc(family)}"><thead><tr><th>method</th>'
                    "<th>average rank</th><th>cells</th></tr></thead><tbody>")
         for row in block.itertuples(index=False):
-            out.append(f"<tr>{_td(row.method, row.method)}{_td(f'{row.avg_rank:.2f}', _num(row.avg_rank))}"
-                       f"{_td(row.n_cells, row.n_cells)}</tr>")
+            out.append(f"<tr>{td(row.method, row.method)}{td(f'{row.avg_rank:.2f}', _num(row.avg_rank))}"
+                       f"{td(row.n_cells, row.n_cells)}</tr>")
         out.append("</tbody></table>")
     out.append("</div>")
     return "".join(out)
@@ -231,38 +236,22 @@ def provenance_block(data: LeaderboardData) -> str:
     out = ['<div id="mlfsic-provenance">']
     for run in data.runs:
         dirty = {True: "dirty", False: "clean", None: "unknown"}[run["git_dirty"]]
-        out.append(f"<h3>run {_e(run['run_id'])}</h3><ul>"
-                   f"<li>created: {_e(run['created'])}</li>"
-                   f"<li>git commit: <code>{_e(run['git_commit'])}</code> ({dirty} working tree)</li>"
+        out.append(f"<h3>run {esc(run['run_id'])}</h3><ul>"
+                   f"<li>created: {esc(run['created'])}</li>"
+                   f"<li>git commit: <code>{esc(run['git_commit'])}</code> ({dirty} working tree)</li>"
                    f"<li>failures: {len(run['failures'])}</li></ul>")
         for title, key in (("episode sets", "episode_sets"), ("package versions", "versions"),
                            ("hardware", "hardware"), ("failures", "failures")):
             out.append(f"<details><summary>{title}</summary><pre>"
-                       f"{_e(json.dumps(run[key], indent=1, sort_keys=True, default=str))}</pre></details>")
+                       f"{esc(json.dumps(run[key], indent=1, sort_keys=True, default=str))}</pre></details>")
     out.append("</div>")
     return "".join(out)
 
 
-def render_page(data: LeaderboardData) -> str:
-    """The whole page as a string (deterministic for the same ``data``)."""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>mlfsic leaderboard</title>",
-             f"<style>{STYLE}</style></head><body>", "<h1>mlfsic leaderboard</h1>",
-             "<p>mAP in percent: mean over all episodes and seeds ± half-width of its 95% interval. "
-             f"{_e(INTERVALS_TEXT)} (column <i>interval</i>: <i>seeds+episodes</i> or <i>episodes only</i>). "
-             "Rank marks: <b>=</b> tied with the cell's best (paired bootstrap 95% CI of the difference contains 0), "
-             "<b>*</b> significantly worse. Methods are paired and ranked only on identical episode sets and "
-             "features: backbone, label embedding, protocol (column <i>episode sets</i>). n/a: undefined (see the "
-             "notes). Rows marked <i>reported</i> are numbers printed in papers (with citation): "
-             "different protocols and features, never ranked. Click a column header to sort.</p>",
-             *([f"<p>{_e(reference_text(data.reference).replace('`', '').replace('*', ''))}</p>"]
-               if data.reference is not None else []),
-             "<h2>Results</h2>", results_table(data),
-             *(["<h2>Against the reference</h2>", "<p>Paired difference new − reference in mAP points over the "
-                "episodes both scored (95% CI); better / worse: the interval excludes 0.</p>", against_table(data)]
-               if data.comparisons is not None and not data.comparisons.empty else []),
-             "<h2>Notes</h2>", notes_block(data),
-             "<h2>Average rank</h2>", average_rank_table(data)]
-    first = True
+def figure_embedder(plotly_src: str | None) -> Callable[[go.Figure, str], str]:
+    """``embed(figure, div_id)`` -> an HTML fragment: plotly.js inlined in the first figure (``plotly_src`` None)
+    or never (the page loads ``plotly_src``)."""
+    first = plotly_src is None
 
     def embed(figure: go.Figure, div_id: str) -> str:
         nonlocal first
@@ -270,6 +259,38 @@ def render_page(data: LeaderboardData) -> str:
         first = False
         return fragment
 
+    return embed
+
+
+def page_head(title: str, plotly_src: str | None = None, style: str = STYLE) -> str:
+    """``<!DOCTYPE html>`` up to ``<body>``; with ``plotly_src`` the head loads plotly.js from there."""
+    script = f'<script src="{esc(plotly_src)}" charset="utf-8"></script>' if plotly_src is not None else ""
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
+                      f"<style>{style}</style>{script}</head><body>"])
+
+
+def intro_text(data: LeaderboardData) -> list[str]:
+    """What the numbers, marks and rows of a board mean (and the reference run of an ``against`` board)."""
+    return ["<p>mAP in percent: mean over all episodes and seeds ± half-width of its 95% interval. "
+            f"{esc(INTERVALS_TEXT)} (column <i>interval</i>: <i>seeds+episodes</i> or <i>episodes only</i>). "
+            "Rank marks: <b>=</b> tied with the cell's best (paired bootstrap 95% CI of the difference contains 0), "
+            "<b>*</b> significantly worse. Methods are paired and ranked only on identical episode sets and "
+            "features: backbone, label embedding, protocol (column <i>episode sets</i>). n/a: undefined (see the "
+            "notes). Rows marked <i>reported</i> are numbers printed in papers (with citation): "
+            "different protocols and features, never ranked. Click a column header to sort.</p>",
+            *([f"<p>{esc(reference_text(data.reference).replace('`', '').replace('*', ''))}</p>"]
+              if data.reference is not None else [])]
+
+
+def board_sections(data: LeaderboardData, embed: Callable[[go.Figure, str], str],
+                   extra: Sequence[str] = ()) -> list[str]:
+    """Results, against, notes, average ranks, ``extra`` (HTML fragments), bar charts, heatmaps, provenance."""
+    parts = ["<h2>Results</h2>", results_table(data),
+             *(["<h2>Against the reference</h2>", "<p>Paired difference new − reference in mAP points over the "
+                "episodes both scored (95% CI); better / worse: the interval excludes 0.</p>", against_table(data)]
+               if data.comparisons is not None and not data.comparisons.empty else []),
+             "<h2>Notes</h2>", notes_block(data),
+             "<h2>Average rank</h2>", average_rank_table(data), *extra]
     parts.append("<h2>mAP per setting</h2>")
     for dataset in sorted(data.cells["dataset"].unique()):
         if (data.cells[data.cells["dataset"] == dataset]["kind"] == "ours").any():
@@ -280,5 +301,19 @@ def render_page(data: LeaderboardData) -> str:
     for key in ordered:
         div_id = f"mlfsic-heatmap-{slug(key.dataset)}-{slug(key.setting)}-{slug(key.group)}"
         parts.append(embed(heatmap_figure(data, key.dataset, key.setting, key.group), div_id))
-    parts += ["<h2>Provenance</h2>", provenance_block(data), f"<script>{SORT_JS}</script>", "</body></html>"]
+    parts += ["<h2>Provenance</h2>", provenance_block(data)]
+    return parts
+
+
+def render_page(data: LeaderboardData, plotly_src: str | None = None, title: str = "mlfsic leaderboard",
+                before: Sequence[str] = (), extra: Sequence[str] = ()) -> str:
+    """The whole page as a string (deterministic for the same arguments).
+
+    ``plotly_src``: None inlines plotly.js (a self-contained page), else the relative URL of the one plotly.js
+    file. ``before``: HTML fragments after the title (the site's navigation); ``extra``: sections after the
+    average ranks (the site's costs).
+    """
+    parts = [page_head(title, plotly_src), *before, f"<h1>{esc(title)}</h1>", *intro_text(data),
+             *board_sections(data, figure_embedder(plotly_src), extra), f"<script>{SORT_JS}</script>",
+             "</body></html>"]
     return "\n".join(parts) + "\n"
