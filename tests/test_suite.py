@@ -62,7 +62,7 @@ def test_suite_runs_every_member_as_one_job_and_resumes(ray_session, tiny_result
         assert run["status"] == "complete" and set(run["methods"]) == {"random", "protonet"}
         # the glove member found every feature the minilm member extracted: one forward pass per image
         assert run["forward_passes"] == run["n_feature_images"]
-    assert (suite.suite_dir / "leaderboard.md").is_file()
+    assert (suite.suite_dir / "leaderboard.md").is_file() and (suite.suite_dir / "site" / "index.html").is_file()
     board = (suite.suite_dir / "leaderboard.csv").read_text()
     assert board.count("protonet") >= 4  # both members' rows, kept apart (other embedding ids)
 

@@ -11,6 +11,8 @@ from mlfsic.harness.report.site import build_site, default_site_dir, expand_dirs
 from mlfsic.harness.sweep.against_run import publish
 from mlfsic.harness.sweep.spec import PUBLISHED_DIR, resolve_against
 from mlfsic.harness.sweep.load import load_sweep
+from mlfsic.harness.sweep.store import is_suite_dir, read_suite_json
+from mlfsic.harness.sweep.suite import PUBLISHED_SUITES_DIR, publish_suite
 
 
 def leaderboard_command(args: list[str]) -> int:
@@ -21,7 +23,9 @@ def leaderboard_command(args: list[str]) -> int:
     first DIR when it is a run dir, ``<suite_dir>/site`` when it is a suite dir).
     ``against``: rank the runs together with a reference run, on their episode sets (harness.sweep.against_run).
     ``publish=true``: copy one finished run (default: the default sweep's) into out= (default: the
-    repository's results/published) as the reference ``against=published`` reads, with leaderboard.{csv,md}.
+    repository's results/published) as the reference ``against=published`` reads, with leaderboard.{csv,md};
+    a suite dir: every member into out=/<member> (default: results/published_suites/<suite>), the references
+    ``mlfsic run +suite=<suite> against=published`` gives each member (``harness.sweep.suite``).
     """
     run_dirs = [Path(a) for a in args if "=" not in a]
     options = key_values([a for a in args if "=" in a])
@@ -35,6 +39,11 @@ def leaderboard_command(args: list[str]) -> int:
             raise MlfsicError("publish=true takes one RUN_DIR (default: the default sweep's) and no against=")
         if not run_dirs:
             run_dirs = [load_sweep([]).run_path]
+        if is_suite_dir(run_dirs[0]):
+            out = Path(options.get("out", str(PUBLISHED_SUITES_DIR / read_suite_json(run_dirs[0])["suite"])))
+            for path in publish_suite(run_dirs[0], out):
+                print(path)
+            return 0
         out = Path(options.get("out", str(PUBLISHED_DIR)))
         written = publish(run_dirs[0], out)
         paths = build_leaderboard([out], out, formats=("csv", "md"))
