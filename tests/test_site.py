@@ -178,7 +178,7 @@ def test_overview_has_every_backbone_and_its_csv_and_json_hold_the_table(runs, s
     assert laso["coco-moji · tiny-teacher (strict) · 1shot"]["text"].endswith("*]")
     html = (site / "index.html").read_text()
     for value in ("small_cnn", "tiny-teacher (concept-seen)", "tiny-teacher (strict)", "concept-seen", "strict", "0shot"):
-        assert f'class="mlfsic-filter" name="' in html and f'value="{value}"' in html
+        assert 'class="mlfsic-filter" name="' in html and f'value="{value}"' in html
 
 
 def test_costs_equal_a_computation_from_the_records(runs, site):
@@ -244,6 +244,11 @@ def test_rebuild_is_byte_identical(runs, site, tmp_path):
     assert first == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for name in first:
         assert (site / name).read_bytes() == (again / name).read_bytes(), name
+    # Rebuilt into the same folder from fewer runs: the pages of benchmarks no longer there are gone.
+    written = build_site([runs["cnn"]], again, n_boot=N_BOOT)
+    pages = {str(p.relative_to(again)) for p in (again / "benchmarks").glob("*")}
+    assert pages == {name for name in written if name.startswith("benchmarks/")}
+    assert len(pages) < len([name for name in first if str(name).startswith("benchmarks/")])
 
 
 def test_cli_writes_a_suite_site_and_refuses_a_dir_that_is_neither(runs, tmp_path, capsys):

@@ -524,4 +524,8 @@ def build_site(dirs: list[Path], out: Path, reference_dir: Path | None = None, n
     for name, text in sorted(files.items()):
         paths[name] = out / name
         write_text_atomic(paths[name], text)
+    for folder in ("benchmarks", "methods"):  # pages of benchmarks or methods an earlier build had, now gone
+        for stale in sorted((out / folder).glob("*")):
+            if stale.is_file() and f"{folder}/{stale.name}" not in files:
+                stale.unlink()
     return paths
