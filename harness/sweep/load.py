@@ -24,11 +24,11 @@ def load_sweep(overrides: Sequence[str] = ()) -> Sweep:
     path = resolve_against(config["against"])
     assert path is not None
     defaults = to_container(compose_config([]))
-    named = {_override_key(o) for o in overrides}
+    named = {override_key(o) for o in overrides}
     given = {key for key in (*EPISODE_KEYS, "seed") if key in named or config.get(key) != defaults.get(key)}
     return resolve_sweep(with_reference_episodes(config, given, load_reference(path)))
 
 
-def _override_key(override: str) -> str:
+def override_key(override: str) -> str:
     """The top-level key an override sets: ``+seeds=[0]`` -> ``seeds``, ``dataset.root=x`` -> ``dataset``."""
     return override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].strip()

@@ -41,7 +41,7 @@ import yaml
 from mlfsic.harness.config import config_dir
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import sha256_json
-from mlfsic.harness.sweep.load import load_sweep
+from mlfsic.harness.sweep.load import load_sweep, override_key
 from mlfsic.harness.sweep.against_run import publish
 from mlfsic.harness.sweep.spec import PUBLISHED_DIR, Sweep
 from mlfsic.harness.sweep.store import is_suite_dir, read_suite_json, suite_run_dirs, write_suite_json
@@ -80,8 +80,8 @@ def split_suite_override(overrides: list[str]) -> tuple[str | None, list[str]]:
     """The value of ``+suite=NAME`` (or ``suite=NAME``) and the other overrides; (None, overrides) without one."""
     name, rest = None, []
     for override in overrides:
-        key, _, value = override.partition("=")
-        if key.lstrip("+") == "suite":
+        value = override.partition("=")[2]
+        if override_key(override) == "suite":
             if name is not None:
                 raise MlfsicError(f"{override}: give one +suite=NAME per command")
             name = value.strip()
@@ -138,11 +138,11 @@ def read_suite_file(path: Path) -> dict[str, tuple[str, ...]]:
 def load_suite(name: str, overrides: list[str]) -> Suite:
     """Every member's sweep resolved and validated before anything runs; an error names the member."""
     for override in overrides:
-        if override.lstrip("+").split("=", 1)[0] == "run_id":
+        if override_key(override) == "run_id":
             raise MlfsicError(f"{override}: the members of a suite derive their own run ids; drop run_id=")
     source = suite_file(name)
-    against = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == "against"), None)
-    others = [o for o in overrides if o.lstrip("+").split("=", 1)[0] != "against"]
+    against = next((o.partition("=")[2] for o in overrides if override_key(o) == "against"), None)
+    others = [o for o in overrides if override_key(o) != "against"]
     members = []
     for member, member_overrides in read_suite_file(source).items():
         try:
