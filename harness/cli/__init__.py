@@ -23,15 +23,17 @@ from mlfsic.harness.errors import MlfsicError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlfsic", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run (or resume) a sweep")
+    run = commands.add_parser("run", help="run (or resume) a sweep, or with +suite=NAME every sweep of a suite")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=[protonet] setting=[1shot] "
                      "against=published, +backbone=tiny-teacher (open_clip image tower; adds mkt, clip-zeroshot); "
-                     "every key is documented in configs/config.yaml")
-    board = commands.add_parser("leaderboard", help="build the leaderboard of one or more run dirs")
+                     "every key is documented in configs/config.yaml; +suite=NAME (configs/suite/: coco-moji-all, "
+                     "papers-all) or +suite=FILE.yaml runs a suite, against=published|SUITE_DIR per member")
+    board = commands.add_parser("leaderboard", help="build the leaderboard and the static site of run or suite dirs")
     board.add_argument("args", nargs="+", metavar="DIR",
                        help="run dirs or suite dirs, then options: out=DIR (where the board and the site go), against=published|RUN_DIR "
                             "(rank against a reference run), publish=true (copy one complete run into "
-                            "results/published; no RUN_DIR: the default sweep's)")
+                            "results/published; no RUN_DIR: the default sweep's; a suite dir: every member into "
+                            "results/published_suites/<suite>)")
     episodes = commands.add_parser("episodes", help="materialise episode sets")
     episodes.add_argument("overrides", nargs="*")
     data = commands.add_parser("data", help="dataset utilities")
