@@ -5,20 +5,20 @@ already holds a Ray instance), or by hand: ``python tests/ray_overhead.py [N_TAS
 object.
 
 ``ray.cluster_utils.Cluster``: a head and two more nodes (separate raylets on localhost), one CPU each,
-80 MB object stores, no dashboard, Ray temp dirs of its own (not /tmp/ray). Tasks are submitted the way ``harness.sweep.runner._plan_and_submit``
-submits chunks: ``ray.remote(fn).options(num_cpus=1, num_gpus=0, max_retries=3).remote(...)`` per task
-(a fresh ``RemoteFunction`` each time, as the runner does), with the arguments of an evaluate task (a real
-``Benchmark`` handle and ``MethodSpec``, the setting, an episode-set path, 100 episode indices, the
-ref of an upstream fit task, the run id); the task body returns at once. They are collected by the
-runner's own loop, ``runner._collect`` (``ray.wait`` rounds, every ready result taken, progress off). A
-tiny task returns a string, which ``_collect`` files as the cell's failure (a dict entry), so nothing is
+80 MB object stores, no dashboard, Ray temp dirs of its own (not /tmp/ray). Tasks are submitted the way
+``harness.sweep.runner._plan_and_submit`` submits chunks: one ``RemoteFunction`` per task kind, made once
+(``ray.remote(fn).options(num_cpus=1, num_gpus=0, max_retries=3)``), called per task with the arguments of
+an evaluate task (a real ``Benchmark`` handle and ``MethodSpec``, the setting, an episode-set path, 100
+episode indices, the ref of an upstream fit task, the run id); the task body returns at once. They are
+collected by the runner's own loop, ``runner._collect`` (time-bounded ``ray.wait`` rounds, progress off).
+A tiny task returns a string, which ``_collect`` files as the cell's failure (a dict entry), so nothing is
 written to disk and the figure is Ray's and the driver's cost, not a method's or the store's.
 
 Variants, each on the same cluster after one warm-up round that starts every worker:
 - ``runner``: as above, N tasks;
-- ``hoisted``: the same with one ``RemoteFunction`` made once (what the runner would save by hoisting);
-- ``runner_small``: as ``runner`` with N/5 tasks, to see whether the per-task cost grows with N
-  (``_collect`` rebuilds the list of pending refs on every round).
+- ``runner_small``: the same with N/5 tasks, to see whether the per-task cost grows with N;
+- ``remote_per_task``: N/5 tasks, each through a fresh ``ray.remote(fn)`` (the runner's style before it
+  made its remote functions once), to show what that costs.
 Per variant: submission wall and driver CPU, collection wall and driver CPU, per task and tasks/s.
 """
 
@@ -105,11 +105,11 @@ def main(n_tasks: int) -> dict:
         ray.init(address=cluster.address, log_to_driver=False)
         benchmark, spec = _handles()
         nodes = len([node for node in ray.nodes() if node.get("Alive")])
-        run_variant(300, False, benchmark, spec)  # warm-up: every node starts its worker and imports the harness
+        run_variant(300, True, benchmark, spec)  # warm-up: every node starts its worker and imports the harness
         results = {"nodes": nodes, "cluster_cpus": ray.cluster_resources().get("CPU", 0), "host_cpus": os.cpu_count(),
                    "variants": {}}
-        for name, count, hoisted in (("runner", n_tasks, False), ("hoisted", n_tasks, True),
-                                     ("runner_small", max(1, n_tasks // 5), False)):
+        for name, count, hoisted in (("runner", n_tasks, True), ("runner_small", max(1, n_tasks // 5), True),
+                                     ("remote_per_task", max(1, n_tasks // 5), False)):
             results["variants"][name] = run_variant(count, hoisted, benchmark, spec)
         return results
     finally:

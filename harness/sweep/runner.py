@@ -67,6 +67,7 @@ from mlfsic.harness.sweep.spec import RayOptions, Sweep, TaskResources
 from mlfsic.methods.registry import get_method_class
 
 FEATURE_SHARD_IMAGES = 2048
+COLLECT_ROUND_S = 0.25  # _collect takes the results that are ready within this, per round
 
 
 # ----------------------------------------------------------------------------------------- progress
@@ -666,11 +667,12 @@ def _collect(plans: list[_Plan], progress: bool, desc: str = "sweep") -> None:
     """
     owner = {ref: plan for plan in plans for ref in plan.pending}
     bar = _Progress(desc, len(owner), "tasks", progress)
-    while owner:
-        refs = list(owner)
-        ready, _ = ray.wait(refs, num_returns=1, timeout=5.0)
-        if ready and len(refs) > 1:  # take every result that is ready, not one per round trip
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    refs = list(owner)
+    while refs:
+        # One round takes every result ready within COLLECT_ROUND_S: a round costs O(pending refs) in
+        # ray.wait, so rounds are bounded by time, not one per finished task (that was O(tasks^2) over a
+        # sweep of 10,000 tiny tasks); the pending list is what ray.wait leaves, never rebuilt.
+        ready, refs = ray.wait(refs, num_returns=len(refs), timeout=COLLECT_ROUND_S)
         for ref in ready:
             plan = owner.pop(ref)
             task = plan.pending.pop(ref)
