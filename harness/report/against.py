@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.report.intervals import paired_difference
 from mlfsic.harness.sweep.store import read_run_json
 
@@ -46,12 +47,43 @@ def episode_sets_of(run_dirs: list[Path]) -> set[str]:
     return ids
 
 
+def prefix_of(run_dirs: list[Path]) -> dict[str, Any] | None:
+    """The runs' prefix comparison (``against=... n_episodes=N`` below the reference's count; run.json's
+    ``against.prefix``, written by ``sweep.against_run.check_prefix_episode_sets``), merged; None if none is.
+    Runs compared on prefixes of different lengths are refused (one board per ``n_episodes``)."""
+    merged: dict[str, Any] | None = None
+    for run_dir in run_dirs:
+        prefix = (read_run_json(Path(run_dir)).get("against") or {}).get("prefix")
+        if not prefix:
+            continue
+        if merged is not None and merged["n_episodes"] != int(prefix["n_episodes"]):
+            raise MlfsicError(f"runs compared on different prefixes of the reference ({merged['n_episodes']} and "
+                              f"{prefix['n_episodes']} episodes): build one board per n_episodes")
+        merged = merged or {"n_episodes": int(prefix["n_episodes"]),
+                            "reference_n_episodes": int(prefix["reference_n_episodes"]), "episode_sets": {}}
+        merged["episode_sets"].update(prefix["episode_sets"])
+    return merged
+
+
 def restrict_reference(records: pd.DataFrame, label_ap: pd.DataFrame, reference_run_id: str,
-                       episode_sets: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Drop the reference's rows on episode sets the new runs did not use."""
-    keep = (records["run_id"] != reference_run_id) | records["episode_set_id"].isin(episode_sets)
-    keep_ap = (label_ap["run_id"] != reference_run_id) | label_ap["episode_set_id"].isin(episode_sets)
-    return records.loc[keep].reset_index(drop=True), label_ap.loc[keep_ap].reset_index(drop=True)
+                       episode_sets: set[str], prefix: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop the reference's rows on episode sets the new runs did not use.
+
+    With a ``prefix`` (``prefix_of``), the reference's rows on a set the new runs drew a prefix of are kept
+    for its first episodes only, and carry the prefix set's id, so both are paired on the same episodes.
+    """
+    def restricted(table: pd.DataFrame) -> pd.DataFrame:
+        theirs = table["run_id"] == reference_run_id
+        keep = ~theirs | table["episode_set_id"].isin(episode_sets)
+        if prefix is not None:
+            table = table.copy()
+            for ours, reference_set in prefix["episode_sets"].items():
+                rows = theirs & (table["episode_set_id"] == reference_set) & (table["episode"] < prefix["n_episodes"])
+                table.loc[rows, "episode_set_id"] = ours
+                keep |= rows
+        return table.loc[keep].reset_index(drop=True)
+
+    return restricted(records), restricted(label_ap)
 
 
 def source_of(rows: pd.DataFrame, reference_run_id: str | None) -> str:

@@ -380,6 +380,15 @@ def average_ranks(ours: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple[str, str
     return pd.DataFrame(rows, columns=AVERAGE_RANK_COLUMNS), family_of
 
 
+def _prefix_note(reference: dict[str, Any] | None) -> list[str]:
+    """The board's first note when it compares on a prefix of the reference's episode sets."""
+    if reference is None or "prefix_episodes" not in reference:
+        return []
+    return [f"Prefix comparison: every method is compared on the first {reference['prefix_episodes']} of the "
+            f"reference's {reference['reference_episodes']} episodes per episode set (episode i is the same "
+            "whatever the set's size), paired; the reference's rows here are not its published means."]
+
+
 def _board_notes(records: pd.DataFrame, groups: dict[str, list[str]], features: dict[str, dict[str, str]]) -> list[str]:
     notes = []
     missing = [c for c in FEATURE_COLUMNS if (records[c] == UNKNOWN).any()]
@@ -410,8 +419,12 @@ def summarise(
     reference = against_reference.reference_info(Path(against)) if against is not None else None
     records, label_ap, runs = load_runs(run_dirs + ([Path(against)] if against is not None else []))
     if reference is not None:
+        prefix = against_reference.prefix_of(run_dirs)
         records, label_ap = against_reference.restrict_reference(
-            records, label_ap, reference["run_id"], against_reference.episode_sets_of(run_dirs))
+            records, label_ap, reference["run_id"], against_reference.episode_sets_of(run_dirs), prefix)
+        if prefix is not None:
+            reference = {**reference, "prefix_episodes": prefix["n_episodes"],
+                         "reference_episodes": prefix["reference_n_episodes"]}
         if not (records["run_id"] == reference["run_id"]).any():
             raise MlfsicError(f"reference run {reference['run_id']} ({against}) has no records on the episode sets of "
                               f"{', '.join(str(d) for d in run_dirs)}: they were not run against it")
@@ -446,5 +459,6 @@ def summarise(
                    if reference is not None else None)
     return LeaderboardData(cells=cells_all, average_ranks=average, label_ap=label_mean, runs=runs, groups=groups,
                            group_features=group_features, cell_notes=cell_notes, rank_families=family_of,
-                           notes=_board_notes(records, groups, group_features), reference=reference,
+                           notes=_prefix_note(reference) + _board_notes(records, groups, group_features),
+                           reference=reference,
                            comparisons=comparisons)

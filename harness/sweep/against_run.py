@@ -14,11 +14,12 @@ difference one ``MlfsicError`` line naming it (exit 2):
 
     before any work (``check_before_work``, nothing started or written):
         metric version (``METRIC_VERSION``), dataset name/adapter/generator settings, eval_split, protocol,
-        n_way, n_query, n_episodes, the sweep's seeds and settings among the reference's, label-embedding
+        n_way, n_query, n_episodes at most the reference's, the sweep's seeds and settings among the reference's, label-embedding
         id, and the backbone id when the weights file is known (pinned or given); otherwise the backbone
         config that trains it
-    after the dataset is read, before Ray starts (``check_dataset``, ``check_episode_sets``):
-        annotation sha256, label split, episode-set ids (content hashes: sampler, params, images)
+    after the dataset is read, before Ray starts (``check_dataset``, ``check_prefix_episode_sets``):
+        annotation sha256, label split, episode-set ids (content hashes: sampler, params, images); with
+        ``n_episodes`` below the reference's, ours must be the first episodes of its sets (a prefix comparison)
     after the backbone step, before any feature, method task or record (``check_backbone``):
         backbone id
 
@@ -31,12 +32,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import atomic_path, sha256_json, write_json_atomic
+from mlfsic.harness.protocol.data import LabelledPool
+from mlfsic.harness.protocol.episodes import EpisodePlan, EpisodeSetRef, load_episode_set, materialise_episode_sets
 from mlfsic.harness.protocol.metrics import METRIC_VERSION
 from mlfsic.harness.sweep.spec import PUBLISHED_DIR, RUN_FILES, Sweep
 from mlfsic.harness.sweep.store import read_run_json
@@ -207,10 +210,15 @@ def _check_dataset_config(dataset: Mapping[str, Any], reference: Reference) -> N
 
 def _check_episode_keys(sweep: Sweep, reference: Reference) -> None:
     """The keys that draw the episodes equal the reference's; seeds and settings among its own."""
-    for key in ("eval_split", "protocol", "n_way", "n_query", "n_episodes"):
+    for key in ("eval_split", "protocol", "n_way", "n_query"):
         ours, theirs = sweep.config.get(key), reference.config.get(key)
         if ours != theirs:
             raise _differs(key, ours, reference, theirs, f"leave {key} out to take the reference's, or {RERUN}")
+    theirs_n = reference.config.get("n_episodes")
+    if not isinstance(theirs_n, int) or sweep.n_episodes > theirs_n:
+        raise _differs("n_episodes", sweep.n_episodes, reference, theirs_n,
+                       "leave n_episodes out to take the reference's, or give at most its count (the first "
+                       f"n_episodes of its episode sets are compared), or {RERUN}")
     cells = reference.cells()
     seeds = sorted({seed for _, seed in cells})
     settings = sorted({setting for setting, _ in cells})
@@ -232,6 +240,7 @@ def expected_backbone_id(backbone: Mapping[str, Any], reference: Reference) -> s
     sweep trains it (or decides whether the pinned file fits this dataset) and the id is known later.
     """
     from mlfsic.harness.backbones import kinds as backbones
+    from mlfsic.harness.backbones.weights import pinned_weights
 
     kind = backbone.get("kind")
     if kind == "resnet50":
@@ -244,7 +253,7 @@ def expected_backbone_id(backbone: Mapping[str, Any], reference: Reference) -> s
             return None  # no file in the torch cache: the backbone step says so
     if kind != "small_cnn" or not reference.backbone_pinned or not backbone.get("pinned_weights"):
         return None
-    path = backbones.pinned_weights(backbone)  # raises when the file is missing or its sha256 is not the config's
+    path = pinned_weights(backbone)  # raises when the file is missing or its sha256 is not the config's
     return backbones.identify_backbone(backbone, path) if path is not None else None
 
 
@@ -273,6 +282,32 @@ def check_episode_sets(episode_sets: Mapping[str, str], reference: Reference) ->
         if theirs != episode_set_id:
             raise _differs(f"episode set {key}", episode_set_id, reference, theirs,
                            f"the sampler, the dataset or the split drew other episodes; {RERUN}")
+
+
+def check_prefix_episode_sets(pool: LabelledPool, plan: EpisodePlan, ours: Sequence[EpisodeSetRef],
+                              reference: Reference, results_dir: Path) -> dict[str, Any] | None:
+    """Our episode sets against the reference's; with fewer episodes than it has, as a prefix of them.
+
+    Episode ``i`` of a set is a pure function of (pool, sampler, seed, i) (``protocol.episodes.make_episode``),
+    so the first ``n`` episodes of the reference's sets are a sound, paired comparison. The reference-sized
+    sets are drawn here, their ids checked against the reference's, and ours checked to be their first
+    ``n`` episodes. Returns None for a full comparison, else run.json's ``against.prefix`` record: our
+    episode_set_id -> the reference's, and both episode counts (``report.against.restrict_reference`` reads it).
+    """
+    n_reference = int(reference.config["n_episodes"])
+    if plan.n_episodes == n_reference:
+        check_episode_sets({ref.key: ref.episode_set_id for ref in ours}, reference)
+        return None
+    full = {ref.key: ref for ref in materialise_episode_sets(pool, replace(plan, n_episodes=n_reference), results_dir)}
+    check_episode_sets({key: ref.episode_set_id for key, ref in full.items()}, reference)
+    mapping = {}
+    for ref in ours:
+        short = load_episode_set(ref.path)["episodes"]
+        if short != load_episode_set(full[ref.key].path)["episodes"][: len(short)]:
+            raise MlfsicError(f"episode set {ref.key}: its {len(short)} episodes are not the first of "
+                              f"{reference.label} set {full[ref.key].episode_set_id[:12]}; {RERUN}")
+        mapping[ref.episode_set_id] = full[ref.key].episode_set_id
+    return {"n_episodes": plan.n_episodes, "reference_n_episodes": n_reference, "episode_sets": mapping}
 
 
 def check_backbone(backbone_id: str, reference: Reference) -> None:
