@@ -21,13 +21,15 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mlfsic.harness.errors import MlfsicError
@@ -43,8 +45,18 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     Each override is parsed on its own first, so a syntax error names the override at fault. Values are
     checked later, by ``harness.sweep.resolve_sweep``.
     """
-    overrides = [str(o) for o in overrides]
-    parsed = {override: _parse_override(override) for override in overrides}
+    given = [str(o) for o in overrides]
+    parsed = {override: _parse_override(override) for override in given}
+    with tempfile.TemporaryDirectory(prefix="mlfsic-config-") as extra_dir:
+        composed = [_backbone_override(_dataset_file_override(o, Path(extra_dir))) for o in given]
+        if any(o != c for o, c in zip(given, composed) if o.startswith("dataset=")):
+            composed.append(f"hydra.searchpath=[file://{extra_dir}]")
+        cfg = _compose(composed, parsed)
+    _kind_defaults(cfg, given)
+    return cfg
+
+
+def _compose(overrides: list[str], parsed: dict[str, Any]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
             cfg = compose(config_name="config", overrides=overrides)
@@ -59,6 +71,82 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, KeyError) as error:
         raise MlfsicError(_explain(error, parsed)) from None
     return cfg
+
+
+# ----------------------------------------------------------------------------------------- dataset files
+def _dataset_file_override(override: str, extra_dir: Path) -> str:
+    """``dataset=PATH.yaml`` (a dataset config of one's own) -> ``dataset=<name>`` of a copy in ``extra_dir``,
+    which ``compose_config`` puts on Hydra's search path; any other override unchanged.
+
+    A value with a ``/`` or ending in ``.yaml``/``.yml`` is a path; a missing file is a one-line error.
+    """
+    key, sep, value = override.partition("=")
+    if key != "dataset" or not sep or not ("/" in value or value.endswith((".yaml", ".yml"))):
+        return override
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise MlfsicError(f"dataset={value}: file {path.resolve()} not found; expected a dataset name "
+                          f"({', '.join(sorted(p.stem for p in (config_dir() / 'dataset').glob('*.yaml')))}) or a "
+                          "dataset yaml file (docs/architecture.md §6.1)")
+    name = f"file-{path.stem}"
+    (extra_dir / "dataset").mkdir(exist_ok=True)
+    shutil.copyfile(path, extra_dir / "dataset" / f"{name}.yaml")
+    return f"dataset={name}"
+
+
+def _dataset_yaml(overrides: list[str]) -> dict[str, Any]:
+    """The dataset config file the overrides choose (the last ``dataset=``, else config.yaml's default), as
+    written: before any override."""
+    chosen = next((o.partition("=")[2] for o in reversed(overrides) if o.partition("=")[0].lstrip("+") == "dataset"),
+                  None)
+    if chosen is None:
+        chosen = next(entry["dataset"] for entry in _config_yaml().get("defaults", [])
+                      if isinstance(entry, dict) and "dataset" in entry)
+    path = Path(chosen).expanduser() if "/" in chosen or chosen.endswith((".yaml", ".yml")) else (
+        config_dir() / "dataset" / f"{chosen}.yaml")
+    loaded = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return loaded if isinstance(loaded, dict) else {}
+
+
+# ----------------------------------------------------------------------------------------- backbone keys
+BACKBONE_KEY = "dataset.backbone."
+
+
+def _backbone_override(override: str) -> str:
+    """``dataset.backbone.<key>=<value>`` (with or without ``+``) -> ``++...``: every kind's keys are settable
+    on every dataset, whether or not its yaml has them; ``resolve_sweep`` then refuses a key the kind does
+    not read (``backbones.kinds.check_backbone_keys``)."""
+    bare = override.lstrip("+")
+    if bare.startswith(BACKBONE_KEY) and "=" in bare and not override.startswith("~"):
+        return "++" + bare
+    return override
+
+
+def _backbone_keys_given(overrides: list[str]) -> set[str]:
+    """The ``dataset.backbone`` keys the user chose: set on the command line or by a ``backbone=`` preset."""
+    keys = set()
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key.startswith(BACKBONE_KEY):
+            keys.add(key[len(BACKBONE_KEY):].split(".")[0])
+        elif key == "backbone":
+            preset = config_dir() / "backbone" / f"{value}.yaml"
+            keys.update((yaml.safe_load(preset.read_text()) or {}) if preset.is_file() else {})
+    return keys
+
+
+def _kind_defaults(cfg: DictConfig, overrides: list[str]) -> None:
+    """A backbone kind switched on a dataset (``dataset.backbone.kind=resnet50`` on coco-moji, or a
+    ``+backbone=`` preset) starts from that kind's defaults: the dataset yaml's backbone keys the user did not
+    set again are dropped (e.g. coco-moji's 96 px and the SmallCNN's training keys for a resnet50)."""
+    written = _dataset_yaml(overrides).get("backbone")
+    backbone = cfg.get("dataset", {}).get("backbone") if isinstance(cfg.get("dataset"), DictConfig) else None
+    if not isinstance(written, dict) or not isinstance(backbone, DictConfig) or backbone.get("kind") == written.get("kind"):
+        return
+    keep = _backbone_keys_given(overrides) | {"kind"}
+    with open_dict(backbone):
+        for key in [k for k in written if k not in keep and k in backbone]:
+            del backbone[key]
 
 
 def _first_line(error: BaseException) -> str:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from mlfsic.harness.errors import MlfsicError
@@ -43,7 +45,7 @@ BUILTIN_MODULES = (
 class MethodInfo:
     name: str
     cls: type[Method]
-    origin: str  # "built-in" or "entry point <dist name> <version>"
+    origin: str  # "built-in", "module <name>" (method_modules) or "entry point <dist name> <version>"
 
 
 @dataclass(frozen=True)
@@ -75,18 +77,38 @@ def _accepts(function: Callable[..., Any], n_args: int) -> bool:
     return len(required) <= n_args <= len(positional)
 
 
+# Keywords the harness passes to every constructor besides the method's hyperparameters (create_method).
+CONSTRUCTOR_KEYWORDS = ("seed",)
+
+
+def _accepts_keyword(function: Callable[..., Any], keyword: str) -> bool:
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True
+    found = parameters.get(keyword)
+    return found is not None and found.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
 def contract_error(name: str, cls: type[Method]) -> str | None:
-    """One line when ``cls`` cannot be called as the Method API calls it (e.g. a plug-in written before
-    the val split reached ``fit``: ``def fit(self, base)``), else None."""
+    """One line when ``cls`` cannot be called as the Method API calls it, else None: a constructor without
+    a ``seed`` keyword (the harness builds every method as ``cls(seed=..., **hyperparameters)``), or a
+    ``fit``/``predict`` that cannot take the API's arguments (e.g. a plug-in written before the val split
+    reached ``fit``: ``def fit(self, base)``)."""
+    where = f"method {name!r} ({cls.__module__}.{cls.__qualname__})"
+    for keyword in CONSTRUCTOR_KEYWORDS:
+        if not _accepts_keyword(cls.__init__, keyword):
+            return (f"{where} has __init__{inspect.signature(cls.__init__)}, but the harness calls "
+                    f"{cls.__qualname__}({keyword}=..., **hyperparameters); add `{keyword}: int = 0` and pass it "
+                    f"to super().__init__({keyword})")
     for method, args in API_CALLS.items():
         function = getattr(cls, method)
         if not _accepts(function, len(args)):
-            return (f"method {name!r} ({cls.__module__}.{cls.__qualname__}) has {method}{inspect.signature(function)}, "
+            return (f"{where} has {method}{inspect.signature(function)}, "
                     f"but the Method API calls {method}(self, {', '.join(args)}) (mlfsic.methods.api)")
     return None
 
 
-def register(name: str, origin: str = "built-in") -> Callable[[type[Method]], type[Method]]:
+def register(name: str, origin: str | None = None) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: ``@register("protonet")`` makes the class available under that name. A class whose
     ``fit`` / ``predict`` cannot take the API's arguments is refused with one line (``contract_error``)."""
 
@@ -100,7 +122,8 @@ def register(name: str, origin: str = "built-in") -> Callable[[type[Method]], ty
         if existing is not None and existing.cls is not cls:
             raise MlfsicError(f"method name {name!r} is registered twice ({existing.cls} and {cls})")
         cls.name = name
-        _REGISTRY[name] = MethodInfo(name=name, cls=cls, origin=origin)
+        where = origin or ("built-in" if cls.__module__.startswith("mlfsic.") else f"module {cls.__module__}")
+        _REGISTRY[name] = MethodInfo(name=name, cls=cls, origin=where)
         return cls
 
     return decorator
@@ -118,9 +141,7 @@ def _load_entry_points() -> None:
             else:
                 register(entry_point.name, origin=origin)(cls)
         except Exception as error:  # noqa: BLE001 - any failure of third-party code: skip that plug-in
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            broken = BrokenMethod(entry_point.name, entry_point.value, origin,
-                                  f"{type(error).__name__}: {message}" if message else type(error).__name__)
+            broken = BrokenMethod(entry_point.name, entry_point.value, origin, _one_line(error))
             _BROKEN[entry_point.name] = broken
             print(f"mlfsic: warning: skipping method plug-in {broken.name!r} ({broken.target}, {broken.origin}): "
                   f"{broken.error}", file=sys.stderr)
@@ -154,8 +175,56 @@ def get_method_class(name: str) -> type[Method]:
         if broken is not None:
             raise MlfsicError(f"method {name!r} is a plug-in that failed to load ({broken.target}, {broken.origin}): "
                               f"{broken.error}; fix or uninstall it, or leave it out of method=[...]")
-        raise MlfsicError(f"unknown method {name!r}; registered: {', '.join(methods)}")
+        raise MlfsicError(f"unknown method {name!r}; registered: {', '.join(methods)}; {unimported_hint(name)}")
     return methods[name].cls
+
+
+def unimported_hint(name: str, folders: Sequence[str] | None = None) -> str:
+    """What to do about a method name no imported module registered: the one-file module on the path that
+    registers it (``method_modules=[that_module]``), or how a method of one's own is made known.
+
+    ``folders``: where to look for ``*.py`` files (default: the current folder and ``sys.path``'s folders,
+    not descending); a file is read only as text, never imported.
+    """
+    pattern = re.compile(r"""register\(\s*['"]""" + re.escape(name) + r"""['"]""")
+    for folder in folders if folders is not None else ["", *sys.path]:
+        directory = Path(folder or ".")
+        if not directory.is_dir() or "site-packages" in directory.parts:
+            continue
+        for path in sorted(directory.glob("*.py")):
+            try:
+                if pattern.search(path.read_text(errors="replace")):
+                    return f"{path} registers it: add method_modules=[{path.stem}]"
+            except OSError:
+                continue
+    return (f"a method of your own is imported with method_modules=[my_module] (a module on PYTHONPATH that "
+            f"@register('{name}')s it), or installed as a package with an entry point of group {ENTRY_POINT_GROUP}")
+
+
+def import_method_modules(modules: Sequence[str]) -> None:
+    """Import one-file method modules (``method_modules``) so their ``@register`` decorators run.
+
+    A module that is not found, fails to import, or registers a method the API cannot call is a one-line
+    error saying which (the contract check of ``register`` runs at import, before any Ray task).
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except MlfsicError as error:  # a contract violation found by @register
+            raise MlfsicError(f"method_modules: {module}: {error}") from None
+        except ModuleNotFoundError as error:
+            if error.name and module.startswith(error.name):
+                raise MlfsicError(f"method_modules: no module named {module!r} on the path (cwd {Path.cwd()}); "
+                                  f"expected {module.replace('.', '/')}.py in the current folder with PYTHONPATH=. "
+                                  "(or an installed module)") from None
+            raise MlfsicError(f"method_modules: importing {module!r} failed: {_one_line(error)}") from None
+        except Exception as error:  # noqa: BLE001 - any import-time failure of user code is a config error
+            raise MlfsicError(f"method_modules: importing {module!r} failed: {_one_line(error)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def create_method(name: str, config: Mapping[str, Any], seed: int) -> Method:

@@ -76,6 +76,10 @@ def _no_check(config: Mapping[str, Any]) -> None:
     return None
 
 
+# ``dataset.backbone`` keys every kind takes: which kind, and where extraction runs.
+COMMON_BACKBONE_KEYS = ("kind", "device")
+
+
 @dataclass(frozen=True)
 class BackboneKind:
     """One pluggable backbone kind (``dataset.backbone.kind``). ``config`` is the ``dataset.backbone`` mapping.
@@ -90,6 +94,9 @@ class BackboneKind:
     backbone step (for ``against=``); None otherwise.
     ``text_tower``: it has a text encoder (open_clip methods, ``embeddings.encoder=clip``).
     ``trains_on_base``: without a pinned file, its weights are trained on the base split.
+    ``keys``: the ``dataset.backbone`` keys it reads besides ``COMMON_BACKBONE_KEYS``; any other key is an
+    error naming the kind(s) it belongs to (``kinds.check_backbone_keys``). Empty: not checked (a plug-in
+    kind that does not declare them).
     """
 
     name: str
@@ -100,3 +107,4 @@ class BackboneKind:
     config_weights: Callable[[Mapping[str, Any]], Path | None] = _no_config_weights
     text_tower: bool = False
     trains_on_base: bool = False
+    keys: tuple[str, ...] = ()

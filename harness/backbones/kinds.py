@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from mlfsic.harness.backbones import open_clip, resnet50, small_cnn
-from mlfsic.harness.backbones.extractor import Backbone, BackboneKind
-from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.backbones.extractor import COMMON_BACKBONE_KEYS, Backbone, BackboneKind
+from mlfsic.harness.errors import MlfsicError, invalid_value
 from mlfsic.harness.protocol.data import Dataset
 
 KINDS: dict[str, BackboneKind] = {kind.name: kind for kind in (small_cnn.KIND, resnet50.KIND, open_clip.KIND)}
@@ -50,6 +50,32 @@ def backbone_kind(name: Any) -> BackboneKind:
     close = difflib.get_close_matches(str(name), list(KINDS), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise MlfsicError(f"dataset.backbone.kind {name!r} is not one of {', '.join(KINDS)}{hint}")
+
+
+def check_backbone_keys(config: Mapping[str, Any]) -> None:
+    """Every ``dataset.backbone`` key is one its kind reads; another kind's key (or a typo) is a one-line error.
+
+    Example:
+        >>> check_backbone_keys({"kind": "resnet50", "weights": None, "epochs": 8})
+        Traceback (most recent call last):
+        ...
+        mlfsic.harness.errors.MlfsicError: dataset.backbone.epochs=8: a key of small_cnn, open_clip, not of resnet50 (dataset.backbone.kind=resnet50); expected one of dataset.backbone.{kind, device, weights, image_size, extract_batch_size}
+    """
+    kind = backbone_kind(config.get("kind"))
+    if not kind.keys:
+        return
+    accepted = (*COMMON_BACKBONE_KEYS, *kind.keys)
+    expected = "one of dataset.backbone.{" + ", ".join(accepted) + "}"
+    for key, value in config.items():
+        if key in accepted:
+            continue
+        owners = [other.name for other in KINDS.values() if key in other.keys]
+        if owners:
+            problem = f"a key of {', '.join(owners)}, not of {kind.name} (dataset.backbone.kind={kind.name})"
+        else:
+            close = difflib.get_close_matches(str(key), accepted, n=1)
+            problem = f"unknown key of a {kind.name} backbone" + (f" (did you mean {close[0]}?)" if close else "")
+        raise invalid_value(f"dataset.backbone.{key}", value, expected, problem)
 
 
 def backbone_weights(dataset: Dataset, split: dict[str, list[str]], config: Mapping[str, Any], cache_root: Path,

@@ -338,4 +338,10 @@ def _weights(dataset: Any, split: dict[str, list[str]], config: Mapping[str, Any
     return open_clip_weights(dict(config), split)
 
 
-KIND = BackboneKind(name="open_clip", weights=_weights, identify=_identify, build=_build, check=_check, text_tower=True)
+# The keys of an open_clip backbone: the model and its weights (pinned or a file), extraction, and the tiny
+# teacher's training settings (configs/backbone/tiny-teacher*.yaml; ``backbones.tiny_teacher``).
+OPEN_CLIP_KEYS = ("model", "weights", "pinned_weights", "pinned_sha256", "extract_batch_size", "regime", "corpus_seed",
+                  "corpus_images", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "seed")
+
+KIND = BackboneKind(name="open_clip", weights=_weights, identify=_identify, build=_build, check=_check, text_tower=True,
+                    keys=OPEN_CLIP_KEYS)

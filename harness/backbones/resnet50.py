@@ -100,4 +100,5 @@ def _config_weights(config: Mapping[str, Any]) -> Path | None:
         return None
 
 
-KIND = BackboneKind(name="resnet50", weights=_weights, identify=_identify, build=_build, config_weights=_config_weights)
+KIND = BackboneKind(name="resnet50", weights=_weights, identify=_identify, build=_build, config_weights=_config_weights,
+                    keys=("weights", *(f.name for f in fields(ResNet50Settings))))

@@ -334,4 +334,5 @@ def _config_weights(config: Mapping[str, Any]) -> Path | None:
 
 
 KIND = BackboneKind(name="small_cnn", weights=_weights, identify=_identify, build=_build,
-                    config_weights=_config_weights, trains_on_base=True)
+                    config_weights=_config_weights, trains_on_base=True,
+                    keys=(*(f.name for f in fields(SmallCnnSettings)), "pinned_weights", "pinned_sha256"))

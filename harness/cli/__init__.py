@@ -6,7 +6,7 @@
     mlfsic data prepare NAME [k=v ...]   generate coco-moji (out=DIR seed=S preview=PATH) or check a dataset;
                                          openmoji-corpus [regime= seed= n_images= image_size=]: the teacher's corpus
     mlfsic teacher train [OVERRIDES...]  retrain the pinned tiny CLIP teacher (+backbone=tiny-teacher-strict; out=DIR)
-    mlfsic methods                       list registered methods, their settings and origin
+    mlfsic methods [method_modules=[m]]  list registered methods, their settings and origin
     mlfsic claims [ablation=DIR] [ranking=DIR] [out=DIR]   test the paper's claims; claims.{csv,json,md}
 
 Errors print one line (``mlfsic: error: ...``) and exit with code 2; a sweep with failed cells exits 1.
@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     prepare = data_commands.add_parser("prepare", help="generate coco-moji or check a dataset's files")
     prepare.add_argument("name", help="coco-moji, openmoji-corpus, or a dataset config name (coco, ...)")
     prepare.add_argument("options", nargs="*", help="key=value options")
-    commands.add_parser("methods", help="list registered methods")
+    methods = commands.add_parser("methods", help="list registered methods (and one-file plug-ins: method_modules=[my_method])")
+    methods.add_argument("options", nargs="*", help="method_modules=[my_method,...]: import these modules first "
+                         "(on PYTHONPATH), so the methods they @register are listed")
     claims = commands.add_parser("claims", help="test the paper's abstract claims on the ablation and ranking runs")
     claims.add_argument("options", nargs="*",
                         help="key=value: ablation=DIR (default results/published_ablation, a val-split run of "
@@ -110,5 +112,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return train_command(args.overrides)
     from mlfsic.harness.cli.methods import methods_command
+    from mlfsic.harness.cli.options import key_values
 
-    return methods_command()
+    return methods_command(key_values(args.options))

@@ -40,7 +40,6 @@ Ranking against a reference run (``against``)
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import os
 import re
@@ -52,7 +51,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mlfsic.datasets import registry
-from mlfsic.harness.backbones.kinds import KINDS, backbone_kind
+from mlfsic.harness.backbones.kinds import KINDS, backbone_kind, check_backbone_keys
 from mlfsic.harness.config import method_yaml, to_container, top_level_keys
 from mlfsic.harness.errors import MlfsicError, invalid_value, show_value
 from mlfsic.harness.io import sha256_json
@@ -483,6 +482,7 @@ def _dataset(value: Any) -> dict[str, Any]:
     if not isinstance(backbone, dict):
         raise invalid_value("dataset.backbone", backbone, f"a mapping with kind: {' or '.join(KINDS)}")
     _choice("dataset.backbone.kind", backbone.get("kind"), tuple(KINDS))
+    check_backbone_keys(backbone)
     if "lr" in backbone and (not _is_number(backbone["lr"]) or backbone["lr"] <= 0):
         raise invalid_value("dataset.backbone.lr", backbone["lr"], "a number > 0")
     weights = backbone.get("weights")
@@ -511,17 +511,14 @@ def _dataset(value: Any) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- methods
 def _method_modules(value: Any) -> tuple[str, ...]:
+    from mlfsic.methods.registry import import_method_modules
+
     expected = "a list of importable modules (on PYTHONPATH) that @register methods, e.g. method_modules=[my_method]"
     modules = _as_list(value)
     for module in modules:
         if not isinstance(module, str) or not module:
             raise invalid_value("method_modules", value, expected, f"{module!r} is not a module name")
-        try:
-            importlib.import_module(module)
-        except Exception as error:  # noqa: BLE001 - any import-time failure of user code is a config error
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise invalid_value("method_modules", value, expected,
-                       f"cannot import {module!r} ({type(error).__name__}: {message})") from None
+    import_method_modules(modules)
     return tuple(modules)
 
 
@@ -629,10 +626,12 @@ def _unknown_method(key: str, value: Any, name: str, registered: Mapping[str, An
         info = broken[name]
         raise invalid_value(key, value, "a method that loads", f"method {name!r} is a plug-in that failed to load "
                    f"({info.target}, {info.origin}: {info.error}); fix or uninstall it, or leave it out")
+    from mlfsic.methods.registry import unimported_hint
+
     known = f"registered methods: {', '.join(registered)}"
     if variants:
         known += f"; variants: {', '.join(variants)}"
-    raise invalid_value(key, value, known, f"unknown method {name!r}")
+    raise invalid_value(key, value, f"{known} ({unimported_hint(name)})", f"unknown method {name!r}")
 
 
 def check_hyperparameters(method: str, values: Mapping[str, Any], key: str) -> None:
