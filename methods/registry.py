@@ -38,6 +38,7 @@ BUILTIN_MODULES = (
     "mlfsic.methods.lcm",
     "mlfsic.methods.clip_zeroshot",
     "mlfsic.methods.mkt",
+    "mlfsic.methods.linear_probe",
 )
 
 
