@@ -11,7 +11,7 @@ ARGS ?=
 TEST_PLUGINS := $(abspath $(VENV))/test-plugins
 TEST_ENV := PYTHONPATH=$(TEST_PLUGINS)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch/torchvision install from this machine's disk; pinned here so pip never picks another build
 	$(PIP) torch==2.14.1 torchvision==0.29.1

@@ -40,6 +40,7 @@ Ranking against a reference run (``against``)
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import inspect
 import os
 import re
@@ -206,7 +207,8 @@ def derive_run_id(config: Mapping[str, Any]) -> str:
     return f"{config['dataset']['name']}-{sha256_json(content)[:12]}"
 
 
-PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "results" / "published"
+# The published reference run, shipped as package data of ``mlfsic.results`` (a checkout's results/published).
+PUBLISHED_DIR = Path(str(importlib.resources.files("mlfsic.results"))) / "published"
 
 
 RUN_FILES = ("run.json", "records.parquet", "label_ap.parquet")
