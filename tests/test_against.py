@@ -123,6 +123,27 @@ def test_any_run_dir_is_a_reference_and_a_subset_of_seeds_is_compared(tiny_resul
     assert (pd.read_csv(run_path / "against.csv")["n_paired"] == N_EPISODES).all()
 
 
+def test_fewer_episodes_compare_on_the_prefix_of_the_reference_sets(tiny_results_dir, published, capsys):
+    """``n_episodes=N`` below the reference's: ours are its first N episodes (checked), paired, and noted."""
+    n = N_EPISODES // 2
+    code, run_path, _ = _run(capsys, *tiny_overrides(tiny_results_dir, *NEW, f"n_episodes={n}"), f"against={published}")
+    assert code == 0 and run_path is not None
+    info = json.loads((run_path / "run.json").read_text())
+    prefix = info["against"]["prefix"]
+    assert prefix["n_episodes"] == n and prefix["reference_n_episodes"] == N_EPISODES
+    reference_sets = json.loads((published / "run.json").read_text())["episode_sets"]
+    assert sorted(prefix["episode_sets"].values()) == sorted(reference_sets[k] for k in info["episode_sets"])
+    board = pd.read_csv(run_path / "leaderboard.csv")
+    one_shot = board[board["setting"] == "1shot"].set_index("method")
+    assert one_shot["group"].nunique() == 1 and (one_shot["n_episodes"] == 2 * n).all()
+    reference_records = pd.read_parquet(published / "records.parquet")
+    first = reference_records[(reference_records["method"] == "random") & (reference_records["setting"] == "1shot")
+                              & (reference_records["episode"] < n)]
+    assert one_shot.loc["random", "map"] == pytest.approx(first["map"].mean())
+    assert (pd.read_csv(run_path / "against.csv")["n_paired"] == 2 * n).all()
+    assert f"first {n} of the reference's {N_EPISODES} episodes" in (run_path / "leaderboard.md").read_text()
+
+
 def _tampered(published: Path, tmp_path: Path, edit) -> Path:
     copy = tmp_path / "reference"
     shutil.copytree(published, copy)
@@ -142,7 +163,7 @@ def _set(path: tuple[str, ...], value):
 
 
 @pytest.mark.parametrize("extra, edit, expected", [
-    (("n_episodes=10",), None, "n_episodes 10 differs from reference run"),
+    (("n_episodes=30",), None, "n_episodes 30 differs from reference run"),  # more than it has
     (("seeds=[5]",), None, "seed 5 differs from reference run"),
     (("dataset.generate.n_test=250",), None, "dataset.generate.n_test 250 differs from reference run"),
     ((), _set(("embedding_id",), "glove-0123456789ab"), "differs from reference run"),

@@ -7,6 +7,7 @@ must be byte-identical; rows of different episode sets must never be paired.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 import re
@@ -18,6 +19,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from mlfsic.harness.cli import main
+from mlfsic.harness.config import compose_config, to_container
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.report.leaderboard import build_leaderboard
 from mlfsic.harness.report.papers import load_reported
@@ -49,12 +52,14 @@ def make_run_dir(
     seed_offsets: dict[str, dict[int, float]] | None = None,
     only: dict[str, tuple[str, ...]] | None = None,
     noise: float = 0.05,
+    run_info: dict | None = None,
 ) -> Path:
     """Per-label AP ~ method level + label offset + episode difficulty + noise; mAP = mean of the label APs.
 
     ``features``: protocol/backbone_id/embedding_id columns for the records (None: a run made before
     records had them). ``seed_offsets[method][seed]`` adds a per-seed level (a seed effect); ``only[method]``
-    restricts a method to some settings (e.g. a zero-shot method).
+    restricts a method to some settings (e.g. a zero-shot method). ``run_info``: run.json fields to set
+    (status, failures, planned_cells, invocations, ...; by default one failed cell of a method "broken").
     """
     rng = np.random.default_rng(rng_seed)
     run_dir = root / run_id
@@ -93,6 +98,7 @@ def make_run_dir(
         "versions": {"numpy": np.__version__, "pandas": pd.__version__}, "hardware": {"cpu_count": 2},
         "episode_sets": sets, "failures": [{"method": "broken", "dataset": datasets[0], "setting": settings[0],
                                             "seed": 0, "error": "ValueError: boom"}],
+        **(run_info or {}),
     }
     (run_dir / "run.json").write_text(json.dumps(info, indent=1))
     return run_dir
@@ -151,7 +157,7 @@ def test_rebuild_is_byte_identical_and_html_is_self_contained(tmp_path):
     run = make_run_dir(tmp_path / "runs", "run-a", {"alpha": 0.7, "beta": 0.5})
     first = build_leaderboard([run], tmp_path / "one", n_boot=N_BOOT)
     second = build_leaderboard([run], tmp_path / "two", n_boot=N_BOOT)
-    assert set(first) == {"csv", "md", "html"}
+    assert set(first) == {"csv", "md", "html", "missing"}  # its failed cell makes it incomplete
     for kind in first:
         assert first[kind].read_bytes() == second[kind].read_bytes(), kind
     page = first["html"].read_text()
@@ -427,3 +433,94 @@ def test_runs_on_different_features_are_never_paired_or_ranked_together(tmp_path
     mixed = summarise([run_a, old], n_boot=N_BOOT)
     assert set(mixed.cells["backbone_id"]) == {"smallcnn-aaaa", "unknown"}
     assert any("read as 'unknown'" in note for note in mixed.notes)
+
+
+# ---------------------------------------------------------------- incomplete runs
+
+def _drop_cell(run: Path, method: str, setting: str, seed: int) -> None:
+    """Leave a cell out of a run dir's tables, as an interrupted or failed sweep does."""
+    for name in ("records.parquet", "label_ap.parquet"):
+        table = pd.read_parquet(run / name)
+        keep = ~((table["method"] == method) & (table["setting"] == setting) & (table["seed"] == seed))
+        table[keep].to_parquet(run / name, index=False)
+
+
+def test_an_interrupted_run_is_marked_incomplete_with_its_missing_cells_and_resume_command(tmp_path, capsys):
+    planned = sorted(f"{m}__{s}__seed{k}" for m in ("alpha", "beta", "gamma") for s in ("1shot", "5shot")
+                     for k in (0, 1))
+    argv = ["run", "method=[alpha,beta,gamma]", "seeds=[0,1]"]
+    run = make_run_dir(tmp_path / "runs", "run-a", {"alpha": 0.7, "beta": 0.5, "gamma": 0.4}, run_info={
+        "status": "interrupted", "planned_cells": planned, "dataset": {"name": "coco-moji"},
+        "failures": [{"method": "gamma", "dataset": "coco-moji", "setting": "1shot", "seed": 0,
+                      "error": "ValueError: boom | bad"}],
+        "invocations": [{"started": "2025-01-02T03:04:05+00:00", "argv": argv, "cwd": "/work/my project"}]})
+    _drop_cell(run, "beta", "5shot", 1)  # not finished when interrupted
+    _drop_cell(run, "gamma", "1shot", 0)  # failed
+    first = build_leaderboard([run], tmp_path / "one", n_boot=N_BOOT)
+    second = build_leaderboard([run], tmp_path / "two", n_boot=N_BOOT)
+    for kind in first:
+        assert first[kind].read_bytes() == second[kind].read_bytes(), kind
+    resume = "cd '/work/my project' && mlfsic run 'method=[alpha,beta,gamma]' 'seeds=[0,1]'"
+    md = first["md"].read_text()
+    assert md.startswith("# mlfsic leaderboard (INCOMPLETE)\n")
+    assert "## INCOMPLETE: run `run-a`" in md
+    assert "INCOMPLETE (status interrupted): 2 of 12 planned cells missing (1 failed)" in md
+    assert "| beta | coco-moji | 5shot | 1 | not finished: the run was interrupted |" in md
+    assert "| gamma | coco-moji | 1shot | 0 | failed: ValueError: boom \\| bad |" in md
+    assert f"Resume: `{resume}`" in md
+    assert ("episode sets, 1 failures, INCOMPLETE (status interrupted): 2 of 12 planned cells missing (1 failed)"
+            in md)  # the Runs line: the failure count and what is missing
+    page = first["html"].read_text()
+    assert "<h1>mlfsic leaderboard (INCOMPLETE)</h1>" in page and "INCOMPLETE: run run-a" in page
+    assert "not finished: the run was interrupted" in page and "failed: ValueError: boom | bad" in page
+    assert f"<code>{html.escape(resume)}</code>" in page
+    missing = pd.read_csv(first["missing"])
+    assert list(zip(missing["method"], missing["setting"], missing["seed"])) == [("beta", "5shot", 1),
+                                                                                 ("gamma", "1shot", 0)]
+    assert set(missing["resume"]) == {resume} and set(missing["status"]) == {"interrupted"}
+    # the CLI says so on stderr too, and its site marks the benchmark page and the overview
+    assert main(["leaderboard", str(run), f"out={tmp_path / 'site'}"]) == 0
+    err = capsys.readouterr().err
+    assert ("mlfsic: run run-a: INCOMPLETE (status interrupted): 2 of 12 planned cells missing (1 failed); "
+            f"resume: {resume}") in err
+    assert "<h1>mlfsic leaderboard (INCOMPLETE)</h1>" in (tmp_path / "site" / "index.html").read_text()
+    benchmark_page = next((tmp_path / "site" / "benchmarks").glob("*.html")).read_text()
+    assert "INCOMPLETE: run run-a" in benchmark_page and "not finished: the run was interrupted" in benchmark_page
+
+    # resumed to the end: complete, no mark, no stale list
+    whole = make_run_dir(tmp_path / "resumed", "run-a", {"alpha": 0.7, "beta": 0.5, "gamma": 0.4}, run_info={
+        "status": "complete", "planned_cells": planned, "failures": []})
+    paths = build_leaderboard([whole], tmp_path / "one", n_boot=N_BOOT)
+    assert set(paths) == {"csv", "md", "html"} and not (tmp_path / "one" / "missing_cells.csv").exists()
+    page = paths["html"].read_text()  # (the inlined plotly.js says FRAMEBUFFER_INCOMPLETE...)
+    assert "INCOMPLETE" not in paths["md"].read_text()
+    assert "mlfsic-incomplete" not in page and "(INCOMPLETE)" not in page
+    assert "episode sets, 0 failures\n" in paths["md"].read_text()
+
+
+def test_a_complete_run_has_no_incomplete_mark(tmp_path):
+    run = make_run_dir(tmp_path / "runs", "run-a", {"alpha": 0.7, "beta": 0.5},
+                       run_info={"status": "complete", "failures": []})
+    paths = build_leaderboard([run], tmp_path / "out", n_boot=N_BOOT)
+    for kind in ("md", "csv"):
+        assert "INCOMPLETE" not in paths[kind].read_text(), kind
+    page = paths["html"].read_text()  # (the inlined plotly.js says FRAMEBUFFER_INCOMPLETE...)
+    assert "mlfsic-incomplete" not in page and "(INCOMPLETE)" not in page and "<h1>mlfsic leaderboard</h1>" in page
+    assert paths["md"].read_text().startswith("# mlfsic leaderboard\n") and "missing" not in paths
+
+
+def test_a_run_without_recorded_cells_or_command_gets_them_from_its_config(tmp_path):
+    """A run made before run.json recorded planned cells and arguments: its methods x settings x seeds, each
+    method on the settings it supports (wordvec-zeroshot: 0shot only), and overrides that compose to its config."""
+    overrides = ["method=[protonet,wordvec-zeroshot]", "seeds=[0]", "n_episodes=12"]
+    config = to_container(compose_config(overrides))
+    methods = {name: {"method": name, "config": {}, "config_hash": name} for name in ("protonet", "wordvec-zeroshot")}
+    run = make_run_dir(tmp_path / "runs", "run-a", {"protonet": 0.6, "wordvec-zeroshot": 0.3},
+                       settings=("0shot", "1shot", "5shot"), seeds=(0,),
+                       only={"wordvec-zeroshot": ("0shot",), "protonet": ("1shot", "5shot")},
+                       run_info={"status": "interrupted", "failures": [], "config": config, "methods": methods})
+    _drop_cell(run, "protonet", "5shot", 0)
+    md = build_leaderboard([run], tmp_path / "out", n_boot=N_BOOT)["md"].read_text()
+    assert "INCOMPLETE (status interrupted): 1 of 3 planned cells missing (0 failed)" in md
+    assert "| protonet | coco-moji | 5shot | 0 | not finished: the run was interrupted |" in md
+    assert "Resume: `mlfsic run 'method=[protonet,wordvec-zeroshot]' 'seeds=[0]' n_episodes=12`" in md

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from mlfsic.harness.cli.options import key_values
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.report.leaderboard import build_leaderboard
+from mlfsic.harness.report.leaderboard import build_leaderboard, run_gaps_of
+from mlfsic.harness.report.tables import gaps_summary, resume_text
 from mlfsic.harness.report.site import build_site, default_site_dir, expand_dirs
 from mlfsic.harness.sweep.against_run import publish
 from mlfsic.harness.sweep.spec import PUBLISHED_DIR, resolve_against
@@ -26,6 +28,8 @@ def leaderboard_command(args: list[str]) -> int:
     repository's results/published) as the reference ``against=published`` reads, with leaderboard.{csv,md};
     a suite dir: every member into out=/<member> (default: results/published_suites/<suite>), the references
     ``mlfsic run +suite=<suite> against=published`` gives each member (``harness.sweep.suite``).
+    A run that lacks cells (interrupted, failed) is said on stderr too: ``mlfsic: run <id>: INCOMPLETE ...;
+    resume: <command>`` (the board lists its missing cells; ``missing_cells.csv``).
     """
     run_dirs = [Path(a) for a in args if "=" not in a]
     options = key_values([a for a in args if "=" in a])
@@ -60,4 +64,7 @@ def leaderboard_command(args: list[str]) -> int:
     print(Path(paths["md"]).read_text())
     for path in [*paths.values(), site["index.html"]]:
         print(path)
+    for gaps in run_gaps_of(members):
+        if gaps.incomplete:
+            print(f"mlfsic: run {gaps.run_id}: {gaps_summary(gaps)}; resume: {resume_text(gaps)}", file=sys.stderr)
     return 0

@@ -6,7 +6,9 @@ significance marks, which interval, reported paper rows marked *reported*), the 
 undefined metrics, groups on different features), the average ranks per rank family, one bar chart per dataset
 (mAP per setting and method, 95% CI error bars; reported numbers as hatched bars without error bars),
 one per-label AP heatmap (method x label) per cell, and a provenance block per run (git commit + dirty
-flag, episode set ids, package versions, hardware, run date). ``render_page`` takes extra sections (the
+flag, episode set ids, package versions, hardware, run date). A run that lacks cells (``store.run_gaps``)
+puts an INCOMPLETE block under the title: its missing cells, why, and the resume command.
+``render_page`` takes extra sections (the
 site's costs table and links) and where plotly.js is: inlined once (``leaderboard.html``, self-contained,
 no ``<script src>``) or one relative ``<script src>`` (the site's ``assets/plotly.min.js``).
 
@@ -28,7 +30,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from mlfsic.harness.report.stats import LeaderboardData, setting_order
-from mlfsic.harness.report.tables import INTERVALS_TEXT, interval_text, reference_text
+from mlfsic.harness.report.tables import INTERVALS_TEXT, gaps_summary, interval_text, reference_text, resume_text
+from mlfsic.harness.sweep.store import RunGaps
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -232,14 +235,38 @@ def heatmap_figure(data: LeaderboardData, dataset: str, setting: str, group: str
     return figure
 
 
-def provenance_block(data: LeaderboardData) -> str:
+def incomplete_block(gaps: Sequence[RunGaps]) -> str:
+    """Per incomplete run: what is missing and why, and the resume command ("" when every run is complete).
+    Styled inline, so the pages of complete runs stay byte for byte as they were."""
+    out = []
+    for run in (g for g in gaps if g.incomplete):
+        out.append(f'<div class="mlfsic-incomplete" style="border: 2px solid #b00; padding: 0.2em 1em; margin: 1em 0">'
+                   f'<h2 style="color: #b00">INCOMPLETE: run {esc(run.run_id)}</h2>'
+                   f"<p>{esc(gaps_summary(run))}. This board leaves the missing cells out; resume the run (finished "
+                   "cells are kept) and rebuild the board.</p>")
+        if run.missing:
+            out.append('<table class="sortable"><thead><tr><th>method</th><th>dataset</th><th>setting</th><th>seed</th>'
+                       "<th>why</th></tr></thead><tbody>")
+            out += [f"<tr>{td(c.method, c.method)}{td(c.dataset, c.dataset)}"
+                    f"{td(c.setting, setting_order(c.setting)[0])}{td(str(c.seed), c.seed)}{td(c.reason, c.reason)}</tr>"
+                    for c in run.missing]
+            out.append("</tbody></table>")
+        command = resume_text(run)
+        out.append(f"<p>Resume: <code>{esc(command)}</code></p></div>" if run.resume is not None
+                   else f"<p>Resume: {esc(command.replace('`', ''))}</p></div>")
+    return '<div id="mlfsic-incomplete">' + "".join(out) + "</div>" if out else ""
+
+
+def provenance_block(data: LeaderboardData, gaps: Sequence[RunGaps] = ()) -> str:
+    gaps_of = {g.run_id: g for g in gaps if g.incomplete}
     out = ['<div id="mlfsic-provenance">']
     for run in data.runs:
         dirty = {True: "dirty", False: "clean", None: "unknown"}[run["git_dirty"]]
+        incomplete = (f"<li>{esc(gaps_summary(gaps_of[run['run_id']]))}</li>" if run["run_id"] in gaps_of else "")
         out.append(f"<h3>run {esc(run['run_id'])}</h3><ul>"
                    f"<li>created: {esc(run['created'])}</li>"
                    f"<li>git commit: <code>{esc(run['git_commit'])}</code> ({dirty} working tree)</li>"
-                   f"<li>failures: {len(run['failures'])}</li></ul>")
+                   f"<li>failures: {len(run['failures'])}</li>{incomplete}</ul>")
         for title, key in (("episode sets", "episode_sets"), ("package versions", "versions"),
                            ("hardware", "hardware"), ("failures", "failures")):
             out.append(f"<details><summary>{title}</summary><pre>"
@@ -283,8 +310,9 @@ def intro_text(data: LeaderboardData) -> list[str]:
 
 
 def board_sections(data: LeaderboardData, embed: Callable[[go.Figure, str], str],
-                   extra: Sequence[str] = ()) -> list[str]:
-    """Results, against, notes, average ranks, ``extra`` (HTML fragments), bar charts, heatmaps, provenance."""
+                   extra: Sequence[str] = (), gaps: Sequence[RunGaps] = ()) -> list[str]:
+    """Results, against, notes, average ranks, ``extra`` (HTML fragments), bar charts, heatmaps, provenance
+    (with what ``gaps`` says of incomplete runs)."""
     parts = ["<h2>Results</h2>", results_table(data),
              *(["<h2>Against the reference</h2>", "<p>Paired difference new − reference in mAP points over the "
                 "episodes both scored (95% CI); better / worse: the interval excludes 0.</p>", against_table(data)]
@@ -301,19 +329,23 @@ def board_sections(data: LeaderboardData, embed: Callable[[go.Figure, str], str]
     for key in ordered:
         div_id = f"mlfsic-heatmap-{slug(key.dataset)}-{slug(key.setting)}-{slug(key.group)}"
         parts.append(embed(heatmap_figure(data, key.dataset, key.setting, key.group), div_id))
-    parts += ["<h2>Provenance</h2>", provenance_block(data)]
+    parts += ["<h2>Provenance</h2>", provenance_block(data, gaps)]
     return parts
 
 
 def render_page(data: LeaderboardData, plotly_src: str | None = None, title: str = "mlfsic leaderboard",
-                before: Sequence[str] = (), extra: Sequence[str] = ()) -> str:
+                before: Sequence[str] = (), extra: Sequence[str] = (), gaps: Sequence[RunGaps] = ()) -> str:
     """The whole page as a string (deterministic for the same arguments).
 
     ``plotly_src``: None inlines plotly.js (a self-contained page), else the relative URL of the one plotly.js
     file. ``before``: HTML fragments after the title (the site's navigation); ``extra``: sections after the
-    average ranks (the site's costs).
+    average ranks (the site's costs). ``gaps``: ``store.run_gaps`` of the board's runs; an incomplete one
+    gets the INCOMPLETE block under the title (and " (INCOMPLETE)" in it).
     """
-    parts = [page_head(title, plotly_src), *before, f"<h1>{esc(title)}</h1>", *intro_text(data),
-             *board_sections(data, figure_embedder(plotly_src), extra), f"<script>{SORT_JS}</script>",
+    incomplete = incomplete_block(gaps)
+    heading = f"{title} (INCOMPLETE)" if incomplete else title
+    parts = [page_head(heading, plotly_src), *before, f"<h1>{esc(heading)}</h1>", *([incomplete] if incomplete else []),
+             *intro_text(data),
+             *board_sections(data, figure_embedder(plotly_src), extra, gaps), f"<script>{SORT_JS}</script>",
              "</body></html>"]
     return "\n".join(parts) + "\n"

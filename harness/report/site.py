@@ -20,6 +20,9 @@ together. The site:
     assets/plotly.min.js         the one plotly.js (from the installed plotly package), loaded by relative
                                  ``<script src>`` from every page; no page inlines it
 
+A run that lacks cells (interrupted, failed: ``store.run_gaps``) marks its benchmark page INCOMPLETE (missing
+cells, why, the resume command) and is listed as INCOMPLETE at the top of the overview.
+
 Every file is a pure function of the inputs (sorted tables, fixed bootstrap seed, no timestamps): a rebuild
 is byte-identical.
 """
@@ -40,11 +43,12 @@ import pandas as pd
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import write_text_atomic
 from mlfsic.harness.report.costs import COSTS_NOTE, cell_costs, cost_summary, cost_table_rows, seconds_text
+from mlfsic.harness.report.leaderboard import run_gaps_of
 from mlfsic.harness.report.page import SORT_JS, STYLE, esc, page_head, render_page, slug, td
 from mlfsic.harness.report.papers import load_reported
 from mlfsic.harness.report.stats import LeaderboardData, setting_order, summarise
-from mlfsic.harness.report.tables import leaderboard_csv, map_text, rank_text
-from mlfsic.harness.sweep.store import is_suite_dir, read_run_json, suite_run_dirs
+from mlfsic.harness.report.tables import gaps_summary, leaderboard_csv, map_text, rank_text, resume_text
+from mlfsic.harness.sweep.store import RunGaps, is_suite_dir, read_run_json, suite_run_dirs
 
 PLOTLY_ASSET = "assets/plotly.min.js"
 NO_TEACHER = "none"
@@ -443,6 +447,18 @@ def method_card(method: str, entries: list[dict[str, Any]], reported: pd.DataFra
 
 
 # ----------------------------------------------------------------------------------------- the site
+def incomplete_list(runs: list[tuple[Benchmark, RunGaps]]) -> str:
+    """The overview's INCOMPLETE block: each run that lacks cells, its benchmark page and resume command
+    ("" when every run is complete)."""
+    items = [f'<li>run {esc(g.run_id)} (<a href="benchmarks/{esc(b.slug)}.html">{esc(b.dataset)} · {esc(b.backbone)}'
+             f"</a>, the missing cells are listed there): {esc(gaps_summary(g))}; resume: "
+             f"<code>{esc(resume_text(g))}</code></li>" for b, g in runs if g.incomplete]
+    if not items:
+        return ""
+    return ('<div id="mlfsic-incomplete" style="border: 2px solid #b00; padding: 0.2em 1em; margin: 1em 0">'
+            f'<h2 style="color: #b00">INCOMPLETE</h2><ul>{"".join(items)}</ul></div>')
+
+
 def _sorted_costs(costs: pd.DataFrame) -> pd.DataFrame:
     order = costs.assign(_s=[setting_order(s) for s in costs["setting"]])
     return order.sort_values(["dataset", "_s", "method", "backbone_id"], kind="stable").drop(columns="_s").reset_index(drop=True)
@@ -457,6 +473,7 @@ def build_site(dirs: list[Path], out: Path, reference_dir: Path | None = None, n
     benchmarks = group_benchmarks(run_dirs)
     boards = [(b, summarise(list(b.run_dirs), reported, n_boot=n_boot, seed=seed, progress=progress)) for b in benchmarks]
     costs = {b.slug: _sorted_costs(cell_costs(list(b.run_dirs))) for b in benchmarks}
+    gaps = {b.slug: run_gaps_of(list(b.run_dirs)) for b in benchmarks}
     methods = sorted({m for _, d in boards for m in d.cells.loc[d.cells["kind"] == "ours", "method"]})
     card_of = {m: f"methods/{slug(m)}.html" for m in methods}
     files: dict[str, str] = {}
@@ -482,7 +499,7 @@ def build_site(dirs: list[Path], out: Path, reference_dir: Path | None = None, n
                   _data_links(f"{benchmark.slug}.", ["results", "ranks"])]
         files[f"{stem}.html"] = render_page(data, plotly_src=f"../{PLOTLY_ASSET}",
                                             title=f"mlfsic: {benchmark.dataset} · {benchmark.backbone}",
-                                            before=before, extra=extra)
+                                            before=before, extra=extra, gaps=gaps[benchmark.slug])
     for method in methods:
         stem = card_of[method].removesuffix(".html")
         entries = _card_entries(method, boards)
@@ -504,8 +521,11 @@ def build_site(dirs: list[Path], out: Path, reference_dir: Path | None = None, n
     files["costs.json"] = _records_json(all_costs)
     benchmark_links = "".join(f'<li><a href="benchmarks/{esc(b.slug)}.html">{esc(b.dataset)} · {esc(b.backbone)}</a> '
                               f"({len(b.run_dirs)} run{'s' if len(b.run_dirs) != 1 else ''})</li>" for b in benchmarks)
+    incomplete = incomplete_list([(b, g) for b in benchmarks for g in gaps[b.slug]])
     index = [
-        page_head("mlfsic leaderboard site", style=SITE_STYLE), "<h1>mlfsic leaderboard</h1>",
+        page_head("mlfsic leaderboard site", style=SITE_STYLE),
+        "<h1>mlfsic leaderboard (INCOMPLETE)</h1>" if incomplete else "<h1>mlfsic leaderboard</h1>",
+        *([incomplete] if incomplete else []),
         "<p>mAP in percent ± half-width of its 95% interval, [rank] with marks: <b>=</b> tied with the column's best "
         "(paired bootstrap 95% CI of the difference contains 0), <b>*</b> significantly worse, bold the best. A column "
         "is one (dataset, backbone, setting): methods are ranked only within a column (same episode sets and "

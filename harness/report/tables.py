@@ -7,17 +7,21 @@ or ``episodes`` (episode-level only, < 3 seeds); an undefined metric is an empty
 md: one table per cell with mAP in percent and the cell's notes, then the average ranks per rank
 family, the board's notes and the runs' provenance. Against a reference run (``report.against``) each
 row's source (*now* / *reference*) is a column, and a section lists every new method's paired
-difference to every reference method.
+difference to every reference method. A run that lacks cells (interrupted, failed; ``store.run_gaps``)
+makes the board *INCOMPLETE*: a section at the top lists the missing cells and the resume command, and
+``missing_cells_csv`` lists them as csv (``missing_cells.csv`` beside leaderboard.csv).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
 from mlfsic.harness.report.stats import CELL_COLUMNS, FEATURE_COLUMNS, LeaderboardData, setting_order
+from mlfsic.harness.sweep.store import RunGaps
 
 CSV_FLOATS = ("map", "map_ci95", "f1_3", "f1_5", "diff_vs_best", "diff_ci_low", "diff_ci_high", "p_value", "avg_rank",
               "map_ci_low", "map_ci_high")
@@ -137,14 +141,63 @@ def against_markdown(data: LeaderboardData) -> list[str]:
     return lines
 
 
-def leaderboard_markdown(data: LeaderboardData) -> str:
-    lines = ["# mlfsic leaderboard", "",
+def gaps_summary(gaps: RunGaps) -> str:
+    """``INCOMPLETE (status interrupted): 1 of 12 planned cells missing (0 failed)`` for an incomplete run."""
+    n = len(gaps.missing)
+    cells = f"{n} of {gaps.n_planned} planned cells" if gaps.n_planned else f"{n} cell{'s' if n != 1 else ''}"
+    return f"INCOMPLETE (status {gaps.status}): {cells} missing ({gaps.n_failed} failed)"
+
+
+def resume_text(gaps: RunGaps) -> str:
+    """The command that resumes the run, or what to do when it is not known."""
+    if gaps.resume is not None:
+        return gaps.resume
+    return f"re-run the `mlfsic run` command that made run {gaps.run_id} (its arguments are not recorded)"
+
+
+def incomplete_markdown(gaps: Sequence[RunGaps]) -> list[str]:
+    """The INCOMPLETE section: per incomplete run, its missing cells and why, and the resume command."""
+    lines: list[str] = []
+    for run in (g for g in gaps if g.incomplete):
+        lines += [f"## INCOMPLETE: run `{run.run_id}`", "",
+                  f"{gaps_summary(run)}. This board leaves the missing cells out; resume the run (finished cells "
+                  "are kept) and rebuild the board.", ""]
+        if run.missing:
+            lines += ["| method | dataset | setting | seed | why |", "|---|---|---|---|---|"]
+            lines += [f"| {_md_escape(c.method)} | {_md_escape(c.dataset)} | {c.setting} | {c.seed} | "
+                      f"{_md_escape(' '.join(c.reason.split()))} |" for c in run.missing]
+            lines.append("")
+        command = resume_text(run)
+        lines += [f"Resume: `{command}`" if run.resume is not None else f"Resume: {command}", ""]
+    return lines
+
+
+def missing_cells_csv(gaps: Sequence[RunGaps]) -> str:
+    """One row per missing cell of each incomplete run (a run incomplete by its status alone: one row without a
+    cell): run_id, status, method, dataset, setting, seed, reason, resume."""
+    lines = ["run_id,status,method,dataset,setting,seed,reason,resume"]
+    for run in (g for g in gaps if g.incomplete):
+        resume = _csv_quote(resume_text(run))
+        for c in run.missing:
+            lines.append(",".join([_csv_quote(run.run_id), run.status, _csv_quote(c.method), _csv_quote(c.dataset),
+                                   _csv_quote(c.setting), str(c.seed), _csv_quote(" ".join(c.reason.split())), resume]))
+        if not run.missing:
+            lines.append(",".join([_csv_quote(run.run_id), run.status, "", "", "", "",
+                                   f"the run did not finish (status {run.status})", resume]))
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard_markdown(data: LeaderboardData, gaps: Sequence[RunGaps] = ()) -> str:
+    """The markdown board; ``gaps`` (``store.run_gaps`` of its runs) marks it INCOMPLETE when a run lacks cells."""
+    incomplete = incomplete_markdown(gaps)
+    lines = ["# mlfsic leaderboard" + (" (INCOMPLETE)" if incomplete else ""), "",
              "mAP in percent, mean over all episodes and seeds ± half-width of its 95% interval. " + INTERVALS_TEXT
              + " Rank marks: `=` tied with the cell's best (paired bootstrap 95% CI of the difference contains 0), "
              "`*` significantly worse. Δ = method − best over the shared episodes. Methods are paired and ranked "
              "only on the same episode sets and features (backbone, label embedding, protocol). "
              "*reported* rows are paper numbers, never ranked. Bootstrap p-values are at least 1/(B+1). "
              "n/a: undefined (see the cell's notes).", ""]
+    lines += incomplete
     against = data.reference is not None
     if against:
         lines += [reference_text(data.reference), ""]
@@ -187,12 +240,14 @@ def leaderboard_markdown(data: LeaderboardData) -> str:
     if data.notes:
         lines += ["## Notes", ""] + [f"- {_md_escape(note)}" for note in data.notes] + [""]
     lines += ["## Runs", ""]
+    gaps_of = {g.run_id: g for g in gaps if g.incomplete}
     for run in data.runs:
         dirty = {True: " (dirty)", False: "", None: " (dirty: unknown)"}[run["git_dirty"]]
         role = (" (the reference)" if data.reference is not None and run["run_id"] == data.reference["run_id"]
                 else " (computed now)" if data.reference is not None else "")
+        missing = f", {gaps_summary(gaps_of[run['run_id']])}" if run["run_id"] in gaps_of else ""
         lines.append(f"- `{run['run_id']}`{role} created {run['created']}, commit `{run['git_commit']}`{dirty}, "
-                     f"{len(run['episode_sets'])} episode sets, {len(run['failures'])} failures")
+                     f"{len(run['episode_sets'])} episode sets, {len(run['failures'])} failures{missing}")
         for failure in run["failures"]:
             lines.append(f"  - FAILED {failure.get('method')} {failure.get('dataset')} {failure.get('setting')} "
                          f"seed{failure.get('seed')}: {failure.get('error')}")

@@ -68,22 +68,32 @@ from mlfsic.methods.registry import get_method_class
 
 FEATURE_SHARD_IMAGES = 2048
 COLLECT_ROUND_S = 0.25  # _collect takes the results that are ready within this, per round
+# Off a terminal, a progress line at least this often while tasks run (``_Progress.heartbeat``); the
+# environment variable MLFSIC_HEARTBEAT_S sets another interval (tests: 0, a line every collection round).
+HEARTBEAT_S = float(os.environ.get("MLFSIC_HEARTBEAT_S", "60"))
 
 
 # ----------------------------------------------------------------------------------------- progress
 class _Progress:
-    """A tqdm bar on a terminal; elsewhere (a log file, a pipe) plain lines: one about every 10% and a summary.
+    """A tqdm bar on a terminal; elsewhere (a log file, a pipe) plain lines: one each time another tenth is
+    done, a heartbeat when nothing was printed for ``heartbeat_s``, and a summary.
 
     A bar redraws itself with carriage returns, which a log file keeps as one endless line; so when
     stderr is not a TTY, ``update`` prints ``<desc>: <done>/<total> <unit> (<pct>%) <elapsed> s`` each
-    time another tenth is done, and ``close(summary)`` prints ``<desc>: <summary> in <elapsed> s``.
+    time another tenth is done (with fewer than 10 tasks: each task but the last), ``heartbeat`` prints
+    ``<desc>: <done>/<total> <unit> done, <n> in flight, <n> failed, <4m05s> elapsed`` when no line was
+    printed for ``heartbeat_s`` (default ``HEARTBEAT_S``), and ``close(summary)`` prints
+    ``<desc>: <summary> in <elapsed> s``.
     """
 
-    def __init__(self, desc: str, total: int, unit: str, enabled: bool, stream: Any = None) -> None:
+    def __init__(self, desc: str, total: int, unit: str, enabled: bool, stream: Any = None,
+                 heartbeat_s: float | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.desc, self.total, self.unit, self.enabled = desc, total, unit, enabled
+        self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.tty = enabled and _is_tty(self.stream)
         self.done, self.started, self.next_line = 0, time.time(), 1
+        self.last_line = self.started
         self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, disable=not self.tty or total == 0)
 
     def update(self, n: int = 1) -> None:
@@ -91,12 +101,23 @@ class _Progress:
         if self.tty:
             self.bar.update(n)
             return
-        if not self.enabled or self.total < 10:
+        if not self.enabled or self.total == 0:
             return
         if self.done * 10 >= self.next_line * self.total and self.done < self.total:
             self.next_line = self.done * 10 // self.total + 1
             self.line(f"{self.done}/{self.total} {self.unit} ({100 * self.done // self.total}%) "
                       f"{self.elapsed():.1f} s")
+
+    def heartbeat(self, in_flight: int, failed: int = 0) -> None:
+        """Off a terminal, one line of where things stand if none was printed for ``heartbeat_s`` seconds.
+
+        ``in_flight``: tasks submitted and not finished (running or queued); ``failed``: finished tasks that
+        failed. Called after every collection round, so a log shows progress however long a task takes.
+        """
+        if self.tty or not self.enabled or time.time() - self.last_line < self.heartbeat_s:
+            return
+        self.line(f"{self.done}/{self.total} {self.unit} done, {in_flight} in flight, {failed} failed, "
+                  f"{duration_text(self.elapsed())} elapsed")
 
     def close(self, summary: str) -> None:
         self.bar.close()
@@ -105,9 +126,20 @@ class _Progress:
 
     def line(self, text: str) -> None:
         print(f"{self.desc}: {text}", file=self.stream, flush=True)
+        self.last_line = time.time()
 
     def elapsed(self) -> float:
         return time.time() - self.started
+
+
+def duration_text(seconds: float) -> str:
+    """``42s``, ``4m05s``, ``1h02m05s``: a duration for a log line."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _is_tty(stream: Any) -> bool:
@@ -390,6 +422,8 @@ def run_sweeps(sweeps: list[Sweep], progress: bool = True, desc: str = "sweep") 
     for member, plan in zip(prepared, plans):
         member.run_info["invocations"][-1].update(chunks_submitted=plan.counts["chunks_submitted"],
                                                   fits_submitted=plan.counts["fit_tasks"])
+        # every (method, setting, seed) the sweep is to hold: a leaderboard names the cells a run lacks
+        member.run_info["planned_cells"] = sorted({cell_of(name) for name in plan.planned_parts})
         _write_run_info(member.sweep.run_path, member.run_info)
     try:
         _collect(plans, progress, desc)
@@ -430,8 +464,8 @@ def _prepare(sweep: Sweep, progress: bool) -> _Prepared:
     if reference is not None:
         against_run.check_dataset(dataset.annotation_sha256, split, reference)
     episode_sets = materialise_episode_sets(pools[eval_split], sweep.episode_plan, sweep.results_dir)
-    if reference is not None:
-        against_run.check_episode_sets({ref.key: ref.episode_set_id for ref in episode_sets}, reference)
+    prefix = (against_run.check_prefix_episode_sets(pools[eval_split], sweep.episode_plan, episode_sets, reference,
+                                                    sweep.results_dir) if reference is not None else None)
 
     init_ray(sweep.ray)
     check_resources(sweep.resources)
@@ -462,7 +496,8 @@ def _prepare(sweep: Sweep, progress: bool) -> _Prepared:
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     previous = _previous_run_info(sweep.run_path)
-    invocation = {"started": now, "host": socket.gethostname(), "pid": os.getpid(), "git": git_state()}
+    invocation = {"started": now, "host": socket.gethostname(), "pid": os.getpid(), "git": git_state(),
+                  **_command_line()}
     run_info: dict[str, Any] = {
         "run_id": sweep.run_id, "created": previous.get("created", now),
         "invocations": [*previous.get("invocations", []), invocation],
@@ -477,11 +512,22 @@ def _prepare(sweep: Sweep, progress: bool) -> _Prepared:
                     "split_sha256": against_run.split_sha256(split)},
         "metric_version": METRIC_VERSION,
         **({"against": {"path": str(reference.path), "run_id": reference.run_id, "commit": reference.commit,
-                        "published": reference.published}} if reference is not None else {}),
+                        "published": reference.published, **({"prefix": prefix} if prefix else {})}}
+           if reference is not None else {}),
         "leakage_check": leakage, "failures": [], "status": "running",
     }
     return _Prepared(sweep=sweep, benchmark=benchmark, specs=specs, episode_sets=episode_sets, run_info=run_info,
                      all_ids=all_ids, started=started, prepared=time.time())
+
+
+def _command_line() -> dict[str, Any]:
+    """This process's ``mlfsic`` arguments (``argv``: ``["run", OVERRIDES...]``) and working directory, for
+    run.json's invocation: the command that resumes the run (shown on the leaderboard of an incomplete run,
+    ``store.resume_command``). {} when the process was not started as ``mlfsic run`` (a test or a script
+    calling ``run_sweep``)."""
+    if sys.argv[1:2] != ["run"]:
+        return {}
+    return {"argv": ["run", *sys.argv[2:]], "cwd": os.getcwd()}
 
 
 def _finish(member: _Prepared, plan: _Plan) -> SweepOutcome:
@@ -553,8 +599,13 @@ def _extract_missing_features(benchmark: Benchmark, image_ids: np.ndarray, optio
         for i in range(0, len(missing), FEATURE_SHARD_IMAGES)
     ]
     bar = _Progress("features", len(refs), "shards", progress)
-    for _ in _as_completed(refs):
-        bar.update(1)
+    remaining = list(refs)
+    while remaining:
+        ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=COLLECT_ROUND_S)
+        for ref in ready:
+            _get_or_raise(ref)
+            bar.update(1)
+        bar.heartbeat(len(remaining))
     n_stored = len(image_ids) - len(missing)
     bar.close(f"{len(missing)} images computed ({len(refs)} shards), {n_stored} already stored,")
 
@@ -663,11 +714,13 @@ def _collect(plans: list[_Plan], progress: bool, desc: str = "sweep") -> None:
 
     The driver only waits and writes each finished chunk as a part; it does not re-assemble
     records.parquet while tasks run (that is done once, at the end or on Ctrl-C), so on a small machine
-    the CPUs stay with the tasks.
+    the CPUs stay with the tasks. Off a terminal, a heartbeat line (tasks done, in flight, failed, elapsed)
+    comes at least every ``HEARTBEAT_S`` seconds, however long a task runs.
     """
     owner = {ref: plan for plan in plans for ref in plan.pending}
     bar = _Progress(desc, len(owner), "tasks", progress)
     refs = list(owner)
+    failed = 0
     while refs:
         # One round takes every result ready within COLLECT_ROUND_S: a round costs O(pending refs) in
         # ray.wait, so rounds are bounded by time, not one per finished task (that was O(tasks^2) over a
@@ -681,7 +734,9 @@ def _collect(plans: list[_Plan], progress: bool, desc: str = "sweep") -> None:
             except ray.exceptions.RayError as error:  # retries exhausted: worker/node lost, OOM, ...
                 result = ray_failure_text(error)
             bar.update(1)
+            failed += isinstance(result, str)
             _file_result(plan, task, result)
+        bar.heartbeat(len(refs), failed)
     totals = {key: sum(plan.counts[key] for plan in plans) for key in plans[0].counts} if plans else {}
     if totals:
         bar.close(f"{totals['chunks_total']} chunks ({totals['chunks_skipped']} skipped, {totals['chunks_submitted']} "
@@ -741,14 +796,6 @@ def _get_or_raise(ref: Any) -> Any:
         if isinstance(error.cause, MlfsicError):
             raise MlfsicError(str(error.cause)) from None
         raise
-
-
-def _as_completed(refs: list[Any]):
-    remaining = list(refs)
-    while remaining:
-        ready, remaining = ray.wait(remaining, num_returns=1)
-        _get_or_raise(ready[0])
-        yield ready[0]
 
 
 def ray_failure_text(error: Exception) -> str:

@@ -18,8 +18,10 @@ interruption.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +255,174 @@ def read_run_json(run_dir: Path, required: tuple[str, ...] = ("run_id",)) -> dic
         if key not in info:
             raise MlfsicError(f"{path}: missing field {key!r} (not a run dir made by mlfsic run?)")
     return info
+
+
+# ----------------------------------------------------------------------------------------- incomplete runs
+# A run lacks cells when it was interrupted (Ctrl-C, a killed driver) or when cells failed: records.parquet
+# then holds the finished cells only. ``run_gaps`` names what is missing and the command that resumes the run;
+# the leaderboard (``report``) marks such a run INCOMPLETE with both.
+
+@dataclass(frozen=True)
+class MissingCell:
+    """A (method, setting, seed) cell a run planned and records.parquet lacks, and why."""
+
+    method: str
+    dataset: str
+    setting: str
+    seed: int
+    reason: str  # "failed: <error>", or why it was not computed
+
+
+@dataclass(frozen=True)
+class RunGaps:
+    """What a run dir lacks: its status, the planned cells missing from its records, the resume command."""
+
+    run_id: str
+    status: str  # run.json's status: running, interrupted, failed, complete ("unknown": not recorded)
+    n_planned: int  # cells the sweep planned (0: not known for this run)
+    n_failed: int  # cells that failed (run.json failures)
+    missing: tuple[MissingCell, ...]
+    resume: str | None  # the command that resumes the run; None: not known, or the run is complete
+
+    @property
+    def incomplete(self) -> bool:
+        """Missing cells, or a run that did not finish (running or interrupted: what it planned may be unknown)."""
+        return bool(self.missing) or self.status in ("running", "interrupted", "failed")
+
+
+NOT_FINISHED = {
+    "interrupted": "not finished: the run was interrupted",
+    "running": "not finished: the run is still running, or its driver stopped without recording it",
+}
+
+
+def run_gaps(run_dir: Path) -> RunGaps:
+    """The cells run ``run_dir`` planned (run.json ``planned_cells``; for a run made before they were recorded,
+    its methods x settings x seeds, each method on the settings it supports) or that failed, less those in its
+    records.parquet; with the reason of each (its error, or that the run did not finish) and the resume command.
+    A complete run (status complete, no failure) is taken at its word."""
+    info = read_run_json(run_dir)
+    status = str(info.get("status") or "unknown")
+    failures = {cell_key(str(f.get("method")), str(f.get("setting")), int(f.get("seed", -1))): f
+                for f in info.get("failures") or [] if isinstance(f, dict)}
+    planned = info.get("planned_cells")
+    if not isinstance(planned, list):
+        planned = sorted(_configured_cells(info)) if status != "complete" else []
+    present: set[str] = set()
+    if (Path(run_dir) / "records.parquet").is_file():
+        records = pd.read_parquet(Path(run_dir) / "records.parquet", columns=["method", "setting", "seed", "status"])
+        present = assembled_cells(records[records["status"] == "ok"])
+    dataset = str((info.get("dataset") or {}).get("name")
+                  or ((info.get("config") or {}).get("dataset") or {}).get("name", ""))
+    missing = []
+    for key in sorted((set(planned) | set(failures)) - present):
+        method, setting, seed = key.rsplit("__", 2)
+        failure = failures.get(key)
+        reason = (f"failed: {failure.get('error')}" if failure is not None
+                  else NOT_FINISHED.get(status, "not run"))
+        missing.append(MissingCell(method, str(failure.get("dataset", dataset)) if failure else dataset, setting,
+                                   int(seed.removeprefix("seed")), reason))
+    gaps = RunGaps(run_id=str(info["run_id"]), status=status, n_planned=len(planned), n_failed=len(failures),
+                   missing=tuple(missing), resume=None)
+    return replace(gaps, resume=resume_command(info)) if gaps.incomplete else gaps
+
+
+def _configured_cells(info: dict[str, Any]) -> set[str]:
+    """The ``cell_key`` of every (method, setting, seed) run.json's config and methods describe, each method on
+    the settings it supports (a method not registered here: on every setting)."""
+    from mlfsic.methods.registry import get_method_class
+
+    config = info.get("config") or {}
+    settings = config.get("setting")
+    seeds = [config["seed"]] if config.get("seed") is not None else config.get("seeds")
+    settings = [settings] if isinstance(settings, str) else settings
+    seeds = [seeds] if isinstance(seeds, int) else seeds
+    if not isinstance(settings, list) or not isinstance(seeds, list):
+        return set()
+    cells = set()
+    for name, block in (info.get("methods") or {}).items():
+        try:
+            cls: Any = get_method_class(str((block or {}).get("method", name)))
+        except MlfsicError:  # a plug-in not importable here
+            cls = None
+        for setting in settings:
+            if cls is None or cls.supports(str(setting)):
+                cells.update(cell_key(str(name), str(setting), int(seed)) for seed in seeds)
+    return cells
+
+
+def resume_command(info: dict[str, Any]) -> str | None:
+    """The shell command that resumes a run: its last recorded ``mlfsic run`` arguments (run.json invocations,
+    from its working directory), else overrides derived from its config that compose to exactly that config
+    (a run made before arguments were recorded, or by ``run_sweep`` in a script); None when neither exists."""
+    for invocation in reversed(info.get("invocations") or []):
+        argv = invocation.get("argv") if isinstance(invocation, dict) else None
+        if isinstance(argv, list) and argv:
+            command = shlex.join(["mlfsic", *(str(a) for a in argv)])
+            return f"cd {shlex.quote(str(invocation['cwd']))} && {command}" if invocation.get("cwd") else command
+    overrides = _derived_overrides(info.get("config"))
+    return shlex.join(["mlfsic", "run", *overrides]) if overrides is not None else None
+
+
+def _derived_overrides(config: Any) -> list[str] | None:
+    """Hydra overrides that compose (from the default config) to ``config`` exactly, or None."""
+    if not isinstance(config, dict):
+        return None
+    from mlfsic.harness.config import compose_config, to_container
+
+    try:
+        overrides = _overrides(to_container(compose_config([])), config)
+        if to_container(compose_config(overrides)) != config:
+            return None
+    except MlfsicError:
+        return None
+    return overrides
+
+
+def _overrides(defaults: dict[str, Any], config: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key=value`` per leaf that differs, ``+key=value`` per leaf ``defaults`` lacks, ``~key`` per leaf
+    ``config`` lacks; nested mappings by dotted keys."""
+    out = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if key not in defaults:
+            out.append(f"+{path}={_hydra_value(value)}")
+        elif isinstance(value, dict) and isinstance(defaults[key], dict):
+            out += _overrides(defaults[key], value, f"{path}.")
+        elif value != defaults[key]:
+            out.append(f"{path}={_hydra_value(value)}")
+    out += [f"~{prefix}{key}" for key in defaults if key not in config]
+    return out
+
+
+def _number_like(text: str) -> bool:
+    """Whether Hydra would read unquoted ``text`` as null, a bool or a number."""
+    if text.lower() in ("null", "true", "false", "nan", "inf"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _hydra_value(value: Any) -> str:
+    """``value`` in Hydra's override syntax: null, true/false, numbers, [lists], {key:value}, strings (quoted
+    unless plain words or paths)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{_hydra_value(item)}" for key, item in value.items()) + "}"
+    text = str(value)
+    if re.fullmatch(r"[\w/][\w./-]*", text) and not _number_like(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 # ----------------------------------------------------------------------------------------- suite dirs
