@@ -34,7 +34,8 @@ PACKAGES = {"harness": "mlfsic.harness", "methods": "mlfsic.methods", "datasets"
 ALLOWED_CYCLES = [{"mlfsic.methods.api", "mlfsic.methods.registry"}]
 DOCTEST_MODULES = ["mlfsic.harness.protocol.metrics", "mlfsic.harness.protocol.episodes",
                    "mlfsic.harness.report.intervals", "mlfsic.harness.errors", "mlfsic.harness.cli.options",
-                   "mlfsic.harness.backbones.kinds", "mlfsic.methods.torch_utils"]
+                   "mlfsic.harness.backbones.kinds", "mlfsic.methods.torch_utils",
+                   "mlfsic.harness.code_identity", "mlfsic.harness.cli.methods"]
 
 
 def _modules() -> dict[str, Path]:

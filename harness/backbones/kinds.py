@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from mlfsic.harness.backbones import open_clip, resnet50, small_cnn
-from mlfsic.harness.backbones.extractor import COMMON_BACKBONE_KEYS, Backbone, BackboneKind
+from mlfsic.harness.backbones.extractor import (COMMON_BACKBONE_KEYS, Backbone, BackboneKind,
+                                                  backbone_id_with_preprocessing)
 from mlfsic.harness.errors import MlfsicError, invalid_value
 from mlfsic.harness.protocol.data import Dataset
 
@@ -85,8 +86,10 @@ def backbone_weights(dataset: Dataset, split: dict[str, list[str]], config: Mapp
 
 
 def identify_backbone(config: Mapping[str, Any], weights_path: Path | None) -> str:
-    """The ``backbone_id`` that ``load_backbone(config, weights_path)`` has, without building the network."""
-    return backbone_kind(config.get("kind")).identify(config, weights_path)
+    """The ``backbone_id`` that ``load_backbone(config, weights_path)`` has, without building the network: the
+    kind's ``identify`` with the preprocessing (``extractor.backbone_id_with_preprocessing``)."""
+    kind = backbone_kind(config.get("kind"))
+    return backbone_id_with_preprocessing(kind, kind.identify(config, weights_path))
 
 
 def load_backbone(config: Mapping[str, Any], weights_path: Path | None, known_id: str | None = None) -> Backbone:
@@ -105,7 +108,7 @@ def load_backbone(config: Mapping[str, Any], weights_path: Path | None, known_id
         kind=kind.name,
         module=module,
         image_size=size,
-        backbone_id=known_id or kind.identify(config, network.weights),
+        backbone_id=known_id or backbone_id_with_preprocessing(kind, kind.identify(config, network.weights)),
         global_dim=int(probe_global.shape[1]),
         local_shape=(int(probe_local.shape[1]), int(probe_local.shape[2])),
         batch_size=network.batch_size,

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,8 @@ from mlfsic.harness.sweep.benchmark import Benchmark
 from mlfsic.harness.backbones.embeddings import embedding_id
 from mlfsic.harness.protocol.episodes import check_pool_matches, episode_seed, episode_targets, load_episode_set
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.io import file_lock, sha256_file, sha256_json
+from mlfsic.harness.code_identity import METHOD_CODE_RULE, method_code
+from mlfsic.harness.io import file_lock, sha256_json
 from mlfsic.harness.protocol.metrics import episode_map, f1_at_k, per_label_ap
 from mlfsic.harness.sweep.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
 from mlfsic.harness.protocol.episodes import parse_setting
@@ -66,19 +65,21 @@ class MethodSpec:
 
 
 def method_spec(name: str, config: dict[str, Any], base: str | None = None) -> MethodSpec:
-    """The method with every hyperparameter spelled out: constructor defaults updated by ``config``."""
+    """The method with every hyperparameter spelled out: constructor defaults updated by ``config``.
+
+    The code part of both hashes is ``method_code``: the stripped source of the method's import closure (its
+    class's module, the mlfsic modules it runs, its ``code_modules``; docs/architecture.md §3.1), so editing a
+    helper it imports refits it and editing only a docstring or a comment does not. The package version is
+    not part of it: it never changes with the code.
+    """
     method = base or name
     cls = get_method_class(method)
     config = {**constructor_defaults(cls), **config}
-    source = inspect.getsourcefile(cls)
-    code: Any = sha256_file(source) if source else cls.__qualname__
-    if cls.code_modules:  # modules of the method's own code beyond its class file
-        code = [code, *(sha256_file(inspect.getsourcefile(importlib.import_module(m)) or m) for m in cls.code_modules)]
-    version = metadata.version("mlfsic")
-    config_hash = sha256_json({"name": method, "config": config, "code": code, "v": version})
+    code = {"rule": METHOD_CODE_RULE, "modules": method_code(cls)}
+    config_hash = sha256_json({"name": method, "config": config, "code": code})
     fit_config = {key: value for key, value in config.items() if key not in cls.predict_params}
     fit_hash = config_hash if len(fit_config) == len(config) else sha256_json(
-        {"name": method, "config": fit_config, "code": code, "v": version})
+        {"name": method, "config": fit_config, "code": code})
     return MethodSpec(name=name, module=cls.__module__, config=dict(config), config_hash=config_hash,
                       base="" if method == name else method, fit_hash=fit_hash)
 
