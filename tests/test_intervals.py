@@ -171,7 +171,33 @@ def test_fewer_than_three_seeds_fall_back_to_episode_level():
     winner = max(ranks, key=lambda m: ranks[m]["mean"])
     arrays = {"a": values, "b": other}
     assert ranks[loser]["interval"] == EPISODE_LEVEL
-    assert ranks[loser]["vs_best"] == paired_bootstrap(arrays[loser], arrays[winner], n_boot=500, seed=2)
+    expected = paired_bootstrap(arrays[loser], arrays[winner], n_boot=500, seed=2)
+    assert ranks[loser]["vs_best"] == {**expected, "p_adjusted": expected["p_value"]}  # one comparison: unadjusted
+
+
+def test_holm_adjustment_matches_its_definition_and_drives_the_marks():
+    """Holm (1979) against a direct reading of the definition, on random families; then a cell of several
+    methods whose raw p is below 0.05 but whose Holm-adjusted p is not is marked tied, not worse."""
+    from mlfsic.harness.report.intervals import holm_adjust
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        p = {f"m{i}": float(v) for i, v in enumerate(rng.uniform(0, 0.2, size=int(rng.integers(1, 7))))}
+        ordered = sorted(p.values())
+        m = len(ordered)
+        for name, value in p.items():
+            i = ordered.index(value)
+            assert holm_adjust(p)[name] == pytest.approx(max(min(1.0, (m - j) * ordered[j]) for j in range(i + 1)))
+        assert all(holm_adjust(p)[n] >= p[n] for n in p)
+    clusters = np.repeat(np.arange(4), 60)
+    base = rng.normal(0.5, 0.05, size=240)
+    values = {"best": base + 0.02, **{f"other{i}": base + rng.normal(0.0, 0.06, size=240) for i in range(5)}}
+    ranks = ranks_with_ties(values, n_boot=2000, seed=0, clusters=clusters)
+    for name, result in ranks.items():
+        if result["vs_best"] is None:
+            continue
+        assert result["tied_with_best"] == (result["vs_best"]["p_adjusted"] >= 0.05)
+        assert result["vs_best"]["p_adjusted"] >= result["vs_best"]["p_value"]
 
 
 def test_ranks_use_the_hierarchical_paired_interval():
@@ -185,7 +211,8 @@ def test_ranks_use_the_hierarchical_paired_interval():
     ranks = ranks_with_ties({"a": a, "b": b}, n_boot=2000, seed=0, clusters=clusters)
     assert ranks["b"]["interval"] == SEED_LEVEL
     # the same draws; summed in another order, so equal to the last bits only
-    assert ranks["b"]["vs_best"] == pytest.approx(hierarchical_paired_bootstrap(b, a, clusters, n_boot=2000, seed=0))
+    expected = hierarchical_paired_bootstrap(b, a, clusters, n_boot=2000, seed=0)
+    assert ranks["b"]["vs_best"] == pytest.approx({**expected, "p_adjusted": expected["p_value"]})
     assert ranks["b"]["vs_best"]["ci_low"] < 0 < ranks["b"]["vs_best"]["ci_high"]
     assert ranks["b"]["tied_with_best"] and ranks["b"]["rank"] == 1
     # the mean's interval of each method comes from the same draws

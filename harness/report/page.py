@@ -93,7 +93,7 @@ def td(text: str, sort_value: Any, css: str = "") -> str:
 
 def results_table(data: LeaderboardData) -> str:
     headers = ["dataset", "setting", "episode sets", "method", "mAP ± 95% CI", "rank", "Δ vs best [95% CI]", "p",
-               "F1@3", "F1@5", "episodes", "seeds", "interval", "source"]
+               "p adj.", "F1@3", "F1@5", "episodes", "seeds", "interval", "source"]
     out = ['<table class="sortable" id="mlfsic-results-table"><thead><tr>']
     out += [f"<th>{esc(h)}</th>" for h in headers]
     out.append("</tr></thead><tbody>")
@@ -106,13 +106,15 @@ def results_table(data: LeaderboardData) -> str:
             css = {"=": "mark-tied", "*": "mark-worse"}.get(row.mark, "")
             diff = "" if row.mark == "" else f"{_pct(row.diff_vs_best)} [{_pct(row.diff_ci_low)}, {_pct(row.diff_ci_high)}]"
             p_value = "" if row.mark == "" else f"{row.p_value:.3g}"
+            p_adjusted = "" if row.mark == "" else f"{row.p_adjusted:.3g}"
         else:
-            rank, css, diff, p_value = "reported" if not ours else "-", "", "", ""
+            rank, css, diff, p_value, p_adjusted = "reported" if not ours else "-", "", "", "", ""
         cells = [
             td(row.dataset, row.dataset), td(row.setting, setting_order(row.setting)[0]),
             td(row.group, row.group), td(row.method, row.method), td(f"{_pct(row.map)}{ci}", _num(row.map)),
             td(rank, int(row.rank) if ranked else 10**6, css), td(diff, _num(row.diff_vs_best) if ranked else ""),
-            td(p_value, _num(row.p_value) if ranked else ""), td(_f1(row, row.f1_3), _num(row.f1_3)),
+            td(p_value, _num(row.p_value) if ranked else ""),
+            td(p_adjusted, _num(row.p_adjusted) if ranked else ""), td(_f1(row, row.f1_3), _num(row.f1_3)),
             td(_f1(row, row.f1_5), _num(row.f1_5)), td("" if not ours else int(row.n_episodes), row.n_episodes if ours else ""),
             td("" if not ours else int(row.n_seeds), row.n_seeds if ours else ""),
             td(interval_text(row.interval) if ours else "", row.interval if ours else ""),
@@ -300,8 +302,9 @@ def intro_text(data: LeaderboardData) -> list[str]:
     """What the numbers, marks and rows of a board mean (and the reference run of an ``against`` board)."""
     return ["<p>mAP in percent: mean over all episodes and seeds ± half-width of its 95% interval. "
             f"{esc(INTERVALS_TEXT)} (column <i>interval</i>: <i>seeds+episodes</i> or <i>episodes only</i>). "
-            "Rank marks: <b>=</b> tied with the cell's best (paired bootstrap 95% CI of the difference contains 0), "
-            "<b>*</b> significantly worse. Methods are paired and ranked only on identical episode sets and "
+            "Rank marks: <b>=</b> tied with the cell's best, "
+            "<b>*</b> significantly worse (paired bootstrap, p Holm-adjusted over the cell's comparisons with its best "
+            "below 0.05; column <i>p adj.</i>). Methods are paired and ranked only on identical episode sets and "
             "features: backbone, label embedding, protocol (column <i>episode sets</i>). n/a: undefined (see the "
             "notes). Rows marked <i>reported</i> are numbers printed in papers (with citation): "
             "different protocols and features, never ranked. Click a column header to sort.</p>",

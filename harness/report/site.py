@@ -527,7 +527,8 @@ def build_site(dirs: list[Path], out: Path, reference_dir: Path | None = None, n
         "<h1>mlfsic leaderboard (INCOMPLETE)</h1>" if incomplete else "<h1>mlfsic leaderboard</h1>",
         *([incomplete] if incomplete else []),
         "<p>mAP in percent ± half-width of its 95% interval, [rank] with marks: <b>=</b> tied with the column's best "
-        "(paired bootstrap 95% CI of the difference contains 0), <b>*</b> significantly worse, bold the best. A column "
+        "<b>*</b> significantly worse (paired bootstrap p, Holm-adjusted over the column's comparisons with its "
+        "best, below 0.05), bold the best. A column "
         "is one (dataset, backbone, setting): methods are ranked only within a column (same episode sets and "
         "features), never across backbones. Rows marked <i>(reported)</i> are numbers printed in papers, never "
         "ranked. Each cell's small line and tooltip give its costs (below). Filter the columns with the boxes; click "

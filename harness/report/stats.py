@@ -28,8 +28,10 @@ comparison with the cell's best (``intervals.ranks_with_ties``). With >= 3 seeds
 intervals come from a hierarchical bootstrap: resample seeds, then episodes within each seed
 (``interval = "seeds+episodes"``), so they cover a rerun on other seeds; with fewer seeds they are
 episode-level only (t-interval over episodes, paired bootstrap over episodes; ``interval = "episodes"``).
-Marks: ``=`` tied with the best (the difference's 95% CI contains 0), ``*`` significantly worse, empty for
-the best itself.
+Marks: ``*`` significantly worse than the cell's best, ``=`` not (tied), empty for the best itself. A cell
+compares each of its other methods with the best, so the paired p-values are Holm-adjusted over those
+comparisons (``p_adjusted``, ``intervals.holm_adjust``) and ``*`` means ``p_adjusted < 0.05``; ``p_value``
+and the difference's 95% CI are the unadjusted ones.
 
 Undefined metrics. An episode whose mAP is NaN (no label with a positive) is counted in ``n_episodes``
 and ``n_map_undefined`` and left out of every mean and pairing. F1@k of an episode with k >= its number
@@ -298,7 +300,8 @@ def _cell_rows(cell: pd.DataFrame, n_boot: int, seed: int,
             finite = finite[np.isfinite(finite)]
             out.append({**base, "map": float(finite.mean()) if finite.size else np.nan, "map_ci95": np.nan,
                         "n_paired": 0, "rank": np.nan, "mark": "", "best": "", "diff_vs_best": np.nan,
-                        "diff_ci_low": np.nan, "diff_ci_high": np.nan, "p_value": np.nan, "interval": "",
+                        "diff_ci_low": np.nan, "diff_ci_high": np.nan, "p_value": np.nan, "p_adjusted": np.nan,
+                        "interval": "",
                         "map_ci_low": np.nan, "map_ci_high": np.nan})
             continue
         comparison = rank["vs_best"] or {}
@@ -309,7 +312,8 @@ def _cell_rows(cell: pd.DataFrame, n_boot: int, seed: int,
             "rank": int(rank["rank"]), "mark": mark, "best": rank["best"],
             "diff_vs_best": comparison.get("mean_diff", 0.0) if comparison else 0.0,
             "diff_ci_low": comparison.get("ci_low", np.nan), "diff_ci_high": comparison.get("ci_high", np.nan),
-            "p_value": comparison.get("p_value", np.nan), "interval": rank["interval"],
+            "p_value": comparison.get("p_value", np.nan), "p_adjusted": comparison.get("p_adjusted", np.nan),
+            "interval": rank["interval"],
             "map_ci_low": interval["ci_low"], "map_ci_high": interval["ci_high"],
         })
     interval_kind = next(iter(ranking.values()))["interval"] if ranking else EPISODE_LEVEL
@@ -323,7 +327,7 @@ def _cell_rows(cell: pd.DataFrame, n_boot: int, seed: int,
 CELL_COLUMNS = ["kind", "dataset", "setting", "group", "method", "map", "map_ci95", "f1_3", "f1_5", "n_episodes",
                 "n_seeds", "n_paired", "rank", "mark", "best", "diff_vs_best", "diff_ci_low", "diff_ci_high",
                 "p_value", "citation", "interval", "map_ci_low", "map_ci_high", "n_map_undefined", *FEATURE_COLUMNS,
-                "source"]
+                "source", "p_adjusted"]
 AVERAGE_RANK_COLUMNS = ["method", "avg_rank", "n_cells", "family", "cells"]
 
 

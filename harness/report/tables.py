@@ -24,7 +24,7 @@ from mlfsic.harness.report.stats import CELL_COLUMNS, FEATURE_COLUMNS, Leaderboa
 from mlfsic.harness.sweep.store import RunGaps
 
 CSV_FLOATS = ("map", "map_ci95", "f1_3", "f1_5", "diff_vs_best", "diff_ci_low", "diff_ci_high", "p_value", "avg_rank",
-              "map_ci_low", "map_ci_high")
+              "map_ci_low", "map_ci_high", "p_adjusted")
 CSV_INTS = ("rank", "n_episodes", "n_seeds", "n_paired", "n_map_undefined")
 INTERVALS_TEXT = (
     "With >= 3 seeds the 95% intervals are a hierarchical bootstrap (resample seeds, then episodes within each "
@@ -192,8 +192,9 @@ def leaderboard_markdown(data: LeaderboardData, gaps: Sequence[RunGaps] = ()) ->
     incomplete = incomplete_markdown(gaps)
     lines = ["# mlfsic leaderboard" + (" (INCOMPLETE)" if incomplete else ""), "",
              "mAP in percent, mean over all episodes and seeds ± half-width of its 95% interval. " + INTERVALS_TEXT
-             + " Rank marks: `=` tied with the cell's best (paired bootstrap 95% CI of the difference contains 0), "
-             "`*` significantly worse. Δ = method − best over the shared episodes. Methods are paired and ranked "
+             + " Rank marks: `=` tied with the cell's best, "
+             "`*` significantly worse (paired bootstrap p, Holm-adjusted over the cell's comparisons with its best, "
+             "below 0.05; csv column p_adjusted). Δ = method − best over the shared episodes. Methods are paired and ranked "
              "only on the same episode sets and features (backbone, label embedding, protocol). "
              "*reported* rows are paper numbers, never ranked. Bootstrap p-values are at least 1/(B+1). "
              "n/a: undefined (see the cell's notes).", ""]
