@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_readme_paths import readme_method_module
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("harness", "methods", "datasets", "configs", "results")
@@ -76,10 +77,10 @@ def test_the_installed_wheel_ranks_against_published_outside_the_checkout(wheel,
                             "print(mlfsic.harness.__file__); print(s.PUBLISHED_DIR)"],
                            check=True, capture_output=True, text=True, cwd=work, env=env).stdout.splitlines()
     assert all(str(site) in line for line in where), where  # the wheel's files, not the checkout's
-    run = subprocess.run([str(python), "-m", "mlfsic.harness.cli", "run", "method=[random]", "against=published",
-                          "n_episodes=20", "seeds=[0]", "setting=[1shot]", "run_id=wheel",
-                          f"results_dir={work / 'results'}"], capture_output=True, text=True, cwd=work, env=env,
-                         timeout=1800)
-    # random is in the published run with the same config and code: nothing to compute, ranked from there
+    readme_method_module(work)  # README's one-file method, imported from the working folder
+    run = subprocess.run([str(python), "-m", "mlfsic.harness.cli", "run", "method_modules=[my_method]",
+                          "method=[my-method]", "against=published", "n_episodes=20", "seeds=[0]", "setting=[1shot]",
+                          "run_id=wheel", f"results_dir={work / 'results'}"], capture_output=True, text=True, cwd=work,
+                         env={**env, "PYTHONPATH": "."}, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Prefix comparison" in (work / "results" / "runs" / "wheel" / "leaderboard.md").read_text()
