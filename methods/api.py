@@ -1,6 +1,6 @@
 """The Method API: everything a method author touches, in one module (docs/architecture.md, "Methods").
 
-    from mlfsic.methods.api import Episode, Method, SplitData, register
+    from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
 
 A method is one class, registered under a name with ``@register("name")``. It declares which settings
 it supports (``zero_shot`` / ``few_shot``: any K >= 1), whether it needs local features, and implements::
@@ -37,6 +37,22 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mlfsic.harness.protocol.episodes import parse_setting
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """One way a method differs from its paper or its authors' released code, declared as data so that
+    ``mlfsic methods --card NAME`` and the site's method cards show it without opening the code.
+
+    ``what``: the difference (what the release or paper does, what mlfsic does); ``why``; ``effect``: its
+    measured effect with the numbers (or "not measured" and why); ``split``: where it was measured (``val``;
+    never the evaluated novel split), or "" when not measured.
+    """
+
+    what: str
+    why: str
+    effect: str
+    split: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,8 @@ class Method(ABC):
     predict_params: ClassVar[tuple[str, ...]] = ()
     # Modules (dotted names) holding more of the method's code than its class file: part of its code hash.
     code_modules: ClassVar[tuple[str, ...]] = ()
+    # How it differs from its paper / released code (``Deviation``): printed by ``mlfsic methods --card``.
+    deviations: ClassVar[tuple[Deviation, ...]] = ()
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

@@ -157,3 +157,17 @@ def test_data_prepare_and_episodes_commands(tmp_path):
     assert first.stdout == second.stdout  # same id and path: the existing set is reused
     episode_set_id, setting, seed, path = first.stdout.split()
     assert (setting, seed) == ("1shot", "seed0") and path.endswith(f"{episode_set_id}.json")
+
+
+def test_methods_card_prints_what_a_method_is_and_its_declared_deviations():
+    from mlfsic.harness.cli.methods import method_card
+    from mlfsic.methods.registry import get_method_class
+
+    text = method_card("linear-probe")
+    cls = get_method_class("linear-probe")
+    assert text.startswith("linear-probe  (built-in; mlfsic.methods.linear_probe.LinearProbe)")
+    assert "l2_grid = [" in text and f"({len(cls.deviations)} declared)" in text and len(cls.deviations) >= 1
+    assert all(d.what in text and d.effect in text for d in cls.deviations)
+    assert "(none declared)" in method_card("random") or "declared):" in method_card("random")
+    listed = _mlfsic("methods", "--card", "no-such-method")
+    assert listed.returncode == 2 and listed.stderr.count("\n") == 1 and "unknown method 'no-such-method'" in listed.stderr

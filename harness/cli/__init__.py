@@ -5,6 +5,8 @@
     mlfsic episodes [OVERRIDES...]       materialise episode sets; print id and path
     mlfsic data prepare NAME [k=v ...]   generate coco-moji (out=DIR seed=S preview=PATH) or check a dataset;
                                          openmoji-corpus [regime= seed= n_images= image_size=]: the teacher's corpus
+    mlfsic data check NAME [k=v ...]     validate a dataset (root=DIR ...); exit 2 on a problem
+    mlfsic data split NAME [k=v ...]     write a base/val/novel label split made from the data (seed= out= ...)
     mlfsic teacher train [OVERRIDES...]  retrain the pinned tiny CLIP teacher (+backbone=tiny-teacher-strict; out=DIR)
     mlfsic methods [method_modules=[m]]  list registered methods, their settings and origin
     mlfsic claims [ablation=DIR] [ranking=DIR] [out=DIR]   test the paper's claims; claims.{csv,json,md}
@@ -41,9 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     prepare = data_commands.add_parser("prepare", help="generate coco-moji or check a dataset's files")
     prepare.add_argument("name", help="coco-moji, openmoji-corpus, or a dataset config name (coco, ...)")
     prepare.add_argument("options", nargs="*", help="key=value options")
+    check = data_commands.add_parser("check", help="validate a dataset: images, labels, images per label and split, "
+                                     "missing/unreadable files, labels below K + Q; exit 2 on a problem")
+    check.add_argument("name", help="a dataset config name: imagefolder, coco-format, coco, voc, ...")
+    check.add_argument("options", nargs="*", help="key=value: root=DIR and other dataset keys (metadata=, "
+                       "annotations=, ...); max_shot=5 n_query=4 (K + Q), open_images=true|false")
+    split = data_commands.add_parser("split", help="write a base/val/novel label split made from the data")
+    split.add_argument("name", help="a dataset config name: imagefolder, coco-format, ...")
+    split.add_argument("options", nargs="*", help="key=value: root=DIR and other dataset keys; seed=0, "
+                       "out=FILE (default: the dataset's split_file, DIR/split.json), max_shot=5 n_query=4 (every "
+                       "val/novel label keeps K + Q images), parts=65/15/20, force=true (replace another split)")
     methods = commands.add_parser("methods", help="list registered methods (and one-file plug-ins: method_modules=[my_method])")
     methods.add_argument("options", nargs="*", help="method_modules=[my_method,...]: import these modules first "
                          "(on PYTHONPATH), so the methods they @register are listed")
+    methods.add_argument("--card", metavar="NAME", help="print one method's card: what it is, its hyperparameters "
+                         "and its declared deviations from its paper or released code")
     claims = commands.add_parser("claims", help="test the paper's abstract claims on the ablation and ranking runs")
     claims.add_argument("options", nargs="*",
                         help="key=value: ablation=DIR (default results/published_ablation, a val-split run of "
@@ -91,9 +105,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return episodes_command(args.overrides)
     if args.command == "data":
-        from mlfsic.harness.cli.data import data_prepare_command
+        from mlfsic.harness.cli import data
 
-        return data_prepare_command(args.name, args.options)
+        command = {"prepare": data.data_prepare_command, "check": data.data_check_command,
+                   "split": data.data_split_command}[args.data_command]
+        return command(args.name, args.options)
     if args.command == "claims":
         from mlfsic.harness.cli.claims import claims_command
 
@@ -114,4 +130,4 @@ def _dispatch(args: argparse.Namespace) -> int:
     from mlfsic.harness.cli.methods import methods_command
     from mlfsic.harness.cli.options import key_values
 
-    return methods_command(key_values(args.options))
+    return methods_command(key_values(args.options), card=args.card)

@@ -1,5 +1,7 @@
-"""``mlfsic methods [method_modules=[...]]``: the registered methods, their settings, features and origin,
-then the plug-ins that failed to load (each on its own lines, so the table keeps its width)."""
+"""``mlfsic methods [method_modules=[...]] [--card NAME]``: the registered methods, their settings, features
+and origin, then the plug-ins that failed to load (each on its own line, so the table keeps its width);
+``--card NAME``: one method's card: what it is, its hyperparameters as a run uses them, and its declared
+deviations from its paper or released code (``methods.api.Deviation``)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def parse_module_list(value: str) -> list[str]:
     return [part.strip() for part in value.strip().removeprefix("[").removesuffix("]").split(",") if part.strip()]
 
 
-def methods_command(options: dict[str, str] | None = None) -> int:
+def methods_command(options: dict[str, str] | None = None, card: str | None = None) -> int:
     options = options or {}
     for key in options:
         if key not in OPTIONS:
@@ -29,6 +31,9 @@ def methods_command(options: dict[str, str] | None = None) -> int:
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise MlfsicError(f"mlfsic methods: unknown option {key!r}{hint}; expected {', '.join(OPTIONS)}=[...]")
     import_method_modules(parse_module_list(options.get("method_modules", "")))
+    if card is not None:
+        print(method_card(card))
+        return 0
     rows = [(info.name, info.cls.settings_label(),
              ("local" if info.cls.needs_local_features else "global") + (", open_clip" if info.cls.needs_clip else ""),
              info.origin) for info in available_methods().values()]
@@ -42,3 +47,29 @@ def methods_command(options: dict[str, str] | None = None) -> int:
         for info in broken.values():
             print(f"{info.name}  BROKEN: {info.error}  [{info.origin}, {info.target}]")
     return 0
+
+
+def method_card(name: str) -> str:
+    """The text of ``mlfsic methods --card NAME``."""
+    import inspect
+
+    from mlfsic.harness.config import method_yaml
+    from mlfsic.methods.api import constructor_defaults
+    from mlfsic.methods.registry import get_method_class
+
+    cls = get_method_class(name)
+    info = available_methods()[name]
+    doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+    lines = [f"{name}  ({info.origin}; {cls.__module__}.{cls.__qualname__})",
+             f"settings: {cls.settings_label()}; features: {'local' if cls.needs_local_features else 'global'}"
+             + (", open_clip" if cls.needs_clip else ""), "", doc, "",
+             f"hyperparameters (constructor defaults, then configs/methods/{name}.yaml):"]
+    values = {**constructor_defaults(cls), **method_yaml(name)}
+    lines += [f"  {key} = {values[key]!r}" for key in sorted(values)] or ["  (none)"]
+    lines += ["", f"deviations from its paper / released code ({len(cls.deviations)} declared):"]
+    for number, deviation in enumerate(cls.deviations, start=1):
+        lines += [f"  {number}. {deviation.what}", f"     why: {deviation.why}",
+                  f"     effect: {deviation.effect}" + (f" (measured on {deviation.split})" if deviation.split else "")]
+    if not cls.deviations:
+        lines.append("  (none declared)")
+    return "\n".join(lines)

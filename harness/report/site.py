@@ -357,11 +357,11 @@ def method_doc(registered: str) -> dict[str, Any]:
 
     info = available_methods().get(registered)
     if info is None:
-        return {"registered": False, "origin": "", "summary": "", "links": [], "source": ""}
+        return {"registered": False, "origin": "", "summary": "", "links": [], "source": "", "deviations": []}
     doc = info.cls.__doc__ if "__doc__" in vars(info.cls) and info.cls.__doc__ else inspect.getmodule(info.cls).__doc__
     summary = _first_paragraph(doc).replace("``", "")
     return {"registered": True, "origin": info.origin, "summary": summary, "links": _links(doc or ""),
-            "source": f"{info.cls.__module__}.{info.cls.__qualname__}"}
+            "source": f"{info.cls.__module__}.{info.cls.__qualname__}", "deviations": list(info.cls.deviations)}
 
 
 def _card_entries(method: str, boards: list[tuple[Benchmark, LeaderboardData]]) -> list[dict[str, Any]]:
@@ -416,6 +416,11 @@ def method_card(method: str, entries: list[dict[str, Any]], reported: pd.DataFra
         if doc["links"]:
             parts.append("<p>Links named in the docstring: " + ", ".join(
                 f'<a href="{esc(u)}">{esc(u)}</a>' for u in doc["links"]) + "</p>")
+        parts.append(f"<h2>Deviations from its paper or released code ({len(doc['deviations'])} declared)</h2>")
+        parts.append("<ol>" + "".join(
+            f"<li>{esc(d.what)}<br>why: {esc(d.why)}<br>effect: {esc(d.effect)}"
+            + (f" (measured on {esc(d.split)})" if d.split else "") + "</li>" for d in doc["deviations"])
+            + "</ol>" if doc["deviations"] else "<p>None declared.</p>")
     else:
         parts.append(f"<p><code>{esc(registered)}</code> is not registered in this installation: no docstring.</p>")
     papers = reported[reported["method"].str.replace(" (reported)", "", regex=False).str.lower() == registered.lower()]
