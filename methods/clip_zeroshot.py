@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from mlfsic.harness.backbones.embeddings import PROMPT
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.methods.api import Episode, Method, SplitData, register
+from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
 from mlfsic.methods.torch_utils import check_episode, check_split_data
 
 
@@ -26,6 +26,14 @@ class ClipZeroShot(Method):
     zero_shot = True
     few_shot = False
     needs_clip = True
+    deviations = (
+        Deviation(what="a label's text is MKT's prompt 'There is a {label} in the scene', one prompt; CLIP's zero-shot "
+                       "classifiers use 'A photo of a {label}.' and dataset-specific prompt ensembles",
+                  why="not stated in the code history; it is the one prompt the harness shares with mkt "
+                      "(harness.backbones.embeddings.PROMPT)",
+                  effect="not measured: a run with +method_args.clip-zeroshot.prompt='A photo of a {label}.' on val "
+                         "(eval_split=val) would measure the single-prompt part"),
+    )
 
     def __init__(self, seed: int = 0, prompt: str = PROMPT) -> None:
         super().__init__(seed)

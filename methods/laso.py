@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.methods.api import Episode, Method, SplitData, register
+from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
 from mlfsic.methods.torch_utils import (
     check_episode,
     linear,
@@ -136,6 +136,72 @@ class LaSO(Method):
 
     zero_shot = False
     few_shot = True
+    deviations = (
+        Deviation(what="episode classifier's loss weights: the release trains on minibatches of 4 real and "
+                       "fakeBatchSize union-synthesised features (30 in 1-shot, 39 in 5-shot; test_augmentation.py "
+                       "~136, ~206, ~268-276; alfassy/datasets.py ~693-698), so real rows are about 9-12 % of the "
+                       "loss; mlfsic weighs real and synthetic rows half each",
+                  why="not stated in the code history",
+                  effect="not measured: it needs row weights of 4 real to 30 / 39 synthetic in the episode's training "
+                         "set and a val run; the release review ranks it the largest LaSO difference"),
+        Deviation(what="episode classifier schedule: 30 full-batch Adam steps at lr 0.01; release: 50 epochs of "
+                       "minibatches (~200 steps 1-shot, ~1,000 5-shot), real rows class-balanced by a label histogram "
+                       "(alfassy/datasets.py ~729-760), Adam lr 0.01",
+                  why="more steps did not help on coco-moji val episodes, and a step costs ~1.5 ms on one core (class "
+                      "docstring)",
+                  effect="no numbers were kept of that val check; class balancing not measured"),
+        Deviation(what="at most max_union_pairs = 100 support pairs (drawn with the episode's seed) are "
+                       "union-synthesised; the release uses every support pair (alfassy/datasets.py ~683-691)",
+                  why="not stated in the code history",
+                  effect="not measured; on coco-moji's 1-shot episodes (at most 12 support images) every pair is used, "
+                         "so only 5-shot is affected; max_union_pairs is the switch"),
+        Deviation(what="set-operation training pairs are uniform random base pairs; the release's pairs are "
+                       "class-balanced and always share at least one label (alfassy/datasets.py ~205, ~277-318), so "
+                       "here the intersection and subtraction networks see mostly disjoint pairs",
+                  why="not stated in the code history",
+                  effect="not measured: it needs the release's pair sampler and a refit"),
+        Deviation(what="set-operation optimiser: Adam lr 1e-3, weight decay 1e-5, batches of 128 pairs, 2000 steps; "
+                       "release: SGD momentum 0.9, lr 1e-4 -> 2e-3 cyclical warm-up then ReduceLROnPlateau, weight "
+                       "decay 1e-4, batch 16, 50 epochs (train_setops_stripped.py ~356, ~367-377, ~449-455, ~591-609)",
+                  why="2000 steps (about 43 passes over 6000 base images) train in under a minute on one CPU core; "
+                      "the switch from SGD is not stated in the code history",
+                  effect="not measured"),
+        Deviation(what="reconstruction R_x = U(S(x, y), I(x, y)), R_y = U(S(y, x), I(x, y)); release: "
+                       "U(S(a, I(b, a)), I(a, b)) and U(S(b, I(a, b)), I(b, a)) (res_setops.py ~295-296, ~309-310)",
+                  why="not stated in the code history",
+                  effect="not measured; the release review expects it small"),
+        Deviation(what="set-operation networks: MLP(2D -> 256 -> 256 -> D) on D = 128, without batch norm, dropout or "
+                       "tanh output; the release's test path uses PaperGenerator on 2048-d features, with batch norm, "
+                       "dropout 0.5 and tanh, hidden 2048 (union, intersection) and 8192 (subtraction) "
+                       "(setops.py ~315-336, ~678-691)",
+                  why="not stated in the code history",
+                  effect="not measured"),
+        Deviation(what="the release's tautology losses (tautology_*_toggle, e.g. (a \\ b) \\ b = a \\ b) are left out",
+                  why="not stated in the code history",
+                  effect="not measured"),
+        Deviation(what="backbone: the harness's SmallCNN (128-d, trained from scratch on the base split, fixed), "
+                       "features standardised with base-split statistics; release: Inception-v3 (299 px, 2048-d "
+                       "pooled) shipped with its 80-way COCO classifier (paperBaseModel), fixed in LaSO training",
+                  why="features are computed once per image and shared by all methods (DESIGN section 7)",
+                  effect="not measured: it needs the release's backbone, which is not available offline"),
+        Deviation(what="base classifier C: linear (D -> N_base), trained here for 100 epochs on the base features, "
+                       "then fixed; release: the classifier shipped with its backbone",
+                  why="the SmallCNN has no matching classifier; 100 epochs converge (class docstring)",
+                  effect="not measured"),
+        Deviation(what="the episode MLP's batch-norm scales start at 1 (release: drawn from N(1, 0.02)), and its "
+                       "dropout masks come from a seeded generator",
+                  why="seeded masks make a rerun give the same scores; the batch-norm init is not stated in the code "
+                      "history",
+                  effect="not measured"),
+        Deviation(what="an episode with a single training row (one support image, no pairs) is fitted by logistic "
+                       "regression; the release's MLP needs two rows for batch normalisation",
+                  why="batch normalisation needs two rows",
+                  effect="not measured; only episodes with one support image"),
+        Deviation(what="the episode classifier is taken after its last step; the release picks its checkpoint by "
+                       "test-set IoU every 5 epochs (test_augmentation.py ~320-368)",
+                  why="the harness never selects on the evaluated split",
+                  effect="not measured"),
+    )
 
     def __init__(
         self,

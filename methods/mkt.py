@@ -51,7 +51,7 @@ from mlfsic.harness.backbones.embeddings import PROMPT
 from mlfsic.harness.backbones.open_clip import LAST_BLOCKS, run_blocks
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.protocol.metrics import episode_map
-from mlfsic.methods.api import Episode, Method, SplitData, register
+from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
 from mlfsic.methods.baselines import hinge_rank_loss
 from mlfsic.methods.torch_utils import KeepBest, check_episode, check_split_data, minibatches, torch_generator
 
@@ -118,6 +118,73 @@ class MKT(Method):
     few_shot = True
     needs_local_features = True
     needs_clip = True
+    deviations = (
+        Deviation(what="ranking loss: margin 0.1 on the raw averaged two-stream cosines, averaged over all (positive, "
+                       "negative) label pairs (baselines.hinge_rank_loss); release: margin 1 on per-image "
+                       "L2-normalised score vectors, averaged over the violating pairs only (models/rank_loss.py "
+                       "~3-26; clip_vit.py ~72-76; engine_nus_first_stage.py ~37-39)",
+                  why="not stated in the code history (the loss is shared with wordvec-zeroshot)",
+                  effect="the release's form not measured (it needs that loss as a variant of "
+                         "configs/sweep/mkt_ablation.yaml); mlfsic's ranking loss alone (mkt-nodistill, lr 1e-3) takes "
+                         "val 0-shot mAP from 47.1 to 42.4 (200 episodes, 1 seed, concept-seen teacher)", split="val"),
+        Deviation(what="distillation: L1 summed over dimensions between the L2-normalised student and teacher global "
+                       "embeddings; release: F.l1_loss (mean over elements) between the unnormalised CLS embeddings "
+                       "(engine_nus_first_stage.py ~41-44)",
+                  why="not stated in the code history",
+                  effect="the release's form not measured; with mlfsic's the distillation holds the student at the "
+                         "teacher (stage 1 at lr 1e-4 or 1e-3: val 0-shot 47.1, as untrained) while ranking alone "
+                         "gives 42.4 (200 episodes, 1 seed, concept-seen), so the weight of this term decides what "
+                         "stage 1 does", split="val"),
+        Deviation(what="local stream: mean of the top 8 patch cosines (top_k=8); release: top 16 "
+                       "(train_nus_first_stage.py ~94)",
+                  why="not stated in the code history",
+                  effect="not measured: a top_k=16 variant in configs/sweep/mkt_ablation.yaml would measure it"),
+        Deviation(what="trained image layers: one ViT block + ln_post + proj, AdamW lr 1e-4, weight decay 0.01, 400 "
+                       "steps, no augmentation; release: the last two blocks + ln_post + proj (fix_layer=10: "
+                       "lr_decay.py ~35, ~89-90), layer decay 0.65, AdamW lr 1e-3, weight decay 0.05, 20 epochs with "
+                       "the training transform (train_nus_first_stage.py ~80-94; utils/dataset.py ~26)",
+                  why="the feature store keeps the tokens entering the last block (harness.backbones.open_clip."
+                      "LAST_BLOCKS = 1), so earlier blocks are never recomputed and images are never augmented",
+                  effect="val (mkt_ablation, 200 episodes, 1 seed, concept-seen): stage 1 at lr 1e-4 or 1e-3 leaves "
+                         "0-shot mAP at 47.1, and fit's val selection kept the teacher's stage-1 state (moved < "
+                         "0.0001); two blocks, layer decay and augmentation not measured", split="val"),
+        Deviation(what="prompt tuning: only the words before {label} ('There is a') are learned, AdamW lr 2e-3, weight "
+                       "decay 0, 100 steps; release: the whole token_embedding table is trained "
+                       "(train_nus_second_stage.py ~94-101) while the label positions are overwritten by frozen copies "
+                       "(prompt_model.py ~53-56, ~89-92), so every non-label token ('There is a', 'in the scene', "
+                       "SOS/EOS) is learned, AdamW lr 1e-3, weight decay 0.05, 4 epochs, AMP",
+                  why="not stated in the code history (the context before the label is CoOp's form, class docstring)",
+                  effect="the release's form not measured; mlfsic's prompt tuning on val: -0.5 0-shot mAP in "
+                         "mkt_ablation (concept-seen); in fit's val selection 37.3 -> 34.5 under concept-seen "
+                         "(rejected), 38.6 -> 40.4 under strict (kept)", split="val"),
+        Deviation(what="each stream is normalised across the episode's labels by a softmax at the model's logit "
+                       "scale; the release L2-normalises the score vector",
+                  why="not stated in the code history",
+                  effect="not measured"),
+        Deviation(what="patch scores are cosines of normalised patch embeddings; the release takes dot products of "
+                       "unnormalised patch embeddings",
+                  why="not stated in the code history",
+                  effect="not measured"),
+        Deviation(what="no image-side prompt or adapter (the class docstring lists this among the differences from "
+                       "the release)",
+                  why="not stated in the code history",
+                  effect="not measured"),
+        Deviation(what="the distillation teacher is the sweep's open_clip model as it is before training: on coco-moji "
+                       "the tiny teacher (a 6-block ViT trained on OpenMoji renders), not CLIP as in MKT",
+                  why="offline: no CLIP weights; any open_clip checkpoint can be given as a local file",
+                  effect="not measured: it needs CLIP weights"),
+        Deviation(what="K-shot: the text score is mixed with a visual-prototype score, (1 - mix) * text + mix * "
+                       "visual, mix = 0.5 fixed; mlfsic's extension, MKT is zero-shot only",
+                  why="the benchmark's K-shot settings",
+                  effect="not measured: mix is not tuned"),
+        Deviation(what="model selection: the val split's 0-shot mAP is measured for the teacher and every 50 steps of "
+                       "stages 1 and 2, and the best state is kept (the release review lists val model selection among "
+                       "the differences from the release)",
+                  why="the harness's rule: choices on val, never on the evaluated split",
+                  effect="val: it kept the teacher's stage-1 state (stage 1 moved val mAP by < 0.0001) and rejected "
+                         "prompt tuning under concept-seen (37.3 -> 34.5), kept it under strict (38.6 -> 40.4, mean "
+                         "of the 3 seeds' kept states)", split="val"),
+    )
 
     def __init__(
         self,

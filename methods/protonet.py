@@ -9,7 +9,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.methods.api import Episode, Method, SplitData, register
+from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
 from mlfsic.methods.torch_utils import (
     check_episode,
     mlp,
@@ -51,6 +51,26 @@ class MultiLabelProtoNet(Method):
 
     zero_shot = False
     few_shot = True
+    deviations = (
+        Deviation(what="the backbone is frozen and only an MLP head (D -> 256 -> 128) on the global features is "
+                       "trained; Snell et al. train the whole convolutional embedding network",
+                  why="features are computed once per image and shared by all methods (DESIGN section 7)",
+                  effect="not measured: it needs per-method backbone training, which the feature store does not do"),
+        Deviation(what="multi-label form: one sigmoid per (query, label) and binary cross-entropy, a prototype "
+                       "averaging every support image that carries the label; Snell et al. take a softmax over the "
+                       "classes and cross-entropy, one class per image",
+                  why="episodes are multi-label; this is the form the ML-FSIC papers use (e.g. Yan et al., AAAI 2022)",
+                  effect="not measured: there is no single-label counterpart on multi-label episodes"),
+        Deviation(what="score sigmoid(-exp(log_scale) * d + bias) with the squared distance divided by the embedding "
+                       "size H, log_scale and bias learnt; Snell et al. use the plain negative squared distance",
+                  why="dividing by H lets one initial scale suit every embedding size (class docstring); why scale "
+                      "and bias are learnt is not stated in the code history",
+                  effect="not measured"),
+        Deviation(what="training shot K drawn uniformly from 1..5 per episode (10-way, 4 queries per label); Snell et "
+                       "al. train with the test shot",
+                  why="one checkpoint serves 1-shot and 5-shot",
+                  effect="not measured"),
+    )
 
     def __init__(
         self,
