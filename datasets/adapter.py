@@ -10,9 +10,12 @@ Each adapter reads its dataset as distributed, checks every file it names up fro
                        labels is an error naming both places.
 ``check_images``       which listed image files are missing (an error, or dropped with ``missing_images: drop``).
 ``summarize`` / ``format_summary``  the printable validation report: images, labels, images per split after
-                       the strict rule (``harness.protocol.data.split_pool``), missing files, split provenance.
+                       the strict rule (``harness.protocol.data.split_pool``), missing files, split provenance;
+                       with a K + Q floor (``mlfsic data check``) images per label, labels below the floor,
+                       duplicate rows.
+``unreadable_images`` / ``check_problems``  what makes ``mlfsic data check`` fail.
 
-Nothing here reads pixels or writes files.
+Nothing here decodes pixels (``unreadable_images`` opens image headers) or writes files.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Loaded:
     notes: tuple[str, ...] = ()
     sources: tuple[tuple[str, int], ...] = ()  # (annotation source, images it lists)
     missing_images: int = 0  # dropped with missing_images: drop (with "error" any missing image raises)
+    duplicate_rows: int = 0  # rows that listed an image again with the same labels (kept once)
+    missing_examples: tuple[str, ...] = ()  # a few of the dropped files, with where they were listed
 
 
 class Digest:
@@ -326,15 +331,24 @@ def split_file_meta(split_file: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {"path": str(path), "provisional": bool(raw.get("provisional", False)), "note": raw.get("note")}
+    made_by = raw.get("made_by") if isinstance(raw.get("made_by"), dict) else {}
+    return {"path": str(path), "provisional": bool(raw.get("provisional", False)), "note": raw.get("note"),
+            "made_for": made_by.get("data_sha256")}
 
 
-def summarize(loaded: Loaded, split: Mapping[str, Sequence[str]], split_file: str | None = None) -> dict[str, Any]:
-    """Counts a user checks before a sweep: images, labels, images per split after the strict rule."""
+def summarize(loaded: Loaded, split: Mapping[str, Sequence[str]], split_file: str | None = None,
+              floor: int | None = None) -> dict[str, Any]:
+    """Counts a user checks before a sweep: images, labels, images per split after the strict rule.
+
+    With ``floor`` (K + Q of the largest setting, ``mlfsic data check``) also the images of every label (in
+    the whole data and in its split's pool), the labels below the floor per split, duplicate rows and the
+    missing files left out.
+    """
     dataset = loaded.dataset
     labels_per_image = dataset.targets.sum(axis=1)
     per_split: dict[str, int] = {}
     few: dict[str, list[str]] = {}
+    in_pool: dict[str, int] = {}
     assigned = np.zeros(len(dataset.image_ids), dtype=bool)
     for name in SPLITS:
         labels = list(split.get(name, []))
@@ -342,9 +356,22 @@ def summarize(loaded: Loaded, split: Mapping[str, Sequence[str]], split_file: st
         per_split[name] = len(pool)
         counts = pool.targets.sum(axis=0) if len(labels) else np.zeros(0, dtype=int)
         few[name] = [f"{label} ({int(n)})" for label, n in zip(labels, counts.tolist()) if n < FEW_IMAGES]
+        in_pool.update(zip(labels, (int(n) for n in counts.tolist())))
         if labels:
             assigned |= np.isin(dataset.image_ids, pool.image_ids)
     meta = split_file_meta(split_file) if split_file else {}
+    checked: dict[str, Any] = {}
+    if floor is not None:
+        checked = {
+            "floor": int(floor),
+            "images_per_label": dict(zip(dataset.label_names, (int(n) for n in dataset.targets.sum(axis=0)))),
+            "images_per_label_in_split": in_pool,
+            "labels_below_floor": {name: [f"{label} ({in_pool[label]})" for label in split.get(name, [])
+                                          if in_pool[label] < floor] for name in SPLITS},
+            "duplicate_rows": int(loaded.duplicate_rows),
+            "missing_examples": list(loaded.missing_examples),
+            "split_made_for": meta.get("made_for"),
+        }
     return {
         "dataset": dataset.name,
         "image_root": str(dataset.image_root),
@@ -364,6 +391,7 @@ def summarize(loaded: Loaded, split: Mapping[str, Sequence[str]], split_file: st
         "labels_with_few_images": few,
         "notes": list(loaded.notes),
         "annotation_sha256": dataset.annotation_sha256,
+        **checked,
     }
 
 
@@ -379,20 +407,96 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                  f"images without labels: {summary['images_without_labels']}")
     provisional = " PROVISIONAL" if summary["split_provisional"] else ""
     counts = summary["split_labels"]
-    lines.append(f"  label split{provisional} {summary['split_file']}: "
-                 + " / ".join(f"{name} {counts[name]}" for name in SPLITS) + " labels")
-    if summary.get("split_note"):
-        lines.append(f"    note: {summary['split_note']}")
-    per_split = summary["images_per_split"]
-    lines.append("  images per split (an image is in a split only if all its labels are): "
-                 + ", ".join(f"{name} {per_split[name]}" for name in SPLITS)
-                 + f"; labelled images in no split {summary['images_in_no_split']}")
+    if not any(counts.values()):
+        lines.append("  label split: none yet")
+    else:
+        lines.append(f"  label split{provisional} {summary['split_file']}: "
+                     + " / ".join(f"{name} {counts[name]}" for name in SPLITS) + " labels")
+        if summary.get("split_note"):
+            lines.append(f"    note: {summary['split_note']}")
+        per_split = summary["images_per_split"]
+        lines.append("  images per split (an image is in a split only if all its labels are): "
+                     + ", ".join(f"{name} {per_split[name]}" for name in SPLITS)
+                     + f"; labelled images in no split {summary['images_in_no_split']}")
     for name in SPLITS:
         few = summary["labels_with_few_images"][name]
         if few:
             shown = ", ".join(few[:12]) + (f", ... ({len(few)} in all)" if len(few) > 12 else "")
             lines.append(f"  {name} labels with fewer than {FEW_IMAGES} images in the {name} pool: {shown}")
+    if "floor" in summary:
+        lines.extend(_check_lines(summary))
     for note in summary["notes"]:
         lines.append(f"  {note}")
     lines.append(f"  annotation sha256 {summary['annotation_sha256'][:16]}")
     return "\n".join(lines)
+
+
+SHOWN_LABELS = 40  # a check lists every label up to this many, else the ones with the fewest images
+
+
+def _check_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The lines ``mlfsic data check`` adds: images per label, labels below the floor, duplicates."""
+    floor = summary["floor"]
+    totals = summary["images_per_label"]
+    in_split = summary["images_per_label_in_split"]
+    order = sorted(totals, key=lambda label: (in_split.get(label, totals[label]), totals[label], label))
+    shown = order if len(order) <= SHOWN_LABELS else order[:SHOWN_LABELS // 2]
+    head = "images per label" + (" (in all / in its split's pool)" if in_split else "")
+    if len(shown) < len(order):
+        head += f", the {len(shown)} with the fewest of {len(order)}"
+    cells = [f"{label} {totals[label]}" + (f"/{in_split[label]}" if label in in_split else "") for label in shown]
+    lines = [f"  {head}: " + ", ".join(cells)]
+    if in_split:
+        for name in SPLITS:
+            below = summary["labels_below_floor"][name]
+            if below:
+                kind = "error" if name != "base" else "note"
+                lines.append(f"  {kind}: {name} labels below K + Q = {floor} images in the {name} pool: "
+                             + ", ".join(below[:12]) + (f", ... ({len(below)} in all)" if len(below) > 12 else ""))
+    else:
+        rare = [label for label in order if totals[label] < floor]
+        if rare:
+            lines.append(f"  labels with fewer than K + Q = {floor} images in all (base labels only): "
+                         + ", ".join(rare[:12]) + (f", ... ({len(rare)} in all)" if len(rare) > 12 else ""))
+    lines.append(f"  duplicate rows (same image, same labels, kept once): {summary['duplicate_rows']}")
+    for example in summary["missing_examples"]:
+        lines.append(f"    missing: {example}")
+    made_for = summary.get("split_made_for")
+    if made_for and made_for != summary["annotation_sha256"]:
+        lines.append(f"  note: the split file was made for other data (sha256 {made_for[:16]}); the data changed "
+                     "since `mlfsic data split`")
+    return lines
+
+
+def unreadable_images(dataset: Dataset, progress: bool = True) -> list[str]:
+    """Files that PIL cannot open as an image (header only: a truncated body is not detected), with why."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    bad = []
+    for name in tqdm(dataset.file_names, desc="opening images", unit=" images", disable=None if progress else True,
+                     mininterval=0.5):
+        path = Path(dataset.image_root) / name
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - the header is read by open; size is its result
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+            bad.append(f"{path} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+    return bad
+
+
+def check_problems(summary: Mapping[str, Any], unreadable: Sequence[str]) -> list[str]:
+    """What makes ``mlfsic data check`` fail: missing or unreadable files, val/novel labels below the floor."""
+    problems = []
+    if summary["missing_images_dropped"]:
+        first = summary.get("missing_examples") or []
+        problems.append(f"{summary['missing_images_dropped']} image files are missing"
+                        + (f", first {first[0]}" if first else ""))
+    if unreadable:
+        problems.append(f"{len(unreadable)} image files cannot be opened, first {unreadable[0]}")
+    for name in ("val", "test"):
+        below = summary.get("labels_below_floor", {}).get(name, [])
+        if below:
+            problems.append(f"{len(below)} {name} labels have fewer than K + Q = {summary['floor']} images in the "
+                            f"{name} pool, first {below[0]}")
+    return problems

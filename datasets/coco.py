@@ -5,6 +5,11 @@ id, its file name, and multi-hot labels over the categories in category-id order
 front; a missing or malformed file is a one-line ``MlfsicError`` naming it. Pixels are not read here
 (features are extracted once, lazily, by the feature store).
 
+The same module is the ``coco-format`` adapter (``configs/dataset/coco-format.yaml``): any COCO-format
+instances file with its own categories (the category names are the labels), one ``annotations`` file with
+its ``images`` folder. Ids, category names and image file names must be unique (pycocotools would
+silently keep the last of two entries with one id).
+
 Config keys (``configs/dataset/coco.yaml``): ``root``, ``split_file``, ``restrict_split`` and either
 ``sources`` -- a list of ``{annotations, images}`` pairs relative to root, pooled into one dataset, as the
 ML-FSIC papers pool ``train2014`` and ``val2014`` before splitting by label -- or one ``annotations`` file
@@ -29,6 +34,8 @@ from mlfsic.datasets.adapter import Loaded, root_of
 from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError, invalid_value
 from mlfsic.harness.io import sha256_file
+
+COMMAND_KEYS = ("annotations", "images")  # echoed by `mlfsic data split coco-format ...` (registry.split_command)
 
 
 def read(cfg: Mapping[str, Any], check_images: bool = True) -> Loaded:
@@ -138,6 +145,27 @@ def load_coco(name: str, root: str | Path, annotations: str, images: str, check_
     )
 
 
+def _check_unique(annotation_path: Path, field: str, entries: list[dict[str, Any]]) -> None:
+    """Ids (and category names, image file names) appear once; a name is a non-blank string. pycocotools would
+    keep the last of two entries with one id silently; two categories of one name would be one label."""
+    named = "name" if field == "categories" else "file_name"
+    seen: dict[Any, int] = {}
+    seen_names: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        where = f"malformed annotation file {annotation_path}: {field}[{index}]"
+        if entry["id"] in seen:
+            raise MlfsicError(f"{where} repeats id {entry['id']!r} of {field}[{seen[entry['id']]}]")
+        seen[entry["id"]] = index
+        name = entry[named]
+        if not isinstance(name, str) or not name.strip():
+            raise MlfsicError(f"{where} (id {entry['id']!r}): {named} {json.dumps(name, ensure_ascii=False)} is not a "
+                              "non-blank string")
+        if name in seen_names:
+            raise MlfsicError(f"{where} (id {entry['id']!r}): {named} {name!r} is also that of "
+                              f"{field}[{seen_names[name]}]")
+        seen_names[name] = index
+
+
 def _read_coco(annotation_path: Path) -> COCO:
     try:
         with open(annotation_path, "rb") as handle:
@@ -154,6 +182,7 @@ def _read_coco(annotation_path: Path) -> COCO:
             required = ("id", "file_name") if field == "images" else ("id", "name")
             if not isinstance(entry, dict) or any(key not in entry for key in required):
                 raise MlfsicError(f"malformed annotation file {annotation_path}: an entry of {field!r} lacks {required}")
+        _check_unique(annotation_path, field, entries)
     coco = COCO()
     coco.dataset = content
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines

@@ -2,7 +2,9 @@
 
 In the pattern of timm's ``create_model``: ``load_dataset(dataset_cfg)`` finds the adapter the config
 names and returns a ``harness.protocol.data.Dataset``; ``label_split(dataset_cfg, dataset)`` its base/val/test
-label lists; ``prepare_dataset(name, options)`` backs ``mlfsic data prepare NAME key=value ...``.
+label lists; ``prepare_dataset(name, options)`` backs ``mlfsic data prepare NAME key=value ...``; ``composed_config`` gives
+``mlfsic data check`` / ``split`` the same config; ``split_command`` / ``missing_split_error`` say how to make
+a missing split file (``mlfsic data split``).
 
 An adapter is a module (imported when first used) that writes only what reads its files::
 
@@ -29,14 +31,16 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import shlex
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from mlfsic.datasets.adapter import Prepared, bool_option, option, summarize
+from mlfsic.datasets.adapter import Prepared, bool_option, check_problems, format_summary, option, summarize, \
+    unreadable_images
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.protocol.data import Dataset
-from mlfsic.harness.protocol.splits import load_label_split
+from mlfsic.harness.protocol.splits import load_label_split, split_path
 
 # adapter name -> module implementing it
 ADAPTERS: dict[str, str] = {
@@ -45,6 +49,8 @@ ADAPTERS: dict[str, str] = {
     "voc": "mlfsic.datasets.voc",
     "nuswide": "mlfsic.datasets.nuswide",
     "imaterialist": "mlfsic.datasets.imaterialist",
+    "imagefolder": "mlfsic.datasets.imagefolder",  # your own images + metadata.jsonl/csv
+    "coco-format": "mlfsic.datasets.coco",  # any COCO-format instances file (configs/dataset/coco-format.yaml)
 }
 
 
@@ -104,8 +110,38 @@ def label_split(cfg: Mapping[str, Any], dataset: Dataset) -> dict[str, list[str]
 
 def _default_label_split(cfg: Mapping[str, Any], dataset: Dataset) -> dict[str, list[str]]:
     """``cfg.split_file`` (``configs/splits/<file>`` or a path); with ``restrict_split``, labels the dataset
-    does not have are dropped, otherwise they are an error."""
+    does not have are dropped, otherwise they are an error. A missing file says how to make one."""
+    if not split_path(str(cfg["split_file"])).is_file():
+        raise missing_split_error(cfg)
     return load_label_split(str(cfg["split_file"]), dataset.label_names, bool_option(cfg, "restrict_split", False))
+
+
+def split_command(cfg: Mapping[str, Any]) -> str:
+    """The ``mlfsic data split`` command that writes ``cfg``'s split file from its data.
+
+    The dataset is named by its adapter (``imagefolder``, ``coco-format``: the config of the same name), with
+    ``root=``, the adapter's ``COMMAND_KEYS`` that are set, and ``out=`` the split file.
+    """
+    adapter = _adapter_of(cfg)
+    parts = ["mlfsic data split", str(cfg.get("adapter")), f"root={_shell_word(str(cfg.get('root')))}"]
+    for key in getattr(adapter, "COMMAND_KEYS", ()):
+        value = cfg.get(key)
+        if value is not None and value != getattr(adapter, "DEFAULTS", {}).get(key):
+            parts.append(f"{key}={_shell_word(str(value))}")
+    parts.append(f"out={_shell_word(str(cfg.get('split_file')))}")
+    return " ".join(parts)
+
+
+def missing_split_error(cfg: Mapping[str, Any]) -> MlfsicError:
+    """``dataset.split_file`` not found, in one line with the command that makes it (or how to name one)."""
+    path = split_path(str(cfg.get("split_file")))
+    return MlfsicError(f"dataset.split_file={cfg.get('split_file')}: split file not found ({path}); expected a file "
+                       f"of configs/splits/ or a path to one: make one from the data with {split_command(cfg)} (or "
+                       "name yours: dataset.split_file=/path/split.json)")
+
+
+def _shell_word(text: str) -> str:
+    return shlex.quote(text)
 
 
 def prepare_config(cfg: Mapping[str, Any]) -> Any:
@@ -118,6 +154,35 @@ def prepare_config(cfg: Mapping[str, Any]) -> Any:
     split = label_split(cfg, loaded.dataset)
     return Prepared(dataset=loaded.dataset, split=split,
                     summary=summarize(loaded, split, str(option(cfg, "split_file", "")) or None))
+
+
+def check_config(cfg: Mapping[str, Any], floor: int, open_images: bool = True,
+                 progress: bool = True) -> tuple[str, list[str]]:
+    """``mlfsic data check``: the validation report of ``cfg``'s data and what makes it fail (empty: none).
+
+    As ``prepare_config`` (every file checked), plus images per label, labels below ``floor`` (K + Q), duplicate
+    rows, missing files (read with ``missing_images: drop`` where the adapter has the option, so all are
+    counted) and, with ``open_images``, files PIL cannot open. Without a split file yet, the report says how to
+    make one instead of failing.
+    """
+    given, cfg = cfg, dict(cfg)
+    if cfg.get("missing_images") == "error":
+        cfg["missing_images"] = "drop"  # count every missing file; check_problems fails on them
+    ensure_files(cfg, progress)
+    adapter = _adapter_of(cfg)
+    loaded = adapter.read(cfg, check_images=True)
+    split_file = str(cfg.get("split_file") or "")
+    has_split = hasattr(adapter, "label_split") or (split_file and split_path(split_file).is_file())
+    split = label_split(cfg, loaded.dataset) if has_split else {}
+    summary = summarize(loaded, split, split_file if has_split else None, floor)
+    lines = [format_summary(summary)]
+    if not has_split:
+        lines.append(f"  no split file yet ({split_file}); make one: {split_command(given)}")
+    unreadable = unreadable_images(loaded.dataset, progress) if open_images else []
+    lines.extend(f"  unreadable: {entry}" for entry in unreadable[:5])
+    problems = check_problems(summary, unreadable)
+    lines.append("  check: " + ("OK" if not problems else f"{len(problems)} problem(s): " + "; ".join(problems)))
+    return "\n".join(lines), problems
 
 
 def dataset_config_names() -> list[str]:
@@ -133,6 +198,12 @@ def prepare_dataset(name: str, options: Mapping[str, str]) -> str:
     ``root=DIR`` is the short form of ``dataset.root=DIR``; any other key is a key of the dataset config,
     or a short option the adapter declares in ``OPTION_KEYS`` (coco-moji: ``out=``, ``seed=``, ...).
     """
+    return prepare_config(composed_config(name, options)["dataset"]).text()
+
+
+def composed_config(name: str, options: Mapping[str, str]) -> dict[str, Any]:
+    """The run config with dataset ``name`` (``configs/dataset/<name>.yaml``) and ``options`` as dataset keys
+    (``root=DIR`` -> ``dataset.root=DIR``; an adapter's ``OPTION_KEYS`` map short names), as a plain dict."""
     import yaml
 
     from mlfsic.harness.config import compose_config, config_dir, to_container
@@ -147,4 +218,4 @@ def prepare_dataset(name: str, options: Mapping[str, str]) -> str:
         target = short.get(key, key)
         plus = "+" if target.startswith("+") else ""
         overrides.append(f"{plus}dataset.{target.lstrip('+')}={value}")
-    return prepare_config(to_container(compose_config(overrides).dataset)).text()
+    return to_container(compose_config(overrides))

@@ -148,7 +148,7 @@ def test_data_prepare_and_episodes_commands(tmp_path):
     result = _mlfsic("data", "prepare", "coco-moji", f"out={out}", "bogus=1")
     assert result.returncode == 2 and "dataset.bogus=1: unknown config key" in result.stderr
     result = _mlfsic("data", "prepare", "nope")
-    assert result.returncode == 2 and "unknown dataset 'nope'; known: coco, coco-moji" in result.stderr
+    assert result.returncode == 2 and "unknown dataset 'nope'; known: coco, coco-format, coco-moji" in result.stderr
 
     overrides = [f"results_dir={tmp_path}", f"dataset.root={out}", "setting=[1shot]", "seed=0", "n_episodes=10"]
     first = _mlfsic("episodes", *overrides)

@@ -495,8 +495,7 @@ def _dataset(value: Any) -> dict[str, Any]:
     if "restrict_split" in dataset:
         _boolean("dataset.restrict_split", dataset["restrict_split"])
     if not split_path(dataset["split_file"]).is_file():
-        raise invalid_value("dataset.split_file", dataset["split_file"], "a file of configs/splits/ or a path to one",
-                   "not found")
+        raise registry.missing_split_error(dataset)
     root = Path(dataset["root"]).expanduser().resolve()
     if dataset.get("generate") is None and not root.is_dir():
         raise invalid_value("dataset.root", dataset["root"], f"the folder of dataset {dataset['name']}", "folder not found")
