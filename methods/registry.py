@@ -39,6 +39,7 @@ BUILTIN_MODULES = (
     "mlfsic.methods.clip_zeroshot",
     "mlfsic.methods.mkt",
     "mlfsic.methods.linear_probe",
+    "mlfsic.methods.tip_adapter",
 )
 
 
