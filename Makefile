@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: run test bench gpu-check publish venv clean
+.PHONY: run test lint bench gpu-check publish venv clean
 
 # The example plug-in of the tests lives outside the venv, on the tests' PYTHONPATH only, so the default
 # sweep (`make run`, method=all) ranks registered methods only.
@@ -30,6 +30,10 @@ run: venv
 
 test: venv $(TEST_PLUGINS)/.installed
 	$(TEST_ENV) $(PY) -m pytest $(ARGS)
+
+# ruff, configured in pyproject.toml ([tool.ruff]); .ci/run runs it before the tests
+lint: venv
+	$(VENV)/bin/ruff check .
 
 # The published reference run (results/published/, committed): from the default sweep's run dir, or RUN=DIR.
 # Regenerate it in the same commit as any change that moves a default number.

@@ -229,7 +229,7 @@ def read_binary_matrix(path: Path, digest: Digest | None, n_rows: int, n_cols: i
         chunk = buffer[position:end]
         newlines = np.flatnonzero(chunk == 10)
 
-        def line_of(offset: int) -> int:
+        def line_of(offset: int, line_base: int = line_base, newlines: np.ndarray = newlines) -> int:
             return line_base + int(np.searchsorted(newlines, offset, side="left"))
 
         kind = _BYTE_KIND[chunk]  # 0 other, 1 whitespace, 2 "0", 3 "1"
@@ -401,7 +401,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
              f"(images under {summary['image_root']})"]
     if summary["sources"]:
         lines.append("  read: " + ", ".join(f"{source} ({n} images)" for source, n in summary["sources"]))
-    lines.append(f"  image files: all present" if not summary["missing_images_dropped"] else
+    lines.append("  image files: all present" if not summary["missing_images_dropped"] else
                  f"  image files: {summary['missing_images_dropped']} missing, left out (missing_images=drop)")
     lines.append(f"  labels per labelled image: {summary['mean_labels_per_labelled_image']:.2f}; "
                  f"images without labels: {summary['images_without_labels']}")

@@ -81,22 +81,22 @@ def pool_coco(name: str, root: Path, parts: Sequence[Dataset], annotation_files:
     """One dataset of several COCO files (same categories, disjoint image ids), paths relative to root."""
     first = parts[0]
     seen: dict[int, str] = {}
-    for part, annotations in zip(parts, annotation_files):
+    for part, annotation_file in zip(parts, annotation_files):
         if part.label_names != first.label_names:
-            raise MlfsicError(f"{root / annotations}: its categories differ from those of "
+            raise MlfsicError(f"{root / annotation_file}: its categories differ from those of "
                               f"{root / annotation_files[0]}; pooled COCO files must share one category list")
         for image_id in part.image_ids.tolist():
             if image_id in seen:
-                raise MlfsicError(f"{root / annotations}: image id {image_id} is also in {root / seen[image_id]}")
-            seen[image_id] = annotations
+                raise MlfsicError(f"{root / annotation_file}: image id {image_id} is also in {root / seen[image_id]}")
+            seen[image_id] = annotation_file
     image_ids = np.concatenate([part.image_ids for part in parts])
     file_names = [(part.image_root.relative_to(root) / file_name).as_posix()
                   for part in parts for file_name in part.file_names]
     targets = np.concatenate([part.targets for part in parts])
     order = np.argsort(image_ids, kind="stable")
     digest = hashlib.sha256(b"mlfsic-coco-pooled\n")
-    for part, annotations in zip(parts, annotation_files):
-        digest.update(f"{annotations}:{part.annotation_sha256}\n".encode())
+    for part, annotation_file in zip(parts, annotation_files):
+        digest.update(f"{annotation_file}:{part.annotation_sha256}\n".encode())
     return Dataset(name=name, image_root=root, image_ids=image_ids[order], file_names=tuple(file_names[i] for i in order),
                    label_names=first.label_names, targets=np.ascontiguousarray(targets[order]),
                    annotation_sha256=digest.hexdigest())

@@ -94,7 +94,8 @@ def read_voc(name: str, root: str | Path, sets: Sequence[str] = DEFAULT_SETS, in
     if table.duplicates:
         notes.append(f"{table.duplicates} images listed more than once (same labels) kept once")
     if missing:
-        notes.append(f"missing, not read: {', '.join(missing)} (no {', '.join(e.replace('/', '/ImageSets/Main/', 1) + '.txt' for e in missing)})")
+        lists = ", ".join(e.replace("/", "/ImageSets/Main/", 1) + ".txt" for e in missing)
+        notes.append(f"missing, not read: {', '.join(missing)} (no {lists})")
     return Loaded(dataset=dataset, notes=tuple(notes), sources=tuple(sources))
 
 

@@ -74,7 +74,8 @@ class MktStudent(nn.Module):
         return x[:, 0] @ self.proj, x[:, 1:] @ self.proj
 
 
-def stream_cosines(global_emb: torch.Tensor, patches: torch.Tensor, text: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stream_cosines(global_emb: torch.Tensor, patches: torch.Tensor, text: torch.Tensor,
+                   top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Global ``cos(g, t)`` (B, N) and local top-k mean ``cos(p_i, t)`` (B, N); ``text`` (N, E) normalised."""
     global_cos = F.normalize(global_emb, dim=-1) @ text.T
     patch_cos = F.normalize(patches, dim=-1) @ text.T  # (B, L, N)

@@ -61,9 +61,9 @@ def run_variant(n_tasks: int, hoisted: bool, benchmark, spec) -> dict:
     from mlfsic.harness.sweep import runner
 
     options = {"num_cpus": 1, "num_gpus": 0, "max_retries": 3}
-    plan = runner._Plan(run_path=Path("/tmp/unused-run-dir"), dataset="coco-moji", counts={"fit_tasks": 1, "fits_trained": 0, "fits_cached": 0,
-                                                              "chunks_total": n_tasks, "chunks_skipped": 0,
-                                                              "chunks_submitted": n_tasks})
+    plan = runner._Plan(run_path=Path("/tmp/unused-run-dir"), dataset="coco-moji",
+                        counts={"fit_tasks": 1, "fits_trained": 0, "fits_cached": 0,
+                                "chunks_total": n_tasks, "chunks_skipped": 0, "chunks_submitted": n_tasks})
     remote_chunk = ray.remote(_chunk).options(**options) if hoisted else None
     wall0, cpu0 = time.perf_counter(), time.process_time()
     fit_ref = ray.remote(_fit).options(**options).remote(benchmark, spec, 0)

@@ -2,7 +2,8 @@
 forward pass of the same model and batch size (issue 15: goal >= 0.8 of the bare rate on a GPU).
 
 The store's rate covers JPEG decoding, resizing and normalising (``harness.images``) and the forward pass
-(``ShardInfo.seconds``, before the shard is written); the bare rate is the forward pass alone on an already-prepared batch. Weights are
+(``ShardInfo.seconds``, before the shard is written); the bare rate is the forward pass alone on an
+already-prepared batch. Weights are
 torchvision's ResNet-50 architecture at random initialisation (speed does not depend on their values).
 Prints images/s of both and their ratio, on CUDA when available, else on the CPU. The measurement lives in
 ``tests/extraction_bench.py``, shared with ``make gpu-check`` (``tests/gpu_check.py``).

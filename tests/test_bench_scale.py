@@ -212,7 +212,8 @@ def table(results: list[dict]) -> tuple[list[str], dict]:
         exponents[name] = b
         lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {'-' if b is None else f'{b:.2f}'} |")
     for r in results:
-        lines.append(f"scale: {r['n_images']} images: sweep wall {r['sweep_wall_s']:.1f} s, cold process {r['cold_process_wall_s']:.1f} s,"
+        lines.append(f"scale: {r['n_images']} images: sweep wall {r['sweep_wall_s']:.1f} s, "
+                     f"cold process {r['cold_process_wall_s']:.1f} s,"
               f" warm process {r['warm_process_wall_s']:.1f} s (evaluate {r['warm_evaluate_s']:.1f} s),"
               f" fit_seconds {r['fit_method_s']}, chunks {r['chunks']}, feature images {r['n_feature_images']}")
     return lines, exponents
@@ -246,7 +247,8 @@ def test_bench_ray_per_task_overhead():
     result = subprocess.run([sys.executable, str(script), str(RAY_TASKS)], capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    print(f"\nray overhead: {figures['nodes']} nodes, {figures['cluster_cpus']:g} cluster CPUs on {figures['host_cpus']} host cores")
+    print(f"\nray overhead: {figures['nodes']} nodes, {figures['cluster_cpus']:g} cluster CPUs on "
+          f"{figures['host_cpus']} host cores")
     for name, v in figures["variants"].items():
         print(f"ray overhead [{name}]: {v['n_tasks']} tasks in {v['wall_s']:.1f} s = {v['tasks_per_s']:.0f} tasks/s; "
               f"per task: wall {v['per_task_wall_ms']:.2f} ms, submit {v['per_task_submit_ms']:.2f} ms, "

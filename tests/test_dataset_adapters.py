@@ -188,7 +188,7 @@ def test_voc_bad_input_is_one_line_naming_the_file(tmp_path, case, pattern):
     elif case == "wrong_root_element":
         (v7 / "Annotations" / "000007.xml").write_text("<html><body/></html>")
     with pytest.raises(MlfsicError, match=pattern) as error:
-        voc.read({"root": str(devkit)}).dataset
+        _ = voc.read({"root": str(devkit)}).dataset
     assert "\n" not in str(error.value)
 
 
@@ -216,7 +216,7 @@ def test_voc_same_image_two_years_must_agree(tmp_path):
     (v12 / "Annotations" / "2007_000005.xml").write_text(_voc_xml("2007_000005", [("chair", 0), ("person", 0)]))
     _image(v12 / "JPEGImages" / "2007_000005.jpg")
     with pytest.raises(MlfsicError, match=r"image id 2007000005 .* is already used by VOC2007/JPEGImages/000005.jpg"):
-        voc.read({"root": str(devkit), "sets": ["VOC2007/trainval", "VOC2012/seg"]}).dataset
+        _ = voc.read({"root": str(devkit), "sets": ["VOC2007/trainval", "VOC2012/seg"]}).dataset
 
 
 # ------------------------------------------------------------------------------------------- NUS-WIDE
@@ -324,12 +324,12 @@ def test_nuswide_duplicates_and_missing_images(tmp_path):
     root = _write_nuswide(tmp_path / "b", images)
     with pytest.raises(MlfsicError, match=r"Imagelist.txt:8: image actor/0002_174174086.jpg is listed again with "
                                           r"different labels \(first at line 2\)"):
-        nuswide.read({"root": str(root)}).dataset
+        _ = nuswide.read({"root": str(root)}).dataset
     root = _write_nuswide(tmp_path / "c")
     (root / "Flickr" / "animal" / "0001_55566677.jpg").unlink()
     with pytest.raises(MlfsicError, match=r"1 of 7 images are missing, first .*Flickr/animal/0001_55566677.jpg "
                                           r"\(listed in .*Imagelist.txt:5\)"):
-        nuswide.read({"root": str(root)}).dataset
+        _ = nuswide.read({"root": str(root)}).dataset
     dropped = nuswide.read({"root": str(root), "missing_images": "drop"})
     assert dropped.dataset.image_ids.tolist() == [1, 2, 3, 4, 6, 7] and dropped.missing_images == 1
     assert dropped.dataset.annotation_sha256 != nuswide.read({"root": str(root)}, check_images=False).dataset.annotation_sha256
@@ -383,7 +383,7 @@ def test_nuswide_bad_input_is_one_line_naming_the_file(tmp_path, case, pattern):
     elif case == "bad_protocol":
         cfg["protocol"] = "zsl"
     with pytest.raises(MlfsicError, match=pattern) as error:
-        nuswide.read(cfg).dataset
+        _ = nuswide.read(cfg).dataset
     assert "\n" not in str(error.value)
 
 
@@ -519,7 +519,7 @@ def test_imaterialist_bad_input_is_one_line_naming_the_file(tmp_path, case, patt
     elif case == "lists_differ":
         cfg["images"] = ["train"]
     with pytest.raises(MlfsicError, match=pattern) as error:
-        imaterialist.read(cfg).dataset
+        _ = imaterialist.read(cfg).dataset
     assert "\n" not in str(error.value)
     if case == "missing_image":
         assert imaterialist.read({**cfg, "missing_images": "drop"}).missing_images == 1

@@ -58,9 +58,9 @@ def _write_imaterialist_tree(root: Path, n_labels: int) -> Path:
         part = "train" if number % 2 == 0 else "validation"
         entries[part].append({"imageId": str(number + 1), "labelId": [str(label)]})
         _jpeg(root / part / f"{number + 1}.jpg", rng)
-    for part, annotations in entries.items():
-        images = [{"imageId": a["imageId"], "url": "https://example.invalid"} for a in annotations]
-        (root / f"{part}.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    for part, part_annotations in entries.items():
+        images = [{"imageId": a["imageId"], "url": "https://example.invalid"} for a in part_annotations]
+        (root / f"{part}.json").write_text(json.dumps({"images": images, "annotations": part_annotations}))
     return root
 
 

@@ -3,7 +3,8 @@
 One clean tiny coco-moji sweep (``mlfsic run`` in this process, on the session's local Ray) is the
 reference. Each test damages one artifact the clean sweep left in the results dir -- a planted pickle, a
 truncated or garbage checkpoint, a truncated feature shard, a modified episode-set file, truncated or
-half-written parts, or adds a method that hangs -- runs the same sweep again and asserts the exit code, the one line that names the
+half-written parts, or adds a method that hangs -- runs the same sweep again and asserts the exit code, the one
+line that names the
 file, and that every record equals the clean run's (timing columns and run_id aside). Worker loss and a
 driver SIGKILL mid-write are tested in tests/test_interrupt.py and tests/test_cluster.py, not here.
 

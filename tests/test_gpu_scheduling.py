@@ -25,7 +25,8 @@ PROBE = textwrap.dedent("""
     from mlfsic.harness.sweep.runner import run_sweep, task_device, task_options
 
     overrides = json.loads(sys.argv[1])
-    ray.init(address="local", num_cpus=4, num_gpus=2, object_store_memory=100_000_000, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, num_gpus=2, object_store_memory=100_000_000, include_dashboard=False,
+             log_to_driver=False)
     sweep = load_sweep(overrides)
 
     def probe():

@@ -193,7 +193,7 @@ def test_holm_adjustment_matches_its_definition_and_drives_the_marks():
     base = rng.normal(0.5, 0.05, size=240)
     values = {"best": base + 0.02, **{f"other{i}": base + rng.normal(0.0, 0.06, size=240) for i in range(5)}}
     ranks = ranks_with_ties(values, n_boot=2000, seed=0, clusters=clusters)
-    for name, result in ranks.items():
+    for result in ranks.values():
         if result["vs_best"] is None:
             continue
         assert result["tied_with_best"] == (result["vs_best"]["p_adjusted"] >= 0.05)

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                      "papers-all) or +suite=FILE.yaml runs a suite, against=published|SUITE_DIR per member")
     board = commands.add_parser("leaderboard", help="build the leaderboard and the static site of run or suite dirs")
     board.add_argument("args", nargs="+", metavar="DIR",
-                       help="run dirs or suite dirs, then options: out=DIR (where the board and the site go), against=published|RUN_DIR "
+                       help="run dirs or suite dirs, then options: out=DIR (where the board and the site go), "
+                            "against=published|RUN_DIR "
                             "(rank against a reference run), publish=true (copy one complete run into "
                             "results/published; no RUN_DIR: the default sweep's; a suite dir: every member into "
                             "results/published_suites/<suite>)")

@@ -110,7 +110,8 @@ def check_no_leakage(
         overlap = np.isin(eval_ids, base_ids)
         if overlap.any():
             image = int(eval_ids[np.flatnonzero(overlap)[0]])
-            labels = [dataset.label_names[j] for j in np.flatnonzero(dataset.targets[_dataset_rows(dataset, np.array([image]), pool.split)[0]])]
+            row = _dataset_rows(dataset, np.array([image]), pool.split)[0]
+            labels = [dataset.label_names[j] for j in np.flatnonzero(dataset.targets[row])]
             raise MlfsicError(
                 f"leakage: {pool.split} image {image} (labels {', '.join(map(repr, labels)) or 'none'}) is also an "
                 f"image given to fit ({int(overlap.sum())} such images)"

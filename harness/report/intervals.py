@@ -142,7 +142,7 @@ def cluster_bootstrap_means(
     values, inverse = values[order], inverse[order]
     sizes = np.bincount(inverse)
     offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    n, n_seeds, n_max = values.shape[0], sizes.size, int(sizes.max())
+    n_seeds, n_max = sizes.size, int(sizes.max())
     present = np.isfinite(values)
     weights = np.concatenate([np.where(present, values, 0.0), present.astype(np.float64)], axis=1)
     k = values.shape[1]

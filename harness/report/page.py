@@ -210,7 +210,8 @@ def bar_figure(data: LeaderboardData, dataset: str) -> go.Figure:
         reported = rows[0].kind != "ours"
         figure.add_trace(go.Bar(
             name=method, x=[x_of(r) for r in rows], y=[round(100.0 * r.map, 4) for r in rows],
-            error_y=None if reported else dict(type="data", array=[round(100.0 * r.map_ci95, 4) if not pd.isna(r.map_ci95) else 0.0 for r in rows]),
+            error_y=None if reported else dict(
+                type="data", array=[round(100.0 * r.map_ci95, 4) if not pd.isna(r.map_ci95) else 0.0 for r in rows]),
             marker_pattern_shape="/" if reported else "",
             hovertext=[r.citation if reported else ("not ranked" if pd.isna(r.rank) else f"rank {int(r.rank)}{r.mark}")
                        for r in rows],

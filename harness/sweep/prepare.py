@@ -4,7 +4,8 @@
 coco-moji when its folder is missing (so ``mlfsic run`` works on a fresh machine), reads the dataset with
 the adapter its config names and splits the labels.
 ``backbones.kinds.backbone_weights`` gives the weights of the configured backbone kind (pinned, trained
-on the base split and cached, or a local file). ``make_benchmark`` builds the handle tasks receive. The Ray runner runs the backbone and feature steps as tasks;
+on the base split and cached, or a local file). ``make_benchmark`` builds the handle tasks receive. The Ray
+runner runs the backbone and feature steps as tasks;
 ``prepare_benchmark`` does the same work in this process, for use without Ray
 (``sweep/evaluate.evaluate_cell``), producing the same cached artifacts.
 """

@@ -271,7 +271,8 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
     return Sweep(
         methods=methods, settings=settings, seeds=seeds, n_episodes=n_episodes, n_query=n_query, n_way=n_way,
         protocol=protocol, eval_split=eval_split, results_dir=results_dir, run_id=run_id, save_scores=save_scores,
-        chunk_episodes=chunk_episodes, max_retries=max_retries, task_timeout_s=task_timeout_s, ray=ray_options, resources=resources,
+        chunk_episodes=chunk_episodes, max_retries=max_retries, task_timeout_s=task_timeout_s, ray=ray_options,
+        resources=resources,
         embeddings=embeddings, dataset=dataset, method_modules=method_modules, config=config, against=against,
         fit_val=fit_val,
     )

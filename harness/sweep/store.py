@@ -10,7 +10,8 @@
 A chunk counts as done once its ``.records.parquet`` exists (written last) and checks out, so an interrupted
 sweep is resumed by skipping done chunks. The records file's parquet metadata records the size and sha256
 of the chunk's other files (label AP, scores, report); ``chunk_done`` checks them and the records file's
-footer, and a part that fails (truncated, half-written, replaced) is removed with one line and recomputed. The assembled tables hold complete, non-failed cells only (every
+footer, and a part that fails (truncated, half-written, replaced) is removed with one line and recomputed.
+The assembled tables hold complete, non-failed cells only (every
 planned chunk done), so they never hold a partial cell or a duplicate row, during a sweep or after an
 interruption.
 """
