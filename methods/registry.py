@@ -36,10 +36,11 @@ BUILTIN_MODULES = (
     "mlfsic.methods.protonet",
     "mlfsic.methods.laso",
     "mlfsic.methods.lcm",
-    "mlfsic.methods.clip_zeroshot",
-    "mlfsic.methods.mkt",
+    "mlfsic.methods.clip.clip_zeroshot",
+    "mlfsic.methods.clip.mkt",
     "mlfsic.methods.linear_probe",
     "mlfsic.methods.tip_adapter",
+    "mlfsic.methods.clip.dualcoop",
 )
 
 

@@ -38,7 +38,7 @@ def test_token_split_reproduces_the_image_embedding(vit_b16):
 
 
 def test_mkt_scores_and_trains_one_step_on_vit_b16(vit_b16, tmp_path):
-    from mlfsic.methods.mkt import MKT, MktStudent
+    from mlfsic.methods.clip.mkt import MKT, MktStudent
 
     images = torch.randn(2, 3, vit_b16.image_size, vit_b16.image_size)
     with torch.no_grad():
@@ -80,7 +80,7 @@ def _saved_and_loaded(method, tmp_path):
     ({"prompt": "{label} {x}"}, "prompt"), ({"prompt": "{label} only"}, "prompt"), ({"mix": 2.0}, "mix"),
 ])
 def test_mkt_bad_hyperparameters_are_one_line_errors(arguments, named):
-    from mlfsic.methods.mkt import MKT
+    from mlfsic.methods.clip.mkt import MKT
 
     with pytest.raises(MlfsicError, match=named):
         MKT(seed=0, **arguments)

@@ -36,6 +36,7 @@ TINY_CONFIG: dict[str, dict] = {
     "lcm": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2},
     "wvga": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2},
     "mkt": {"stage1_steps": 4, "stage2_steps": 2, "val_every": 2, "batch_size": 32},
+    "dualcoop": {"steps": 4, "val_every": 2, "batch_size": 32},
 }
 METHODS = sorted(available_methods())
 BUILTIN = sorted(name for name, info in available_methods().items() if info.origin == "built-in")

@@ -226,7 +226,7 @@ def test_tiny_teacher_with_clip_text_embeddings_is_the_papers_tip_adapter(base):
     """On open_clip features with the text tower's label embeddings (embeddings.encoder=clip): the
     label_embeddings head is clip-zeroshot's classifier, so alpha = 0 gives clip-zeroshot's scores up to a
     constant, and ``auto`` chooses between it and the learned head on val."""
-    from mlfsic.methods.clip_zeroshot import ClipZeroShot
+    from mlfsic.methods.clip.clip_zeroshot import ClipZeroShot
 
     clip = tiny_clip()
     clip_base = clip_text(clip_view(base, clip), clip)

@@ -16,7 +16,7 @@ any open_clip model name (``ViT-B-16-quickgelu``, ...)
     ``allow_random=True`` (tests), since its features mean nothing.
 
 ``vit_tokens_before`` / ``vit_finish`` split a ViT image tower's forward pass before its last blocks: the
-feature store keeps the tokens entering the last block, so MKT (``methods.mkt``) can retrain that block
+feature store keeps the tokens entering the last block, so MKT (``methods.clip.mkt``) can retrain that block
 and the projection without recomputing anything earlier, as He et al. (AAAI 2023) train only the last
 layers of the student.
 """
