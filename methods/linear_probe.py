@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.protocol.metrics import episode_map
 from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
-from mlfsic.methods.torch_utils import check_episode, check_split_data, fit_standardiser, numpy_rng
+from mlfsic.methods.torch_utils import check_episode, check_split_data, fit_standardiser, val_episodes
 
 FEATURE_MODES = ("l2", "centre_l2", "standardise_l2")
 BALANCE_MODES = ("val", "on", "off")
@@ -160,7 +160,7 @@ class LinearProbe(Method):
         report_grid: dict[str, list[dict]] = {}
         notes = []
         for k_shot in self.val_shots:
-            episodes = self._val_episodes(val, k_shot) if val is not None else []
+            episodes = val_episodes(val, k_shot, self.n_val_episodes, self.n_query, self.seed) if val is not None else []
             if not episodes:
                 chosen[k_shot] = dict(default)
                 report_chosen[f"{k_shot}shot"] = {**default, "val_map": None}
@@ -181,37 +181,6 @@ class LinearProbe(Method):
         if notes:
             self.fit_report["note"] = (f"constructor defaults used (l2={self.l2}, balance "
                                        f"{'on' if default['balance'] else 'off'}): " + "; ".join(notes))
-
-    def _val_episodes(self, val: SplitData, k_shot: int) -> list[tuple[Episode, np.ndarray]]:
-        """``n_val_episodes`` K-shot episodes of the val split (the harness's ``episodic-v1`` sampler, seed drawn
-        from ``self.seed``) with their query targets; an episode the sampler cannot complete is skipped."""
-        from mlfsic.harness.protocol.data import LabelledPool
-        from mlfsic.harness.protocol.episodes import SamplerParams, episode_seed, make_episode
-
-        targets = np.asarray(val.targets) > 0.5
-        labels = np.flatnonzero(targets.sum(axis=0) >= k_shot + self.n_query)
-        if labels.size < 2 or self.n_val_episodes < 1:
-            return []
-        pool = LabelledPool(dataset="val", split="val", label_names=tuple(val.label_names[j] for j in labels),
-                            image_ids=np.arange(targets.shape[0], dtype=np.int64), targets=targets[:, labels],
-                            annotation_sha256="")
-        params = SamplerParams(protocol="episodic-v1", k_shot=k_shot, n_query=self.n_query)
-        seed = int(numpy_rng(self.seed, 3, k_shot).integers(2**31))
-        episodes = []
-        for index in range(self.n_val_episodes):
-            try:
-                drawn = make_episode(pool, params, seed, index)
-            except MlfsicError:
-                continue
-            support, query = np.asarray(drawn["support"], np.int64), np.asarray(drawn["query"], np.int64)
-            episode = Episode(
-                index=index, seed=episode_seed(seed, index), k_shot=k_shot, label_names=pool.label_names,
-                label_embeddings=np.asarray(val.label_embeddings)[labels], support_features=val.features[support],
-                support_local_features=None, support_targets=targets[np.ix_(support, labels)].astype(np.float32),
-                query_features=val.features[query], query_local_features=None,
-            )
-            episodes.append((episode, targets[np.ix_(query, labels)].astype(np.float32)))
-        return episodes
 
     # --------------------------------------------------------------------------------------- predict
     def setting_for(self, k_shot: int) -> dict[str, float | bool]:

@@ -15,7 +15,7 @@ from mlfsic.methods.torch_utils import (
     check_episode,
     check_split_data,
     fit_standardiser,
-    numpy_rng,
+    val_episodes,
 )
 
 HEADS = ("auto", "learned", "label_embeddings")
@@ -209,7 +209,7 @@ class TipAdapter(Method):
         report_grid: dict[str, list[dict[str, Any]]] = {}
         notes = []
         for k_shot in self.val_shots:
-            episodes = self._val_episodes(val, k_shot) if val is not None else []
+            episodes = val_episodes(val, k_shot, self.n_val_episodes, self.n_query, self.seed) if val is not None else []
             if not episodes:
                 chosen[k_shot] = dict(default)
                 report_chosen[f"{k_shot}shot"] = {**default, "val_map": None}
@@ -254,42 +254,6 @@ class TipAdapter(Method):
         extra = {"zero_shot_val_map": {head: mean_map(zero_shot[head]) for head in heads},
                  "cache_only_val_map": {str(beta): mean_map(caches[beta]) for beta in self.beta_grid}}
         return rows, extra
-
-    def _val_episodes(self, val: SplitData, k_shot: int) -> list[tuple[Episode, np.ndarray]]:
-        """``n_val_episodes`` K-shot episodes of the val split (the harness's ``episodic-v1`` sampler, seed drawn
-        from ``self.seed``, as ``linear-probe`` draws them) with their query targets; an episode the sampler
-        cannot complete is skipped."""
-        from mlfsic.harness.protocol.data import LabelledPool
-        from mlfsic.harness.protocol.episodes import (
-            SamplerParams,
-            episode_seed,
-            make_episode,
-        )
-
-        targets = np.asarray(val.targets) > 0.5
-        labels = np.flatnonzero(targets.sum(axis=0) >= k_shot + self.n_query)
-        if labels.size < 2 or self.n_val_episodes < 1:
-            return []
-        pool = LabelledPool(dataset="val", split="val", label_names=tuple(val.label_names[j] for j in labels),
-                            image_ids=np.arange(targets.shape[0], dtype=np.int64), targets=targets[:, labels],
-                            annotation_sha256="")
-        params = SamplerParams(protocol="episodic-v1", k_shot=k_shot, n_query=self.n_query)
-        seed = int(numpy_rng(self.seed, 3, k_shot).integers(2**31))
-        episodes = []
-        for index in range(self.n_val_episodes):
-            try:
-                drawn = make_episode(pool, params, seed, index)
-            except MlfsicError:
-                continue
-            support, query = np.asarray(drawn["support"], np.int64), np.asarray(drawn["query"], np.int64)
-            episode = Episode(
-                index=index, seed=episode_seed(seed, index), k_shot=k_shot, label_names=pool.label_names,
-                label_embeddings=np.asarray(val.label_embeddings)[labels], support_features=val.features[support],
-                support_local_features=None, support_targets=targets[np.ix_(support, labels)].astype(np.float32),
-                query_features=val.features[query], query_local_features=None,
-            )
-            episodes.append((episode, targets[np.ix_(query, labels)].astype(np.float32)))
-        return episodes
 
     # --------------------------------------------------------------------------------------- predict
     def setting_for(self, k_shot: int) -> dict[str, Any]:

@@ -195,3 +195,37 @@ class KeepBest:
             return True
         self.since_best += 1
         return False
+
+
+def val_episodes(val: SplitData, k_shot: int, n_episodes: int, n_query: int,
+                 seed: int) -> list[tuple[Episode, np.ndarray]]:
+    """``n_episodes`` K-shot episodes of the val split for model selection in ``fit``, with their query targets:
+    the harness's ``episodic-v1`` sampler over the val labels with at least K + ``n_query`` images, its seed
+    drawn from ``seed`` and K; an episode the sampler cannot complete is skipped (linear-probe, tip-adapter)."""
+    from mlfsic.harness.protocol.data import LabelledPool
+    from mlfsic.harness.protocol.episodes import SamplerParams, episode_seed, make_episode
+
+    targets = np.asarray(val.targets) > 0.5
+    labels = np.flatnonzero(targets.sum(axis=0) >= k_shot + n_query)
+    if labels.size < 2 or n_episodes < 1:
+        return []
+    pool = LabelledPool(dataset="val", split="val", label_names=tuple(val.label_names[j] for j in labels),
+                        image_ids=np.arange(targets.shape[0], dtype=np.int64), targets=targets[:, labels],
+                        annotation_sha256="")
+    params = SamplerParams(protocol="episodic-v1", k_shot=k_shot, n_query=n_query)
+    episode_set_seed = int(numpy_rng(seed, 3, k_shot).integers(2**31))
+    episodes = []
+    for index in range(n_episodes):
+        try:
+            drawn = make_episode(pool, params, episode_set_seed, index)
+        except MlfsicError:
+            continue
+        support, query = np.asarray(drawn["support"], np.int64), np.asarray(drawn["query"], np.int64)
+        episode = Episode(
+            index=index, seed=episode_seed(episode_set_seed, index), k_shot=k_shot, label_names=pool.label_names,
+            label_embeddings=np.asarray(val.label_embeddings)[labels], support_features=val.features[support],
+            support_local_features=None, support_targets=targets[np.ix_(support, labels)].astype(np.float32),
+            query_features=val.features[query], query_local_features=None,
+        )
+        episodes.append((episode, targets[np.ix_(query, labels)].astype(np.float32)))
+    return episodes
