@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.protocol.metrics import episode_map
 from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
-from mlfsic.methods.torch_utils import check_episode, check_split_data, fit_standardiser, val_episodes
+from mlfsic.methods.torch_utils import check_episode, check_fit_splits, fit_standardiser, val_episodes
 
 FEATURE_MODES = ("l2", "centre_l2", "standardise_l2")
 BALANCE_MODES = ("val", "on", "off")
@@ -145,12 +145,7 @@ class LinearProbe(Method):
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, base: SplitData, val: SplitData | None) -> None:
-        check_split_data(base, self.name)
-        if val is not None:
-            check_split_data(val, self.name)
-            if val.features.shape[1] != base.features.shape[1]:
-                raise MlfsicError(f"{self.name}.fit: val.features has {val.features.shape[1]} columns, "
-                                  f"base.features {base.features.shape[1]}")
+        check_fit_splits(base, val, self.name)
         self.feature_mean, self.feature_std = fit_standardiser(base.features)
         default = {"l2": self.l2, "balance": self.balance != "off"}
         balances = [True, False] if self.balance == "val" else [self.balance == "on"]

@@ -13,7 +13,7 @@ from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
 from mlfsic.methods.baselines import WordVectorZeroShot
 from mlfsic.methods.torch_utils import (
     check_episode,
-    check_split_data,
+    check_fit_splits,
     fit_standardiser,
     val_episodes,
 )
@@ -183,12 +183,7 @@ class TipAdapter(Method):
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, base: SplitData, val: SplitData | None) -> None:
-        check_split_data(base, self.name)
-        if val is not None:
-            check_split_data(val, self.name)
-            if val.features.shape[1] != base.features.shape[1]:
-                raise MlfsicError(f"{self.name}.fit: val.features has {val.features.shape[1]} columns, "
-                                  f"base.features {base.features.shape[1]}")
+        check_fit_splits(base, val, self.name)
         self.feature_dim = int(base.features.shape[1])
         self.feature_mean, self.feature_std = fit_standardiser(base.features)
         same_size = base.label_embeddings.shape[1] == self.feature_dim

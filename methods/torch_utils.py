@@ -112,6 +112,16 @@ def check_split_data(data: SplitData, method: str) -> None:
         raise MlfsicError(f"{method}.fit: {name} label {data.label_names[int(empty[0])]!r} has no image")
 
 
+def check_fit_splits(base: SplitData, val: SplitData | None, method: str) -> None:
+    """``check_split_data`` of the base split and of val (when given), whose features must have base's size."""
+    check_split_data(base, method)
+    if val is not None:
+        check_split_data(val, method)
+        if val.features.shape[1] != base.features.shape[1]:
+            raise MlfsicError(f"{method}.fit: val.features has {val.features.shape[1]} columns, "
+                              f"base.features {base.features.shape[1]}")
+
+
 def standardised_base(method: Method, base: SplitData, val: SplitData | None = None) -> torch.Tensor:
     """The shared start of a built-in ``fit``: check ``base`` (and ``val``), store the base split's
     per-dimension mean and std on the method (``feature_mean``, ``feature_std``) and return the base
