@@ -429,48 +429,9 @@ class LCM(Method):
     ``cross_interaction``, ``word_vectors`` (``"random"``: fixed random label vectors instead of word
     embeddings), ``shared_norm``, ``visual_residual``.
 
-    Deviations from the released code (TOMM-FSIC), all deliberate. Measured effects are paired val-split
-    mAP differences, variant minus this default, 1shot / 5shot (``mlfsic run +sweep=lcm_ablation``,
-    results/published_ablation, 100 episodes x 3 seeds; README has the intervals):
-      * frozen backbone features (the released code fine-tunes ResNet-50 end to end, and its test-time
-        adaptation steps the backbone too); on coco-moji the harness's SmallCNN gives D = C = 128, L = 36;
-      * joint space H = ``embed_dim`` = 128 (released 512), scaled to the 128-channel SmallCNN; use 512
-        for ResNet-50 features (``+method_args.lcm.embed_dim=512``);
-      * ``steps`` = 1500 Adam steps at lr 1e-3 with 100 warm-up steps instead of 200 epochs x 52 x 400
-        rows at 1e-4 with a 10-epoch warm-up (fits the CPU budget of the default sweep), and val model
-        selection (released: none);
-      * word embeddings are MiniLM (E = 384) by default, L2-normalised and scaled by sqrt(E) (released:
-        300-d GloVe, raw; ``embeddings.encoder=glove`` gives 50-d GloVe); features are standardised;
-      * the local tokens share ``vis_fc`` (``tie_local_projection=True``; released: a separate 1x1
-        convolution ``loc_fc``), so the adaptation of ``vis_fc`` also adapts the local projection;
-      * ``visual_residual=True``: the block's attention output adds the attention-weighted tokens
-        themselves (identity values, per head) to W_o(a v); not in the released block; the released block
-        (``visual_residual=False``) measures -1.0 / -2.5, so the deviation stays;
-      * one LayerNorm for query and keys as released (``shared_norm=True``); separate ones: +0.0 / +0.0;
-      * no dropout in the block (released: 0.1); training episodes draw images without replacement
-        (released: each label's row is drawn with replacement, so an image may appear twice); neither
-        was measured;
-      * the channel-attention gate has a ReLU between fc1 and fc2 (the released gate is written
-        fc2(fc1(.)); two stacked linear maps would be one linear map); channel attention and dynamic
-        convolution are off by default, as released; the dynamic convolution's formulation is not
-        published: a K-Net-style low-rank word-generated 1x1 convolution is our named choice;
-      * the LCM mask is applied in the per-image attention; in the released code it only takes effect
-        with ``use_all_loc=True`` (one joint sequence of all images), whose default is False;
-      * the adaptation steps' count and lr are not in the release: chosen on val
-        (configs/sweep/lcm_val_grid.yaml, the numbers in configs/methods/lcm.yaml); without adaptation
-        (``adapt_steps=0``): -2.0 / -8.8; adapting without the mask (``selection="off"``): +1.5 / -1.7;
-        a mask row that is constant after a step (every gradient of one sign) is left as it is where the
-        released renormalisation would divide by zero;
-      * the released rule ``threshold_mode="sigmoid"``, ``theta=0.65``, ``score_scale=1e8`` is the default
-        and keeps ~every position after 100 steps (100 % of the 5shot positions on val);
-        ``threshold_mode="relative"`` (keep scores >= theta * the image's largest) is an added scale-free
-        rule that really selects (theta 0.5 keeps 16 %) and loses -2.4 / -8.1; ``selection="exact"``
-        (leave-one-out) keeps the same positions under the released rule: +0.0 / +0.0;
-      * kept as released although val prefers another value slightly: ``combine="softmax"`` (``"mean"``:
-        +0.7 / +0.9), 8 heads (1 head: +0.3 / +0.8); the other switches, for the record: channel attention
-        +0.1 / +0.3, dynamic convolution -0.1 / +0.1, random label vectors -0.5 / -1.6, no
-        cross-interaction block -1.9 / -0.5;
-      * one checkpoint serves 0shot and every K (trained with ``train_shot`` = 1 as released).
+    Deviations from the released code (TOMM-FSIC), each with what the release does (file:line), why, and its
+    measured val effect where one was measured: the class attribute ``deviations`` below, printed by
+    ``mlfsic methods --card lcm`` and shown on the site's method card (the ablation's intervals: README).
     """
 
     zero_shot = True
