@@ -146,7 +146,8 @@ def test_data_prepare_and_episodes_commands(tmp_path):
     assert (out / "annotations.json").is_file() and (tmp_path / "sheet.png").is_file()
     assert str(out) in result.stdout
     result = _mlfsic("data", "prepare", "coco-moji", f"out={out}", "bogus=1")
-    assert result.returncode == 2 and "dataset.bogus=1: unknown config key" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "unknown data prepare option 'bogus'; known: out, seed, image_size, n_base" in result.stderr
     result = _mlfsic("data", "prepare", "nope")
     assert result.returncode == 2 and "unknown dataset 'nope'; known: coco, coco-format, coco-moji" in result.stderr
 

@@ -11,6 +11,13 @@
     mlfsic methods [method_modules=[m]]  list registered methods, their settings and origin
     mlfsic claims [ablation=DIR] [ranking=DIR] [out=DIR]   test the paper's claims; claims.{csv,json,md}
 
+Two styles of ``key=value`` arguments: ``run``, ``episodes``, ``backbone train`` and ``teacher train`` take
+Hydra overrides of the run config (configs/config.yaml); the other subcommands take their own options, declared
+once each as a dataclass in ``harness.cli.options`` (``mlfsic <command> --help`` lists them with their types and
+defaults) and parsed by one parser, so an unknown key or a bad value reads the same everywhere. ``explain`` also
+passes a key with a ``.`` or a leading ``+`` on as a run-config override, and ``data`` a key that is not its own
+on as a dataset config key (``root=DIR`` is ``dataset.root=DIR``).
+
 Errors print one line (``mlfsic: error: ...``) and exit with code 2; a sweep with failed cells exits 1.
 """
 
@@ -19,7 +26,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlfsic.harness.cli import options as schemas
 from mlfsic.harness.errors import MlfsicError
+
+RAW = argparse.RawDescriptionHelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,46 +40,51 @@ def main(argv: list[str] | None = None) -> int:
                      "against=published, +backbone=tiny-teacher (open_clip image tower; adds mkt, clip-zeroshot); "
                      "every key is documented in configs/config.yaml; +suite=NAME (configs/suite/: coco-moji-all, "
                      "papers-all) or +suite=FILE.yaml runs a suite, against=published|SUITE_DIR per member")
-    board = commands.add_parser("leaderboard", help="build the leaderboard and the static site of run or suite dirs")
+    board = commands.add_parser("leaderboard", help="build the leaderboard and the static site of run or suite dirs",
+                                formatter_class=RAW, epilog=schemas.options_epilog(schemas.LeaderboardOptions))
     board.add_argument("args", nargs="+", metavar="DIR",
-                       help="run dirs or suite dirs, then options: out=DIR (where the board and the site go), "
-                            "against=published|RUN_DIR "
-                            "(rank against a reference run), publish=true (copy one complete run into "
-                            "results/published; no RUN_DIR: the default sweep's; a suite dir: every member into "
-                            "results/published_suites/<suite>)")
+                       help="run dirs or suite dirs, then key=value options (below)")
     episodes = commands.add_parser("episodes", help="materialise episode sets")
     episodes.add_argument("overrides", nargs="*")
     data = commands.add_parser("data", help="dataset utilities")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    prepare = data_commands.add_parser("prepare", help="generate coco-moji or check a dataset's files")
+    dataset_keys = ("any other key is a key of the dataset config: root=DIR is dataset.root=DIR (metadata=, "
+                    "annotations=, ...)")
+    prepare = data_commands.add_parser(
+        "prepare", help="generate coco-moji or check a dataset's files", formatter_class=RAW,
+        epilog="every key=value is a key of the dataset config (root=DIR is dataset.root=DIR; coco-moji: out=DIR "
+               "seed=S preview=PATH n_base= ...), except for openmoji-corpus, whose\n"
+               + schemas.options_epilog(schemas.CorpusOptions))
     prepare.add_argument("name", help="coco-moji, openmoji-corpus, or a dataset config name (coco, ...)")
-    prepare.add_argument("options", nargs="*", help="key=value options")
+    prepare.add_argument("options", nargs="*", help="key=value options (below)")
     check = data_commands.add_parser("check", help="validate a dataset: images, labels, images per label and split, "
-                                     "missing/unreadable files, labels below K + Q; exit 2 on a problem")
+                                     "missing/unreadable files, labels below K + Q; exit 2 on a problem",
+                                     formatter_class=RAW,
+                                     epilog=schemas.options_epilog(schemas.DataCheckOptions, dataset_keys))
     check.add_argument("name", help="a dataset config name: imagefolder, coco-format, coco, voc, ...")
-    check.add_argument("options", nargs="*", help="key=value: root=DIR and other dataset keys (metadata=, "
-                       "annotations=, ...); max_shot=5 n_query=4 (K + Q), open_images=true|false")
-    split = data_commands.add_parser("split", help="write a base/val/novel label split made from the data")
+    check.add_argument("options", nargs="*", help="key=value: root=DIR and other dataset keys, and the options "
+                       "below")
+    split = data_commands.add_parser("split", help="write a base/val/novel label split made from the data",
+                                     formatter_class=RAW,
+                                     epilog=schemas.options_epilog(schemas.DataSplitOptions, dataset_keys))
     split.add_argument("name", help="a dataset config name: imagefolder, coco-format, ...")
-    split.add_argument("options", nargs="*", help="key=value: root=DIR and other dataset keys; seed=0, "
-                       "out=FILE (default: the dataset's split_file, DIR/split.json), max_shot=5 n_query=4 (every "
-                       "val/novel label keeps K + Q images), parts=65/15/20, force=true (replace another split)")
-    methods = commands.add_parser("methods", help="list registered methods (and one-file plug-ins: method_modules=[my_method])")
-    methods.add_argument("options", nargs="*", help="method_modules=[my_method,...]: import these modules first "
-                         "(on PYTHONPATH), so the methods they @register are listed")
+    split.add_argument("options", nargs="*", help="key=value: root=DIR and other dataset keys, and the options "
+                       "below (every val/novel label keeps K + Q images)")
+    methods = commands.add_parser("methods", help="list registered methods (and one-file plug-ins: method_modules=[my_method])",
+                                  formatter_class=RAW, epilog=schemas.options_epilog(schemas.MethodsOptions))
+    methods.add_argument("options", nargs="*", help="key=value options (below)")
     methods.add_argument("--card", metavar="NAME", help="print one method's card: what it is, its hyperparameters "
                          "and its declared deviations from its paper or released code")
-    claims = commands.add_parser("claims", help="test the paper's abstract claims on the ablation and ranking runs")
-    claims.add_argument("options", nargs="*",
-                        help="key=value: ablation=DIR (default results/published_ablation, a val-split run of "
-                             "+sweep=lcm_ablation) ranking=DIR (default results/published) out=DIR (default: "
-                             "claims/ next to the ablation dir)")
-    explain = commands.add_parser("explain", help="PNG of the local positions LCM keeps and its attention")
-    explain.add_argument("options", nargs="*",
-                         help="key=value: method=lcm setting=1shot seed=0 episode=0 split=val|test n_images=4 "
-                              "max_labels out=X.png theta threshold_mode=sigmoid|relative dataset results_dir; "
-                              "measure=boxes|attention [n_episodes=50] (attention: base and val labels, out=X.json); "
-                              "keys with '.' or '+' are run-config overrides")
+    claims = commands.add_parser("claims", help="test the paper's abstract claims on the ablation and ranking runs",
+                                 formatter_class=RAW, epilog=schemas.options_epilog(schemas.ClaimsOptions))
+    claims.add_argument("options", nargs="*", help="key=value options (below)")
+    explain = commands.add_parser(
+        "explain", help="PNG of the local positions LCM keeps and its attention", formatter_class=RAW,
+        epilog=schemas.options_epilog(schemas.ExplainOptions, "a key with a '.' or a leading '+' is passed on as a "
+                                      "run-config (Hydra) override, e.g. dataset.generate.n_base=400 or "
+                                      "+method_args.lcm.steps=20"))
+    explain.add_argument("options", nargs="*", help="key=value options (below) and run-config overrides "
+                         "(measure=attention: base and val labels, out=X.json)")
     backbone = commands.add_parser("backbone", help="benchmark backbone utilities")
     backbone_commands = backbone.add_subparsers(dest="backbone_command", required=True)
     backbone_train = backbone_commands.add_parser("train", help="retrain the pinned benchmark backbone")
@@ -117,9 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return claims_command(args.options)
     if args.command == "explain":
         from mlfsic.harness.cli.explain import explain_command
-        from mlfsic.harness.cli.options import key_values
 
-        return explain_command(key_values(args.options))
+        return explain_command(args.options)
     if args.command == "teacher":
         from mlfsic.harness.cli.teacher import teacher_command
 
@@ -129,6 +143,5 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return train_command(args.overrides)
     from mlfsic.harness.cli.methods import methods_command
-    from mlfsic.harness.cli.options import key_values
 
-    return methods_command(key_values(args.options), card=args.card)
+    return methods_command(args.options, card=args.card)

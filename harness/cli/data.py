@@ -9,21 +9,23 @@
                                   (``harness.protocol.split_maker``).
 
 ``key=value`` options are dataset config keys (``root=DIR`` is ``dataset.root=DIR``), and for check / split
-their own keys (``CHECK_KEYS``, ``SPLIT_KEYS``). K + Q defaults to the run config's largest ``setting`` and its
-``n_query`` (5 + 4).
+their own keys, declared in ``harness.cli.options`` (``DataCheckOptions``, ``DataSplitOptions``; openmoji-corpus:
+``CorpusOptions``). K + Q defaults to the run config's largest ``setting`` and its ``n_query`` (5 + 4).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from mlfsic.datasets import registry
 from mlfsic.datasets.openmoji_corpus import load_or_build_corpus, summary
-from mlfsic.harness.backbones.open_clip import TEACHER_DEFAULTS
-from mlfsic.harness.cli.options import key_values
+from mlfsic.harness.cli.options import (CorpusOptions, DataCheckOptions, DataSplitOptions, key_values,
+                                        option_names, parse_key_values, unknown_option)
 from mlfsic.harness.config import config_dir
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.io import write_text_atomic
@@ -31,23 +33,24 @@ from mlfsic.harness.protocol.episodes import parse_setting
 from mlfsic.harness.protocol.split_maker import RULE, MadeSplit, SplitRule, make_split
 from mlfsic.harness.protocol.splits import split_path
 
-CHECK_KEYS = ("max_shot", "n_query", "open_images")
-SPLIT_KEYS = ("seed", "out", "max_shot", "n_query", "parts", "force")
 
 
 def data_prepare_command(name: str, options: list[str]) -> int:
+    """``mlfsic data prepare NAME``: every key is a dataset config key (openmoji-corpus: ``CorpusOptions``)."""
     if name == "openmoji-corpus":
-        return _corpus_prepare(key_values(options))
-    print(registry.prepare_dataset(name, key_values(options)))
+        return _corpus_prepare(options)
+    values = key_values(options)
+    with _unknown_dataset_key("data prepare", name, values, ()):
+        print(registry.prepare_dataset(name, values))
     return 0
 
 
 def data_check_command(name: str, options: list[str]) -> int:
     """``mlfsic data check NAME``: print the report; a problem found is one line after it and exit 2."""
-    own, dataset_options = _own_options(options, CHECK_KEYS)
-    config = _composed(name, dataset_options, CHECK_KEYS)
+    own, dataset_options = parse_key_values("data check", DataCheckOptions, options, passes=_any_key)
+    config = _composed("data check", name, dataset_options, option_names(DataCheckOptions))
     rule = _rule(config, own)
-    text, problems = registry.check_config(config["dataset"], rule.floor, _boolean(own, "open_images", True))
+    text, problems = registry.check_config(config["dataset"], rule.floor, own.open_images)
     print(text)
     if problems:
         raise MlfsicError(f"data check {name}: {len(problems)} problem(s): {'; '.join(problems)}")
@@ -56,18 +59,18 @@ def data_check_command(name: str, options: list[str]) -> int:
 
 def data_split_command(name: str, options: list[str]) -> int:
     """``mlfsic data split NAME``: write the split file (default: the dataset's ``split_file``) and summarise it."""
-    own, dataset_options = _own_options(options, SPLIT_KEYS)
-    config = _composed(name, dataset_options, SPLIT_KEYS)
+    own, dataset_options = parse_key_values("data split", DataSplitOptions, options, passes=_any_key)
+    config = _composed("data split", name, dataset_options, option_names(DataSplitOptions))
     cfg = config["dataset"]
     rule = _rule(config, own)
     registry.ensure_files(cfg)
     dataset = registry.load_dataset(cfg)  # as a sweep reads it
-    out = _out_path(cfg, own.get("out"))
+    out = _out_path(cfg, own.out)
     made = make_split(dataset, rule)
     command = " ".join(["mlfsic data split", name, *(shlex.quote(o) for o in options if not o.startswith("force="))])
     content = made.file_content(dataset, rule, command)
     if out.is_file() and _labels_of(out) != [content[key] for key in ("train", "val", "test")] \
-            and not _boolean(own, "force", False):
+            and not own.force:
         raise MlfsicError(f"{out} exists and holds another split; force=true replaces it (runs that used it keep "
                           "their records), or out=OTHER.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,57 +101,55 @@ def _made_summary(made: MadeSplit, rule: SplitRule, out: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------ options
-def _own_options(options: list[str], keys: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
-    """(the subcommand's own ``keys``, the dataset config keys) of ``key=value`` options."""
-    values = key_values(options)
-    return {k: v for k, v in values.items() if k in keys}, {k: v for k, v in values.items() if k not in keys}
+def _any_key(key: str) -> bool:
+    """check / split: a key that is not their own is a key of the dataset config."""
+    return True
 
 
-def _composed(name: str, dataset_options: dict[str, str], keys: tuple[str, ...]) -> dict[str, Any]:
-    """The run config of dataset ``name``; an unknown key also lists the subcommand's own ``keys``."""
+@contextlib.contextmanager
+def _unknown_dataset_key(command: str, name: str, dataset_options: dict[str, str],
+                         own: Sequence[str]) -> Iterator[None]:
+    """An unknown top-level dataset key is the one unknown-option message of every subcommand, listing the
+    subcommand's ``own`` options, then the keys of dataset ``name`` (its config and its adapter's short keys)."""
     try:
-        return registry.composed_config(name, dataset_options)
+        yield
     except MlfsicError as error:
-        if "unknown config key" not in str(error):
+        key = next((k for k in dataset_options if f"unknown config key 'dataset.{k.lstrip('+')}'" in str(error)), None)
+        if key is None or "." in key:
             raise
-        raise MlfsicError(f"{error}, or one of {', '.join(keys)}") from None
+        raise unknown_option(command, key, [*own, *_dataset_keys(name)]) from None
 
 
-def _integer(own: dict[str, str], key: str, default: int, minimum: int) -> int:
-    value = own.get(key)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = minimum - 1
-    if number < minimum:
-        raise MlfsicError(f"{key}={value}: expected an integer >= {minimum}")
-    return number
+def _dataset_keys(name: str) -> list[str]:
+    """The keys of ``configs/dataset/<name>.yaml`` and the short keys of its adapter (``OPTION_KEYS``)."""
+    import yaml
+
+    cfg = yaml.safe_load((config_dir() / "dataset" / f"{name}.yaml").read_text()) or {}
+    short = list(getattr(registry._adapter_of(cfg), "OPTION_KEYS", {}))
+    return [*short, *(key for key in cfg if key not in short and not key.startswith("_"))]
 
 
-def _boolean(own: dict[str, str], key: str, default: bool) -> bool:
-    value = own.get(key)
-    if value is None:
-        return default
-    if value.lower() not in ("true", "false"):
-        raise MlfsicError(f"{key}={value}: expected true or false")
-    return value.lower() == "true"
+def _composed(command: str, name: str, dataset_options: dict[str, str], own: Sequence[str]) -> dict[str, Any]:
+    """The run config of dataset ``name`` with ``dataset_options`` as dataset keys."""
+    with _unknown_dataset_key(command, name, dataset_options, own):
+        return registry.composed_config(name, dataset_options)
 
 
-def _rule(config: dict[str, Any], own: dict[str, str]) -> SplitRule:
+def _rule(config: dict[str, Any], own: DataCheckOptions | DataSplitOptions) -> SplitRule:
     """K, Q (defaults: the run config's largest setting and n_query), seed and shares of check / split."""
     settings = config.get("setting") or ["5shot"]
     default_shot = max(parse_setting(str(s)) for s in (settings if isinstance(settings, list) else [settings]))
     shares = SplitRule().shares
-    if "parts" in own:
+    parts = getattr(own, "parts", None)
+    if parts is not None:
         try:
-            shares = tuple(float(part) for part in own["parts"].split("/"))  # type: ignore[assignment]
+            shares = tuple(float(part) for part in parts.split("/"))  # type: ignore[assignment]
         except ValueError:
-            raise MlfsicError(f"parts={own['parts']}: expected base/val/test shares, e.g. parts=65/15/20") from None
-    rule = SplitRule(max_shot=_integer(own, "max_shot", default_shot, 0),
-                     n_query=_integer(own, "n_query", int(config.get("n_query", 4)), 1),
-                     seed=_integer(own, "seed", 0, 0), shares=shares)
+            raise MlfsicError(f"data split option parts={parts!r}: expected base/val/test shares, e.g. "
+                              "parts=65/15/20") from None
+    rule = SplitRule(max_shot=default_shot if own.max_shot is None else own.max_shot,
+                     n_query=int(config.get("n_query", 4)) if own.n_query is None else own.n_query,
+                     seed=getattr(own, "seed", 0), shares=shares)
     rule.check()
     return rule
 
@@ -173,20 +174,10 @@ def _out_path(cfg: dict[str, Any], out: str | None) -> Path:
     return path
 
 
-def _corpus_prepare(options: dict[str, str]) -> int:
+def _corpus_prepare(options: list[str]) -> int:
     """``mlfsic data prepare openmoji-corpus``: build (or find) the teacher's corpus and print its summary."""
-    known = {"regime", "seed", "n_images", "image_size", "results_dir"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise MlfsicError(f"data prepare openmoji-corpus: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    try:
-        seed = int(options.get("seed", TEACHER_DEFAULTS["corpus_seed"]))
-        n_images = int(options.get("n_images", TEACHER_DEFAULTS["corpus_images"]))
-        image_size = int(options.get("image_size", 96))
-    except ValueError as error:
-        raise MlfsicError(f"data prepare openmoji-corpus: seed, n_images and image_size are integers ({error})") from None
-    cache = Path(options.get("results_dir", "results")).resolve() / "cache" / "corpus"
-    corpus = load_or_build_corpus(cache, options.get("regime", str(TEACHER_DEFAULTS["regime"])), seed, n_images,
-                                  image_size)
+    own, _ = parse_key_values("data prepare openmoji-corpus", CorpusOptions, options)
+    cache = own.results_dir.resolve() / "cache" / "corpus"
+    corpus = load_or_build_corpus(cache, own.regime, own.seed, own.n_images, own.image_size)
     print(json.dumps(summary(corpus), indent=1))
     return 0

@@ -48,11 +48,12 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlfsic.harness.cli.options import ExplainOptions, parse_key_values
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.protocol.data import LabelledPool
 from mlfsic.harness.report.explain_figure import Boxes, FigureRow, cells_inside, grid_side, load_boxes, render_figure
@@ -60,75 +61,30 @@ from mlfsic.harness.sweep.benchmark import Benchmark
 from mlfsic.harness.sweep.spec import Sweep
 from mlfsic.methods.api import Method
 
-MEASURES = ("boxes", "attention")
-SPLITS = ("val", "test")
 # measure=attention: the labels the method was fitted on, then held-out labels (never the novel split)
 ATTENTION_SPLITS = ("base", "val")
-# the known options of ``mlfsic explain`` and their types; defaults: ``ExplainOptions``
-OPTION_TYPES: dict[str, type] = {
-    "method": str, "setting": str, "seed": int, "episode": int, "n_images": int, "max_labels": int,
-    "dataset": str, "split": str, "results_dir": str, "out": str, "measure": str, "n_episodes": int,
-    "theta": float, "threshold_mode": str,
-}
 
 
 # ------------------------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class ExplainOptions:
-    """The parsed ``mlfsic explain`` options (see the module docstring)."""
-
-    method: str = "lcm"
-    setting: str = "1shot"
-    seed: int = 0
-    episode: int = 0
-    n_images: int = 4
-    max_labels: int = 4
-    dataset: str = "coco-moji"
-    split: str = "val"
-    results_dir: str | None = None
-    out: str | None = None
-    measure: str | None = None
-    n_episodes: int = 50
-    theta: float | None = None
-    threshold_mode: str | None = None
-    overrides: tuple[str, ...] = ()
-
-    @property
-    def k_shot(self) -> int:
-        from mlfsic.harness.protocol.episodes import parse_setting
-
-        return parse_setting(self.setting)
+def _is_override(key: str) -> bool:
+    """A key with a ``.`` or a leading ``+`` is a run-config override, not an option of ``ExplainOptions``."""
+    return "." in key or key.startswith("+")
 
 
-def _convert(key: str, value: str, kind: type) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        raise MlfsicError(f"explain option {key}={value!r}: expected {'an integer' if kind is int else 'a number'}") from None
-
-
-def parse_options(options: Mapping[str, str]) -> ExplainOptions:
-    """``key=value`` strings -> ExplainOptions; an unknown key or bad value is a one-line MlfsicError."""
-    values: dict[str, Any] = {}
-    overrides: list[str] = []
-    for key, value in options.items():
-        if "." in key or key.startswith("+"):
-            overrides.append(f"{key}={value}")
-            continue
-        if key not in OPTION_TYPES:
-            raise MlfsicError(f"unknown explain option {key!r}; known: {', '.join(OPTION_TYPES)} "
-                              f"(and Hydra overrides with a '.', e.g. +method_args.lcm.steps=20)")
-        values[key] = _convert(key, value, OPTION_TYPES[key])
-    parsed = ExplainOptions(**values, overrides=tuple(overrides))
+def parse_options(options: Mapping[str, str] | Sequence[str]) -> ExplainOptions:
+    """``key=value`` strings (or their dict) -> ExplainOptions (declared in ``harness.cli.options``, so
+    ``mlfsic explain --help`` lists them); a key with a ``.`` or a leading ``+`` goes to ``overrides``, the run
+    config's Hydra overrides; an unknown key or bad value is a one-line MlfsicError."""
+    parsed, overrides = parse_key_values(
+        "explain", ExplainOptions, dict(options) if isinstance(options, Mapping) else options, passes=_is_override,
+        extra=" (and run-config overrides: a key with a '.' or a leading '+', e.g. +method_args.lcm.steps=20)")
+    parsed = replace(parsed, overrides=tuple(f"{key}={value}" for key, value in overrides.items()))
     _check_options(parsed)
     return parsed
 
 
 def _check_options(options: ExplainOptions) -> None:
-    if options.split not in SPLITS:
-        raise MlfsicError(f"explain option split={options.split!r}: expected one of {', '.join(SPLITS)}")
-    if options.measure is not None and options.measure not in MEASURES:
-        raise MlfsicError(f"explain option measure={options.measure!r}: expected one of {', '.join(MEASURES)}")
+    """What the types and ``metadata`` of ``ExplainOptions`` do not say (``parse_key_values`` checked those)."""
     from mlfsic.methods.lcm import THRESHOLD_MODES
 
     if options.threshold_mode is not None and options.threshold_mode not in THRESHOLD_MODES:
@@ -142,12 +98,6 @@ def _check_options(options: ExplainOptions) -> None:
         raise MlfsicError(f"explain option out={options.out!r}: expected a {out_suffix} path")
     if options.k_shot < 1:
         raise MlfsicError(f"explain option setting={options.setting!r}: LCM explains K-shot episodes, K >= 1")
-    for key in ("n_images", "max_labels", "n_episodes"):
-        if getattr(options, key) < 1:
-            raise MlfsicError(f"explain option {key}={getattr(options, key)}: expected an integer >= 1")
-    for key in ("seed", "episode"):
-        if getattr(options, key) < 0:
-            raise MlfsicError(f"explain option {key}={getattr(options, key)}: expected an integer >= 0")
 
 
 # ------------------------------------------------------------------------------------------- context
@@ -502,7 +452,7 @@ def write_figure(explained: Explained, options: ExplainOptions) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- command
-def explain_command(options: dict[str, str]) -> int:
+def explain_command(options: Mapping[str, str] | Sequence[str]) -> int:
     """``mlfsic explain key=value ...``: write the PNG and print its path, or print the box measurement,
     or print the attention table and the path of its JSON."""
     parsed = parse_options(options)

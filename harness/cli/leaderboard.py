@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mlfsic.harness.cli.options import key_values
+from mlfsic.harness.cli.options import LeaderboardOptions, parse_key_values
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.report.leaderboard import build_leaderboard, run_gaps_of
 from mlfsic.harness.report.tables import gaps_summary, resume_text
@@ -18,7 +18,8 @@ from mlfsic.harness.sweep.suite import PUBLISHED_SUITES_DIR, publish_suite
 
 
 def leaderboard_command(args: list[str]) -> int:
-    """``mlfsic leaderboard DIR... [out=DIR] [against=published|RUN_DIR] [publish=true]``.
+    """``mlfsic leaderboard DIR... [out=DIR] [against=published|RUN_DIR] [publish=true]`` (the options:
+    ``options.LeaderboardOptions``).
 
     Each DIR is a run dir or a suite dir (its member runs). Writes leaderboard.{csv,md,html} of all the runs
     and the static site (``report.site``: index.html, benchmarks/, methods/, assets/) into out= (default: the
@@ -32,23 +33,18 @@ def leaderboard_command(args: list[str]) -> int:
     resume: <command>`` (the board lists its missing cells; ``missing_cells.csv``).
     """
     run_dirs = [Path(a) for a in args if "=" not in a]
-    options = key_values([a for a in args if "=" in a])
-    unknown = set(options) - {"out", "against", "publish"}
-    if unknown:
-        raise MlfsicError(f"unknown leaderboard option {sorted(unknown)[0]!r} (known: out, against, publish)")
-    if options.get("publish", "false") not in ("true", "false"):
-        raise MlfsicError(f"publish={options['publish']}: expected true or false")
-    if options.get("publish") == "true":
-        if "against" in options or len(run_dirs) > 1:
+    options, _ = parse_key_values("leaderboard", LeaderboardOptions, [a for a in args if "=" in a])
+    if options.publish:
+        if options.against is not None or len(run_dirs) > 1:
             raise MlfsicError("publish=true takes one RUN_DIR (default: the default sweep's) and no against=")
         if not run_dirs:
             run_dirs = [load_sweep([]).run_path]
         if is_suite_dir(run_dirs[0]):
-            out = Path(options.get("out", str(PUBLISHED_SUITES_DIR / read_suite_json(run_dirs[0])["suite"])))
+            out = options.out or PUBLISHED_SUITES_DIR / read_suite_json(run_dirs[0])["suite"]
             for path in publish_suite(run_dirs[0], out):
                 print(path)
             return 0
-        out = Path(options.get("out", str(PUBLISHED_DIR)))
+        out = options.out or Path(PUBLISHED_DIR)
         written = publish(run_dirs[0], out)
         paths = build_leaderboard([out], out, formats=("csv", "md"))
         print(Path(paths["md"]).read_text())
@@ -58,8 +54,8 @@ def leaderboard_command(args: list[str]) -> int:
     if not run_dirs:
         raise MlfsicError("give at least one run dir or suite dir")
     members = expand_dirs(run_dirs)  # a DIR that is neither: one line naming it
-    out = Path(options["out"]) if "out" in options else default_site_dir(run_dirs)
-    paths = build_leaderboard(members, out, against=resolve_against(options.get("against")))
+    out = options.out or default_site_dir(run_dirs)
+    paths = build_leaderboard(members, out, against=resolve_against(options.against))
     site = build_site(run_dirs, out)
     print(Path(paths["md"]).read_text())
     for path in [*paths.values(), site["index.html"]]:

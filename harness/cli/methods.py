@@ -5,32 +5,16 @@ deviations from its paper or released code (``methods.api.Deviation``)."""
 
 from __future__ import annotations
 
-import difflib
+from collections.abc import Iterable
 
-from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.cli.options import MethodsOptions, parse_key_values
 from mlfsic.methods.registry import available_methods, broken_methods, import_method_modules
 
-OPTIONS = ("method_modules",)
 
-
-def parse_module_list(value: str) -> list[str]:
-    """``[a,b]``, ``a,b`` or ``a`` -> the module names.
-
-    Example:
-        >>> parse_module_list("[my_method, other]")
-        ['my_method', 'other']
-    """
-    return [part.strip() for part in value.strip().removeprefix("[").removesuffix("]").split(",") if part.strip()]
-
-
-def methods_command(options: dict[str, str] | None = None, card: str | None = None) -> int:
-    options = options or {}
-    for key in options:
-        if key not in OPTIONS:
-            close = difflib.get_close_matches(key, OPTIONS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise MlfsicError(f"mlfsic methods: unknown option {key!r}{hint}; expected {', '.join(OPTIONS)}=[...]")
-    import_method_modules(parse_module_list(options.get("method_modules", "")))
+def methods_command(options: Iterable[str] | dict[str, str] = (), card: str | None = None) -> int:
+    """``mlfsic methods [method_modules=[...]] [--card NAME]`` (the options: ``options.MethodsOptions``)."""
+    parsed, _ = parse_key_values("methods", MethodsOptions, options)
+    import_method_modules(parsed.method_modules)
     if card is not None:
         print(method_card(card))
         return 0
