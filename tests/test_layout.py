@@ -35,7 +35,7 @@ ALLOWED_CYCLES = [{"mlfsic.methods.api", "mlfsic.methods.registry"}]
 DOCTEST_MODULES = ["mlfsic.harness.protocol.metrics", "mlfsic.harness.protocol.episodes",
                    "mlfsic.harness.report.intervals", "mlfsic.harness.errors", "mlfsic.harness.cli.options",
                    "mlfsic.harness.backbones.kinds", "mlfsic.methods.torch_utils",
-                   "mlfsic.harness.code_identity", "mlfsic.harness.cli.methods"]
+                   "mlfsic.harness.code_identity"]
 
 
 def _modules() -> dict[str, Path]:
