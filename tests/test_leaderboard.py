@@ -445,6 +445,23 @@ def _drop_cell(run: Path, method: str, setting: str, seed: int) -> None:
         table[keep].to_parquet(run / name, index=False)
 
 
+def test_a_run_stopped_before_its_first_records_is_an_incomplete_board(tmp_path, capsys):
+    """A driver killed on its first invocation leaves run.json (status running) and no records.parquet: the
+    board is INCOMPLETE with every planned cell missing and the resume command, not a missing-file error."""
+    planned = sorted(f"{m}__1shot__seed0" for m in ("alpha", "beta"))
+    run = make_run_dir(tmp_path / "runs", "run-b", {"alpha": 0.7, "beta": 0.5}, run_info={
+        "status": "running", "planned_cells": planned, "dataset": {"name": "coco-moji"}, "failures": [],
+        "invocations": [{"started": "2025-01-02T03:04:05+00:00", "argv": ["run", "method=[alpha,beta]"],
+                         "cwd": "/work"}]})
+    (run / "records.parquet").unlink()
+    (run / "label_ap.parquet").unlink()
+    assert main(["leaderboard", str(run), f"out={tmp_path / 'board'}"]) == 0
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert md.startswith("# mlfsic leaderboard (INCOMPLETE)\n") and "2 of 2 planned cells missing" in md
+    assert "Resume: `cd /work && mlfsic run 'method=[alpha,beta]'`" in md
+    assert "resume: cd /work && mlfsic run" in capsys.readouterr().err
+
+
 def test_an_interrupted_run_is_marked_incomplete_with_its_missing_cells_and_resume_command(tmp_path, capsys):
     planned = sorted(f"{m}__{s}__seed{k}" for m in ("alpha", "beta", "gamma") for s in ("1shot", "5shot")
                      for k in (0, 1))

@@ -163,6 +163,12 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[di
         if run_id in runs:
             continue  # the same run given twice
         runs[run_id] = _provenance(info)
+        if not (run_dir / "records.parquet").is_file() and info.get("status") != "complete":
+            # stopped before its first assembly (killed on its first invocation): no cell to show yet; the
+            # board is INCOMPLETE with every planned cell missing and the resume command (store.run_gaps)
+            records.append(pd.DataFrame(columns=[*RECORD_NEEDED, *FEATURE_COLUMNS]))
+            label_ap.append(pd.DataFrame(columns=list(LABEL_AP_NEEDED)))
+            continue
         frame = _read_table(run_dir / "records.parquet", RECORD_NEEDED)
         frame = frame.loc[frame["status"] == "ok"].copy()
         for column in FEATURE_COLUMNS:
