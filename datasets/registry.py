@@ -123,12 +123,12 @@ def split_command(cfg: Mapping[str, Any]) -> str:
     ``root=``, the adapter's ``COMMAND_KEYS`` that are set, and ``out=`` the split file.
     """
     adapter = _adapter_of(cfg)
-    parts = ["mlfsic data split", str(cfg.get("adapter")), f"root={_shell_word(str(cfg.get('root')))}"]
+    parts = ["mlfsic data split", str(cfg.get("adapter")), f"root={shlex.quote(str(cfg.get('root')))}"]
     for key in getattr(adapter, "COMMAND_KEYS", ()):
         value = cfg.get(key)
         if value is not None and value != getattr(adapter, "DEFAULTS", {}).get(key):
-            parts.append(f"{key}={_shell_word(str(value))}")
-    parts.append(f"out={_shell_word(str(cfg.get('split_file')))}")
+            parts.append(f"{key}={shlex.quote(str(value))}")
+    parts.append(f"out={shlex.quote(str(cfg.get('split_file')))}")
     return " ".join(parts)
 
 
@@ -138,10 +138,6 @@ def missing_split_error(cfg: Mapping[str, Any]) -> MlfsicError:
     return MlfsicError(f"dataset.split_file={cfg.get('split_file')}: split file not found ({path}); expected a file "
                        f"of configs/splits/ or a path to one: make one from the data with {split_command(cfg)} (or "
                        "name yours: dataset.split_file=/path/split.json)")
-
-
-def _shell_word(text: str) -> str:
-    return shlex.quote(text)
 
 
 def prepare_config(cfg: Mapping[str, Any]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.protocol.metrics import episode_map
 from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
-from mlfsic.methods.torch_utils import check_episode, check_fit_splits, fit_standardiser, val_episodes
+from mlfsic.methods.torch_utils import check_episode, check_fit_splits, fit_standardiser
+from mlfsic.methods.val_selection import choose_per_shot, nearest_shot
 
 FEATURE_MODES = ("l2", "centre_l2", "standardise_l2")
 BALANCE_MODES = ("val", "on", "off")
@@ -150,38 +152,26 @@ class LinearProbe(Method):
         default = {"l2": self.l2, "balance": self.balance != "off"}
         balances = [True, False] if self.balance == "val" else [self.balance == "on"]
         grid = [(l2, balanced) for balanced in balances for l2 in (self.l2_grid or [self.l2])]
-        chosen: dict[int, dict[str, float | bool]] = {}
-        report_chosen: dict[str, dict] = {}
-        report_grid: dict[str, list[dict]] = {}
-        notes = []
-        for k_shot in self.val_shots:
-            episodes = val_episodes(val, k_shot, self.n_val_episodes, self.n_query, self.seed) if val is not None else []
-            if not episodes:
-                chosen[k_shot] = dict(default)
-                report_chosen[f"{k_shot}shot"] = {**default, "val_map": None}
-                notes.append(f"{k_shot}shot: no val split" if val is None
-                             else f"{k_shot}shot: fewer than 2 val labels have {k_shot + self.n_query} images")
-                continue
+
+        def score_grid(episodes: list[tuple[Episode, np.ndarray]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             rows = []
             for l2, balanced in grid:
                 scores, _ = self._scores([e for e, _ in episodes], [l2] * len(episodes), [balanced] * len(episodes))
                 val_map = float(np.mean([episode_map(s, t) for s, (_, t) in zip(scores, episodes)]))
                 rows.append({"l2": l2, "balance": balanced, "val_map": round(val_map, 6)})
-            best = max(range(len(rows)), key=lambda i: (rows[i]["val_map"], -i))
-            chosen[k_shot] = {"l2": rows[best]["l2"], "balance": rows[best]["balance"]}
-            report_chosen[f"{k_shot}shot"] = {**rows[best], "val_episodes": len(episodes)}
-            report_grid[f"{k_shot}shot"] = rows
-        self.chosen = chosen
-        self.fit_report = {"features": self.features, "chosen": report_chosen, "val_grid": report_grid}
+            return rows, {}
+
+        self.chosen, report, notes = choose_per_shot(val, self.val_shots, self.n_val_episodes, self.n_query, self.seed,
+                                                     default, score_grid)
+        self.fit_report = {"features": self.features, **report}
         if notes:
             self.fit_report["note"] = (f"constructor defaults used (l2={self.l2}, balance "
                                        f"{'on' if default['balance'] else 'off'}): " + "; ".join(notes))
 
     # --------------------------------------------------------------------------------------- predict
-    def setting_for(self, k_shot: int) -> dict[str, float | bool]:
+    def setting_for(self, k_shot: int) -> dict[str, Any]:
         """The chosen ``{"l2", "balance"}`` of the stored K nearest to ``k_shot`` (ties: the smaller K)."""
-        nearest = min(self.chosen, key=lambda k: (abs(k - k_shot), k))
-        return self.chosen[nearest]
+        return nearest_shot(self.chosen, k_shot)
 
     def predict(self, episode: Episode) -> np.ndarray:
         return self.predict_batch([episode])[0]

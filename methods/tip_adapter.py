@@ -15,8 +15,8 @@ from mlfsic.methods.torch_utils import (
     check_episode,
     check_fit_splits,
     fit_standardiser,
-    val_episodes,
 )
+from mlfsic.methods.val_selection import choose_per_shot, nearest_shot
 
 HEADS = ("auto", "learned", "label_embeddings")
 FEATURE_MODES = ("l2", "centre_l2", "standardise_l2")
@@ -199,28 +199,11 @@ class TipAdapter(Method):
         self.spread = {head: self._spread(head, base) for head in heads}
         fallback_head = "learned" if self.zero_shot_head == "auto" else self.zero_shot_head
         default = {"head": fallback_head, "alpha": self.alpha, "beta": self.beta}
-        chosen: dict[int, dict[str, Any]] = {}
-        report_chosen: dict[str, dict[str, Any]] = {}
-        report_grid: dict[str, list[dict[str, Any]]] = {}
-        notes = []
-        for k_shot in self.val_shots:
-            episodes = val_episodes(val, k_shot, self.n_val_episodes, self.n_query, self.seed) if val is not None else []
-            if not episodes:
-                chosen[k_shot] = dict(default)
-                report_chosen[f"{k_shot}shot"] = {**default, "val_map": None}
-                notes.append(f"{k_shot}shot: no val split" if val is None
-                             else f"{k_shot}shot: fewer than 2 val labels have {k_shot + self.n_query} images")
-                continue
-            rows, extra = self._val_grid(heads, episodes)
-            best = max(range(len(rows)), key=lambda i: (rows[i]["val_map"], -i))
-            chosen[k_shot] = {key: rows[best][key] for key in ("head", "alpha", "beta")}
-            report_chosen[f"{k_shot}shot"] = {**rows[best], "val_episodes": len(episodes), **extra}
-            report_grid[f"{k_shot}shot"] = rows
-        self.chosen = chosen
+        self.chosen, report, notes = choose_per_shot(val, self.val_shots, self.n_val_episodes, self.n_query, self.seed,
+                                                     default, lambda episodes: self._val_grid(heads, episodes))
         self.fit_report = {"features": self.features, "cache_values": self.cache_values,
                            "zero_shot_head": self.zero_shot_head,
-                           "zero_shot_spread": {h: round(s, 6) for h, s in self.spread.items()},
-                           "chosen": report_chosen, "val_grid": report_grid}
+                           "zero_shot_spread": {h: round(s, 6) for h, s in self.spread.items()}, **report}
         if notes:
             self.fit_report["note"] = (f"paper defaults used (alpha={self.alpha}, beta={self.beta}, head "
                                        f"{fallback_head}): " + "; ".join(notes))
@@ -253,8 +236,7 @@ class TipAdapter(Method):
     # --------------------------------------------------------------------------------------- predict
     def setting_for(self, k_shot: int) -> dict[str, Any]:
         """The chosen ``{"head", "alpha", "beta"}`` of the stored K nearest to ``k_shot`` (ties: the smaller K)."""
-        nearest = min(self.chosen, key=lambda k: (abs(k - k_shot), k))
-        return self.chosen[nearest]
+        return nearest_shot(self.chosen, k_shot)
 
     def predict(self, episode: Episode) -> np.ndarray:
         return self.predict_batch([episode])[0]
