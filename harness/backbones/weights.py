@@ -47,10 +47,15 @@ def pinned_weights(config: Mapping[str, Any]) -> Path | None:
     relative = config.get("pinned_weights")
     if not relative:
         return None
-    path = package_file(str(relative))
+    return checked_pinned_file(package_file(str(relative)), config, f"dataset.backbone.pinned_weights={relative}")
+
+
+def checked_pinned_file(path: Path, config: Mapping[str, Any], named: str) -> Path:
+    """``path`` when it exists and its sha256 is ``config["pinned_sha256"]``, else a one-line error (``named``:
+    the setting that named the file)."""
     expected = str(config.get("pinned_sha256") or "")
     if not path.is_file():
-        raise MlfsicError(f"pinned backbone weights not found: {path} (dataset.backbone.pinned_weights={relative})")
+        raise MlfsicError(f"pinned backbone weights not found: {path} ({named})")
     actual = sha256_file(path)
     if actual != expected:
         raise MlfsicError(f"pinned backbone weights {path}: sha256 {actual} does not match "
