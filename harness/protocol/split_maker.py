@@ -102,14 +102,10 @@ class _Pools:
         _, first, counts = np.unique(packed, axis=0, return_index=True, return_counts=True)
         self.patterns = targets[first]  # (G, L) distinct label sets
         self.counts = counts.astype(np.int64)
-        self.sizes = self.patterns.sum(axis=1)
 
     def own(self, part_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images of each label in its own part's pool (L,), and the part of each label set (-1: none)."""
-        per_part = np.stack([self.patterns[:, part_of == p].sum(axis=1) for p in range(3)], axis=1)
-        part = np.argmax(per_part, axis=1)
-        pure = (per_part[np.arange(len(part)), part] == self.sizes) & (self.sizes > 0)
-        part = np.where(pure, part, -1)
+        part = _image_parts(self.patterns, part_of)
         inside = self.patterns & (part[:, None] == part_of[None, :])
         return self.counts @ inside, part
 
