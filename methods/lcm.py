@@ -59,7 +59,8 @@ WORD_VECTORS = ("embeddings", "random")  # the label vectors: the word embedding
 # Hyperparameters only prediction reads (selection is not applied in training, as released): variants that
 # change only these share one checkpoint (Method.predict_params).
 PREDICT_PARAMS = ("selection", "theta", "score_scale", "threshold_mode", "selection_steps", "selection_lr",
-                  "adapt_steps", "adapt_lr")
+                  "adapt_steps", "adapt_lr", "adapt_warmup_steps")
+TRAINING_BATCHES = ("release", "all_labels")
 DENSE_RATIO = 8.0  # attend densely over all (image, label) pairs when N * n_s <= DENSE_RATIO * P (speed only)
 
 
@@ -363,7 +364,220 @@ class LCMNet(nn.Module):
         self.block = CrossInteraction(dims["H"], generator=generator, **block)
 
 
+# ------------------------------------------------------------------------------------------ training
+def training_rows(rng: np.random.Generator, eligible: np.ndarray, n_labels: int, n_way: int,
+                  batches: str) -> tuple[np.ndarray, np.ndarray]:
+    """The labels whose rows (``train_shot`` support + ``n_query`` query images each) make one training batch,
+    and the labels the batch is scored on.
+
+    ``"release"`` (the TOMM release, ``train_eval.py`` ~167-176, ``datasets/episode_dataset.py`` ~94-98: a row's
+    class is ``index % num_classes`` of a shuffled sampler): ``n_way`` row labels drawn uniformly *with*
+    replacement from ``eligible``, so about 1 - 1/e of them distinct; every one of the ``n_labels`` base labels is
+    scored, so labels no support image carries meet their word prototype in the query loss.
+    ``"all_labels"``: ``n_way`` distinct labels, each its own rows, scored on those labels only.
+    """
+    if batches == "release":
+        return rng.choice(eligible, size=n_way, replace=True), np.arange(n_labels)
+    rows = rng.choice(eligible, size=n_way, replace=False)
+    return rows, rows
+
+
+def with_word_prototypes(prototypes: torch.Tensor, support_targets: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """Prototypes (N, H) with the rows of labels that no support image carries (a column of zeros in
+    ``support_targets`` (n_s, N)) replaced by their projected word vectors ``words`` (N, H): the 0-shot
+    prototype, as the release scores uncovered labels in the query loss (``models/atten_purify.py`` ~427-428)."""
+    covered = support_targets.sum(dim=0) > 0  # (N,)
+    return torch.where(covered.unsqueeze(1), prototypes, words)
+
+
 # ------------------------------------------------------------------------------------------ the method
+# Deviations from the released code (yk-pku/TOMM-FSIC) that lcm, wvga and wvga-adapted share.
+_SHARED_DEVIATIONS = (
+    Deviation(what="evaluation: the release builds one fixed support set per run and scores query batches of one "
+                   "class each, drawn with replacement (datasets/episode_dataset.py ~97-119), averaging per-batch "
+                   "micro/macro AP over all test labels (train_eval.py ~102-145); mlfsic draws 600 episodes x 3 "
+                   "seeds, each with a new support set and 4 query positives per label (their union), and "
+                   "averages per-episode mAP over the episode's labels",
+              why="the harness's protocol and metric, the same for every method (DESIGN section 5)",
+              effect="not measured: it needs the release's evaluation loop as a second protocol; it changes the "
+                     "absolute numbers"),
+    Deviation(what="frozen backbone features: the harness's SmallCNN on coco-moji (D = C = 128, L = 36 local "
+                   "positions); the release fine-tunes an ImageNet ResNet-50 end to end (models/atten_purify.py "
+                   "~355-358; main.py ~145-147; SyncBN, 4 GPUs), and its test-time meta_train steps every backbone "
+                   "weight and BN statistic too (atten_purify.py ~560-604)",
+              why="features are computed once per image and shared by all methods (DESIGN section 7: per-method "
+                  "backbone fine-tuning is a later option)",
+              effect="not measured: it needs per-method backbone fine-tuning, which the feature store does not do"),
+    Deviation(what="joint space H = embed_dim = 128 (8 heads x 16) on global features standardised with base-split "
+                   "statistics; release: vis_fc / tex_fc to 512 (8 heads x 64) on the raw pooled 2048-d layer4 "
+                   "(models/atten_purify.py ~371-372, ~395-397)",
+              why="scaled to the 128-channel SmallCNN; +method_args.lcm.embed_dim=512 for ResNet-50 features",
+              effect="not measured: an embed_dim=512 variant on val would measure the size; the standardisation "
+                     "has no switch"),
+    Deviation(what="training: 1500 Adam steps, lr 1e-5 -> 1e-3 over 100 warm-up steps then constant, and val model "
+                   "selection every 150 steps on the non-adapted 0-shot + 1-shot val mAP (patience 4); release: "
+                   "200 epochs x 52 x 400 rows on 4 GPUs, lr 1e-6 -> 1e-4 over 10 epochs then constant "
+                   "(configs/model_train.yaml ~39-48; train_eval.py ~178-198), the latest checkpoint kept, no "
+                   "selection (train_eval.py ~214-231)",
+              why="fits the CPU budget of the default sweep; choices on val are the harness's rule",
+              effect="not measured: the release's budget is far beyond the default sweep's"),
+    Deviation(what="training batches: the release draws each row's class as index % 52 from a shuffled sampler "
+                   "(train_eval.py ~167-176; datasets/episode_dataset.py ~94-98), so a batch holds about 33 of the "
+                   "52 classes and the labels with no support row are scored against their word prototype "
+                   "tex_fc(w) in the query loss (models/atten_purify.py ~427-428); mlfsic gives every eligible base "
+                   "label a support image at every step (training_batches=all_labels), so the word-vector "
+                   "prototype (the 0-shot path) is trained only by the alignment loss. The release's batches are "
+                   "training_batches=release (rows drawn with replacement, every base label scored)",
+              why="measured on val: the release's batches are worse in 0-shot, the one cell they were expected "
+                  "to help, and not better in 1/5-shot",
+              effect="val (release support rule, 100 episodes x 3 seeds, the shipped settings otherwise), "
+                     "training_batches=release minus lcm, 0/1/5-shot: -1.5 [-2.5, -0.7] / -0.6 [-1.2, +0.1] / "
+                     "-0.5 [-1.5, +0.3]", split="val"),
+    Deviation(what="training episodes draw images without replacement, support and queries disjoint; the release "
+                   "draws each row's 5 images (1 support + 4 queries) with replacement "
+                   "(datasets/episode_dataset.py ~112-119), so an image may appear twice",
+              why="not stated in the code history",
+              effect="not measured"),
+    Deviation(what="base labels with fewer than 5 images (train_shot + n_query) are left out of the training "
+                   "episodes; the release's sampler draws with replacement and keeps them",
+              why="an episode needs 5 distinct images of the label",
+              effect="not measured; the release review judges it negligible"),
+    Deviation(what="label vectors: MiniLM sentence embeddings (E = 384), L2-normalised and scaled by sqrt(E); "
+                   "release: 300-d GloVe, raw, frozen (configs/model_train.yaml ~13; models/atten_purify.py "
+                   "~93-96)",
+              why="MiniLM is the harness's bundled default (DESIGN section 6.3); only 50-d GloVe is packaged "
+                  "offline, and val does not favour it",
+              effect="val, 50-d GloVe minus MiniLM, paired, 0/1/5-shot: lcm +1.1 [-1.7, +3.2] / +0.4 [-0.3, +0.9] "
+                     "/ -0.8 [-1.4, -0.2]; wvga +1.1 / +0.7 [+0.2, +1.1] / -0.3 [-0.9, +0.5]; 300-d GloVe and raw "
+                     "(unnormalised) vectors not measured", split="val"),
+    Deviation(what="the local tokens share vis_fc (tie_local_projection=True), so the adaptation of vis_fc adapts "
+                   "them too; release: a separate dimension_fc = Conv2d(2048 -> 512, 1x1) with dropout 0.1 "
+                   "(models/atten_purify.py ~239, ~244, ~248-251), which its meta_train does not reach",
+              why="not stated in the code history",
+              effect="not measured: tie_local_projection=false (a separate loc_fc) is the switch a val variant "
+                     "would use"),
+    Deviation(what="visual residual: the block's attention output adds the attention-weighted raw tokens (identity "
+                   "values, per head) to W_o(a v) (visual_residual=True); the released block has no such term "
+                   "(models/atten_purify.py ~156-178, ~225-228)",
+              why="not stated in the code history; kept because the released block measures lower on val",
+              effect="val, variant minus lcm: lcm-novres (the released block) -1.0 [-1.5, -0.6] 1-shot, "
+                     "-2.5 [-3.2, -1.8] 5-shot",
+              split="val"),
+    Deviation(what="no dropout in the cross-interaction block; release: dropout 0.1 (models/atten_purify.py "
+                   "~156-178, ~225-228)",
+              why="not stated in the code history",
+              effect="not measured: dropout has no switch"),
+    Deviation(what="the block's MLP is Kaiming-initialised and its LayerNorms use eps 1e-5; release: xavier "
+                   "(models/atten_purify.py ~166-170) and eps 1e-6",
+              why="not stated in the code history",
+              effect="not measured; the release review judges it negligible"),
+    Deviation(what="prototypes are built in eval mode; the release builds them before model.eval() "
+                   "(train_eval.py ~250 vs ~263): block dropout 0.1 active and the backbone's BN on the support "
+                   "batch's statistics; queries are scored in eval mode in both",
+              why="mlfsic's block has no dropout (declared above) and its backbone features are frozen and "
+                  "precomputed, so train mode and eval mode compute the same prototypes here",
+              effect="none by construction on frozen features without dropout (the two modes run the same "
+                     "operations); the release's effect (dropout noise in the prototypes, BN on the support "
+                     "batch) could only be measured with block dropout and a fine-tuned backbone, neither of "
+                     "which mlfsic trains"),
+)
+
+# Deviations of the test-time adaptation (lcm, wvga-adapted).
+_ADAPTATION_DEVIATIONS = (
+    Deviation(what="the adaptation's lr schedule: the release steps meta_train through its training schedule "
+                   "machinery (train_eval.py ~178-198: linear warm-up from lr/100, then cosine between equal "
+                   "values, i.e. constant) with values from a test config it does not ship; lcm adopts that shape "
+                   "with adapt_warmup_steps=10 of its 100 steps (the release warms up over 10 of 200 training "
+                   "epochs; the test-time values are unknown); wvga-adapted keeps a constant lr "
+                   "(configs/methods/wvga-adapted.yaml), because the warm-up measured worse for it",
+              why="the release's shape adopted where val does not reject it; the warm-up length is a guess, not tuned",
+              effect="val (release support rule, 100 episodes x 3 seeds), with the 10-step warm-up minus a constant "
+                     "lr, 1/5-shot (0-shot has no adaptation): lcm +0.2 [-0.2, +0.5] / +0.8 [+0.5, +1.2]; "
+                     "wvga-adapted -0.3 [-0.6, +0.1] / -0.7 [-0.9, -0.4]", split="val"),
+)
+
+# lcm only.
+_LCM_DEVIATIONS = (
+    Deviation(what="adaptation steps and lr: the release's meta_train config is not shipped; lcm takes 100 Adam "
+                   "steps at lr 1e-3 on copies of vis_fc, tex_fc and the purify mask, chosen on val under "
+                   "episodic-v1 (configs/sweep/lcm_val_grid.yaml), not chosen again under the release rule",
+              why="the harness's rule: every choice on val",
+              effect="val, 1/5-shot (configs/methods/lcm.yaml): no adaptation 53.4 / 55.1; 100 steps lr 1e-3 "
+                     "55.4 / 64.0 (mean 59.7, chosen); 200 steps lr 1e-4 56.5 / 63.2 (mean 59.8, twice the cost); "
+                     "lcm-noadapt minus lcm -2.0 [-3.5, -0.9] / -8.8 [-10.9, -7.1]", split="val"),
+    Deviation(what="the paper's TL;DR names channel-wise cross-attention and word-embedding dynamic convolution; "
+                   "both are off by default, as in the release (channel_atten: False, configs/model_train.yaml "
+                   "~23; DyCovLayer defined but unused, models/atten_purify.py ~282-346), so the shipped lcm is "
+                   "WVGA's block plus the purify mask in the adaptation",
+              why="kept as released",
+              effect="val, switched on, variant minus lcm, 1/5-shot: lcm-chattn +0.1 [-0.1, +0.2] / "
+                     "+0.3 [+0.1, +0.5]; lcm-dynconv -0.1 [-0.5, +0.3] / +0.1 [-0.6, +0.9]", split="val"),
+    Deviation(what="switched on, both modules are mlfsic's own: the channel gate has a ReLU between fc1 and fc2 "
+                   "(release: sigmoid(fc2(fc1(u + w))), models/atten_purify.py ~181-202); the dynamic convolution "
+                   "is a K-Net-style low-rank word-generated 1x1 convolution (the release's DyCovLayer cannot be "
+                   "imported, and the paper's formulation could not be read)",
+              why="two stacked linear maps would be one linear map; the dynamic convolution's formulation is not "
+                  "published",
+              effect="not measured apart from each module as a whole (lcm-chattn, lcm-dynconv above)"),
+    Deviation(what="the LCM mask drops positions from each support image's own attention (-inf on dropped keys), "
+                   "then the per-image vectors are softmax-combined; in the release the mask acts only with "
+                   "CrossModalAtten(use_all_loc=True), default False, so it is a no-op (models/atten_purify.py "
+                   "~253-265, ~352), and with True the kept tokens of all of a label's images form one sequence "
+                   "and one vector (~435-436)",
+              why="not stated in the code history",
+              effect="not measured; expected nil: the released threshold keeps 100 % of the 5-shot positions on "
+                     "val after 100 adaptation steps (configs/methods/lcm.yaml)", split="val"),
+    Deviation(what="at least one position per support image is always kept (its highest score); the release's "
+                   "rule sigmoid(1e8 * score) >= 0.65 has no such guard (models/atten_purify.py ~485)",
+              why="an image with no key left would have nothing to attend over",
+              effect="inert under the released threshold, which keeps 100 % of the 5-shot positions on val "
+                     "(configs/methods/lcm.yaml)", split="val"),
+    Deviation(what="a purify-mask row that is constant after a step (every gradient of one sign) is left as it is; "
+                   "the release's min-max renormalisation divides by zero there and gives NaN "
+                   "(models/atten_purify.py ~562-575)",
+              why="no NaN masks",
+              effect="not measured; it changes only rows the release would turn into NaN"),
+)
+
+# wvga (and wvga-adapted) only: what differs from the AAAI'22 paper.
+_WVGA_DEVIATIONS = (
+    Deviation(what="the alignment loss (the paper's CMW-loss) is taken in the TOMM code's form: BCE of "
+                   "s(1 - d(x_i, w_j)) of the support images against the word prototypes of all base labels",
+              why="the WVGA paper's method section could not be read; the TOMM code is the same authors' later "
+                  "release",
+              effect="not measured: there is no WVGA implementation to compare with"),
+    Deviation(what="the per-image attention block is the TOMM code's transformer block (word vector as the one "
+                   "query token, shared LayerNorm, MLP), with lcm's own changes to it listed below",
+              why="the WVGA paper's method section could not be read; the TOMM code is the same authors' later "
+                  "release",
+              effect="not measured: there is no WVGA implementation to compare with"),
+    Deviation(what="0-shot: the prototype is the projected word vector tex_fc(w), lcm's 0-shot path; wvga fits "
+                   "lcm's weights (selection and adaptation act only at prediction), so its 0-shot equals lcm's",
+              why="wvga is lcm with the LCM parts off",
+              effect="not measured: identical to lcm's 0-shot by construction"),
+)
+
+# wvga-adapted only.
+_WVGA_ADAPTED_DEVIATIONS = (
+    Deviation(what="wvga plus the TOMM release's test-time fine-tuning (meta_train) before building prototypes: 50 "
+                   "Adam steps at a constant lr 3e-3 on copies of vis_fc / tex_fc, without the purify "
+                   "mask; the WVGA paper (AAAI'22) infers prototypes 'without the need for fine-tuning any model "
+                   "parameters', and wvga follows it. An mlfsic combination that no paper runs",
+              why="it separates lcm's two test-time parts: lcm minus wvga-adapted is the purify mask alone, wvga-adapted "
+                  "minus wvga the fine-tuning alone",
+              effect="val (release support rule, 100 episodes x 3 seeds, constant lr), wvga minus wvga-adapted, "
+                     "1/5-shot: -4.3 [-6.5, -2.8] / -10.6 [-12.6, -8.6]; under episodic-v1 earlier: 53.4 / 55.1 "
+                     "without, 56.1 / 63.8 with it", split="val"),
+    Deviation(what="the adaptation's 50 steps and lr 3e-3 are not in any release (the TOMM meta_train config is "
+                   "not shipped): chosen on val under episodic-v1 (configs/sweep/lcm_val_grid.yaml), not chosen "
+                   "again under the release rule",
+              why="the harness's rule: every choice on val",
+              effect="val, episodic-v1, 1/5-shot (mean), configs/methods/wvga-adapted.yaml: 25 steps lr 1e-3 56.5 / "
+                     "62.7 (59.6); 50 steps lr 1e-3 56.9 / 62.6 (59.7); 50 steps lr 3e-3 56.1 / 63.8 (59.9, chosen); "
+                     "100 steps lr 3e-3 (59.9)", split="val"),
+)
+
+
 @register("lcm")
 class LCM(Method):
     """LCM cross-interaction: Kun Yan, Zied Bouraoui, Fangyun Wei, Chang Xu, Ping Wang, Shoaib Jameel,
@@ -406,14 +620,17 @@ class LCM(Method):
     Losses (1:1): cross-modal alignment BCE(s(1 - d(x_i, w_j)), y_ij) of the support images against all
     word prototypes of the base split + query BCE(s(1 - d(x_q, p_j)), y_qj) of the queries against the
     episode's prototypes. Training is episodic on the base split: each step samples ``n_way`` base labels
-    (None: all), ``train_shot`` support and ``n_query`` query images per label (``episodic-v1`` order,
-    disjoint), prototypes for all sampled labels from every support image carrying them, with every
-    position kept (the released code applies the selection only at test time). Adam (default betas, no
+    (None: all), ``train_shot`` support and ``n_query`` query images per label (the ``release``
+    rule: K new images per label, disjoint), prototypes for all sampled labels from every support image
+    carrying them, with every position kept (the released code applies the selection only at test time).
+    ``training_batches="release"`` draws the row labels with replacement and scores every base label, the
+    uncovered ones against their word prototype, as released (``training_rows``; measured on val, not the
+    default: see ``deviations``). Adam (default betas, no
     weight decay), linear warm-up from lr/100 to ``lr`` over ``warmup_steps`` then constant (the
     released schedule's shape).
 
     Model selection (docs/architecture.md §4.3): when ``val`` is given, every ``eval_every`` steps (None:
-    steps // 10) the model scores ``n_val_episodes`` fixed val episodes (the harness's ``episodic-v1``
+    steps // 10) the model scores ``n_val_episodes`` fixed val episodes (the harness's ``release``
     sampler on the val split, drawn once from the seed) in 0shot (with ``val_zero_shot``) and
     ``val_shot``-shot, without adaptation or selection, so that the fit does not depend on the
     prediction-only hyperparameters (``PREDICT_PARAMS``: variants changing only those share a checkpoint);
@@ -439,147 +656,7 @@ class LCM(Method):
     needs_local_features = True
     predict_params = PREDICT_PARAMS
     code_modules = ("mlfsic.methods.lcm_adaptation",)
-    # Entries [:15] hold for wvga too (WVGA.deviations reuses them); the lcm-only ones follow.
-    deviations = (
-        Deviation(what="K-shot support rule: the release tests on exactly N x K support images, K per label (the "
-                       "purify mask is sized num_classes * k_shot and the support batch must match it: "
-                       "models/atten_purify.py ~375, ~453-454; train_eval.py ~241-253); episodic-v1 visits the labels "
-                       "in a random order and skips a label that co-occurring labels' images already cover K times, so "
-                       "the support holds <= N x K images. A protocol difference for every method, declared on lcm "
-                       "and wvga, whose release it comes from",
-                  why="episodic-v1 is the harness's protocol for all methods (harness/protocol/episodes.py), built to "
-                      "keep the support as close to K per label as multi-label data allows; the code history does not "
-                      "compare it with the release",
-                  effect="not measured: it needs a sampler that draws exactly K images per label (a new protocol "
-                         "version) and every method re-run on val episodes; fewer 5-shot support images give the "
-                         "prototypes and the adaptation less data"),
-        Deviation(what="evaluation: the release builds one fixed support set per run and scores query batches of one "
-                       "class each, drawn with replacement (datasets/episode_dataset.py ~97-119), averaging per-batch "
-                       "micro/macro AP over all test labels (train_eval.py ~102-145); mlfsic draws 600 episodes x 3 "
-                       "seeds, each with a new support set and 4 query positives per label (their union), and "
-                       "averages per-episode mAP over the episode's labels",
-                  why="the harness's protocol and metric, the same for every method (DESIGN section 5)",
-                  effect="not measured: it needs the release's evaluation loop as a second protocol; it changes the "
-                         "absolute numbers"),
-        Deviation(what="frozen backbone features: the harness's SmallCNN on coco-moji (D = C = 128, L = 36 local "
-                       "positions); the release fine-tunes an ImageNet ResNet-50 end to end (models/atten_purify.py "
-                       "~355-358; main.py ~145-147; SyncBN, 4 GPUs), and its test-time meta_train steps every backbone "
-                       "weight and BN statistic too (atten_purify.py ~560-604)",
-                  why="features are computed once per image and shared by all methods (DESIGN section 7: per-method "
-                      "backbone fine-tuning is a later option)",
-                  effect="not measured: it needs per-method backbone fine-tuning, which the feature store does not do"),
-        Deviation(what="joint space H = embed_dim = 128 (8 heads x 16) on global features standardised with base-split "
-                       "statistics; release: vis_fc / tex_fc to 512 (8 heads x 64) on the raw pooled 2048-d layer4 "
-                       "(models/atten_purify.py ~371-372, ~395-397)",
-                  why="scaled to the 128-channel SmallCNN; +method_args.lcm.embed_dim=512 for ResNet-50 features",
-                  effect="not measured: an embed_dim=512 variant on val would measure the size; the standardisation "
-                         "has no switch"),
-        Deviation(what="training: 1500 Adam steps, lr 1e-5 -> 1e-3 over 100 warm-up steps then constant, and val model "
-                       "selection every 150 steps on the non-adapted 0-shot + 1-shot val mAP (patience 4); release: "
-                       "200 epochs x 52 x 400 rows on 4 GPUs, lr 1e-6 -> 1e-4 over 10 epochs then constant "
-                       "(configs/model_train.yaml ~39-48; train_eval.py ~178-198), the latest checkpoint kept, no "
-                       "selection (train_eval.py ~214-231)",
-                  why="fits the CPU budget of the default sweep; choices on val are the harness's rule",
-                  effect="not measured: the release's budget is far beyond the default sweep's"),
-        Deviation(what="training batches: the release draws each row's class as index % 52 from a shuffled sampler "
-                       "(train_eval.py ~167-176; datasets/episode_dataset.py ~94-98), so a batch holds about 33 of the "
-                       "52 classes and about a third of the labels have no support row: they are scored against their "
-                       "word prototype tex_fc(w) in the query loss (models/atten_purify.py ~427-428); mlfsic gives "
-                       "every eligible base label a support image at every step, so the word-vector prototype (the "
-                       "0-shot path) is trained only by the alignment loss",
-                  why="not stated in the code history",
-                  effect="not measured: it needs a training mode that draws row classes as the release does and scores "
-                         "labels without support against tex_fc(w), refitted and compared on val; the release review "
-                         "expects the effect mostly in the 0-shot cell"),
-        Deviation(what="training episodes draw images without replacement, support and queries disjoint; the release "
-                       "draws each row's 5 images (1 support + 4 queries) with replacement "
-                       "(datasets/episode_dataset.py ~112-119), so an image may appear twice",
-                  why="not stated in the code history",
-                  effect="not measured"),
-        Deviation(what="base labels with fewer than 5 images (train_shot + n_query) are left out of the training "
-                       "episodes; the release's sampler draws with replacement and keeps them",
-                  why="an episode needs 5 distinct images of the label",
-                  effect="not measured; the release review judges it negligible"),
-        Deviation(what="label vectors: MiniLM sentence embeddings (E = 384), L2-normalised and scaled by sqrt(E); "
-                       "release: 300-d GloVe, raw, frozen (configs/model_train.yaml ~13; models/atten_purify.py "
-                       "~93-96)",
-                  why="MiniLM is the harness's bundled default (DESIGN section 6.3); only 50-d GloVe is packaged "
-                      "offline, and val does not favour it",
-                  effect="val, 50-d GloVe minus MiniLM, paired, 0/1/5-shot: lcm +1.1 [-1.7, +3.2] / +0.4 [-0.3, +0.9] "
-                         "/ -0.8 [-1.4, -0.2]; wvga +1.1 / +0.7 [+0.2, +1.1] / -0.3 [-0.9, +0.5]; 300-d GloVe and raw "
-                         "(unnormalised) vectors not measured", split="val"),
-        Deviation(what="the local tokens share vis_fc (tie_local_projection=True), so the adaptation of vis_fc adapts "
-                       "them too; release: a separate dimension_fc = Conv2d(2048 -> 512, 1x1) with dropout 0.1 "
-                       "(models/atten_purify.py ~239, ~244, ~248-251), which its meta_train does not reach",
-                  why="not stated in the code history",
-                  effect="not measured: tie_local_projection=false (a separate loc_fc) is the switch a val variant "
-                         "would use"),
-        Deviation(what="visual residual: the block's attention output adds the attention-weighted raw tokens (identity "
-                       "values, per head) to W_o(a v) (visual_residual=True); the released block has no such term "
-                       "(models/atten_purify.py ~156-178, ~225-228)",
-                  why="not stated in the code history; kept because the released block measures lower on val",
-                  effect="val, variant minus lcm: lcm-novres (the released block) -1.0 [-1.5, -0.6] 1-shot, "
-                         "-2.5 [-3.2, -1.8] 5-shot",
-                  split="val"),
-        Deviation(what="no dropout in the cross-interaction block; release: dropout 0.1 (models/atten_purify.py "
-                       "~156-178, ~225-228)",
-                  why="not stated in the code history",
-                  effect="not measured: dropout has no switch"),
-        Deviation(what="the block's MLP is Kaiming-initialised and its LayerNorms use eps 1e-5; release: xavier "
-                       "(models/atten_purify.py ~166-170) and eps 1e-6",
-                  why="not stated in the code history",
-                  effect="not measured; the release review judges it negligible"),
-        Deviation(what="test-time adaptation at a constant lr; the release steps meta_train through its warm-up/cosine "
-                       "schedule machinery (train_eval.py ~178-198), with values from a test config it does not ship",
-                  why="the release's test-time schedule values are unknown; steps and lr were chosen on val instead",
-                  effect="not measured: the release's values are unknown"),
-        Deviation(what="prototypes are built deterministically (no dropout, fixed features); the release builds them "
-                       "before model.eval() (train_eval.py ~250 vs ~263): block dropout 0.1 active and the backbone's "
-                       "BN on the support batch's statistics; queries are scored in eval mode in both",
-                  why="not stated in the code history; the release review reads the release's order as a quirk",
-                  effect="not measured: it needs dropout in the block at prototype time (and a trained backbone for "
-                         "the BN part)"),
-        # lcm only
-        Deviation(what="adaptation steps and lr: the release's meta_train config is not shipped; lcm takes 100 Adam "
-                       "steps at lr 1e-3 on copies of vis_fc, tex_fc and the purify mask, chosen on val "
-                       "(configs/sweep/lcm_val_grid.yaml)",
-                  why="the harness's rule: every choice on val",
-                  effect="val, 1/5-shot (configs/methods/lcm.yaml): no adaptation 53.4 / 55.1; 100 steps lr 1e-3 "
-                         "55.4 / 64.0 (mean 59.7, chosen); 200 steps lr 1e-4 56.5 / 63.2 (mean 59.8, twice the cost); "
-                         "lcm-noadapt minus lcm -2.0 [-3.5, -0.9] / -8.8 [-10.9, -7.1]", split="val"),
-        Deviation(what="the paper's TL;DR names channel-wise cross-attention and word-embedding dynamic convolution; "
-                       "both are off by default, as in the release (channel_atten: False, configs/model_train.yaml "
-                       "~23; DyCovLayer defined but unused, models/atten_purify.py ~282-346), so the shipped lcm is "
-                       "WVGA's block plus the purify mask in the adaptation",
-                  why="kept as released",
-                  effect="val, switched on, variant minus lcm, 1/5-shot: lcm-chattn +0.1 [-0.1, +0.2] / "
-                         "+0.3 [+0.1, +0.5]; lcm-dynconv -0.1 [-0.5, +0.3] / +0.1 [-0.6, +0.9]", split="val"),
-        Deviation(what="switched on, both modules are mlfsic's own: the channel gate has a ReLU between fc1 and fc2 "
-                       "(release: sigmoid(fc2(fc1(u + w))), models/atten_purify.py ~181-202); the dynamic convolution "
-                       "is a K-Net-style low-rank word-generated 1x1 convolution (the release's DyCovLayer cannot be "
-                       "imported, and the paper's formulation could not be read)",
-                  why="two stacked linear maps would be one linear map; the dynamic convolution's formulation is not "
-                      "published",
-                  effect="not measured apart from each module as a whole (lcm-chattn, lcm-dynconv above)"),
-        Deviation(what="the LCM mask drops positions from each support image's own attention (-inf on dropped keys), "
-                       "then the per-image vectors are softmax-combined; in the release the mask acts only with "
-                       "CrossModalAtten(use_all_loc=True), default False, so it is a no-op (models/atten_purify.py "
-                       "~253-265, ~352), and with True the kept tokens of all of a label's images form one sequence "
-                       "and one vector (~435-436)",
-                  why="not stated in the code history",
-                  effect="not measured; expected nil: the released threshold keeps 100 % of the 5-shot positions on "
-                         "val after 100 adaptation steps (configs/methods/lcm.yaml)", split="val"),
-        Deviation(what="at least one position per support image is always kept (its highest score); the release's "
-                       "rule sigmoid(1e8 * score) >= 0.65 has no such guard (models/atten_purify.py ~485)",
-                  why="an image with no key left would have nothing to attend over",
-                  effect="inert under the released threshold, which keeps 100 % of the 5-shot positions on val "
-                         "(configs/methods/lcm.yaml)", split="val"),
-        Deviation(what="a purify-mask row that is constant after a step (every gradient of one sign) is left as it is; "
-                       "the release's min-max renormalisation divides by zero there and gives NaN "
-                       "(models/atten_purify.py ~562-575)",
-                  why="no NaN masks",
-                  effect="not measured; it changes only rows the release would turn into NaN"),
-    )
+    deviations = _SHARED_DEVIATIONS + _ADAPTATION_DEVIATIONS + _LCM_DEVIATIONS
 
     def __init__(
         self,
@@ -596,6 +673,7 @@ class LCM(Method):
         selection_lr: float = 0.01,
         adapt_steps: int = 100,
         adapt_lr: float = 1e-3,
+        adapt_warmup_steps: int = 10,
         channel_attention: bool = False,
         dynamic_conv: bool = False,
         dynamic_rank: int = 16,
@@ -606,6 +684,7 @@ class LCM(Method):
         word_vectors: str = "embeddings",
         combine: str = "softmax",
         steps: int = 1500,
+        training_batches: str = "all_labels",
         n_way: int | None = None,
         train_shot: int = 1,
         n_query: int = 4,
@@ -627,6 +706,9 @@ class LCM(Method):
             )
         if combine not in COMBINES:
             raise MlfsicError(f"{self.name or 'lcm'}: combine must be one of {COMBINES}, got {combine!r}")
+        if training_batches not in TRAINING_BATCHES:
+            raise MlfsicError(
+                f"{self.name or 'lcm'}: training_batches must be one of {TRAINING_BATCHES}, got {training_batches!r}")
         if word_vectors not in WORD_VECTORS:
             raise MlfsicError(f"{self.name or 'lcm'}: word_vectors must be one of {WORD_VECTORS}, got {word_vectors!r}")
         if adapt_steps < 0 or adapt_lr < 0:
@@ -645,6 +727,7 @@ class LCM(Method):
         self.selection_lr = selection_lr
         self.adapt_steps = int(adapt_steps)
         self.adapt_lr = float(adapt_lr)
+        self.adapt_warmup_steps = int(adapt_warmup_steps)
         self.channel_attention = channel_attention
         self.dynamic_conv = dynamic_conv
         self.dynamic_rank = dynamic_rank
@@ -655,6 +738,7 @@ class LCM(Method):
         self.word_vectors = word_vectors
         self.combine = combine
         self.steps = steps
+        self.training_batches = training_batches
         self.n_way = n_way
         self.train_shot = train_shot
         self.n_query = n_query
@@ -870,7 +954,7 @@ class LCM(Method):
         adapted = adapt_to_supports(
             self.net.vis_fc.weight, self.net.vis_fc.bias, self.net.tex_fc.weight, self.net.tex_fc.bias,
             self.feature_mean, self.feature_std, support_global, support_local if with_mask else None,
-            targets, image_mask, words_in, self.adapt_steps, self.adapt_lr, self.scale,
+            targets, image_mask, words_in, self.adapt_steps, self.adapt_lr, self.scale, self.adapt_warmup_steps,
         )
         with torch.no_grad():
             words = project_words(words_in, adapted.tex_weight, adapted.tex_bias)  # (B, N, H)
@@ -967,18 +1051,19 @@ class LCM(Method):
             warm = min(1.0, step / max(1, self.warmup_steps))
             for group in optimiser.param_groups:
                 group["lr"] = self.lr * (0.01 + 0.99 * warm)
-            labels = rng.choice(eligible, size=n_way, replace=False)
-            support, query = sample_episode(members, labels, self.train_shot, self.n_query, n, rng)
+            rows, labels = training_rows(rng, eligible, targets_np.shape[1], n_way, self.training_batches)
+            support, query = sample_episode(members, rows, self.train_shot, self.n_query, n, rng)
             words_all = self.net.tex_fc(words_in)  # (N_base, H)
             support_vis = self.net.vis_fc(global_std[support])
             align_loss = F.binary_cross_entropy_with_logits(
                 alignment_logits(support_vis, words_all, self.scale), targets[support]
             )
             label_index = torch.as_tensor(labels)
+            support_targets = targets[support][:, label_index]
             prototypes, _ = self._prototypes(
-                global_std[support], local_raw[support], targets[support][:, label_index], words_all[label_index],
-                select=False,
+                global_std[support], local_raw[support], support_targets, words_all[label_index], select=False,
             )
+            prototypes = with_word_prototypes(prototypes, support_targets, words_all[label_index])
             query_logits = alignment_logits(self.net.vis_fc(global_std[query]), prototypes, self.scale)
             query_loss = F.binary_cross_entropy_with_logits(query_logits, targets[query][:, label_index])
             loss = align_loss + query_loss
@@ -1009,9 +1094,9 @@ class LCM(Method):
 
     # ------------------------------------------------------------------------------------ validation
     def _val_episodes(self, val: SplitData) -> list[dict]:
-        """Fixed val episodes drawn once from the seed by the harness's ``episodic-v1`` sampler: all val
-        labels with at least ``val_shot + n_query`` images, each carried by >= ``val_shot`` support images
-        and ``n_query`` query images. An episode the sampler cannot complete (co-occurring labels' support
+        """Fixed val episodes drawn once from the seed by the harness's default sampler (``release``: exactly
+        ``val_shot`` support images per label): all val labels with at least ``val_shot + n_query`` images, and
+        ``n_query`` query images per label. An episode the sampler cannot complete (co-occurring labels' support
         took the images) is skipped; no episodes (no selection) when fewer than 2 labels qualify."""
         from mlfsic.harness.protocol.data import LabelledPool
         from mlfsic.harness.protocol.episodes import SamplerParams, make_episode
@@ -1023,7 +1108,7 @@ class LCM(Method):
         pool = LabelledPool(dataset="val", split="val", label_names=tuple(val.label_names[j] for j in labels),
                             image_ids=np.arange(targets.shape[0], dtype=np.int64), targets=targets[:, labels],
                             annotation_sha256="")
-        params = SamplerParams(protocol="episodic-v1", k_shot=self.val_shot, n_query=self.n_query)
+        params = SamplerParams(protocol="release", k_shot=self.val_shot, n_query=self.n_query)
         seed = int(numpy_rng(self.seed, 3).integers(2**31))
         episodes = []
         for index in range(self.n_val_episodes):
@@ -1133,59 +1218,43 @@ class WVGA(LCM):
 
     The same model as ``lcm`` (see ``LCM``) with the LCM additions switched off: no local-feature
     selection (every local position is a key/value), no channel-wise cross-attention, no dynamic
-    convolution. What remains is WVGA: the projected word vector is the query of a multi-head attention
-    over the support images' local features, per-image vectors aggregated into the label's prototype,
-    trained with the cross-modal alignment loss plus the query loss. This is a configuration of ``LCM``,
-    not a copy: only the constructor defaults differ.
-
-    Deviations, besides those listed for ``LCM`` (frozen backbone, H = 128, 1500 steps, schedule):
-    WVGA's alignment loss (CMW-loss) is taken in the form of the TOMM code base (BCE of support images
-    against the word prototypes of all base labels); the per-image attention block is the TOMM code's
-    transformer block; 0shot uses the projected word vector as the prototype, the same path as ``lcm``;
-    the TOMM code's test-time support adaptation applies as for ``lcm`` (``adapt_steps`` steps on
-    ``vis_fc`` / ``tex_fc``), without the purify mask. Its training is ``lcm``'s (selection is a
-    prediction-time step), so with the same seed both fit the same weights.
+    convolution, and no test-time fine-tuning: as the paper says, prototypes are inferred "without the
+    need for fine-tuning any model parameters" (``adapt_steps=0``). What remains is WVGA: the projected
+    word vector is the query of a multi-head attention over the support images' local features, per-image
+    vectors aggregated into the label's prototype, trained with the cross-modal alignment loss plus the
+    query loss. This is a configuration of ``LCM``, not a copy: only the constructor defaults differ. Its
+    training is ``lcm``'s (selection and adaptation act at prediction), so with the same seed both fit the
+    same weights. ``wvga-adapted`` (``WVGAAdapted``) adds the TOMM release's test-time fine-tuning: an mlfsic
+    combination, not a published model. Deviations: ``deviations`` (``mlfsic methods --card wvga``).
     """
 
-    deviations = (
-        Deviation(what="runs the TOMM release's test-time fine-tuning (meta_train) before building prototypes: 50 Adam "
-                       "steps at lr 3e-3 on copies of vis_fc / tex_fc, without the purify mask; the WVGA paper "
-                       "(AAAI'22) infers prototypes 'without the need for fine-tuning any model parameters'",
-                  why="wvga is a configuration of lcm's code, which follows the TOMM release, whose test path runs "
-                      "meta_train",
-                  effect="val (configs/methods/wvga.yaml; lcm's checkpoint with selection off, i.e. wvga's prediction "
-                         "path): 53.4 / 55.1 without adaptation, 56.1 / 63.8 with it: +2.7 / +8.7 mAP (1/5-shot)",
-                  split="val"),
-        Deviation(what="the adaptation's 50 steps and lr 3e-3 are not in any release (the TOMM meta_train config is "
-                       "not shipped): chosen on val (configs/sweep/lcm_val_grid.yaml)",
-                  why="the harness's rule: every choice on val",
-                  effect="val, 1/5-shot (mean), configs/methods/wvga.yaml: 25 steps lr 1e-3 56.5 / 62.7 (59.6); 50 "
-                         "steps lr 1e-3 56.9 / 62.6 (59.7); 50 steps lr 3e-3 56.1 / 63.8 (59.9, chosen); 100 steps lr "
-                         "3e-3 (59.9)", split="val"),
-        Deviation(what="the alignment loss (the paper's CMW-loss) is taken in the TOMM code's form: BCE of "
-                       "s(1 - d(x_i, w_j)) of the support images against the word prototypes of all base labels",
-                  why="the WVGA paper's method section could not be read; the TOMM code is the same authors' later "
-                      "release",
-                  effect="not measured: there is no WVGA implementation to compare with"),
-        Deviation(what="the per-image attention block is the TOMM code's transformer block (word vector as the one "
-                       "query token, shared LayerNorm, MLP), with lcm's own changes to it listed below",
-                  why="the WVGA paper's method section could not be read; the TOMM code is the same authors' later "
-                      "release",
-                  effect="not measured: there is no WVGA implementation to compare with"),
-        Deviation(what="0-shot: the prototype is the projected word vector tex_fc(w), lcm's 0-shot path; wvga fits "
-                       "lcm's weights (selection and adaptation act only at prediction), so its 0-shot equals lcm's",
-                  why="wvga is lcm with the LCM parts off",
-                  effect="not measured: identical to lcm's 0-shot by construction"),
-    ) + LCM.deviations[:15]  # lcm's deviations that hold for wvga too (the first 15 of its list)
-    _DEFAULTS = {"selection": "off", "channel_attention": False, "dynamic_conv": False}
+    deviations = _WVGA_DEVIATIONS + _SHARED_DEVIATIONS
+    _DEFAULTS: dict = {"selection": "off", "channel_attention": False, "dynamic_conv": False, "adapt_steps": 0}
 
     def __init__(self, seed: int = 0, **kwargs) -> None:
         super().__init__(seed=seed, **{**self._DEFAULTS, **kwargs})
 
 
-# WVGA's signature is LCM's with WVGA's defaults, so the harness (method_spec, run.json, `mlfsic methods`)
-# sees every hyperparameter and its value.
-WVGA.__init__.__signature__ = inspect.signature(LCM.__init__).replace(parameters=[
-    parameter.replace(default=WVGA._DEFAULTS.get(name, parameter.default))
-    for name, parameter in inspect.signature(LCM.__init__).parameters.items()
-])
+@register("wvga-adapted")
+class WVGAAdapted(WVGA):
+    """``wvga`` plus the TOMM release's test-time fine-tuning (``meta_train``, see ``LCM``) before the
+    prototypes are built: ``adapt_steps`` Adam steps on copies of ``vis_fc`` / ``tex_fc`` against the support
+    images' alignment loss, without the purify mask. An mlfsic combination of the AAAI'22 model with the
+    TOMM'24 test path (no paper runs it), kept so that lcm's adaptation and its selection can be told apart:
+    lcm minus wvga-adapted is the purify mask alone. Steps and lr: configs/methods/wvga-adapted.yaml (val).
+    """
+
+    deviations = _WVGA_ADAPTED_DEVIATIONS + _WVGA_DEVIATIONS + _SHARED_DEVIATIONS + _ADAPTATION_DEVIATIONS
+    _DEFAULTS = {name: value for name, value in WVGA._DEFAULTS.items() if name != "adapt_steps"}
+
+    def __init__(self, seed: int = 0, **kwargs) -> None:
+        super().__init__(seed=seed, **kwargs)
+
+
+# WVGA's and WVGAAdapted's signatures are LCM's with their defaults, so the harness (method_spec, run.json,
+# `mlfsic methods`) sees every hyperparameter and its value.
+for _variant in (WVGA, WVGAAdapted):
+    _variant.__init__.__signature__ = inspect.signature(LCM.__init__).replace(parameters=[
+        parameter.replace(default=_variant._DEFAULTS.get(name, parameter.default))
+        for name, parameter in inspect.signature(LCM.__init__).parameters.items()
+    ])

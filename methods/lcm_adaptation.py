@@ -125,8 +125,11 @@ def adapt_to_supports(
     steps: int,
     lr: float,
     scale: float,
+    warmup_steps: int = 0,
 ) -> Adapted:
     """``steps`` Adam steps (``lr``) per episode on the support alignment loss, from the fitted weights.
+    ``warmup_steps`` > 0: the lr rises linearly from lr/100 to lr over those steps, then stays (the released
+    schedule's shape, ``train_eval.py`` ~178-198, which the release's ``meta_train`` loop also steps through).
 
     Args:
         vis_weight, vis_bias: (H, D), (H,) the fitted ``vis_fc`` (on standardised features).
@@ -147,8 +150,8 @@ def adapt_to_supports(
         parts = [adapt_to_supports(
             vis_weight, vis_bias, tex_weight, tex_bias, feature_mean, feature_std, support_global[i:i + SUB_BATCH],
             None if support_local is None else support_local[i:i + SUB_BATCH], targets[i:i + SUB_BATCH],
-            image_mask[i:i + SUB_BATCH], words if words.dim() == 2 else words[i:i + SUB_BATCH], steps, lr, scale)
-            for i in range(0, batch, SUB_BATCH)]
+            image_mask[i:i + SUB_BATCH], words if words.dim() == 2 else words[i:i + SUB_BATCH], steps, lr, scale,
+            warmup_steps) for i in range(0, batch, SUB_BATCH)]
         return Adapted(*(None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts])
                          for f in ("vis_weight", "vis_bias", "tex_weight", "tex_bias", "scores", "first_loss",
                                    "last_loss")))
@@ -165,6 +168,9 @@ def adapt_to_supports(
     scores = None
     first_loss = last_loss = torch.zeros(batch)
     for step in range(1, steps + 1):
+        if warmup_steps > 0:
+            for group in optimiser.param_groups:
+                group["lr"] = lr * (0.01 + 0.99 * min(1.0, step / warmup_steps))
         if rho is not None and step > 1:
             with torch.no_grad():
                 rho.copy_(renormalise_mask(rho))

@@ -69,7 +69,7 @@ class LinearProbe(Method):
     harness does not tell ``fit`` which K it will evaluate, so a setting is chosen for each K of
     ``val_shots`` (1 and 5) and stored; ``predict`` uses the one of the nearest K (ties: the smaller).
     For each K, ``n_val_episodes`` episodes are drawn once from the seed on the val split by the harness's
-    ``episodic-v1`` sampler (all val labels with at least K + ``n_query`` images, ``n_query`` query images
+    default ``release`` sampler (all val labels with at least K + ``n_query`` images, ``n_query`` query images
     per label), and every pair of ``l2_grid`` x balance (on, off; only the given one unless
     ``balance="val"``) is scored by its mean val mAP; the best is kept (exact ties: the earlier pair, balance
     on before off, ``l2_grid`` in its order). ``fit_report`` records the chosen values, their val mAP and

@@ -34,8 +34,8 @@ class MultiLabelProtoNet(Method):
         score       sigmoid(-exp(log_scale) * d + bias)                                  -> (n_q, N)
 
     An image counts for every label it carries, so a prototype averages all support images with the label.
-    Training samples ``n_episodes`` episodes from the base split as the evaluation protocol does
-    (``episodic-v1``): ``n_way`` base labels, K support images per label with K uniform in
+    Training samples ``n_episodes`` episodes from the base split as the default evaluation protocol does
+    (``release``): ``n_way`` base labels, K new support images per label with K uniform in
     ``1..max_train_shot``, ``n_query`` further images per label disjoint from the support set, targets
     restricted to the episode's labels; binary cross-entropy on the queries, one Adam step per episode.
     ``log_scale`` and ``bias`` are learnt with the head.
@@ -159,7 +159,7 @@ class MultiLabelProtoNet(Method):
 def sample_episode(
     members: list[np.ndarray], labels: np.ndarray, k_shot: int, n_query: int, n_images: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Support and query image indices of one training episode, as ``episodic-v1`` draws them.
+    """Support and query image indices of one training episode, as the ``release`` rule draws them.
 
     For each label in turn, ``k_shot`` not-yet-drawn images carrying it go to the support set; then, for
     each label, ``n_query`` further not-yet-drawn images carrying it go to the query set (so the two sets

@@ -78,7 +78,7 @@ class TipAdapter(Method):
 
     Model selection on val (``fit(base, val)``, as ``linear-probe``): the harness does not tell ``fit`` which
     K it will evaluate, so for each K of ``val_shots`` (1 and 5) ``n_val_episodes`` episodes are drawn once
-    from the seed on the val split by the harness's ``episodic-v1`` sampler (all val labels with at least
+    from the seed on the val split by the harness's default ``release`` sampler (all val labels with at least
     K + ``n_query`` images, ``n_query`` queries per label), every (head, alpha, beta) of the grid
     (``alpha_grid`` x ``beta_grid``) is scored by its mean val mAP and the best kept (exact ties: the
     earlier in grid order); ``predict`` uses the setting of the nearest K (ties: the smaller). ``fit_report``

@@ -210,7 +210,7 @@ class KeepBest:
 def val_episodes(val: SplitData, k_shot: int, n_episodes: int, n_query: int,
                  seed: int) -> list[tuple[Episode, np.ndarray]]:
     """``n_episodes`` K-shot episodes of the val split for model selection in ``fit``, with their query targets:
-    the harness's ``episodic-v1`` sampler over the val labels with at least K + ``n_query`` images, its seed
+    the harness's default sampler (``release``: exactly K support images per label) over the val labels with at least K + ``n_query`` images, its seed
     drawn from ``seed`` and K; an episode the sampler cannot complete is skipped (linear-probe, tip-adapter)."""
     from mlfsic.harness.protocol.data import LabelledPool
     from mlfsic.harness.protocol.episodes import SamplerParams, episode_seed, make_episode
@@ -222,7 +222,7 @@ def val_episodes(val: SplitData, k_shot: int, n_episodes: int, n_query: int,
     pool = LabelledPool(dataset="val", split="val", label_names=tuple(val.label_names[j] for j in labels),
                         image_ids=np.arange(targets.shape[0], dtype=np.int64), targets=targets[:, labels],
                         annotation_sha256="")
-    params = SamplerParams(protocol="episodic-v1", k_shot=k_shot, n_query=n_query)
+    params = SamplerParams(protocol="release", k_shot=k_shot, n_query=n_query)
     episode_set_seed = int(numpy_rng(seed, 3, k_shot).integers(2**31))
     episodes = []
     for index in range(n_episodes):

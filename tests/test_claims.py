@@ -18,7 +18,8 @@ from mlfsic.harness.report.intervals import EPISODE_LEVEL, SEED_LEVEL
 from mlfsic.harness.sweep.store import RECORD_COLUMNS
 
 # setting -> {method: how many mAP points lcm is above it}; lcm itself is added
-ABLATION_SHIFTS = {setting: {"lcm-randvec": 5.0, "lcm-noselect": -5.0, "lcm-nocross": 0.0, "wvga": 1.0}
+ABLATION_SHIFTS = {setting: {"lcm-randvec": 5.0, "lcm-noselect": -5.0, "lcm-nocross": 0.0, "wvga": 1.0,
+                             "lcm-chattn": -3.0, "lcm-dynconv": 2.0}
                    for setting in ("1shot", "5shot")}
 RANKING_SHIFTS = {
     "0shot": {"wordvec-zeroshot": 5.0, "wvga": 5.0, "random": -30.0},
@@ -107,9 +108,13 @@ def test_verdicts_follow_the_fabricated_shifts(runs):
         assert holds["n_paired"] == 120 and holds["n_seeds"] == 3 and holds["interval"] == SEED_LEVEL
         assert (holds["split"], holds["run_id"], holds["git_commit"], holds["git_dirty"]) == (
             "val", "coco-moji-abl", "a" * 40, True)
+        # the components the paper names are claimed by the variant that adds them, against lcm
+        adds = row(table, "channel-attention", setting, "lcm")
+        assert adds["method"] == "lcm-chattn" and adds["diff"] == pytest.approx(3.0) and adds["verdict"] == "holds"
+        assert row(table, "dynamic-convolution", setting, "lcm")["verdict"] == "does not hold"
     # ablation claims compare with their named method only (wvga is in the run, not in those claims)
     assert set(table.loc[table["run"] == claims.ABLATION, "compared_with"]) == {"lcm-randvec", "lcm-noselect",
-                                                                                "lcm-nocross"}
+                                                                                "lcm-nocross", "lcm"}
     ranking = table[table["claim_id"] == "beats-baselines"]
     assert "random" not in " ".join(ranking["compared_with"])
     assert (ranking["split"] == "test").all() and (ranking["run_id"] == "coco-moji-rank").all()
@@ -194,7 +199,7 @@ def test_outputs_match_the_printed_table(runs, tmp_path):
     assert set(paths) == {"csv", "json", "md"} and paths["md"].read_text() == text
     table = pd.read_csv(paths["csv"])
     printed = _printed_rows(text)
-    assert len(printed) == len(table) == 6 + 8
+    assert len(printed) == len(table) == 10 + 8
     for cells, (_, saved) in zip(printed, table.iterrows()):
         claim, split, setting, compared, difference, p_value, verdict, source = cells
         assert (claim, setting, compared, verdict, source) == (saved["claim"], saved["setting"],

@@ -83,7 +83,9 @@ def check_episode_set(content: dict, pool: LabelledPool, protocol: str, k_shot: 
         for name in labels:
             assert sum(name in image_labels[i] for i in support) >= k_shot, name
             assert sum(name in image_labels[i] for i in query) >= n_query, name
-        if protocol == "episodic-v1":
+        if protocol == "release":  # exactly K distinct support images drawn per label: N x K in all
+            assert len(support) == k_shot * len(labels)
+        if protocol in ("release", "episodic-v1"):
             assert len(query) <= n_query * len(labels)
             # every query image carries an episode label (it was drawn for one)
             assert all(image_labels[i] & set(labels) for i in query)
@@ -92,6 +94,36 @@ def check_episode_set(content: dict, pool: LabelledPool, protocol: str, k_shot: 
 
 
 # ----------------------------------------------------------------------------------------- sampler
+@pytest.mark.parametrize("k_shot", [0, 1, 5])
+def test_release_rule_properties(pool, k_shot):
+    content = build_episode_set(pool, "release", k_shot, 4, 100, seed=3)
+    check_episode_set(content, pool, "release", k_shot, 4, 100, 3, None)
+    content = build_episode_set(pool, "release", k_shot, 4, 30, seed=3, n_way=5)
+    check_episode_set(content, pool, "release", k_shot, 4, 30, 3, 5)
+
+
+def test_release_rule_holds_more_support_than_episodic_v1_and_has_its_own_ids(pool):
+    release = build_episode_set(pool, "release", 5, 4, 50, seed=1)
+    episodic = build_episode_set(pool, "episodic-v1", 5, 4, 50, seed=1)
+    assert release["episode_set_id"] != episodic["episode_set_id"]
+    sizes = [len(e["support"]) for e in release["episodes"]]
+    assert set(sizes) == {5 * 16}
+    # episodic-v1 skips labels that co-occurring images already cover, so it draws fewer images
+    assert np.mean([len(e["support"]) for e in episodic["episodes"]]) < 5 * 16
+
+
+def test_release_rule_names_the_label_that_runs_out():
+    """'c' has 4 images, all also carried by 'a' or 'b': after a and b drew theirs, c may have < K left."""
+    targets = np.zeros((14, 3), dtype=bool)
+    targets[0:7, 0] = True  # a: images 0-6
+    targets[7:14, 1] = True  # b: images 7-13
+    targets[[0, 1, 7, 8], 2] = True  # c: images 0, 1, 7, 8
+    tiny = LabelledPool("tiny", "test", ("a", "b", "c"), np.arange(14, dtype=np.int64), targets, "0" * 64)
+    with pytest.raises(MlfsicError, match=r"label 'c' .* has 4 images but only [0-2] outside the support .* "
+                                          r"k_shot=3 needed by the release rule"):
+        build_episode_set(tiny, "release", 3, 1, 200, seed=0)
+
+
 @pytest.mark.parametrize("k_shot", [0, 1, 5])
 def test_episodic_v1_properties(pool, k_shot):
     content = build_episode_set(pool, "episodic-v1", k_shot, 4, 100, seed=3)

@@ -23,10 +23,13 @@ from mlfsic.methods.lcm import (
     LCM,
     WVGA,
     CrossInteraction,
+    WVGAAdapted,
     alignment_logits,
     alignment_loss_and_grad,
     position_importance,
     select_positions,
+    training_rows,
+    with_word_prototypes,
 )
 from mlfsic.methods.registry import create_method
 from mlfsic.methods.torch_utils import torch_generator
@@ -237,13 +240,56 @@ def test_released_threshold_keeps_nearly_everything(fitted):
 def test_wvga_is_lcm_with_other_defaults():
     assert issubclass(WVGA, LCM) and WVGA.zero_shot and WVGA.few_shot and WVGA.needs_local_features
     lcm_params = inspect.signature(LCM.__init__).parameters
-    wvga_params = inspect.signature(WVGA.__init__).parameters
-    assert list(wvga_params) == list(lcm_params)
-    changed = {k for k in lcm_params if lcm_params[k].default != wvga_params[k].default}
-    assert changed == {"selection"}  # channel attention and dynamic conv are already off in lcm (as released)
+    for cls, expected in ((WVGA, {"selection", "adapt_steps"}), (WVGAAdapted, {"selection"})):
+        params = inspect.signature(cls.__init__).parameters
+        assert list(params) == list(lcm_params)
+        # channel attention and dynamic conv are already off in lcm (as released); wvga does not fine-tune
+        assert {k for k in lcm_params if lcm_params[k].default != params[k].default} == expected, cls
+    assert inspect.signature(WVGA.__init__).parameters["adapt_steps"].default == 0
     method = create_method("wvga", {"embed_dim": 16, "heads": 2}, seed=0)
-    assert (method.selection, method.channel_attention, method.dynamic_conv) == ("off", False, False)
+    assert (method.selection, method.channel_attention, method.dynamic_conv, method.adapt_steps) == ("off", False, False, 0)
     assert create_method("wvga", {"selection": "first_order", "heads": 2, "embed_dim": 16}, 0).selection == "first_order"
+    assert create_method("wvga-adapted", {"embed_dim": 16, "heads": 2}, seed=0).adapt_steps > 0
+
+
+def test_wvga_records_no_test_time_adaptation_and_wvga_adapted_does(base):
+    episode, _ = make_episode(5, seed=2)
+    reports = {}
+    for name in ("wvga", "wvga-adapted"):
+        method = create_method(name, {**TINY, "adapt_steps": 0} if name == "wvga" else {**TINY, "adapt_steps": 3}, 0)
+        method.fit(base, None)
+        method.predict_batch([episode])
+        reports[name] = method.predict_report
+    assert reports["wvga"] == {}
+    assert reports["wvga-adapted"]["adapted_episodes"] == 1 and reports["wvga-adapted"]["adapt_steps"] == 3
+
+
+def test_release_training_batches_draw_rows_with_replacement_and_score_every_label():
+    rng = np.random.default_rng(0)
+    eligible = np.array([0, 1, 2, 4, 5, 6, 7, 8])  # label 3 has too few images
+    rows, scored = training_rows(rng, eligible, n_labels=9, n_way=8, batches="release")
+    assert len(rows) == 8 and set(rows) <= set(eligible) and len(set(rows)) < 8  # ~5 distinct of 8 draws
+    assert list(scored) == list(range(9))  # every base label is scored, covered or not
+    rows, scored = training_rows(rng, eligible, n_labels=9, n_way=5, batches="all_labels")
+    assert list(rows) == list(scored) and len(set(rows)) == 5 and set(rows) <= set(eligible)
+
+
+def test_a_label_without_support_is_scored_against_its_word_prototype():
+    prototypes = torch.arange(6.0).reshape(3, 2)
+    words = -torch.ones(3, 2)
+    support_targets = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 1.0]])  # label 1: no support image
+    out = with_word_prototypes(prototypes, support_targets, words)
+    assert torch.equal(out, torch.tensor([[0.0, 1.0], [-1.0, -1.0], [4.0, 5.0]]))
+
+
+def test_adaptation_warm_up_changes_the_adapted_scores_only_when_set(fitted):
+    episode, _ = make_episode(5, seed=2)
+    fitted.adapt_steps, fitted.adapt_warmup_steps = 5, 0
+    constant = fitted.predict(episode)
+    fitted.adapt_warmup_steps = 5
+    warm = fitted.predict(episode)
+    fitted.adapt_steps, fitted.adapt_warmup_steps = LCM().adapt_steps, 0
+    assert np.isfinite(warm).all() and not np.allclose(constant, warm)
 
 
 # ---------------------------------------------------------------------------------- model selection

@@ -35,6 +35,7 @@ TINY_CONFIG: dict[str, dict] = {
     "laso": {"steps": 20, "classifier_epochs": 1, "hidden_dim": 32, "episode_steps": 10, "max_union_pairs": 20},
     "lcm": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2},
     "wvga": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2},
+    "wvga-adapted": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2, "adapt_steps": 5},
     "mkt": {"stage1_steps": 4, "stage2_steps": 2, "val_every": 2, "batch_size": 32},
     "dualcoop": {"steps": 4, "val_every": 2, "batch_size": 32},
 }

@@ -13,7 +13,20 @@ Randomness
     Methods get their own per-episode integer seed (``episode_seed``) from the child's first child,
     ``SeedSequence(seed, spawn_key=(i, 0))``: a stream independent of the one that drew the images.
 
-Protocol ``episodic-v1`` (the default; the multi-label few-shot episodes of e.g. Alfassy et al.,
+Protocol ``release`` (the default: the support rule of the LCM release, Yan et al., TOMM 2024,
+github.com/yk-pku/TOMM-FSIC: its purify mask is sized ``num_classes * k_shot``, one map per support image,
+``models/atten_purify.py`` ~375, ~453, and ``train_eval.py`` ~241-253 feeds it exactly that many images)
+    1. Labels: as in ``episodic-v1``.
+    2. Support (K >= 1): the episode's labels are visited in a random order (drawn per episode); each
+       label in turn gets exactly K support images drawn uniformly from its own images not yet in the
+       support, whatever co-occurring labels already brought in. The support therefore holds exactly
+       N x K distinct images (K per label, in visiting order), and a label may be carried by more than K
+       of them. A label with fewer than K of its images left outside the support (the others' draws took
+       them) makes the episode fail with an error naming the label and the counts, as a query shortage
+       does; the feasibility check below cannot rule that out on small pools.
+    3. Query: as in ``episodic-v1``.
+
+Protocol ``episodic-v1`` (the default until the release rule; the multi-label few-shot episodes of e.g. Alfassy et al.,
 "LaSO: Label-Set Operations networks for multi-label few-shot learning", CVPR 2019, and Yan et al.,
 "Inferring prototypes for multi-label few-shot image classification with word vector guided
 attention", AAAI 2022)
@@ -31,7 +44,7 @@ attention", AAAI 2022)
        A query image is positive for every episode label it carries.
 
 Protocol ``rest-of-pool``
-    Each of the ``n_episodes`` draws is a support set built as in step 2, evaluated on the whole rest
+    Each of the ``n_episodes`` draws is a support set built as in step 2 of ``episodic-v1``, evaluated on the whole rest
     of the pool (in a random order). ``n_query`` is not a draw size here: it is the minimum number of
     positive evaluation images each label must keep after the support is removed.
 
@@ -97,7 +110,7 @@ def is_setting(value: object) -> bool:
     return isinstance(value, str) and _SETTING_PATTERN.match(value) is not None
 
 
-PROTOCOLS = ("episodic-v1", "rest-of-pool")
+PROTOCOLS = ("release", "episodic-v1", "rest-of-pool")
 SAMPLER_VERSION = "1"
 EPISODE_SET_KEYS = ("episode_set_id", "protocol", "sampler_version", "params", "annotation_sha256",
                     "label_names", "episodes")
@@ -109,7 +122,7 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 class SamplerParams:
     """What a sampler needs besides the pool, the seed and the episode index."""
 
-    protocol: str = "episodic-v1"
+    protocol: str = "release"
     k_shot: int = 1
     n_query: int = 4
     n_way: int | None = None  # None: all labels of the pool
@@ -194,22 +207,35 @@ def _check_label_counts(pool: LabelledPool, index: _PoolIndex, params: SamplerPa
             )
 
 
-def _draw_support(rng: np.random.Generator, index: _PoolIndex, columns: np.ndarray, k_shot: int) -> np.ndarray:
-    """Rows of a support set in which each label of ``columns`` is carried by >= ``k_shot`` images."""
+def _draw_support(rng: np.random.Generator, index: _PoolIndex, columns: np.ndarray, k_shot: int,
+                  exactly_k: bool) -> np.ndarray:
+    """Rows of a support set in which each label of ``columns`` is carried by >= ``k_shot`` images:
+    ``exactly_k`` (``release``) draws K new images for every label, otherwise (``episodic-v1``) only the
+    ones a label still lacks. Returns the rows, or raises ``_LabelRanOut`` (label column, images left)."""
     if k_shot == 0:
         return np.zeros(0, dtype=np.int64)
     in_support = np.zeros(len(index.image_ids), dtype=bool)
     order: list[int] = []
     for column in rng.permutation(columns):
         rows = index.members[column]
-        have = int(in_support[rows].sum())
+        have = 0 if exactly_k else int(in_support[rows].sum())
         if have >= k_shot:
             continue
         candidates = rows[~in_support[rows]]
+        if len(candidates) < k_shot - have:
+            raise _LabelRanOut(int(column), len(candidates))
         picked = rng.choice(candidates, size=k_shot - have, replace=False)
         in_support[picked] = True
         order.extend(int(row) for row in picked)
     return np.asarray(order, dtype=np.int64)
+
+
+class _LabelRanOut(Exception):
+    """A label of a ``release`` episode has fewer than K images left outside the support."""
+
+    def __init__(self, column: int, n_left: int) -> None:
+        super().__init__(column, n_left)
+        self.column, self.n_left = column, n_left
 
 
 def _remaining_positives_error(pool: LabelledPool, column: int, n_total: int, n_left: int, need: int,
@@ -228,11 +254,20 @@ def _draw_episode(pool: LabelledPool, index: _PoolIndex, params: SamplerParams, 
         columns = np.arange(n_labels)
     else:
         columns = np.sort(rng.choice(n_labels, size=params.n_way, replace=False))
-    support = _draw_support(rng, index, columns, params.k_shot)
+    try:
+        support = _draw_support(rng, index, columns, params.k_shot, exactly_k=params.protocol == "release")
+    except _LabelRanOut as ran_out:
+        n_total = len(index.members[ran_out.column])
+        raise MlfsicError(
+            f"episode {episode}: label {pool.label_names[ran_out.column]!r} of pool {pool.dataset}/{pool.split} has "
+            f"{n_total} images but only {ran_out.n_left} outside the support ({n_total - ran_out.n_left} taken by "
+            f"co-occurring labels' support), k_shot={params.k_shot} needed by the release rule; lower k_shot, use "
+            f"n_way, or protocol=episodic-v1"
+        ) from None
     in_support = np.zeros(len(index.image_ids), dtype=bool)
     in_support[support] = True
 
-    if params.protocol == "episodic-v1":
+    if params.protocol in ("release", "episodic-v1"):
         in_query = np.zeros(len(index.image_ids), dtype=bool)
         for column in columns:
             rows = index.members[column]
