@@ -7,7 +7,9 @@ Not collected by pytest (its name does not start with ``test_``); ``tests/test_g
 no-GPU path and the rehearsal. Steps:
 
 1. **Extraction**: ResNet-50 (layer4, 224 px) through the feature store against a bare forward pass at
-   batch 64 (``tests/extraction_bench.py``, the measurement of ``make bench``), on 512 JPEGs of 640 x 480.
+   batch 64 (``tests/extraction_bench.py``, the measurement of ``make bench``), on 512 JPEGs of 640 x 480, as a
+   feature task given ``num_cpus`` 1 (decoding in its own process) and every core of the machine (one decode
+   worker process per core but one).
    Weights: ``MLFSIC_RESNET50_WEIGHTS`` (a torchvision state dict), else a random initialisation: timing
    does not depend on the values.
 2. **Methods lcm, laso, mkt**: methods compute on the CPU (no method moves a tensor to a device; a task's
@@ -49,7 +51,6 @@ def say(text: str) -> None:
 
 
 def extraction(rehearse: bool, folder: Path) -> None:
-    import torch
     from extraction_bench import jpeg_dataset, resnet50_backbone, store_vs_bare
 
     weights = os.environ.get("MLFSIC_RESNET50_WEIGHTS")
@@ -57,11 +58,12 @@ def extraction(rehearse: bool, folder: Path) -> None:
     dataset = jpeg_dataset(folder, n_images)
     backbone = resnet50_backbone(folder, Path(weights) if weights else None, batch_size=64,
                                  device="cpu" if rehearse else "cuda")
-    rates = store_vs_bare(backbone, dataset, folder / "store")
-    say(f"extraction resnet50 on {backbone.device}, batch {backbone.batch_size}, {n_images} JPEGs 640x480, "
-        f"weights {'file ' + weights if weights else 'random init'}: feature store {rates['store_rate']:.1f} images/s, "
-        f"bare forward {rates['bare_rate']:.1f} images/s, ratio {rates['ratio']:.2f} "
-        f"(torch {torch.get_num_threads()} CPU threads for decoding)")
+    for num_cpus in (1, 2 if rehearse else os.cpu_count() or 1):  # a feature task's resources.num_cpus
+        rates = store_vs_bare(backbone, dataset, folder / f"store-{num_cpus}", num_cpus=num_cpus)
+        say(f"extraction resnet50 on {backbone.device}, batch {backbone.batch_size}, {n_images} JPEGs 640x480, "
+            f"weights {'file ' + weights if weights else 'random init'}, num_cpus {num_cpus} "
+            f"({rates['decode_workers']} decode workers): feature store {rates['store_rate']:.1f} images/s, "
+            f"bare forward {rates['bare_rate']:.1f} images/s, ratio {rates['ratio']:.2f}")
 
 
 def _start(address: str, results_dir: Path, run_id: str, sweep: list[str], extra: list[str]) -> subprocess.Popen:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mlfsic.harness.backbones.batches import decode_workers
 from mlfsic.harness.sweep import features
 from mlfsic.harness.backbones.extractor import Backbone
 from mlfsic.harness.backbones.kinds import load_backbone
@@ -182,3 +183,45 @@ def test_a_modified_shard_is_refused_by_readers_and_dropped_by_the_check(setup, 
     extract_shard(backbone, dataset, dataset.image_ids, store, progress=False)
     after, _ = load_features(store, backbone.backbone_id, "annsha", dataset.image_ids, with_local=False)
     np.testing.assert_array_equal(after, before)
+
+
+def test_decode_workers_follow_the_task_cpus():
+    assert [decode_workers(n) for n in (0.5, 1, 1.5, 2, 4)] == [0, 0, 0, 1, 3]
+
+
+def test_features_are_bit_identical_with_and_without_decode_workers(setup, tmp_path):
+    """The same images (JPEGs and PNGs of assorted sizes, so decoding and resizing both run; three batches
+    of 4, 4 and 2 in a shuffled order) extracted in this process and by 2 decode workers: the stored
+    arrays are the same bytes, and the backbone saw the same batches."""
+    backbone, _, _, calls = setup
+    rng = np.random.default_rng(7)
+    root = tmp_path / "assorted"
+    root.mkdir()
+    files = []
+    for number in range(10):
+        height, width = int(rng.integers(60, 160)), int(rng.integers(60, 160))
+        files.append(f"{number:03d}.{'jpg' if number % 2 else 'png'}")
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(root / files[-1])
+    dataset = Dataset("assorted", root, np.arange(100, 110, dtype=np.int64), tuple(files), ("a",),
+                      np.ones((10, 1), dtype=bool), "annsha")
+    order = rng.permutation(dataset.image_ids)
+    shards = []
+    for workers in (0, 2):
+        calls.clear()
+        info = extract_shard(backbone, dataset, order, tmp_path / f"store-{workers}", progress=False,
+                             decode_workers=workers)
+        assert info.n_computed == 10 and info.shard_dir is not None and calls == [4, 4, 2]
+        shards.append(info.shard_dir)
+    assert shards[0].name == shards[1].name
+    for name in features.SHARD_ARRAYS:
+        assert (shards[0] / name).read_bytes() == (shards[1] / name).read_bytes(), name
+    assert np.load(shards[1] / "ids.npy").tolist() == order.tolist()
+
+
+def test_an_unreadable_image_is_one_line_with_decode_workers(setup):
+    backbone, dataset, store, _ = setup
+    (dataset.image_root / dataset.file_names[5]).write_bytes(b"not an image")
+    with pytest.raises(MlfsicError, match=dataset.file_names[5]) as error:
+        extract_shard(backbone, dataset, dataset.image_ids, store, progress=False, decode_workers=2)
+    assert "\n" not in str(error.value) and str(error.value).startswith("cannot read image ")
+    assert len(missing_image_ids(store, backbone.backbone_id, dataset.annotation_sha256, dataset.image_ids)) == 10

@@ -19,8 +19,10 @@ still records its own forward log, so ``forward_passes`` counts every image that
 the backbone, duplicates included; a sweep that reuses the store adds zero.
 
 ``missing_image_ids`` lists what is not stored yet, ``extract_shard`` computes only that (one Ray task
-per shard in the runner) and ``load_features`` memory-maps the shard arrays (``np.load(mmap_mode="r")``)
-and gathers rows in the requested order, so a worker touches only the pages of the images it asks for.
+per shard in the runner, whose images ``resources.num_cpus`` - 1 worker processes decode while the backbone
+runs: ``batches.decoded_batches``) and ``load_features`` memory-maps the shard arrays
+(``np.load(mmap_mode="r")``) and gathers rows in the requested order, so a worker touches only the pages of
+the images it asks for.
 
 A shard is checked when it is opened: its arrays must parse and have the sizes meta.json records (every
 reader, a few ``stat`` calls); the sweep's driver, before extraction, also checks their sha256 (again only
@@ -31,6 +33,7 @@ read (damaged during the sweep) is a one-line error naming it (re-running the sw
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -46,6 +49,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from mlfsic.harness.backbones.batches import decoded_batches
 from mlfsic.harness.backbones.kinds import Backbone
 from mlfsic.harness.protocol.data import Dataset
 from mlfsic.harness.errors import MlfsicError
@@ -310,8 +314,12 @@ def extract_shard(
     image_ids: np.ndarray,
     store_root: Path,
     progress: bool = True,
+    decode_workers: int = 0,
 ) -> ShardInfo:
-    """Compute and store the features of those ``image_ids`` that are not stored yet (one shard)."""
+    """Compute and store the features of those ``image_ids`` that are not stored yet (one shard).
+
+    ``decode_workers`` processes decode and resize the images (``batches.decoded_batches``) while the backbone
+    runs on the batches before; 0 decodes in this process. The stored features are the same either way."""
     started = time.perf_counter()
     requested = np.asarray(image_ids, dtype=np.int64)
     directory = store_dir(store_root, backbone.backbone_id, dataset.annotation_sha256)
@@ -323,10 +331,10 @@ def extract_shard(
     n_local, n_channels = backbone.local_shape
     global_f = np.empty((len(todo), backbone.global_dim), dtype=np.float32)
     local_f = np.empty((len(todo), n_local, n_channels), dtype=np.float16)
-    with tqdm(total=len(todo), desc=f"features {backbone.kind}", unit="img", disable=not progress) as bar:
-        for start in range(0, len(todo), backbone.batch_size):
-            stop = min(start + backbone.batch_size, len(todo))
-            batch_global, batch_local = backbone.embed(backbone.load_images(paths[start:stop]))
+    with (tqdm(total=len(todo), desc=f"features {backbone.kind}", unit="img", disable=not progress) as bar,
+          contextlib.closing(decoded_batches(backbone, paths, decode_workers)) as batches):
+        for start, stop, images in batches:
+            batch_global, batch_local = backbone.embed(images)
             global_f[start:stop] = batch_global
             local_f[start:stop] = batch_local
             bar.update(stop - start)

@@ -246,6 +246,10 @@ def _backbone_task(dataset_cfg: dict[str, Any], cache_root: str) -> tuple[str | 
 
 
 def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float) -> int:
+    """Extract one shard's features: the backbone on this task's device, ``num_cpus`` - 1 worker processes
+    decoding the images (``batches.decode_workers``; none at 1 CPU) while the backbone runs on the batches
+    before."""
+    from mlfsic.harness.backbones.batches import decode_workers
     from mlfsic.harness.backbones.kinds import load_backbone
     from mlfsic.harness.sweep.features import extract_shard
 
@@ -254,7 +258,8 @@ def _features_task(benchmark: Benchmark, image_ids: np.ndarray, num_cpus: float)
     config["device"] = config.get("device") or task_device()
     backbone = load_backbone(config, Path(benchmark.backbone_weights) if benchmark.backbone_weights else None,
                              benchmark.backbone_id)
-    extract_shard(backbone, benchmark.dataset(), image_ids, Path(benchmark.feature_root), progress=False)
+    extract_shard(backbone, benchmark.dataset(), image_ids, Path(benchmark.feature_root), progress=False,
+                  decode_workers=decode_workers(num_cpus))
     return len(image_ids)
 
 
