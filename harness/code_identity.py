@@ -392,7 +392,9 @@ VERSION_PINS: Mapping[str, VersionPin] = {
                    "cd6d883ec556009b24af7b837bcbd9daad80cc5f7615e9e0ad7d849e8a6769c8",
                    "any number an episode is scored with (run.json records it; against= refuses another)"),
         VersionPin("mlfsic.harness.protocol.episodes", "SAMPLER_VERSION", ("build_episode_set", "make_episode"),
-                   "1", "fa02b2a3368083eee2c3509f650519130fda15d95d68d56aa5b930aaa42f261b",
+                   # re-pinned without a bump when the release rule was added (2026-12-07): it is a new
+                   # protocol name, part of its sets' ids, and episodic-v1 / rest-of-pool draw the same ids
+                   "1", "60cb2b3896ae59152f5d5b8ad26ee823a737701336e687432af38bd82aa755c8",
                    "the drawn image ids of any episode (part of every episode-set id, compared by against=)"),
         VersionPin("mlfsic.harness.sweep.checkpoint", "FORMAT_VERSION", ("save_checkpoint", "load_checkpoint"),
                    1, "489107ff9b4fbac302fe4f5bbb846ec2058334018436405ef974b4e8f3538e96",
