@@ -211,7 +211,8 @@ def val_episodes(val: SplitData, k_shot: int, n_episodes: int, n_query: int,
                  seed: int) -> list[tuple[Episode, np.ndarray]]:
     """``n_episodes`` K-shot episodes of the val split for model selection in ``fit``, with their query targets:
     the harness's default sampler (``release``: exactly K support images per label) over the val labels with at
-    least K + ``n_query`` images, its seed drawn from ``seed`` and K; an episode the sampler cannot complete is skipped (linear-probe, tip-adapter)."""
+    least K + ``n_query`` images, its seed drawn from ``seed`` and K; an episode the sampler cannot complete is
+    skipped (linear-probe, tip-adapter)."""
     from mlfsic.harness.protocol.data import LabelledPool
     from mlfsic.harness.protocol.episodes import SamplerParams, episode_seed, make_episode
 

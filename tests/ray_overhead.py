@@ -6,12 +6,12 @@ object.
 
 ``ray.cluster_utils.Cluster``: a head and two more nodes (separate raylets on localhost), one CPU each,
 80 MB object stores, no dashboard, Ray temp dirs of its own (not /tmp/ray). Tasks are submitted the way
-``harness.sweep.runner._plan_and_submit`` submits chunks: one ``RemoteFunction`` per task kind, made once
+``harness.sweep.driver.planning.plan_and_submit`` submits chunks: one ``RemoteFunction`` per task kind, made once
 (``ray.remote(fn).options(num_cpus=1, num_gpus=0, max_retries=3)``), called per task with the arguments of
 an evaluate task (a real ``Benchmark`` handle and ``MethodSpec``, the setting, an episode-set path, 100
 episode indices, the ref of an upstream fit task, the run id); the task body returns at once. They are
-collected by the runner's own loop, ``runner._collect`` (time-bounded ``ray.wait`` rounds, progress off).
-A tiny task returns a string, which ``_collect`` files as the cell's failure (a dict entry), so nothing is
+collected by the runner's own loop, ``driver.collect.collect`` (time-bounded ``ray.wait`` rounds, progress off).
+A tiny task returns a string, which ``collect`` files as the cell's failure (a dict entry), so nothing is
 written to disk and the figure is Ray's and the driver's cost, not a method's or the store's.
 
 Variants, each on the same cluster after one warm-up round that starts every worker:
@@ -35,12 +35,12 @@ from pathlib import Path
 import ray
 
 
-def _fit(benchmark, spec, seed):  # stands in for runner._fit_task: returns a small result at once
+def _fit(benchmark, spec, seed):  # stands in for driver.tasks.fit_task: returns a small result at once
     return "fit"
 
 
 def _chunk(benchmark, spec, seed, setting, episode_set_path, indices, fit, run_id, save_scores):
-    return "ok"  # a string: runner._collect files it as the cell's failure (no disk writes)
+    return "ok"  # a string: driver.collect.collect files it as the cell's failure (no disk writes)
 
 
 def _handles():
@@ -58,23 +58,24 @@ def _handles():
 
 
 def run_variant(n_tasks: int, hoisted: bool, benchmark, spec) -> dict:
-    from mlfsic.harness.sweep import runner
+    from mlfsic.harness.sweep.driver.collect import collect
+    from mlfsic.harness.sweep.driver.planning import Plan, Task
 
     options = {"num_cpus": 1, "num_gpus": 0, "max_retries": 3}
-    plan = runner._Plan(run_path=Path("/tmp/unused-run-dir"), dataset="coco-moji",
-                        counts={"fit_tasks": 1, "fits_trained": 0, "fits_cached": 0,
-                                "chunks_total": n_tasks, "chunks_skipped": 0, "chunks_submitted": n_tasks})
+    plan = Plan(run_path=Path("/tmp/unused-run-dir"), dataset="coco-moji",
+                counts={"fit_tasks": 1, "fits_trained": 0, "fits_cached": 0,
+                        "chunks_total": n_tasks, "chunks_skipped": 0, "chunks_submitted": n_tasks})
     remote_chunk = ray.remote(_chunk).options(**options) if hoisted else None
     wall0, cpu0 = time.perf_counter(), time.process_time()
     fit_ref = ray.remote(_fit).options(**options).remote(benchmark, spec, 0)
-    plan.pending[fit_ref] = runner._Task("fit", "random", 0, ("1shot",))
+    plan.pending[fit_ref] = Task("fit", "random", 0, ("1shot",))
     for chunk in range(n_tasks):
         function = remote_chunk if hoisted else ray.remote(_chunk).options(**options)
         ref = function.remote(benchmark, spec, 0, "1shot", "/tmp/episodes/set.json",
                               list(range(chunk * 100, chunk * 100 + 100)), fit_ref, "overhead", False)
-        plan.pending[ref] = runner._Task("evaluate", "random", 0, ("1shot",), f"part-{chunk}")
+        plan.pending[ref] = Task("evaluate", "random", 0, ("1shot",), f"part-{chunk}")
     wall1, cpu1 = time.perf_counter(), time.process_time()
-    runner._collect([plan], progress=False)
+    collect([plan], progress=False)
     wall2, cpu2 = time.perf_counter(), time.process_time()
     assert not plan.pending
     total = n_tasks + 1

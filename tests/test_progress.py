@@ -13,15 +13,17 @@ from pathlib import Path
 
 from conftest import tiny_overrides
 
-from mlfsic.harness.sweep import runner
-from mlfsic.harness.sweep.runner import _Plan, _Progress, _Task, duration_text
+from mlfsic.harness.sweep.driver import collect, progress
+from mlfsic.harness.sweep.driver.planning import Plan, Task
+from mlfsic.harness.sweep.driver.progress import Progress, duration_text
+from mlfsic.harness.sweep.store import read_run_json
 
 HEARTBEAT = re.compile(r"^sweep: (\d+)/(\d+) tasks done, (\d+) in flight, (\d+) failed, (\d+h)?(\d+m)?\d+s elapsed$")
 
 
 def test_progress_off_a_terminal_prints_a_line_per_tenth_and_a_summary():
     stream = io.StringIO()  # not a TTY
-    bar = _Progress("sweep", 50, "tasks", enabled=True, stream=stream)
+    bar = Progress("sweep", 50, "tasks", enabled=True, stream=stream)
     for _ in range(50):
         bar.update(1)
     bar.close("50 chunks (0 skipped)")
@@ -32,7 +34,7 @@ def test_progress_off_a_terminal_prints_a_line_per_tenth_and_a_summary():
     assert lines[-1].startswith("sweep: 50 chunks (0 skipped) in ") and lines[-1].endswith(" s")
 
     quiet = io.StringIO()
-    bar = _Progress("sweep", 50, "tasks", enabled=False, stream=quiet)
+    bar = Progress("sweep", 50, "tasks", enabled=False, stream=quiet)
     bar.update(50)
     bar.close("done")
     assert quiet.getvalue() == ""
@@ -40,7 +42,7 @@ def test_progress_off_a_terminal_prints_a_line_per_tenth_and_a_summary():
 
 def test_a_heartbeat_comes_when_nothing_was_printed_for_the_interval():
     stream = io.StringIO()  # not a TTY
-    bar = _Progress("sweep", 12, "tasks", enabled=True, stream=stream, heartbeat_s=0.3)
+    bar = Progress("sweep", 12, "tasks", enabled=True, stream=stream, heartbeat_s=0.3)
     bar.heartbeat(in_flight=12)
     assert stream.getvalue() == ""  # too early
     time.sleep(0.35)
@@ -54,7 +56,7 @@ def test_a_heartbeat_comes_when_nothing_was_printed_for_the_interval():
     assert len(stream.getvalue().splitlines()) == 2
 
     quiet = io.StringIO()
-    off = _Progress("sweep", 12, "tasks", enabled=False, stream=quiet, heartbeat_s=0.0)
+    off = Progress("sweep", 12, "tasks", enabled=False, stream=quiet, heartbeat_s=0.0)
     off.heartbeat(in_flight=1)
     assert quiet.getvalue() == ""
     assert [duration_text(s) for s in (0.4, 42, 245, 3725)] == ["0s", "42s", "4m05s", "1h02m05s"]
@@ -62,17 +64,17 @@ def test_a_heartbeat_comes_when_nothing_was_printed_for_the_interval():
 
 def test_fewer_than_ten_tasks_print_a_line_per_task():
     stream = io.StringIO()
-    bar = _Progress("sweep", 3, "tasks", enabled=True, stream=stream)
+    bar = Progress("sweep", 3, "tasks", enabled=True, stream=stream)
     for _ in range(3):
         bar.update(1)
     assert [line.split()[1] for line in stream.getvalue().splitlines()] == ["1/3", "2/3"]  # 3/3: the summary's
 
 
 def test_collect_prints_heartbeats_while_tasks_run(monkeypatch, capsys, tmp_path):
-    """``_collect`` off a terminal, on stand-ins for ``ray.wait``/``ray.get``: two tasks, one failing after
+    """``collect.collect`` off a terminal, on stand-ins for ``ray.wait``/``ray.get``: two tasks, one failing after
     ~0.6 s, the other after ~1.2 s; a heartbeat interval of 0.2 s."""
-    monkeypatch.setattr(runner, "HEARTBEAT_S", 0.2)
-    monkeypatch.setattr(runner, "COLLECT_ROUND_S", 0.05)
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(collect, "COLLECT_ROUND_S", 0.05)
     start = time.time()
     done_at = {"fit": start + 0.6, "chunk": start + 1.2}
 
@@ -81,12 +83,12 @@ def test_collect_prints_heartbeats_while_tasks_run(monkeypatch, capsys, tmp_path
         ready = [ref for ref in refs if time.time() >= done_at[ref]]
         return ready, [ref for ref in refs if ref not in ready]
 
-    monkeypatch.setattr(runner.ray, "wait", wait)
-    monkeypatch.setattr(runner.ray, "get", lambda ref: f"ValueError: {ref} failed")  # a string: a failed task
-    plan = _Plan(run_path=tmp_path, dataset="coco-moji", pending={
-        "fit": _Task("fit", "protonet", 0, ("1shot",)),
-        "chunk": _Task("evaluate", "protonet", 1, ("1shot",), "protonet__1shot__seed1__abc__chunk0000")})
-    runner._collect([plan], progress=True)
+    monkeypatch.setattr(collect.ray, "wait", wait)
+    monkeypatch.setattr(collect.ray, "get", lambda ref: f"ValueError: {ref} failed")  # a string: a failed task
+    plan = Plan(run_path=tmp_path, dataset="coco-moji", pending={
+        "fit": Task("fit", "protonet", 0, ("1shot",)),
+        "chunk": Task("evaluate", "protonet", 1, ("1shot",), "protonet__1shot__seed1__abc__chunk0000")})
+    collect.collect([plan], progress=True)
     lines = capsys.readouterr().err.splitlines()  # pytest's capture: not a TTY
     beats = [HEARTBEAT.match(line).groups()[:4] for line in lines if HEARTBEAT.match(line)]
     assert ("0", "2", "2", "0") in beats and ("1", "2", "1", "1") in beats, lines
@@ -110,6 +112,6 @@ def test_cli_progress_in_a_log_file_is_plain_lines(tiny_results_dir):
     assert sum(line.startswith("sweep: ") and "%)" in line for line in lines) >= 5  # ~ every 10% of 11 tasks
     assert any(HEARTBEAT.match(line) and "/11 tasks done, " in line for line in lines)
     # run.json records the command that resumes the run, and every cell it planned
-    info = runner.read_run_json(Path(result.stdout.strip().splitlines()[-1]))
+    info = read_run_json(Path(result.stdout.strip().splitlines()[-1]))
     assert info["invocations"][-1]["argv"] == command[3:] and info["invocations"][-1]["cwd"] == os.getcwd()
     assert info["planned_cells"] == ["random__1shot__seed0"]

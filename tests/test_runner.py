@@ -17,7 +17,8 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.sweep.evaluate import evaluate_cell, method_spec
 from mlfsic.harness.sweep.store import RECORD_COLUMNS
 from mlfsic.harness.sweep.prepare import prepare_benchmark
-from mlfsic.harness.sweep.runner import _task_slots, run_sweep
+from mlfsic.harness.sweep.driver.ray_setup import task_slots
+from mlfsic.harness.sweep.runner import run_sweep
 from mlfsic.harness.sweep.load import load_sweep
 from mlfsic.harness.sweep.spec import TaskResources
 
@@ -139,7 +140,7 @@ def test_a_worker_killed_for_memory_is_reported_as_out_of_memory(tiny_results_di
 
 
 def test_time_limit_interrupts_the_block_and_restores_the_alarm():
-    from mlfsic.harness.sweep.runner import TaskTimedOut, time_limit
+    from mlfsic.harness.sweep.driver.tasks import TaskTimedOut, time_limit
 
     before = signal.getsignal(signal.SIGALRM)
     with pytest.raises(TaskTimedOut, match=r"timed out: a nap ran past task_timeout_s=0.2"):
@@ -163,7 +164,7 @@ def test_published_costs_order_the_tasks_longest_first(ray_session, tiny_results
     from mlfsic.harness.protocol.data import split_pool
     from mlfsic.harness.protocol.episodes import materialise_episode_sets
     from mlfsic.harness.sweep.prepare import load_dataset_and_split
-    from mlfsic.harness.sweep.runner import TaskCosts, _plan_and_submit
+    from mlfsic.harness.sweep.driver.planning import SweepWork, TaskCosts, plan_and_submit
 
     costs = TaskCosts.published()
     assert costs.episode_s("lcm", "5shot") > costs.episode_s("lcm", "1shot") > costs.episode_s("protonet", "5shot")
@@ -177,7 +178,8 @@ def test_published_costs_order_the_tasks_longest_first(ray_session, tiny_results
     episode_sets = materialise_episode_sets(split_pool(dataset, "test", split["test"]), sweep.episode_plan,
                                             sweep.results_dir)
     specs = {name: method_spec(m.name, m.config, base=m.base) for name, m in sweep.methods.items()}
-    [plan] = _plan_and_submit([(sweep, benchmark, specs, episode_sets)], {"num_cpus": 1, "max_retries": 0})
+    options = {"num_cpus": 1, "max_retries": 0}
+    [plan] = plan_and_submit([SweepWork(sweep, benchmark, specs, episode_sets)], options, options)
     tasks = list(plan.pending.values())  # in submission order
     ray.get(list(plan.pending))
     fits = [task.method for task in tasks if task.kind == "fit"]
@@ -190,16 +192,21 @@ def test_published_costs_order_the_tasks_longest_first(ray_session, tiny_results
 
 def test_gpu_request_on_cpu_cluster_is_rejected_up_front(ray_session, tiny_results_dir):
     sweep = load_sweep(tiny_overrides(tiny_results_dir, "resources.num_gpus=1", "method=[random]"))
-    with pytest.raises(MlfsicError, match="num_gpus=1 requested, but no node of the Ray cluster has that many GPUs"):
+    with pytest.raises(MlfsicError, match=r"^resources\.num_gpus=1 requested, but no node of the Ray cluster has that "
+                                          r"many GPUs .*; set resources\.num_gpus=0 or"):
+        run_sweep(sweep, progress=False)
+    sweep = load_sweep(tiny_overrides(tiny_results_dir, "resources.evaluate.num_gpus=0.5", "method=[random]"))
+    with pytest.raises(MlfsicError, match=r"^resources\.evaluate\.num_gpus=0\.5 requested, .*; set "
+                                          r"resources\.evaluate\.num_gpus=0 or"):
         run_sweep(sweep, progress=False)
 
 
 def test_warm_up_covers_every_task_slot_of_the_cluster(ray_session):
     """One warm-up per task slot the sweep's tasks can fill at once (the shared test cluster: 2 CPUs, no GPU)."""
-    assert _task_slots(TaskResources(num_cpus=1)) == 2
-    assert _task_slots(TaskResources(num_cpus=0.5)) == 4
-    assert _task_slots(TaskResources(num_cpus=2)) == 1
-    assert _task_slots(TaskResources(num_cpus=1, num_gpus=1)) == 1  # no GPU here: never fewer than one
+    assert task_slots(TaskResources(num_cpus=1)) == 2
+    assert task_slots(TaskResources(num_cpus=0.5)) == 4
+    assert task_slots(TaskResources(num_cpus=2)) == 1
+    assert task_slots(TaskResources(num_cpus=1, num_gpus=1)) == 1  # no GPU here: never fewer than one
 
 
 def test_variants_are_fitted_and_evaluated_under_their_own_name(ray_session, tiny_results_dir):

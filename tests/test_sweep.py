@@ -13,14 +13,14 @@ from mlfsic.harness.sweep.spec import Sweep, resolve_sweep
 
 # Run ids of three commands, pinned: the same command must keep its run dir, so resuming a run still works.
 # A change of the default configs that moves them must be deliberate (it starts new run dirs); last moved by
-# the dataset factory (adapter: coco-moji) and the pinned coco-moji backbone (backbone.pinned_*).
+# the default protocol becoming the release rule (protocol: release, 2026-12-07).
 RUN_IDS_BEFORE_THE_SWEEP = [
-    ([], "coco-moji-9c4030b95c1b"),
+    ([], "coco-moji-a87e4565701b"),
     (["method=[protonet,laso]", "setting=[1shot]", "seeds=[0,1]", "n_episodes=50", "+method_args.protonet.lr=0.01",
       "results_dir=/tmp/some/results", "ray.num_cpus=2", "resources.num_cpus=2", "max_retries=1"],
-     "coco-moji-2bf8eb461f0f"),
+     "coco-moji-709e60a2084d"),
     (["seed=3", "dataset.generate.n_base=400", "dataset.backbone.epochs=1", "save_scores=true"],
-     "coco-moji-c91f4a29f797"),
+     "coco-moji-cf2c4cd82cd8"),
 ]
 
 
@@ -51,6 +51,26 @@ def test_sweep_is_typed_frozen_and_keeps_the_resolved_config(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         sweep.n_episodes = 3  # type: ignore[misc]
     assert not (tmp_path / "r").exists()  # resolving writes nothing
+
+
+def test_each_stage_asks_for_its_own_resources_with_the_top_level_keys_as_defaults():
+    """A stage's own key wins; else num_cpus is resources.num_cpus for every stage and num_gpus is
+    resources.num_gpus for extract and fit, 0 for evaluate (configs/config.yaml)."""
+    from mlfsic.harness.sweep.spec import TaskResources
+
+    default = load_sweep(["method=[random]"]).resources
+    assert default.extract == default.fit == default.evaluate == TaskResources(num_cpus=1.0, num_gpus=0.0)
+    gpu = load_sweep(["method=[random]", "resources.num_gpus=0.5", "resources.num_cpus=2"]).resources
+    assert gpu.extract == gpu.fit == TaskResources(num_cpus=2.0, num_gpus=0.5)
+    assert gpu.evaluate == TaskResources(num_cpus=2.0, num_gpus=0.0)
+    assert gpu.key("fit", "num_gpus") == "resources.num_gpus" and gpu.key("evaluate", "num_gpus") == "resources.evaluate.num_gpus"
+    own = load_sweep(["method=[random]", "resources.num_gpus=0.5", "resources.fit.num_gpus=0",
+                      "resources.evaluate.num_cpus=0.5", "resources.extract.num_gpus=1"]).resources
+    assert own.as_record() == {"extract": {"num_cpus": 1.0, "num_gpus": 1.0}, "fit": {"num_cpus": 1.0, "num_gpus": 0.0},
+                               "evaluate": {"num_cpus": 0.5, "num_gpus": 0.0}}
+    assert own.key("extract", "num_gpus") == "resources.extract.num_gpus" and own.key("fit", "num_cpus") == "resources.num_cpus"
+    # execution options: the run id is the one of the default resources
+    assert load_sweep(["method=[random]", "resources.fit.num_gpus=0.5"]).run_id == load_sweep(["method=[random]"]).run_id
 
 
 def test_seed_overrides_seeds():

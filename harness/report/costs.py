@@ -12,9 +12,10 @@ group is made of (``stats``), over the episodes the board keeps after merging ru
     predict_cpu_s    predict_s x the run's CPU/wall ratio of its evaluation chunks (run.json ``evaluate_chunk_s``:
                      CPU and wall seconds summed over the chunks that invocation computed); an estimate, empty when
                      the run computed no chunk. The CPU time of fits is not recorded.
-    gpu_s            (fit_s + predict_s) x run.json ``config.resources.num_gpus``: the GPU-seconds the tasks held
-                     (0 on a CPU run)
-    num_gpus         the largest ``resources.num_gpus`` of the rows' runs
+    gpu_s            fit_s x the GPUs a fit task asked for + predict_s x the GPUs an evaluate task asked for (run.json
+                     ``stage_resources``; a run recorded before it: ``config.resources.num_gpus`` for both): the
+                     GPU-seconds the tasks held (0 on a CPU run)
+    num_gpus         the largest GPU share a fit or evaluate task of the rows' runs asked for
 
 ``COSTS_NOTE`` says the same on the pages that show the figures.
 """
@@ -40,17 +41,22 @@ COSTS_NOTE = (
     "so each setting repeats it. predict s = the sum over episodes of records predict_s (each chunk's predict wall "
     "seconds per episode); episodes/s = episodes / predict s. Predict CPU-s = predict s x the run's CPU/wall ratio "
     "of its evaluation chunks (run.json evaluate_chunk_s, summed over the chunks that invocation computed), an "
-    "estimate; the CPU time of fits is not recorded. GPU-s = (fit s + predict s) x run.json "
-    "config.resources.num_gpus, the GPU-seconds the tasks held: 0 on a CPU run (num_gpus 0)."
+    "estimate; the CPU time of fits is not recorded. GPU-s = fit s x the GPUs a fit task asked for + predict s x "
+    "the GPUs an evaluate task asked for (run.json stage_resources; config.resources.num_gpus for both in a run "
+    "recorded before it), the GPU-seconds the tasks held: 0 on a CPU run (num_gpus 0)."
 )
 
 
 def _run_facts(info: dict[str, Any]) -> dict[str, Any]:
     resources = (info.get("config") or {}).get("resources") or {}
+    every_task = float(resources.get("num_gpus") or 0.0)  # before stage_resources, every task asked for this
+    stages = info.get("stage_resources") or {}
+    fit_gpus = float((stages.get("fit") or {}).get("num_gpus", every_task))
+    evaluate_gpus = float((stages.get("evaluate") or {}).get("num_gpus", every_task))
     chunks = info.get("evaluate_chunk_s") or {}
     wall, cpu = float(chunks.get("wall") or 0.0), float(chunks.get("cpu") or 0.0)
-    return {"fit_seconds": info.get("fit_seconds") or {}, "num_gpus": float(resources.get("num_gpus") or 0.0),
-            "cpu_per_wall": cpu / wall if wall > 0.0 else math.nan}
+    return {"fit_seconds": info.get("fit_seconds") or {}, "fit_gpus": fit_gpus, "evaluate_gpus": evaluate_gpus,
+            "num_gpus": max(fit_gpus, evaluate_gpus), "cpu_per_wall": cpu / wall if wall > 0.0 else math.nan}
 
 
 def cell_costs(run_dirs: list[Path]) -> pd.DataFrame:
@@ -72,11 +78,11 @@ def cell_costs(run_dirs: list[Path]) -> pd.DataFrame:
             run = facts[run_id]
             seconds = float(run["fit_seconds"].get(f"{name}/seed{seed}", recorded))
             fit_s += seconds
-            gpu_s += seconds * run["num_gpus"]
+            gpu_s += seconds * run["fit_gpus"]
         for run_id, part in cell.groupby("run_id", sort=True):
             seconds = float(part["predict_s"].sum())
             predict_cpu_s += seconds * facts[run_id]["cpu_per_wall"]
-            gpu_s += seconds * facts[run_id]["num_gpus"]
+            gpu_s += seconds * facts[run_id]["evaluate_gpus"]
         predict_s = float(cell["predict_s"].sum())
         rows.append({**dict(zip(COST_KEYS, key)), "n_episodes": int(len(cell)), "n_fits": int(len(fits)),
                      "fit_s": fit_s, "predict_s": predict_s,

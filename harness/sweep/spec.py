@@ -75,10 +75,52 @@ class RayOptions:
 
 @dataclass(frozen=True)
 class TaskResources:
-    """Resources of every task of the sweep."""
+    """What one task asks Ray for: CPUs and GPUs (a fraction shares a unit: ``num_gpus=0.5``, two tasks a GPU)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+
+
+# The stages whose tasks ask for their own resources: ``extract`` (the backbone task and the feature tasks),
+# ``fit`` (one task per method and seed), ``evaluate`` (one task per chunk of episodes).
+STAGES = ("extract", "fit", "evaluate")
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """``resources``: what the tasks of each stage ask Ray for (configs/config.yaml documents the keys).
+
+    Precedence: a stage's own ``resources.<stage>.num_cpus`` / ``num_gpus`` when set (not null); else
+    ``num_cpus`` is ``resources.num_cpus`` for every stage, and ``num_gpus`` is ``resources.num_gpus`` for the
+    stages that may run on a GPU, ``extract`` (the backbone runs on the GPU Ray assigns) and ``fit`` (where a
+    method would train on one), and 0 for ``evaluate``: chunks are many short predict-only tasks, so they run on
+    CPUs beside the GPU-holding tasks unless ``resources.evaluate.num_gpus`` asks for a share. With the defaults
+    (``num_gpus: 0``) every stage asks for the same, one CPU and no GPU.
+    """
+
+    num_cpus: float  # resources.num_cpus: every stage's default
+    num_gpus: float  # resources.num_gpus: the default of extract and fit
+    extract: TaskResources
+    fit: TaskResources
+    evaluate: TaskResources
+    # "<stage>.<num_cpus|num_gpus>" the config set itself: a message about that amount names its own key
+    set_keys: frozenset[str] = field(default=frozenset(), compare=False)
+
+    def of(self, stage: str) -> TaskResources:
+        """The request of one task of ``stage`` (one of ``STAGES``)."""
+        return {"extract": self.extract, "fit": self.fit, "evaluate": self.evaluate}[stage]
+
+    def key(self, stage: str, amount: str) -> str:
+        """The config key ``amount`` (``num_cpus`` or ``num_gpus``) of ``stage`` came from, e.g.
+        ``resources.fit.num_gpus`` when set there, else the default it took, ``resources.num_gpus``."""
+        if f"{stage}.{amount}" in self.set_keys or (stage, amount) == ("evaluate", "num_gpus"):
+            return f"resources.{stage}.{amount}"
+        return f"resources.{amount}"
+
+    def as_record(self) -> dict[str, dict[str, float]]:
+        """What each stage's tasks asked for, as run.json records it: ``{stage: {num_cpus, num_gpus}}``."""
+        return {stage: {"num_cpus": self.of(stage).num_cpus, "num_gpus": self.of(stage).num_gpus}
+                for stage in STAGES}
 
 
 @dataclass(frozen=True)
@@ -166,7 +208,7 @@ class Sweep:
     max_retries: int
     task_timeout_s: float | None  # per fit and per evaluate chunk; None: no bound
     ray: RayOptions
-    resources: TaskResources
+    resources: StageResources
     embeddings: EmbeddingOptions
     dataset: DatasetConfig
     method_modules: tuple[str, ...]
@@ -418,20 +460,40 @@ def _ray_options(value: Any) -> RayOptions:
     return RayOptions(address=address, num_cpus=num_cpus, object_store_memory=memory)
 
 
-def _resources(value: Any) -> TaskResources:
-    resources = _check_subkeys("resources", value, ("num_cpus", "num_gpus"))
-    amounts = {}
-    for key, minimum in (("num_cpus", "> 0"), ("num_gpus", ">= 0")):
-        amount = resources.get(key)
-        expected = f"a number {minimum} per task (a fraction, or a whole number above 1)"
-        if not _is_number(amount):
-            raise invalid_value(f"resources.{key}", amount, expected, f"{amount!r} is not a number")
-        if amount < 0 or (amount == 0 and key == "num_cpus"):
-            raise invalid_value(f"resources.{key}", amount, expected, "out of range")
-        if amount > 1 and amount != int(amount):
-            raise invalid_value(f"resources.{key}", amount, expected, "Ray takes fractions of one unit only")
-        amounts[key] = float(amount)
-    return TaskResources(**amounts)
+def _resources(value: Any) -> StageResources:
+    """``resources``: the defaults ``num_cpus`` / ``num_gpus`` and each stage's own (``StageResources``)."""
+    resources = _check_subkeys("resources", value, ("num_cpus", "num_gpus", *STAGES))
+    num_cpus = _task_amount("resources.num_cpus", resources.get("num_cpus"))
+    num_gpus = _task_amount("resources.num_gpus", resources.get("num_gpus"))
+    defaults = {"extract": (num_cpus, num_gpus), "fit": (num_cpus, num_gpus), "evaluate": (num_cpus, 0.0)}
+    stages, set_keys = {}, set()
+    for stage in STAGES:
+        own = resources.get(stage)
+        own = {} if own is None else _check_subkeys(f"resources.{stage}", own, ("num_cpus", "num_gpus"))
+        amounts = {}
+        for amount, default in zip(("num_cpus", "num_gpus"), defaults[stage]):
+            if own.get(amount) is None:
+                amounts[amount] = default
+            else:
+                amounts[amount] = _task_amount(f"resources.{stage}.{amount}", own[amount], nullable=True)
+                set_keys.add(f"{stage}.{amount}")
+        stages[stage] = TaskResources(**amounts)
+    return StageResources(num_cpus=num_cpus, num_gpus=num_gpus, set_keys=frozenset(set_keys), **stages)
+
+
+def _task_amount(key: str, amount: Any, nullable: bool = False) -> float:
+    """A per-task ``num_cpus`` (> 0) or ``num_gpus`` (>= 0): a fraction of one unit, or a whole number."""
+    cpus = key.endswith("num_cpus")
+    expected = f"a number {'> 0' if cpus else '>= 0'} per task (a fraction, or a whole number above 1)"
+    if nullable:
+        expected = f"null (the default) or {expected}"
+    if not _is_number(amount):
+        raise invalid_value(key, amount, expected, f"{amount!r} is not a number")
+    if amount < 0 or (amount == 0 and cpus):
+        raise invalid_value(key, amount, expected, "out of range")
+    if amount > 1 and amount != int(amount):
+        raise invalid_value(key, amount, expected, "Ray takes fractions of one unit only")
+    return float(amount)
 
 
 def _embeddings(value: Any) -> EmbeddingOptions:
