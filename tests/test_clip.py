@@ -45,7 +45,8 @@ def test_mkt_scores_and_trains_one_step_on_vit_b16(vit_b16, tmp_path):
         tokens = clip_models.vit_tokens_before(vit_b16.visual, images)
     labels = ("dog", "boat", "cup")
     base = _split(tokens, vit_b16, np.array([[1, 0, 1], [0, 1, 0]], dtype=np.float32), labels)
-    method = MKT(seed=0, stage1_steps=1, stage2_steps=1, batch_size=2, val_every=1)
+    method = MKT(seed=0, stage1_steps=1, stage2_steps=1, batch_size=2, val_every=1,
+                 lr_schedule="constant")  # the warmup's first step has lr 0
     method.use_clip(vit_b16)
     untrained = MktStudent(vit_b16.visual)
     method.fit(base, None)
@@ -77,7 +78,8 @@ def _saved_and_loaded(method, tmp_path):
 
 @pytest.mark.parametrize("arguments,named", [
     ({"val_every": 0}, "val_every"), ({"top_k": 0}, "top_k"), ({"lr": 0.0}, "lr"),
-    ({"prompt": "{label} {x}"}, "prompt"), ({"prompt": "{label} only"}, "prompt"), ({"mix": 2.0}, "mix"),
+    ({"prompt": "{label} {x}"}, "prompt"), ({"prompt": "{label} only", "prompt_tokens": "prefix"}, "prompt"),
+    ({"prompt": "no placeholder"}, "prompt"), ({"mix": 2.0}, "mix"), ({"rank_loss": "hinge"}, "rank_loss"),
 ])
 def test_mkt_bad_hyperparameters_are_one_line_errors(arguments, named):
     from mlfsic.methods.clip.mkt import MKT

@@ -1,23 +1,33 @@
 """``mkt``: open-vocabulary multi-label transfer after He et al., "Open-Vocabulary Multi-Label Classification
-via Multi-Modal Knowledge Transfer" (MKT, AAAI 2023). 0shot and Kshot; needs an open_clip ViT backbone.
+via Multi-Modal Knowledge Transfer" (MKT, AAAI 2023; release github:sunanhe/MKT @ 8db956d). 0shot and Kshot;
+needs an open_clip ViT backbone.
 
 Scoring (two streams, as MKT): the student image tower gives a global embedding ``g`` and patch
 embeddings ``p_1..p_L``; a label's text embedding ``t`` comes from the backbone model's text tower with the
 prompt "There is a {label} in the scene". The global stream is ``cos(g, t)``, the local stream the mean
-of the ``top_k`` largest ``cos(p_i, t)``; each is normalised across the episode's labels (here a softmax at
-the model's logit scale) and the two are averaged.
+of the ``top_k`` (16, as released) largest ``cos(p_i, t)``; at prediction each is normalised across the
+episode's labels (here a softmax at the model's logit scale) and the two are averaged.
 
-Training, on the base split only (val for model selection):
+Training, on the base split only (val for model selection), with the released losses and optimiser by default;
+each released form is a constructor switch whose other value is mlfsic's earlier form (configs/sweep/mkt_release.yaml
+measures them):
 
 * Stage 1, knowledge distillation + ranking: the student is a trainable copy of the teacher's last ViT
   block(s), final norm and projection (``harness.backbones.open_clip.LAST_BLOCKS``); everything earlier is frozen
-  and never recomputed, because the feature store keeps the tokens entering those blocks. Loss = L1
-  between the student's and the frozen teacher's normalised global embeddings (``distill_weight``) + the
-  pairwise ranking loss over (positive, negative) base labels of the averaged raw two-stream cosines
-  (``hinge_rank_loss``, margin ``rank_margin``).
-* Stage 2, prompt tuning: the image side is frozen; the words before "{label}" in the prompt become
-  learned context vectors (initialised from those words' token embeddings, CoOp-style), trained with the
-  same ranking loss through the frozen text tower.
+  and never recomputed, because the feature store keeps the tokens entering those blocks. Loss =
+  ``distill_loss`` between the student's and the frozen teacher's global embeddings (``mean-raw``: the release's
+  ``F.l1_loss`` on the unnormalised embeddings; ``sum-normalised``) + ``rank_loss`` (``violating-pairs``: the
+  release's ranking loss, margin ``rank_margin`` = 1 on the per-image L2-normalised two-stream score, averaged
+  over the violating pairs; ``all-pairs``: ``baselines.hinge_rank_loss`` on the raw averaged cosines). AdamW
+  with the release's layer-wise lr decay (``layer_decay`` 0.65: the last block at ``lr * 0.65``, ln_post and proj
+  at ``lr``; no weight decay on 1-D parameters), ``lr`` 1e-3, ``weight_decay`` 0.05, ``lr_schedule``
+  ``warmup-cosine`` (10% linear warmup, then half-cycle cosine to lr x 1e-3, as the release's 2 of 20 epochs).
+* Stage 2, prompt tuning: the image side is frozen; ``prompt_tokens="template"`` learns the token embedding of
+  every non-label token of the prompt (start, "there is a", "in the scene", end), initialised from the token
+  table, while the label's own tokens stay frozen (the release trains the whole token-embedding table and
+  overwrites the label positions with frozen copies); ``prefix`` learns only the words before "{label}"
+  (CoOp-style). AdamW at ``prompt_lr`` with ``prompt_weight_decay`` 0.05, the same ranking loss through the
+  frozen text tower.
 
 Model selection: the zero-shot mAP on the val split's images and labels is measured for the teacher as
 it is, after every ``val_every`` steps of stage 1 and of stage 2; the best state is kept (``fit_report``).
@@ -26,21 +36,22 @@ K-shot (an extension of MKT, which is zero-shot only): the text score is mixed w
 score, ``(1 - mix) * text + mix * visual``, where a label's visual prototype is the normalised mean of
 its support images' student global embeddings, scored by the same softmax-normalised cosine.
 
-Simplifications and deviations from the paper and its released code (sunanhe/MKT, read for understanding):
-only the last ViT block, final norm and projection are trained (``LAST_BLOCKS``), on cached tokens, so there
-is no image augmentation and earlier blocks never change (the released code fine-tunes the image encoder);
-each stream is normalised across labels by a softmax, where the released code L2-normalises the score
-vector, and patch scores are cosines rather than dot products of unnormalised patch embeddings; no
-image-side prompt or adapter; the distillation teacher is the model before training; ``mix`` is fixed.
-The sweep's open_clip model is shared by the process: ``fit`` freezes it and hooks its token embedding
-while tuning the prompt, so a worker runs one task at a time (as the runner's tasks do).
+Scaled to the tiny teacher and the base split (configs/methods/mkt.yaml): the release trains the last 2 of
+ViT-B/16's 12 blocks (its last sixth); mlfsic trains the last 1 of the tiny teacher's 6, with the same lr scale per
+block from the top; 400 stage-1 steps (about 4 epochs of the 6,000-image base split) instead of 20 epochs, the
+warmup and cosine stretched over them; 100 prompt steps instead of 4 epochs. The remaining differences from the
+release are ``MKT.deviations`` (``mlfsic methods --card mkt``). The sweep's open_clip model is shared by the
+process: ``fit`` freezes it and hooks its token embedding while tuning the prompt, so a worker runs one task at a
+time (as the runner's tasks do).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -54,6 +65,11 @@ from mlfsic.harness.protocol.metrics import episode_map
 from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
 from mlfsic.methods.baselines import hinge_rank_loss
 from mlfsic.methods.torch_utils import KeepBest, check_episode, check_split_data, minibatches, torch_generator
+
+RANK_LOSSES = ("violating-pairs", "all-pairs")  # the release's ranking_lossT; baselines.hinge_rank_loss
+DISTILL_LOSSES = ("mean-raw", "sum-normalised")
+LR_SCHEDULES = ("warmup-cosine", "constant")
+PROMPT_TOKENS = ("template", "prefix")  # every non-label token (the release); the words before {label} (CoOp)
 
 
 class MktStudent(nn.Module):
@@ -94,16 +110,99 @@ def token_embedding(model: nn.Module) -> nn.Module:
     return model.token_embedding
 
 
+# ---------------------------------------------------------------------------------------------- losses
+def release_stream_scores(global_cos: torch.Tensor, local_cos: torch.Tensor) -> torch.Tensor:
+    """MKT's training score (release models/clip_vit.py ~72-76): each stream's score vector L2-normalised per
+    image across the labels, then the two averaged. (B, N) each -> (B, N)."""
+    return 0.5 * (F.normalize(global_cos, dim=-1) + F.normalize(local_cos, dim=-1))
+
+
+def violating_pairs_rank_loss(scores: torch.Tensor, positives: torch.Tensor, margin: float) -> torch.Tensor:
+    """MKT's ranking loss (release models/rank_loss.py ~3-26, after BiAM): per image, the hinge
+    ``max(0, margin - s_p + s_n)`` summed over (positive p, negative n) pairs and divided by the number of
+    pairs that violate (hinge > 0; an image with none gives 0); mean over the images with a positive label
+    (the release drops label-less images from the batch, engine_nus_first_stage.py ~27-32).
+    ``scores`` (B, N) float, ``positives`` (B, N) bool."""
+    hinge = F.relu(margin - scores.unsqueeze(2) + scores.unsqueeze(1))  # (B, p, n)
+    hinge = hinge * (positives.unsqueeze(2) & ~positives.unsqueeze(1)).float()
+    per_image = hinge.sum(dim=(1, 2)) / ((hinge > 0).sum(dim=(1, 2)).float() + 1e-8)
+    labelled = positives.any(dim=1)
+    return per_image[labelled].mean() if bool(labelled.any()) else scores.sum() * 0.0
+
+
+def rank_loss(kind: str, global_cos: torch.Tensor, local_cos: torch.Tensor, positives: torch.Tensor,
+              margin: float) -> torch.Tensor:
+    """``violating-pairs``: the release's loss on its L2-normalised two-stream score; ``all-pairs``: the hinge
+    averaged over all pairs of the raw averaged cosines (``baselines.hinge_rank_loss``)."""
+    if kind == "violating-pairs":
+        return violating_pairs_rank_loss(release_stream_scores(global_cos, local_cos), positives, margin)
+    return hinge_rank_loss(0.5 * (global_cos + local_cos), positives, margin)
+
+
+def distill_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``mean-raw``: ``F.l1_loss`` (mean over elements) of the unnormalised global embeddings, as the release
+    (engine_nus_first_stage.py ~41-44); ``sum-normalised``: L1 summed over dimensions of the L2-normalised
+    embeddings, averaged over images. ``student``/``teacher`` (B, E)."""
+    if kind == "mean-raw":
+        return F.l1_loss(student, teacher)
+    return (F.normalize(student, dim=-1) - F.normalize(teacher, dim=-1)).abs().sum(dim=-1).mean()
+
+
+# ---------------------------------------------------------------------------------------------- stage-1 optimiser
+def layer_decay_groups(student: MktStudent, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW parameter groups with layer-wise lr decay as the release's utils/lr_decay.py (after BEiT): a block
+    ``d`` blocks below the top (the last block: d = 1) gets ``lr * layer_decay ** d``, ln_post and proj (the
+    release's "rest", layer id num_layers) get ``lr``; 1-D parameters (norms, biases) get no weight decay.
+    Each group keeps its ``lr_scale`` for the schedule."""
+    groups: dict[tuple[int, bool], dict] = {}
+    n_blocks = len(student.blocks)
+    for name, parameter in student.named_parameters():
+        depth = n_blocks - int(name.split(".")[1]) if name.startswith("blocks.") else 0
+        decays = parameter.ndim > 1
+        group = groups.setdefault((depth, decays), {"params": [], "lr_scale": layer_decay ** depth,
+                                                    "lr": lr * layer_decay ** depth,
+                                                    "weight_decay": weight_decay if decays else 0.0})
+        group["params"].append(parameter)
+    return list(groups.values())
+
+
+def scheduled_lr(kind: str, step: int, total: int, lr: float, warmup_fraction: float = 0.1,
+                 min_ratio: float = 1e-3) -> float:
+    """The lr at ``step`` (0-based) of ``total``: ``constant``, or ``warmup-cosine`` as the release's
+    utils/lr_sched.py (linear warmup over the first 10% of steps, its 2 of 20 epochs, then half-cycle cosine
+    to ``lr * min_ratio``, its min_lr 1e-6 of lr 1e-3)."""
+    if kind == "constant" or total <= 0:
+        return lr
+    progress = step / total
+    if progress < warmup_fraction:
+        return lr * progress / warmup_fraction
+    cosine = 0.5 * (1.0 + math.cos(math.pi * (progress - warmup_fraction) / (1.0 - warmup_fraction)))
+    return lr * min_ratio + (lr - lr * min_ratio) * cosine
+
+
+# ---------------------------------------------------------------------------------------------- learned prompt
+@dataclass
+class PromptSlots:
+    """Where learned token embeddings replace the text tower's own: ``learned`` (B, T) bool marks the positions,
+    ``rows`` (B, T) the row of the learned table each takes (-1 elsewhere)."""
+
+    learned: torch.Tensor
+    rows: torch.Tensor
+
+
 @contextmanager
-def learned_context(model: nn.Module, context: torch.Tensor | None) -> Iterator[None]:
-    """While active, token positions 1..n of every text are replaced by ``context`` (n, width)."""
-    if context is None:
+def learned_context(model: nn.Module, context: torch.Tensor | None, slots: PromptSlots | None) -> Iterator[None]:
+    """While active, the token embeddings at ``slots.learned`` are ``context[slots.rows]``."""
+    if context is None or slots is None:
         yield
         return
 
     def replace(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if output.shape[:2] != slots.learned.shape:
+            raise MlfsicError(f"mkt: text of shape {tuple(output.shape[:2])}, the prompt slots are "
+                              f"{tuple(slots.learned.shape)}")
         output = output.clone()
-        output[:, 1:1 + context.shape[0]] = context.to(output.dtype)
+        output[slots.learned] = context[slots.rows[slots.learned]].to(output.dtype)
         return output
 
     handle = token_embedding(model).register_forward_hook(replace)
@@ -120,50 +219,48 @@ class MKT(Method):
     needs_local_features = True
     needs_clip = True
     deviations = (
-        Deviation(what="ranking loss: margin 0.1 on the raw averaged two-stream cosines, averaged over all (positive, "
-                       "negative) label pairs (baselines.hinge_rank_loss); release: margin 1 on per-image "
-                       "L2-normalised score vectors, averaged over the violating pairs only (models/rank_loss.py "
-                       "~3-26; clip_vit.py ~72-76; engine_nus_first_stage.py ~37-39)",
-                  why="not stated in the code history (the loss is shared with wordvec-zeroshot)",
-                  effect="the release's form not measured (it needs that loss as a variant of "
-                         "configs/sweep/mkt_ablation.yaml); mlfsic's ranking loss alone (mkt-nodistill, lr 1e-3) takes "
-                         "val 0-shot mAP from 47.1 to 42.4 (200 episodes, 1 seed, concept-seen teacher)", split="val"),
-        Deviation(what="distillation: L1 summed over dimensions between the L2-normalised student and teacher global "
-                       "embeddings; release: F.l1_loss (mean over elements) between the unnormalised CLS embeddings "
-                       "(engine_nus_first_stage.py ~41-44)",
-                  why="not stated in the code history",
-                  effect="the release's form not measured; with mlfsic's the distillation holds the student at the "
-                         "teacher (stage 1 at lr 1e-4 or 1e-3: val 0-shot 47.1, as untrained) while ranking alone "
-                         "gives 42.4 (200 episodes, 1 seed, concept-seen), so the weight of this term decides what "
-                         "stage 1 does", split="val"),
-        Deviation(what="local stream: mean of the top 8 patch cosines (top_k=8); release: top 16 "
-                       "(train_nus_first_stage.py ~94)",
-                  why="not stated in the code history",
-                  effect="not measured: a top_k=16 variant in configs/sweep/mkt_ablation.yaml would measure it"),
-        Deviation(what="trained image layers: one ViT block + ln_post + proj, AdamW lr 1e-4, weight decay 0.01, 400 "
-                       "steps, no augmentation; release: the last two blocks + ln_post + proj (fix_layer=10: "
-                       "lr_decay.py ~35, ~89-90), layer decay 0.65, AdamW lr 1e-3, weight decay 0.05, 20 epochs with "
-                       "the training transform (train_nus_first_stage.py ~80-94; utils/dataset.py ~26)",
-                  why="the feature store keeps the tokens entering the last block (harness.backbones.open_clip."
+        Deviation(what="trained image layers: the last ViT block of the tiny teacher's 6 (+ ln_post, proj), on cached "
+                       "tokens without augmentation; release: the last two of ViT-B/16's 12 blocks (fix_layer=10: "
+                       "lr_decay.py ~35, ~89-90; train_nus_first_stage.py ~93) with the training transform "
+                       "(utils/dataset.py ~26). Layer decay 0.65 (the last block at 0.65 x lr, ln_post and proj at lr), "
+                       "AdamW lr 1e-3, weight decay 0.05 (none on 1-D parameters) are as released",
+                  why="the same last sixth of the tower, with the release's lr scale per block from the top; the "
+                      "feature store keeps the tokens entering the last block (harness.backbones.open_clip."
                       "LAST_BLOCKS = 1), so earlier blocks are never recomputed and images are never augmented",
-                  effect="val (mkt_ablation, 200 episodes, 1 seed, concept-seen): stage 1 at lr 1e-4 or 1e-3 leaves "
-                         "0-shot mAP at 47.1, and fit's val selection kept the teacher's stage-1 state (moved < "
-                         "0.0001); two blocks, layer decay and augmentation not measured", split="val"),
-        Deviation(what="prompt tuning: only the words before {label} ('There is a') are learned, AdamW lr 2e-3, weight "
-                       "decay 0, 100 steps; release: the whole token_embedding table is trained "
-                       "(train_nus_second_stage.py ~94-101) while the label positions are overwritten by frozen copies "
-                       "(prompt_model.py ~53-56, ~89-92), so every non-label token ('There is a', 'in the scene', "
-                       "SOS/EOS) is learned, AdamW lr 1e-3, weight decay 0.05, 4 epochs, AMP",
-                  why="not stated in the code history (the context before the label is CoOp's form, class docstring)",
-                  effect="the release's form not measured; mlfsic's prompt tuning on val: -0.5 0-shot mAP in "
-                         "mkt_ablation (concept-seen); in fit's val selection 37.3 -> 34.5 under concept-seen "
-                         "(rejected), 38.6 -> 40.4 under strict (kept)", split="val"),
-        Deviation(what="each stream is normalised across the episode's labels by a softmax at the model's logit "
-                       "scale; the release L2-normalises the score vector",
+                  effect="two blocks and augmentation not measured (they need another feature store)"),
+        Deviation(what="stage 1 runs 400 steps at batch 64 (about 4 epochs of coco-moji's 6,000 base images) with the "
+                       "release's warmup (2 of 20 epochs: the first 10% of steps) and cosine to lr x 1e-3 stretched "
+                       "over them; release: 20 epochs (train_nus_first_stage.py ~80-94; utils/lr_sched.py), about "
+                       "1,875 steps here",
+                  why="fit time on 2 CPU cores (a 400-step fit took 250-630 s on the shared machine); val selection "
+                      "keeps the best state of the steps run",
+                  effect="1,875 steps not measured. The released losses and optimiser over the 400 steps (all "
+                         "released items together, configs/sweep/mkt_release.yaml, 100 episodes x 3 seeds, release "
+                         "protocol): val-split mAP of the kept stage-1 state 37.85-37.87 (3 seeds) vs 37.30-37.31 for "
+                         "mlfsic's earlier lr 1e-4 recipe; val episodes minus that recipe, 0/1/5-shot: "
+                         "+0.47 [+0.35, +0.58] / +0.13 [+0.05, +0.22] / +0.08 [-0.01, +0.16] mAP points", split="val"),
+        Deviation(what="prompt tuning: 100 steps at a constant prompt_lr 2e-3; release: 4 epochs "
+                       "(train_nus_second_stage.py, --epochs 4, --lr 1e-3), cosine decay to 1e-8 (engine_nus_second_"
+                       "stage.py ~22), AMP. The learned tokens (every non-label token, from the token table) and "
+                       "weight decay 0.05 are as released",
+                  why="fit time: each step runs the text tower over every base label",
+                  effect="the release's schedule not measured. With 100 steps the val selection rejected the "
+                         "prompt-tuned state in every fit of the sweep: val-split mAP after prompt tuning 35.0-36.2 "
+                         "vs the kept 37.85-37.87 (released tokens, 3 seeds), 34.4-35.7 vs 37.30 (the words before "
+                         "{label} only, mlfsic's earlier form); so the prompt form changes no val prediction",
+                  split="val"),
+        Deviation(what="images without a positive base label are left out of the ranking loss's mean but kept in the "
+                       "distillation term; the release drops them from the batch for both (engine_nus_first_stage.py "
+                       "~27-32)",
+                  why="simplicity: the distillation needs no label",
+                  effect="not measured"),
+        Deviation(what="at prediction each stream is normalised across the episode's labels by a softmax at the "
+                       "model's logit scale; the release L2-normalises the score vector (clip_vit.py ~72-76; the "
+                       "training loss does as the release)",
                   why="not stated in the code history",
                   effect="not measured"),
-        Deviation(what="patch scores are cosines of normalised patch embeddings; the release takes dot products of "
-                       "unnormalised patch embeddings",
+        Deviation(what="patch and global scores are cosines of normalised embeddings; the release takes dot products "
+                       "of the unnormalised image embeddings with the label embeddings",
                   why="not stated in the code history",
                   effect="not measured"),
         Deviation(what="no image-side prompt or adapter (the class docstring lists this among the differences from "
@@ -182,29 +279,42 @@ class MKT(Method):
                        "stages 1 and 2, and the best state is kept (the release review lists val model selection among "
                        "the differences from the release)",
                   why="the harness's rule: choices on val, never on the evaluated split",
-                  effect="val: it kept the teacher's stage-1 state (stage 1 moved val mAP by < 0.0001) and rejected "
-                         "prompt tuning under concept-seen (37.3 -> 34.5), kept it under strict (38.6 -> 40.4, mean "
-                         "of the 3 seeds' kept states)", split="val"),
+                  effect="val (configs/sweep/mkt_release.yaml, concept-seen, 3 seeds): it kept a stage-1 state "
+                         "(steps 250-400; val-split mAP 37.27 untrained, 37.85-37.87 kept) and rejected prompt "
+                         "tuning in every seed (35.0-36.2)", split="val"),
     )
 
     def __init__(
         self,
         seed: int = 0,
         prompt: str = PROMPT,
-        top_k: int = 8,
+        top_k: int = 16,
         stage1_steps: int = 400,
         stage2_steps: int = 100,
         batch_size: int = 64,
-        lr: float = 1e-4,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        layer_decay: float = 0.65,
+        lr_schedule: str = "warmup-cosine",
         prompt_lr: float = 2e-3,
+        prompt_weight_decay: float = 0.05,
+        prompt_tokens: str = "template",
+        distill_loss: str = "mean-raw",
         distill_weight: float = 1.0,
-        rank_margin: float = 0.1,
+        rank_loss: str = "violating-pairs",
+        rank_margin: float = 1.0,
         val_every: int = 50,
         mix: float = 0.5,
     ) -> None:
         super().__init__(seed)
-        if "{label}" not in prompt or not prompt.split("{label}")[0].strip():
-            raise MlfsicError(f"mkt: prompt {prompt!r} needs words before a '{{label}}' placeholder (the context)")
+        for key, value, allowed in (("lr_schedule", lr_schedule, LR_SCHEDULES), ("prompt_tokens", prompt_tokens,
+                                    PROMPT_TOKENS), ("distill_loss", distill_loss, DISTILL_LOSSES),
+                                    ("rank_loss", rank_loss, RANK_LOSSES)):
+            if value not in allowed:
+                raise MlfsicError(f"mkt: {key}={value!r} must be one of {', '.join(allowed)}")
+        if "{label}" not in prompt or (prompt_tokens == "prefix" and not prompt.split("{label}")[0].strip()):
+            raise MlfsicError(f"mkt: prompt {prompt!r} needs a '{{label}}' placeholder"
+                              + (" with words before it (the context)" if prompt_tokens == "prefix" else ""))
         if not 0.0 <= mix <= 1.0:
             raise MlfsicError(f"mkt: mix={mix} must be in [0, 1]")
         try:
@@ -215,15 +325,21 @@ class MKT(Method):
                                 ("stage1_steps", stage1_steps, 0), ("stage2_steps", stage2_steps, 0)):
             if not isinstance(value, int) or value < low:
                 raise MlfsicError(f"mkt: {key}={value!r} must be an integer >= {low}")
-        for key, value in (("lr", lr), ("prompt_lr", prompt_lr)):
+        for key, value in (("lr", lr), ("prompt_lr", prompt_lr), ("layer_decay", layer_decay)):
             if not value > 0:
                 raise MlfsicError(f"mkt: {key}={value!r} must be > 0")
+        for key, value in (("weight_decay", weight_decay), ("prompt_weight_decay", prompt_weight_decay)):
+            if not value >= 0:
+                raise MlfsicError(f"mkt: {key}={value!r} must be >= 0")
         self.prompt, self.top_k, self.mix = prompt, top_k, mix
         self.stage1_steps, self.stage2_steps, self.val_every = stage1_steps, stage2_steps, val_every
-        self.batch_size, self.lr, self.prompt_lr = batch_size, lr, prompt_lr
-        self.distill_weight, self.rank_margin = distill_weight, rank_margin
+        self.batch_size, self.lr, self.weight_decay, self.layer_decay = batch_size, lr, weight_decay, layer_decay
+        self.lr_schedule, self.prompt_lr, self.prompt_weight_decay = lr_schedule, prompt_lr, prompt_weight_decay
+        self.prompt_tokens, self.distill_loss, self.distill_weight = prompt_tokens, distill_loss, distill_weight
+        self.rank_loss, self.rank_margin = rank_loss, rank_margin
         self.context: torch.Tensor | None = None
         self._texts: dict[tuple[str, ...], torch.Tensor] = {}
+        self._slots: dict[tuple[str, ...], PromptSlots] = {}
 
     # ------------------------------------------------------------------------------------------ text side
     def _prompts(self, labels: tuple[str, ...]) -> list[str]:
@@ -231,22 +347,66 @@ class MKT(Method):
 
     def use_clip(self, clip: object) -> None:
         super().use_clip(clip)
-        self._texts = {}  # text embeddings belong to one model
+        self._texts, self._slots = {}, {}  # text embeddings and token positions belong to one model
+
+    def _pad_id(self) -> int:
+        return getattr(getattr(self.clip.tokenizer, "tokenizer", None), "pad_token_id", None) or 0  # HF or open_clip
+
+    def _ids(self, text: str) -> list[int]:
+        """The token ids of ``text`` with its start and end tokens, padding removed."""
+        tokens = self.clip.tokenizer([text])[0]
+        return [int(token) for token in tokens[tokens != self._pad_id()]]
+
+    def _template(self) -> tuple[list[int], list[int], list[int]]:
+        """Token ids of the prompt's words before "{label}", after it, and the learned table's ids in order:
+        ``prefix`` mode the words before (CoOp), ``template`` mode every non-label token (start, words before,
+        words after, end: the release's learned token_embedding table as used by its prompts)."""
+        before, after = (part.strip() for part in self.prompt.split("{label}", 1))
+        prefix, suffix = self._ids(before), self._ids(after)
+        words_before, words_after = prefix[1:-1], suffix[1:-1]
+        if self.prompt_tokens == "prefix":
+            if not words_before:
+                raise MlfsicError(f"mkt: the prompt's words before '{{label}}' ({before!r}) give no token to learn")
+            return words_before, words_after, words_before
+        template = [prefix[0], *words_before, *words_after, prefix[-1]]
+        return words_before, words_after, list(dict.fromkeys(template))
 
     def _context_init(self) -> torch.Tensor:
-        """Token embeddings of the prompt's words before "{label}" (CoOp initialises its context the same way)."""
-        prefix = self.prompt.split("{label}")[0].strip()
-        tokens = self.clip.tokenizer([prefix])
-        pad = getattr(getattr(self.clip.tokenizer, "tokenizer", None), "pad_token_id", None) or 0  # HF or open_clip
-        n_words = int((tokens[0] != pad).sum()) - 2  # minus the start and end tokens
-        if n_words < 1:
-            raise MlfsicError(f"mkt: the prompt's words before '{{label}}' ({prefix!r}) give no token to learn")
+        """The token embeddings of the learned table's ids (CoOp and the release initialise them so)."""
+        table = self._template()[2]
         with torch.no_grad():
-            return token_embedding(self.clip.model)(tokens)[0, 1:1 + n_words].detach().clone()
+            return token_embedding(self.clip.model)(torch.tensor(table)).detach().clone()
+
+    def _prompt_slots(self, labels: tuple[str, ...], tokens: torch.Tensor) -> PromptSlots:
+        """The learned positions of ``tokens`` (the prompts of ``labels``): ``prefix``: positions 1..n of the
+        words before the label; ``template``: every position but the label's and the padding's."""
+        if labels in self._slots:
+            return self._slots[labels]
+        words_before, words_after, table = self._template()
+        row_of = {token: row for row, token in enumerate(table)}
+        learned = torch.zeros(tokens.shape, dtype=torch.bool)
+        lengths = (tokens != self._pad_id()).sum(dim=1)
+        n, m = len(words_before), len(words_after)
+        for i, length in enumerate(lengths.tolist()):
+            if self.prompt_tokens == "prefix":
+                learned[i, 1:1 + n] = True
+            else:
+                learned[i, :1 + n] = True
+                learned[i, length - 1 - m:length] = True
+            if length < n + m + 3 or [int(t) for t in tokens[i, learned[i]]] != (
+                    words_before if self.prompt_tokens == "prefix" else [table[0], *words_before, *words_after,
+                                                                           table[-1]]):
+                raise MlfsicError(f"mkt: the prompt for label {labels[i]!r} does not tokenise as the prompt's "
+                                  "words around the label's own tokens (truncated, or a merged word?)")
+        rows = torch.full(tokens.shape, -1, dtype=torch.long)
+        rows[learned] = torch.tensor([row_of[int(t)] for t in tokens[learned]], dtype=torch.long)
+        self._slots[labels] = PromptSlots(learned, rows)
+        return self._slots[labels]
 
     def _text(self, labels: tuple[str, ...], context: torch.Tensor | None, grad: bool = False) -> torch.Tensor:
         tokens = self.clip.tokenizer(self._prompts(labels))
-        with torch.set_grad_enabled(grad), learned_context(self.clip.model, context):
+        slots = self._prompt_slots(labels, tokens) if context is not None else None
+        with torch.set_grad_enabled(grad), learned_context(self.clip.model, context, slots):
             return F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1)
 
     # ------------------------------------------------------------------------------------------ scores
@@ -255,12 +415,20 @@ class MKT(Method):
         global_cos, local_cos = stream_cosines(global_emb, patches, text, self.top_k)
         return 0.5 * (torch.softmax(self.scale * global_cos, dim=-1) + torch.softmax(self.scale * local_cos, dim=-1))
 
-    def _val_map(self, val: SplitData | None, context: torch.Tensor | None) -> float | None:
+    def _val_map(self, val: SplitData | None, context: torch.Tensor | None,
+                 frozen: tuple[torch.Tensor, torch.Tensor] | None = None) -> float | None:
+        """mAP on the val split's images and labels; ``frozen``: the student's val outputs, when they cannot
+        change (stage 2), computed once."""
         if val is None:
             return None
+        labels = tuple(val.label_names)
         with torch.no_grad():
-            global_emb, patches = self.student(torch.as_tensor(val.local_features, dtype=torch.float32))
-            scores = self._scores(global_emb, patches, self._text(tuple(val.label_names), context))
+            if frozen is None:
+                frozen = self.student(torch.as_tensor(val.local_features, dtype=torch.float32))
+            if context is None and labels not in self._texts:
+                self._texts[labels] = self._text(labels, None)
+            text = self._texts[labels] if context is None else self._text(labels, context)
+            scores = self._scores(*frozen, text)
         return float(episode_map(scores.double().numpy(), val.targets))
 
     # ------------------------------------------------------------------------------------------ fit
@@ -270,7 +438,7 @@ class MKT(Method):
             if data.local_features is None or data.local_features.ndim != 3:
                 raise MlfsicError(f"mkt.fit: {data.split}.local_features missing: the backbone must be an open_clip ViT")
         self.embed_dim = int(base.features.shape[1])
-        self._texts = {}
+        self._texts, self._slots = {}, {}
         self.clip.model.requires_grad_(False)
         self.student = MktStudent(self.clip.visual)
         if base.local_features.shape[2] != self.student.width:
@@ -278,7 +446,7 @@ class MKT(Method):
                               f"takes {self.student.width} (features of another backbone?)")
         self.scale = float(min(100.0, float(self.clip.model.logit_scale.exp())))
         tokens = torch.as_tensor(base.local_features, dtype=torch.float32)
-        teacher = F.normalize(torch.as_tensor(base.features, dtype=torch.float32), dim=-1)
+        teacher = torch.as_tensor(base.features, dtype=torch.float32)  # the frozen tower's global embeddings
         positives = torch.as_tensor(base.targets) > 0.5
         labels = tuple(base.label_names)
         hand_text = self._text(labels, None)
@@ -287,15 +455,17 @@ class MKT(Method):
         best = KeepBest(score=curve[0]["val_map"], tag="teacher",  # payload: (student state, prompt context)
                         payload=(copy.deepcopy(self.student.state_dict()), None))
 
-        optimiser = torch.optim.AdamW(self.student.parameters(), lr=self.lr, weight_decay=0.01)
+        optimiser = torch.optim.AdamW(layer_decay_groups(self.student, self.lr, self.weight_decay, self.layer_decay))
         step = 0
         while step < self.stage1_steps:
             for batch in minibatches(len(tokens), self.batch_size, generator):
+                lr = scheduled_lr(self.lr_schedule, step, self.stage1_steps, self.lr)
+                for group in optimiser.param_groups:
+                    group["lr"] = lr * group["lr_scale"]
                 global_emb, patches = self.student(tokens[batch])
                 global_cos, local_cos = stream_cosines(global_emb, patches, hand_text, self.top_k)
-                distill = (F.normalize(global_emb, dim=-1) - teacher[batch]).abs().sum(dim=-1).mean()
-                loss = self.distill_weight * distill + hinge_rank_loss(0.5 * (global_cos + local_cos), positives[batch],
-                                                                       self.rank_margin)
+                loss = (self.distill_weight * distill_loss(self.distill_loss, global_emb, teacher[batch])
+                        + rank_loss(self.rank_loss, global_cos, local_cos, positives[batch], self.rank_margin))
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
@@ -314,21 +484,25 @@ class MKT(Method):
             outputs = [self.student(tokens[i:i + 512]) for i in range(0, len(tokens), 512)]
         global_all = torch.cat([g for g, _ in outputs])
         patches_all = torch.cat([p for _, p in outputs])
+        with torch.no_grad():
+            val_outputs = None if val is None else self.student(torch.as_tensor(val.local_features,
+                                                                                 dtype=torch.float32))
         context = nn.Parameter(self._context_init())
-        prompt_optimiser = torch.optim.AdamW([context], lr=self.prompt_lr, weight_decay=0.0)
+        prompt_optimiser = torch.optim.AdamW([context], lr=self.prompt_lr, weight_decay=self.prompt_weight_decay)
         for step in range(1, self.stage2_steps + 1):
             batch = torch.randint(0, len(tokens), (self.batch_size,), generator=generator)
             text = self._text(labels, context, grad=True)
             global_cos, local_cos = stream_cosines(global_all[batch], patches_all[batch], text, self.top_k)
-            loss = hinge_rank_loss(0.5 * (global_cos + local_cos), positives[batch], self.rank_margin)
+            loss = rank_loss(self.rank_loss, global_cos, local_cos, positives[batch], self.rank_margin)
             prompt_optimiser.zero_grad()
             loss.backward()
             prompt_optimiser.step()
             if val is not None and step % self.val_every == 0:
-                curve.append({"stage": 2, "step": step, "val_map": self._val_map(val, context.detach())})
+                curve.append({"stage": 2, "step": step, "val_map": self._val_map(val, context.detach(), val_outputs)})
                 best.offer(curve[-1]["val_map"], f"stage2-{step}",
                            lambda: (best.payload[0], context.detach().clone()))
         self.context = best.payload[1] if val is not None else context.detach().clone()
+        self._texts = {}  # the hand prompt's val text was cached; predict's texts use the kept context
         self.student.eval()
         self.fit_report = {"kept": best.tag if val is not None else "stage2-last", "val_map": best.score,
                            "val_curve": curve, "scale": round(self.scale, 4)}
