@@ -72,9 +72,10 @@ def test_explain_measure_boxes_prints_kept_and_chance(tiny_dir, capsys):
 
 def test_explain_measure_attention_prints_a_table_of_base_and_val_and_writes_json(tiny_dir, capsys):
     out = tiny_dir / "attention.json"
-    # the tiny base split has labels on 5 images: one query image per label (explain reads only the support)
+    # the tiny base split has labels on 5 images: one query image per label (explain reads only the support),
+    # and 4 labels an episode, so the release rule's N x K support leaves every label a query image
     options = {**TINY, "results_dir": str(tiny_dir), "measure": "attention", "n_episodes": "2", "out": str(out),
-               "++n_query": "1"}
+               "++n_query": "1", "++n_way": "4"}
     assert explain_command(options) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:3] == ["split", "episodes", "label"] and lines[-1] == str(out)
