@@ -191,9 +191,10 @@ def coco_moji_sized_pool(world: World, n_images: int, positions: int, seed: int)
     return features, local, targets
 
 
-def coco_moji_sized_episodes(world: World, k_shot: int, n_episodes: int, positions: int = 36) -> list[Episode]:
-    """Episodes drawn by the harness's episodic-v1 sampler from a pool of 2000 synthetic images over the
-    world's 12 novel labels (1-4 labels per image, coco-moji's 40/29/20/11 %)."""
+def coco_moji_sized_episodes(world: World, k_shot: int, n_episodes: int, positions: int = 36,
+                             protocol: str = "release") -> list[Episode]:
+    """Episodes drawn by the harness's sampler (``protocol``, the default's by default) from a pool of 2000
+    synthetic images over the world's 12 novel labels (1-4 labels per image, coco-moji's 40/29/20/11 %)."""
     from mlfsic.harness.protocol.data import LabelledPool
     from mlfsic.harness.protocol.episodes import SamplerParams, make_episode as draw
 
@@ -203,7 +204,7 @@ def coco_moji_sized_episodes(world: World, k_shot: int, n_episodes: int, positio
     embeddings = world.embeddings[len(world.base_labels):]
     episodes = []
     for index in range(n_episodes):
-        drawn = draw(pool, SamplerParams(k_shot=k_shot, n_query=4), 0, index)
+        drawn = draw(pool, SamplerParams(protocol=protocol, k_shot=k_shot, n_query=4), 0, index)
         support, query = np.asarray(drawn["support"], dtype=np.int64), np.asarray(drawn["query"], dtype=np.int64)
         episodes.append(Episode(
             index=index, seed=index, k_shot=k_shot, label_names=world.novel_labels, label_embeddings=embeddings,

@@ -83,7 +83,9 @@ def test_batched_equals_one_at_a_time(fitted):
     """A chunk mixing K (so L2 strengths), support sizes (the harness's sampler: co-occurring labels share
     support images) and label counts: each episode's scores as alone."""
     world = make_world(n_novel_labels=12)  # the default world's feature size, 12 novel labels
-    sampled = coco_moji_sized_episodes(world, 1, 6, positions=4) + coco_moji_sized_episodes(world, 5, 6, positions=4)
+    # episodic-v1's supports vary in size (the release rule's are always N x K)
+    sampled = (coco_moji_sized_episodes(world, 1, 6, positions=4, protocol="episodic-v1")
+               + coco_moji_sized_episodes(world, 5, 6, positions=4, protocol="episodic-v1"))
     chunk = sampled + [e for e, _ in episodes(2, 3, start=20, n_way=4)]
     assert len({e.support_features.shape[0] for e in chunk if e.n_labels == 12}) > 4  # padding is exercised
     batched = fitted.predict_batch(chunk)

@@ -187,7 +187,8 @@ def test_published_costs_order_the_tasks_longest_first(ray_session, tiny_results
     chunks = [(task.method, task.settings[0]) for task in tasks if task.kind == "evaluate"]
     estimates = [costs.episode_s(method, setting) for method, setting in chunks]
     assert estimates == sorted(estimates, reverse=True) and len(chunks) == 3 * 3 + 2 * 3 + 3
-    assert chunks[0][0] == "random" and chunks[-1] == ("wordvec-zeroshot", "0shot")
+    # the published run's per-episode costs: random's chunks are the dearest per episode there
+    assert chunks[0][0] == "random"
 
 
 def test_gpu_request_on_cpu_cluster_is_rejected_up_front(ray_session, tiny_results_dir):

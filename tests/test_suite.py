@@ -95,7 +95,7 @@ def test_suite_runs_every_member_as_one_job_and_resumes(ray_session, tiny_result
 def test_shipped_suites_resolve(tmp_path, monkeypatch):
     members = read_suite_file(suite_file("coco-moji-all"))
     untied = ("+method_args.lcm.tie_local_projection=false", "+method_args.lcm.selection=off",
-              "+method_args.wvga.tie_local_projection=false")
+              "+method_args.wvga.tie_local_projection=false", "+method_args.wvga-adapted.tie_local_projection=false")
     assert members == {"small-cnn": (), "tiny-teacher-concept-seen": ("+backbone=tiny-teacher", *untied),
                        "tiny-teacher-strict": ("+backbone=tiny-teacher-strict", *untied)}
     suite = load_suite("coco-moji-all", [f"results_dir={tmp_path}", "n_episodes=50", "seeds=[0]"])

@@ -191,17 +191,21 @@ class PromptSlots:
 
 
 @contextmanager
-def learned_context(model: nn.Module, context: torch.Tensor | None, slots: PromptSlots | None) -> Iterator[None]:
-    """While active, the token embeddings at ``slots.learned`` are ``context[slots.rows]``."""
-    if context is None or slots is None:
+def learned_context(model: nn.Module, context: torch.Tensor | None, slots: PromptSlots | None = None) -> Iterator[None]:
+    """While active, the token embeddings at ``slots.learned`` are ``context[slots.rows]``; without ``slots``,
+    token positions 1..n of every text are ``context`` (n, width) (CoOp's leading context, dualcoop)."""
+    if context is None:
         yield
         return
 
     def replace(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        if slots is None:
+            output[:, 1:1 + context.shape[0]] = context.to(output.dtype)
+            return output
         if output.shape[:2] != slots.learned.shape:
             raise MlfsicError(f"mkt: text of shape {tuple(output.shape[:2])}, the prompt slots are "
                               f"{tuple(slots.learned.shape)}")
-        output = output.clone()
         output[slots.learned] = context[slots.rows[slots.learned]].to(output.dtype)
         return output
 
