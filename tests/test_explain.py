@@ -82,6 +82,8 @@ def test_explain_measure_attention_prints_a_table_of_base_and_val_and_writes_jso
     assert [line.split()[0] for line in lines[1:3]] == ["base", "val"]
     content = json.loads(out.read_text())
     assert content["measure"] == "attention" and content["fitted_on"] == "base"
+    assert content["backbone"]["kind"] == "small_cnn" and content["backbone"]["model"] is None
+    assert re.fullmatch(r"[0-9a-f]{64}", content["backbone"]["id"])
     assert list(content["splits"]) == ["base", "val"]
     for split, result in content["splits"].items():
         assert result["n_episodes"] == 2 and result["n_pairs"] > 0 and result["positions"] == 36

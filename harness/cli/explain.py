@@ -380,13 +380,18 @@ def default_attention_out(explained: Explained, options: ExplainOptions) -> Path
 
 
 def write_attention(explained: Explained, options: ExplainOptions, results: Mapping[str, Any]) -> Path:
-    """The results of ``measure_attention`` with what produced them, as JSON (atomically); returns its path."""
+    """The results of ``measure_attention`` with what produced them (method, setting, seed, the backbone's kind,
+    model and id, the selection rule), as JSON (atomically); returns its path."""
     from mlfsic.harness.io import write_json_atomic
 
     method = explained.method
+    backbone = explained.sweep.dataset.backbone
     content = {
         "measure": "attention", "method": options.method, "dataset": options.dataset, "setting": options.setting,
         "seed": options.seed, "n_episodes": options.n_episodes, "fitted_on": "base",
+        # the features measured: the same command on another backbone (+backbone=...) gives another grid
+        "backbone": {"kind": backbone.kind, "model": backbone.settings.get("model"),
+                     "id": explained.benchmark.backbone_id},
         "selection": {"selection": method.selection, "threshold_mode": method.threshold_mode, "theta": method.theta},
         "splits": dict(results),
     }
