@@ -40,6 +40,7 @@ from mlfsic.methods.lcm_adaptation import (
     ema_weight,
     project_words,
     renormalise_mask,
+    warmup_lr,
 )
 from mlfsic.methods.protonet import sample_episode
 from mlfsic.methods.torch_utils import (
@@ -1050,9 +1051,8 @@ class LCM(Method):
         loss_curve: list[dict] = []
         running = torch.zeros(2)
         for step in tqdm(range(1, self.steps + 1), desc=f"{self.name} fit", disable=not self.progress):
-            warm = min(1.0, step / max(1, self.warmup_steps))
             for group in optimiser.param_groups:
-                group["lr"] = self.lr * (0.01 + 0.99 * warm)
+                group["lr"] = warmup_lr(self.lr, step, self.warmup_steps)
             rows, labels = training_rows(rng, eligible, targets_np.shape[1], n_way, self.training_batches)
             support, query = sample_episode(members, rows, self.train_shot, self.n_query, n, rng)
             words_all = self.net.tex_fc(words_in)  # (N_base, H)

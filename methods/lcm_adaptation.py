@@ -74,6 +74,13 @@ def renormalise_mask(rho: torch.Tensor) -> torch.Tensor:
     return torch.where(spread > 0, scaled, rho)
 
 
+def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
+    """The released schedule's shape (``train_eval.py`` ~178-198): step ``step`` (from 1) of a linear warm-up
+    from lr/100 to ``lr`` over ``warmup_steps`` steps, then ``lr`` (at once with ``warmup_steps`` <= 1).
+    Used by lcm's training and by the test-time adaptation."""
+    return lr * (0.01 + 0.99 * min(1.0, step / max(1, warmup_steps)))
+
+
 def ema_weight(step: int) -> float:
     """The weight of the old score in the released hook's EMA at 1-based step ``step`` (the model's
     ``iters``): ``min(1 - 1 / (step + 1), 0.95)``; the first step sets the score."""
@@ -168,9 +175,8 @@ def adapt_to_supports(
     scores = None
     first_loss = last_loss = torch.zeros(batch)
     for step in range(1, steps + 1):
-        if warmup_steps > 0:
-            for group in optimiser.param_groups:
-                group["lr"] = lr * (0.01 + 0.99 * min(1.0, step / warmup_steps))
+        for group in optimiser.param_groups:
+            group["lr"] = warmup_lr(lr, step, warmup_steps)
         if rho is not None and step > 1:
             with torch.no_grad():
                 rho.copy_(renormalise_mask(rho))
