@@ -651,7 +651,9 @@ class LCM(Method):
 
     Deviations from the released code (TOMM-FSIC), each with what the release does (file:line), why, and its
     measured val effect where one was measured: the class attribute ``deviations`` below, printed by
-    ``mlfsic methods --card lcm`` and shown on the site's method card (the ablation's intervals: README).
+    ``mlfsic methods --card lcm`` and shown on the site's method card (the ablation's intervals: README). The
+    paper's claims tested and the explain diagnostics (``mlfsic claims``, ``mlfsic explain``): the LCM study,
+    ``studies/lcm_tomm2024/``.
     """
 
     zero_shot = True
@@ -1183,8 +1185,8 @@ class LCM(Method):
         return results  # type: ignore[return-value]
 
     def explain(self, episode: Episode) -> dict[str, np.ndarray]:
-        """What the prototypes of a K-shot episode were built from, for figures (``harness.cli.explain``), with
-        the same adaptation as ``predict``.
+        """What the prototypes of a K-shot episode were built from, for figures and measures (``mlfsic explain``,
+        ``studies/lcm_tomm2024/``), with the same adaptation as ``predict``.
 
         Returns numpy arrays: ``keep`` (n_s, L) bool kept positions, ``importance`` (n_s, L) LCM scores
         (first order, measured on the fitted weights when the method's selection is off), ``pair_image`` /

@@ -13,7 +13,7 @@ import pytest
 
 from mlfsic.harness.cli import main
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.report import claims
+from mlfsic.studies.lcm_tomm2024 import claims
 from mlfsic.harness.report.intervals import EPISODE_LEVEL, SEED_LEVEL
 from mlfsic.harness.sweep.store import RECORD_COLUMNS
 

@@ -1,4 +1,4 @@
-"""``mlfsic explain`` (harness/explain.py) and the lcm_ablation sweep preset.
+"""``mlfsic explain`` (harness/cli/explain.py; the study's code: studies/lcm_tomm2024/explain.py, measures.py).
 
 Fast tests: the figure, the box and the attention measures on a tiny generated coco-moji (a few seconds of
 generation, one backbone epoch, 10 LCM steps), the box geometry, the kept-inside-box fraction and the
@@ -18,19 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlfsic.harness.cli import explain as explain_module
 from mlfsic.harness.cli import main
+from mlfsic.harness.cli.explain import explain_command, parse_options
 from mlfsic.harness.errors import MlfsicError
-from mlfsic.harness.cli.explain import (
-    attention_transfer,
-    border_cells,
-    explain_command,
-    kept_inside_box_fraction,
-    measure_boxes,
-    parse_options,
-    prepare,
-)
-from mlfsic.harness.report.explain_figure import Boxes, cells_inside, figure_size, tile_box
+from mlfsic.studies.lcm_tomm2024 import measures as measures_module
+from mlfsic.studies.lcm_tomm2024.explain import prepare
+from mlfsic.studies.lcm_tomm2024.explain_figure import Boxes, cells_inside, figure_size, tile_box
+from mlfsic.studies.lcm_tomm2024.measures import attention_transfer, border_cells, kept_inside_box_fraction, measure_boxes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -179,8 +173,8 @@ def test_attention_transfer_refuses_maps_of_another_grid():
         attention_transfer([_explanation([0], np.full((1, 25), 1 / 25))], side=6)
 
 
-def test_explain_module_docstring_examples_hold():
-    results = doctest.testmod(explain_module)
+def test_measures_module_docstring_examples_hold():
+    results = doctest.testmod(measures_module)
     assert results.failed == 0 and results.attempted >= 4
 
 

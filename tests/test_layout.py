@@ -30,7 +30,7 @@ from mlfsic.harness.errors import MlfsicError
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"harness": "mlfsic.harness", "methods": "mlfsic.methods", "datasets": "mlfsic.datasets",
-            "configs": "mlfsic.configs"}
+            "configs": "mlfsic.configs", "studies": "mlfsic.studies"}
 ALLOWED_CYCLES = [{"mlfsic.methods.api", "mlfsic.methods.registry"}]
 DOCTEST_MODULES = ["mlfsic.harness.protocol.metrics", "mlfsic.harness.protocol.episodes",
                    "mlfsic.harness.report.intervals", "mlfsic.harness.errors", "mlfsic.harness.cli.options",

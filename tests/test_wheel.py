@@ -17,10 +17,10 @@ import pytest
 from test_readme_paths import readme_method_module
 
 REPO = Path(__file__).resolve().parents[1]
-ROOTS = ("harness", "methods", "datasets", "configs", "results")
+ROOTS = ("harness", "methods", "datasets", "configs", "results", "studies")
 DATA = ("configs/config.yaml", "configs/dataset/coco-moji.yaml", "configs/splits/coco.json",
         "results/published/run.json", "results/published/records.parquet", "results/published/label_ap.parquet",
-        "results/published_ablation/run.json")
+        "results/published_ablation/run.json", "studies/lcm_tomm2024/README.md")
 
 
 def build_wheel(out: Path) -> Path:

@@ -1,4 +1,5 @@
-"""``mlfsic claims``: the abstract's claims of Yan et al. (TOMM 2024) tested on two run dirs.
+"""``mlfsic claims``: the abstract's claims of Yan et al. (TOMM 2024) tested on two run dirs (the command:
+``harness/cli/claims.py``; the generic pieces it uses, the paired bootstrap and the run dir, stay in the harness).
 
 Two runs hold the evidence:
 

@@ -1,4 +1,4 @@
-"""The figure of ``mlfsic explain`` (``cli/explain.py``): support images, the local positions LCM kept and
+"""The figure of ``mlfsic explain`` (``explain.write_figure``): support images, the local positions LCM kept and
 each label's attention over the grid, with the label's boxes when the annotations have them.
 
 Pure drawing on arrays and image files: ``render_figure(rows, title, max_labels, boxes)`` -> a PIL image.
