@@ -22,6 +22,15 @@ The harness scores a chunk of episodes with ``predict_batch`` (default: ``predic
 method that trains per episode can batch that training; ``predict_params`` names the hyperparameters
 only prediction reads, which variants may change without a new fit.
 
+Device: before ``fit`` and before ``predict``/``predict_batch`` the harness calls ``use_device(device)`` with
+the torch device of the Ray task (``"cuda"`` when the task was given a GPU, else ``"cpu"``), stored as
+``self.device`` (default ``torch.device("cpu")``). A method that computes there sets ``uses_device = True``
+and moves its modules and batches to ``self.device`` itself; it keeps its random draws on the CPU (so the
+CPU path draws the same numbers) and returns CPU numpy scores. A method that ignores the device (the
+default, every plug-in written before it existed) keeps working on the CPU. Arithmetic stays float32: no
+mixed precision. The device is not part of the checkpoint (``__getstate__`` drops it, as ``clip``) nor of
+its key: checkpoints hold CPU tensors, so a fit made on a GPU loads on a CPU-only machine and vice versa.
+
 Setting names are ``0shot``, ``1shot``, ``5shot`` (any ``Kshot``): the same strings in configs,
 records and file names.
 """
@@ -35,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from mlfsic.harness.protocol.episodes import parse_setting
 
@@ -109,6 +119,12 @@ class Method(ABC):
     needs_local_features: ClassVar[bool] = False  # wants (n, L, C) local features in SplitData/Episode
     transductive: ClassVar[bool] = False  # scores of one query may depend on the other queries
     needs_clip: ClassVar[bool] = False  # gets the sweep's open_clip model through ``use_clip`` (open_clip backbones)
+    # Computes on ``self.device`` (the task's device, set by ``use_device``); False: on the CPU whatever the task
+    # was given. run.json records the device each fit and chunk computed on from it.
+    uses_device: ClassVar[bool] = False
+    # The device the harness gave this method (``use_device``); the class default until it is called, and again
+    # after a checkpoint is loaded (the device is never stored in a checkpoint).
+    device: torch.device = torch.device("cpu")
     # Hyperparameters that only ``predict`` reads (an attribute of the same name): they are left out of the
     # checkpoint key, so variants that differ only in them share one fit; the harness sets them on the
     # loaded method. ``fit`` must not depend on them.
@@ -127,9 +143,16 @@ class Method(ABC):
         (image and text towers, tokenizer) when ``needs_clip``; it is not part of the checkpoint."""
         self.clip = clip
 
+    def use_device(self, device: torch.device | str) -> None:
+        """Called before ``fit`` and before ``predict``/``predict_batch`` with the torch device of the task
+        (``"cuda"`` or ``"cpu"``), stored as ``self.device``; it is not part of the checkpoint. Only a method with
+        ``uses_device`` computes there; any other keeps computing on the CPU."""
+        self.device = torch.device(device)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("clip", None)  # the model comes from the backbone, never from a checkpoint
+        state.pop("device", None)  # the task's device, never the checkpoint's: a fit made on a GPU loads on a CPU
         return state
 
     @classmethod

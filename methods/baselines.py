@@ -3,6 +3,9 @@ visual-semantic embedding that scores labels known only by their word embedding.
 
 Every other method should beat ``random`` clearly; ``wordvec-zeroshot`` is the simplest zero-shot method
 a zero-shot result should be compared with.
+
+Device: these baselines compute on the CPU whatever their task was given (``uses_device`` False: their
+work is a few matrix products).
 """
 
 from __future__ import annotations

@@ -174,10 +174,18 @@ class LaSO(Method):
     dropout masks come from a seeded generator (determinism, docs/architecture.md §4.3) and its batch-norm
     scales start at 1 (the release draws them from N(1, 0.02)). An episode with a single training example
     (no pairs) falls back to logistic regression, as batch normalisation needs two.
+
+    Device (``uses_device``): the set-operation training and the per-episode classifiers (one at a time and
+    batched) run on ``self.device`` (the task's, ``Method.use_device``). Every random draw (initial weights,
+    minibatches, pairs, dropout masks, training plans) comes from CPU generators and is then moved, so the
+    draws are the same on every device; scores come back as CPU numpy. Because this training amplifies
+    rounding (see Batching), scores on a GPU differ from the CPU's by more than float noise (tests/gpu_check.py
+    compares per-episode mAP).
     """
 
     zero_shot = False
     few_shot = True
+    uses_device = True
     predict_params = (
         "union_augmentation", "max_union_pairs", "episode_classifier", "episode_hidden_dim", "episode_dropout",
         "episode_steps", "episode_epochs", "episode_lr", "episode_weight_decay", "real_weight", "classifier_schedule",
@@ -334,23 +342,25 @@ class LaSO(Method):
 
     # -------------------------------------------------------------------------------------- base training
     def fit(self, base: SplitData, val: SplitData | None) -> None:
-        features = standardised_base(self, base, val)
-        generator = torch_generator(self.seed, 0)
-        targets = torch.as_tensor(base.targets, dtype=torch.float32).gt(0.5).float()
+        device = self.device
+        features = standardised_base(self, base, val).to(device)
+        generator = torch_generator(self.seed, 0)  # CPU: the same draws on every device
+        targets = torch.as_tensor(base.targets, dtype=torch.float32, device=device).gt(0.5).float()
         n, dim = features.shape
 
-        self.classifier = linear(dim, targets.shape[1], generator)
+        self.classifier = linear(dim, targets.shape[1], generator).to(device)
         optimiser = torch.optim.Adam(self.classifier.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         for _ in tqdm(range(self.classifier_epochs), desc=f"{self.name} classifier", disable=not self.progress):
             for batch in minibatches(n, self.batch_size, generator):
+                batch = batch.to(device)
                 loss = F.binary_cross_entropy_with_logits(self.classifier(features[batch]), targets[batch])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
 
-        self.intersection = mlp([2 * dim, self.hidden_dim, self.hidden_dim, dim], generator, negative_slope=0.2)
-        self.union = mlp([2 * dim, self.hidden_dim, self.hidden_dim, dim], generator, negative_slope=0.2)
-        self.subtraction = mlp([2 * dim, self.hidden_dim, self.hidden_dim, dim], generator, negative_slope=0.2)
+        self.intersection = mlp([2 * dim, self.hidden_dim, self.hidden_dim, dim], generator, negative_slope=0.2).to(device)
+        self.union = mlp([2 * dim, self.hidden_dim, self.hidden_dim, dim], generator, negative_slope=0.2).to(device)
+        self.subtraction = mlp([2 * dim, self.hidden_dim, self.hidden_dim, dim], generator, negative_slope=0.2).to(device)
         trained = [self.intersection, self.union, self.subtraction]
         if self.train_classifier_jointly:
             trained.append(self.classifier)
@@ -369,8 +379,9 @@ class LaSO(Method):
             else:
                 first = torch.randint(n, (batch_size,), generator=generator)
                 second = torch.randint(n, (batch_size,), generator=generator)
+            first, second = first.to(device), second.to(device)
             terms = self._pair_loss_terms(features[first], features[second], targets[first], targets[second])
-            loss = sum(terms.values(), torch.zeros(()))
+            loss = sum(terms.values(), torch.zeros((), device=device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -447,9 +458,16 @@ class LaSO(Method):
         return terms
 
     # ----------------------------------------------------------------------------------------- episodes
+    def _on_device(self) -> None:
+        """Move the fitted networks and standardisation to ``self.device`` (a checkpoint loads on the CPU)."""
+        for module in (self.classifier, self.intersection, self.union, self.subtraction):
+            module.to(self.device)
+        self.feature_mean, self.feature_std = self.feature_mean.to(self.device), self.feature_std.to(self.device)
+
     def predict(self, episode: Episode) -> np.ndarray:
         """One episode, its classifier trained on its own: the reference that ``predict_batch`` equals."""
         check_episode(episode, self.name, int(self.feature_mean.shape[0]), self.zero_shot, self.few_shot)
+        self._on_device()
         data = self._episode_data(0, episode)
         if not self._uses_mlp(data.inputs):
             return self._logistic_scores(episode, data)
@@ -459,7 +477,8 @@ class LaSO(Method):
         """The released MLP classifier (``EpisodeMLP``) trained on one episode's plan, its query scores."""
         init_generator = torch_generator(self.seed, episode.seed, 3)
         hidden = self._episode_hidden(data.inputs.shape[1])
-        classifier = EpisodeMLP(data.inputs.shape[1], hidden, episode.n_labels, self.episode_dropout, init_generator)
+        classifier = EpisodeMLP(data.inputs.shape[1], hidden, episode.n_labels, self.episode_dropout,
+                                init_generator).to(self.device)
         masks = self._dropout_masks(data, hidden)
         optimiser = self._episode_optimiser(list(classifier.parameters()), 1)
         classifier.train()
@@ -472,13 +491,14 @@ class LaSO(Method):
         classifier.eval()
         with torch.no_grad():
             logits = classifier(data.queries, None)
-        return torch.sigmoid(logits.double()).numpy()
+        return torch.sigmoid(logits.double()).cpu().numpy()
 
     def predict_batch(self, episodes: list[Episode]) -> list[np.ndarray]:
         """Scores of a chunk of episodes, each as ``predict`` gives it (see the class docstring): the MLP
         classifiers of episodes with the same number of training rows, labels and shots (so the same
         training plan shape) are trained together, ``SUB_BATCH`` at a time; logistic-regression episodes,
         and every episode when the hidden size is not a multiple of ``LANES``, one at a time."""
+        self._on_device()
         results: list[np.ndarray | None] = [None] * len(episodes)
         groups: dict[tuple[int, int, int], list[_EpisodeData]] = {}
         for index, episode in enumerate(episodes):
@@ -505,13 +525,12 @@ class LaSO(Method):
         size, dim = len(part), int(part[0].inputs.shape[1])
         hidden, n_labels = self._episode_hidden(dim), int(part[0].targets.shape[1])
         params = initial_mlp_params([torch_generator(self.seed, data.seed, 3) for data in part], dim, hidden, n_labels)
-        for tensor in params.values():
-            tensor.requires_grad_(True)
+        params = {name: tensor.to(self.device).requires_grad_(True) for name, tensor in params.items()}
         episode_masks = [self._dropout_masks(data, hidden) for data in part]
         network = _BatchedMLP(params, size, hidden, self.episode_dropout)
         inputs = torch.stack([data.inputs for data in part], dim=1)  # (n, E, D)
         targets = torch.stack([data.targets for data in part])  # (E, n, N)
-        slots = torch.arange(size)
+        slots = torch.arange(size, device=self.device)
         optimiser = self._episode_optimiser(list(params.values()), size)
         for step, first_rows in enumerate(part[0].plan.rows):
             weights = torch.stack([data.plan.weights[step] for data in part])  # (E, b)
@@ -528,12 +547,13 @@ class LaSO(Method):
             logits.backward(episode_loss_gradient(logits, step_targets, weights))
             optimiser.step()
         n_queries = max(int(data.queries.shape[0]) for data in part)
-        queries = torch.zeros(n_queries, size, dim)
+        queries = torch.zeros(n_queries, size, dim, device=self.device)
         for slot, data in enumerate(part):
             queries[: data.queries.shape[0], slot] = data.queries
         with torch.no_grad():
             logits = network(queries, None, training=False)
-        return [torch.sigmoid(logits[slot, : data.queries.shape[0]].double()).numpy() for slot, data in enumerate(part)]
+        return [torch.sigmoid(logits[slot, : data.queries.shape[0]].double()).cpu().numpy()
+                for slot, data in enumerate(part)]
 
     def _dropout_masks(self, data: _EpisodeData, hidden: int) -> list[torch.Tensor] | None:
         """The dropout masks of every training step of one episode, drawn at once from its generator:
@@ -543,16 +563,16 @@ class LaSO(Method):
         generator = torch_generator(self.seed, data.seed, 4)
         sizes = [data.inputs.shape[0] if rows is None else int(rows.shape[0]) for rows in data.plan.rows]
         uniform = torch.rand(2 * hidden * sum(sizes), generator=generator) >= self.episode_dropout
-        chunks = torch.split(uniform, [2 * hidden * b for b in sizes])
+        chunks = torch.split(uniform.to(self.device), [2 * hidden * b for b in sizes])
         return [chunk.view(2, b, 1, hidden) for chunk, b in zip(chunks, sizes)]
 
     def _episode_data(self, index: int, episode: Episode) -> _EpisodeData:
         """The episode classifier's training rows and plan: standardised support features and, with union
         augmentation, ``M_uni`` of support pairs labelled with the pair's union; (n, D) inputs, (n, N)
         targets; and what each step trains on (``_training_plan``)."""
-        support = standardise(episode.support_features, self.feature_mean, self.feature_std)
-        support_targets = torch.as_tensor(episode.support_targets, dtype=torch.float32).gt(0.5).float()
-        queries = standardise(episode.query_features, self.feature_mean, self.feature_std)
+        support = standardise(episode.support_features, self.feature_mean, self.feature_std, self.device)
+        support_targets = torch.as_tensor(episode.support_targets, dtype=torch.float32, device=self.device).gt(0.5).float()
+        queries = standardise(episode.query_features, self.feature_mean, self.feature_std, self.device)
         n_support = support.shape[0]
         if not (self.union_augmentation and n_support > 1):
             plan = self._training_plan(episode, support_targets, 0)
@@ -577,15 +597,15 @@ class LaSO(Method):
         fake_batch = release_fake_batch_size(n_support, n_pairs, episode.k_shot) if n_pairs > 0 else 0
         if self.classifier_schedule == "full_batch":
             real_batch = min(RELEASE_REAL_BATCH, n_support)
-            weights = split_weights(n_support, n_pairs, self._real_share(real_batch, fake_batch))
+            weights = split_weights(n_support, n_pairs, self._real_share(real_batch, fake_batch)).to(self.device)
             return _TrainingPlan([None] * self.episode_steps, [weights] * self.episode_steps)
         real_rows, fake_rows = release_minibatches(
-            support_targets.numpy(), n_pairs, fake_batch, self.episode_epochs, self._plan_rng(episode)
+            support_targets.cpu().numpy(), n_pairs, fake_batch, self.episode_epochs, self._plan_rng(episode)
         )
         rows, weights = [], []
         for real, fake in zip(real_rows, fake_rows):
-            rows.append(torch.as_tensor(np.concatenate([real, n_support + fake])))
-            weights.append(split_weights(real.size, fake.size, self._real_share(real.size, fake.size)))
+            rows.append(torch.as_tensor(np.concatenate([real, n_support + fake]), device=self.device))
+            weights.append(split_weights(real.size, fake.size, self._real_share(real.size, fake.size)).to(self.device))
         return _TrainingPlan(rows, weights)
 
     def _real_share(self, real_rows: int, fake_rows: int) -> float:
@@ -607,7 +627,8 @@ class LaSO(Method):
     def _logistic_scores(self, episode: Episode, data: _EpisodeData) -> np.ndarray:
         """Logistic regression (zero-initialised) trained on the episode's plan: the
         ``episode_classifier="logistic"`` classifier and the fallback of single-row episodes."""
-        classifier = linear(data.inputs.shape[1], episode.n_labels, torch_generator(self.seed, episode.seed, 3), zero=True)
+        classifier = linear(data.inputs.shape[1], episode.n_labels, torch_generator(self.seed, episode.seed, 3),
+                            zero=True).to(self.device)
         optimiser = self._episode_optimiser(list(classifier.parameters()), 1)
         for rows, weights in zip(data.plan.rows, data.plan.weights):
             inputs, targets = (data.inputs, data.targets) if rows is None else (data.inputs[rows], data.targets[rows])
@@ -617,7 +638,7 @@ class LaSO(Method):
             optimiser.step()
         with torch.no_grad():
             logits = classifier(data.queries)
-        return torch.sigmoid(logits.double()).numpy()
+        return torch.sigmoid(logits.double()).cpu().numpy()
 
     def _union_pairs(self, n_support: int, episode_seed: int) -> tuple[np.ndarray, np.ndarray]:
         """All support pairs i < j (``max_union_pairs`` = 0, as released), or at most ``max_union_pairs``
@@ -866,8 +887,10 @@ class _BatchedMLP:
 
     def __init__(self, params: dict[str, torch.Tensor], size: int, hidden_dim: int, dropout: float) -> None:
         self.params, self.dropout = params, dropout
+        device = params["output.weight"].device
         self.norms = [
-            {"running_mean": torch.zeros(size * hidden_dim), "running_var": torch.ones(size * hidden_dim)}
+            {"running_mean": torch.zeros(size * hidden_dim, device=device),
+             "running_var": torch.ones(size * hidden_dim, device=device)}
             for _ in range(3)
         ]
         reference = nn.BatchNorm1d(hidden_dim)

@@ -145,8 +145,8 @@ def position_importance(
     words, targets = F.normalize(word_prototypes.detach(), dim=1), targets.detach()
     n_entries = float(n * words.shape[0])
     projected = local @ weight.T / positions if method == "exact" else None  # (n, L, H): each position's share
-    rho = torch.ones(n, positions, dtype=local.dtype)
-    score = torch.zeros(n, positions, dtype=local.dtype)
+    rho = torch.ones(n, positions, dtype=local.dtype, device=local.device)
+    score = torch.zeros(n, positions, dtype=local.dtype, device=local.device)
     moment = torch.zeros_like(rho)
     second_moment = torch.zeros_like(rho)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
@@ -199,7 +199,7 @@ def select_positions(
     else:
         keep = torch.sigmoid(score_scale * scores.double()) >= theta
     if keep.numel():
-        keep[torch.arange(scores.shape[0]), scores.argmax(dim=1)] = True
+        keep[torch.arange(scores.shape[0], device=scores.device), scores.argmax(dim=1)] = True
     return keep
 
 
@@ -654,11 +654,18 @@ class LCM(Method):
     ``mlfsic methods --card lcm`` and shown on the site's method card (the ablation's intervals: README). The
     paper's claims tested and the explain diagnostics (``mlfsic claims``, ``mlfsic explain``): the LCM study,
     ``studies/lcm_tomm2024/``.
+
+    Device (``uses_device``; wvga and wvga-adapted too): training, validation, the batched test-time adaptation
+    and prediction run on ``self.device`` (the task's, ``Method.use_device``): the network and the
+    standardisation are moved there, each training batch's local features are copied there per step (the base
+    split's local grid stays in CPU memory). Episode draws, weight initialisation and the ``random`` label
+    vectors come from CPU generators, so they are the same on every device; scores come back as CPU numpy.
     """
 
     zero_shot = True
     few_shot = True
     needs_local_features = True
+    uses_device = True
     predict_params = PREDICT_PARAMS
     code_modules = ("mlfsic.methods.lcm_adaptation",)
     deviations = _SHARED_DEVIATIONS + _ADAPTATION_DEVIATIONS + _LCM_DEVIATIONS
@@ -835,10 +842,21 @@ class LCM(Method):
         e = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
         if self.word_vectors == "random":
             e = torch.stack([random_label_vector(name, e.shape[1]) for name in names]) if len(names) else e
-        return F.normalize(e, dim=1) * math.sqrt(e.shape[1])
+        return (F.normalize(e, dim=1) * math.sqrt(e.shape[1])).to(self.device)
 
     def _std_global(self, features: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return (torch.as_tensor(np.asarray(features, dtype=np.float32)) - self.feature_mean) / self.feature_std
+        return (self._tensor(features) - self.feature_mean) / self.feature_std
+
+    def _tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A float32 tensor of ``array`` on ``self.device`` (the CPU array itself where the device is the CPU)."""
+        return torch.as_tensor(np.asarray(array, dtype=np.float32), device=self.device)
+
+    def _on_device(self) -> None:
+        """Move the fitted network and standardisation to ``self.device`` (a checkpoint loads on the CPU)."""
+        self.net.to(self.device)
+        self.feature_mean, self.feature_std = self.feature_mean.to(self.device), self.feature_std.to(self.device)
+        if self.net.loc_fc is not None:
+            self.local_mean, self.local_std = self.local_mean.to(self.device), self.local_std.to(self.device)
 
     def _pooled_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The global path ``vis_fc((g - mean) / std)`` as one affine map: weight (H, D), bias (H,)."""
@@ -873,7 +891,7 @@ class LCM(Method):
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Kept positions (n_s, L) bool and the importance scores (n_s, L) (None when not selecting)."""
         if self.selection == "off" or not select:
-            return torch.ones(support_local.shape[:2], dtype=torch.bool), None
+            return torch.ones(support_local.shape[:2], dtype=torch.bool, device=support_local.device), None
         scores = self.importance(support_local, words, support_targets)
         return select_positions(scores, self.theta, self.score_scale, self.threshold_mode), scores
 
@@ -924,10 +942,9 @@ class LCM(Method):
         if support_targets.shape[0] == 0:
             prototypes = words
         else:
-            targets = torch.as_tensor(np.asarray(support_targets, dtype=np.float32))
             prototypes, _ = self._prototypes(
-                self._std_global(support_global), torch.as_tensor(np.asarray(support_local, dtype=np.float32)),
-                targets, words, select=select,
+                self._std_global(support_global), self._tensor(support_local), self._tensor(support_targets), words,
+                select=select,
             )
         return alignment_logits(self.net.vis_fc(self._std_global(query_global)), prototypes, self.scale)
 
@@ -952,6 +969,9 @@ class LCM(Method):
             support_local[b, :size] = torch.as_tensor(np.asarray(e.support_local_features, dtype=np.float32))
             targets[b, :size] = torch.as_tensor(np.asarray(e.support_targets, dtype=np.float32))
             image_mask[b, :size] = True
+        # padded on the CPU, then one copy each to the device
+        support_global, support_local = support_global.to(self.device), support_local.to(self.device)
+        targets, image_mask = targets.to(self.device), image_mask.to(self.device)
         shared = all(e.label_names == episodes[0].label_names for e in episodes)
         words_in = (self._words(episodes[0].label_embeddings, episodes[0].label_names) if shared else
                     torch.stack([self._words(e.label_embeddings, e.label_names) for e in episodes]))  # (N, E) | (B, N, E)
@@ -971,13 +991,13 @@ class LCM(Method):
             else:  # loc_fc is not in the alignment loss: it stays as fitted (as released)
                 tokens = self._tokens(support_local.reshape(batch * n_max, positions, channels)).reshape(
                     batch, n_max, positions, -1)
-            keep = torch.ones(batch, n_max, positions, dtype=torch.bool)
+            keep = torch.ones(batch, n_max, positions, dtype=torch.bool, device=self.device)
             if self.selection == "first_order":
                 keep = select_positions(adapted.scores.reshape(-1, positions), self.theta, self.score_scale,
                                         self.threshold_mode).reshape(batch, n_max, positions)
             scores = adapted.scores
             if self.selection == "exact":  # leave-one-out loss change under the adapted weights
-                scores = torch.zeros(batch, n_max, positions)
+                scores = torch.zeros(batch, n_max, positions, device=self.device)
                 for b, size in enumerate(sizes):
                     weight = adapted.vis_weight[b] / self.feature_std
                     bias = adapted.vis_bias[b] - weight @ self.feature_mean
@@ -1028,12 +1048,13 @@ class LCM(Method):
         block = {"heads": self.heads, "mlp_ratio": self.mlp_ratio, "channel_attention": self.channel_attention,
                  "dynamic_conv": self.dynamic_conv, "dynamic_rank": self.dynamic_rank,
                  "visual_residual": self.visual_residual, "shared_norm": self.shared_norm}
-        self.net = LCMNet(self.dims, block, self.tie_local_projection, generator)
+        self.net = LCMNet(self.dims, block, self.tie_local_projection, generator)  # initialised on the CPU
+        self._on_device()
 
         global_std = self._std_global(base.features)  # (n, D)
-        local_raw = torch.as_tensor(np.asarray(base.local_features, dtype=np.float32))  # (n, L, C)
+        local_raw = torch.as_tensor(np.asarray(base.local_features, dtype=np.float32))  # (n, L, C), kept on the CPU
         targets_np = np.asarray(base.targets) > 0.5
-        targets = torch.as_tensor(targets_np, dtype=torch.float32)
+        targets = torch.as_tensor(targets_np, dtype=torch.float32, device=self.device)
         words_in = self._words(base.label_embeddings, base.label_names)
         members = [np.flatnonzero(targets_np[:, j]) for j in range(targets_np.shape[1])]
         need = self.train_shot + self.n_query
@@ -1051,7 +1072,7 @@ class LCM(Method):
         curve: list[dict] = []
         step = 0
         loss_curve: list[dict] = []
-        running = torch.zeros(2)
+        running = torch.zeros(2, device=self.device)
         for step in tqdm(range(1, self.steps + 1), desc=f"{self.name} fit", disable=not self.progress):
             for group in optimiser.param_groups:
                 group["lr"] = warmup_lr(self.lr, step, self.warmup_steps)
@@ -1062,10 +1083,11 @@ class LCM(Method):
             align_loss = F.binary_cross_entropy_with_logits(
                 alignment_logits(support_vis, words_all, self.scale), targets[support]
             )
-            label_index = torch.as_tensor(labels)
+            label_index = torch.as_tensor(labels, device=self.device)
             support_targets = targets[support][:, label_index]
             prototypes, _ = self._prototypes(
-                global_std[support], local_raw[support], support_targets, words_all[label_index], select=False,
+                global_std[support], local_raw[support].to(self.device), support_targets, words_all[label_index],
+                select=False,
             )
             prototypes = with_word_prototypes(prototypes, support_targets, words_all[label_index])
             query_logits = alignment_logits(self.net.vis_fc(global_std[query]), prototypes, self.scale)
@@ -1079,7 +1101,7 @@ class LCM(Method):
                 window = step - (loss_curve[-1]["step"] if loss_curve else 0)
                 align_mean, query_mean = (running / window).tolist()
                 loss_curve.append({"step": step, "align_loss": round(align_mean, 5), "query_loss": round(query_mean, 5)})
-                running = torch.zeros(2)
+                running = torch.zeros(2, device=self.device)
             if val_episodes and (step % eval_every == 0 or step == self.steps):
                 entry = self._validate(val, val_episodes)
                 entry = {"step": step, **entry}
@@ -1141,7 +1163,7 @@ class LCM(Method):
                         val.label_embeddings[labels], tuple(val.label_names[j] for j in labels), val.features[query],
                         select=False,
                     )
-                    maps.append(episode_map(logits.double().numpy(), val.targets[np.ix_(query, labels)]))
+                    maps.append(episode_map(logits.double().cpu().numpy(), val.targets[np.ix_(query, labels)]))
                 result[f"val_map_{k_shot}shot"] = round(float(np.mean(maps)), 6)
         result["val_map"] = round(float(np.mean(list(result.values()))), 6)
         self.net.train()
@@ -1157,6 +1179,7 @@ class LCM(Method):
         mean kept fraction of positions, mean support loss before and after)."""
         for episode in episodes:
             self._check_episode(episode)
+        self._on_device()
         results: list[np.ndarray | None] = [None] * len(episodes)
         adapt = [i for i, e in enumerate(episodes) if e.k_shot > 0 and self.adapt_steps > 0]
         for i, episode in enumerate(episodes):
@@ -1166,12 +1189,12 @@ class LCM(Method):
                         episode.support_features, episode.support_local_features, episode.support_targets,
                         episode.label_embeddings, episode.label_names, episode.query_features,
                     )
-                results[i] = torch.sigmoid(logits.double()).numpy()
+                results[i] = torch.sigmoid(logits.double()).cpu().numpy()
         measured = []
         for n_labels in sorted({episodes[i].n_labels for i in adapt}):
             group = [i for i in adapt if episodes[i].n_labels == n_labels]
             for i, out in zip(group, self._adapted_episodes([episodes[i] for i in group])):
-                results[i] = torch.sigmoid(out["logits"].double()).numpy()
+                results[i] = torch.sigmoid(out["logits"].double()).cpu().numpy()
                 measured.append(out)
         self.predict_report = {}
         if measured:
@@ -1198,8 +1221,8 @@ class LCM(Method):
             raise MlfsicError(f"{self.name}.explain: episode {episode.index} is 0shot; there is nothing to explain")
         if not self.cross_interaction:
             raise MlfsicError(f"{self.name}.explain: cross_interaction=false has no attention to explain")
-        local = torch.as_tensor(np.asarray(episode.support_local_features, dtype=np.float32))
-        targets = torch.as_tensor(np.asarray(episode.support_targets, dtype=np.float32))
+        self._on_device()
+        local, targets = self._tensor(episode.support_local_features), self._tensor(episode.support_targets)
         if self.adapt_steps > 0:
             info = self._adapted_episodes([episode], details=True)[0]
         else:
@@ -1211,7 +1234,7 @@ class LCM(Method):
                 words = self.net.tex_fc(self._words(episode.label_embeddings, episode.label_names))
                 info["importance"] = self.importance(local, words, targets, method="first_order")
         keys = ("keep", "importance", "pair_image", "pair_label", "attention", "image_weights")
-        return {key: info[key].numpy() for key in keys}
+        return {key: info[key].cpu().numpy() for key in keys}
 
 
 @register("wvga")

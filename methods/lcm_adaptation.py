@@ -167,13 +167,14 @@ def adapt_to_supports(
     weight_v, bias_v, weight_t, bias_t = params
     rho = None
     if support_local is not None:
-        rho = torch.ones(support_local.shape[:3], dtype=support_local.dtype, requires_grad=True)
+        rho = torch.ones(support_local.shape[:3], dtype=support_local.dtype, device=support_local.device,
+                         requires_grad=True)
         params.append(rho)
         positions = support_local.shape[2]
     # Adam is elementwise, so one optimiser over the batched tensors is B independent Adams; fused: one pass
     optimiser = torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=lr > 0)
     scores = None
-    first_loss = last_loss = torch.zeros(batch)
+    first_loss = last_loss = torch.zeros(batch, device=targets.device)
     for step in range(1, steps + 1):
         for group in optimiser.param_groups:
             group["lr"] = warmup_lr(lr, step, warmup_steps)

@@ -1,4 +1,8 @@
-"""Linear probe: per-label L2-regularised logistic regression on frozen global features, fitted per episode."""
+"""Linear probe: per-label L2-regularised logistic regression on frozen global features, fitted per episode.
+
+Device: computes on the CPU whatever its task was given (``uses_device`` False; issue 37 moved lcm, laso and
+protonet to the task's device, not this method).
+"""
 
 from __future__ import annotations
 

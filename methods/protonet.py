@@ -47,10 +47,15 @@ class MultiLabelProtoNet(Method):
     Simplifications: the backbone is frozen (global features only); the distance is divided by H so one
     initial scale suits every embedding size; K varies across training episodes instead of matching
     the test shot, so one checkpoint serves 1shot and 5shot.
+
+    Device (``uses_device``): the head, the standardised features and the episodes' tensors live on
+    ``self.device`` (the task's, ``Method.use_device``); the episode draws and the head's initial weights come
+    from CPU generators, so they are the same on every device; scores come back as CPU numpy.
     """
 
     zero_shot = False
     few_shot = True
+    uses_device = True
     deviations = (
         Deviation(what="the backbone is frozen and only an MLP head (D -> 256 -> 128) on the global features is "
                        "trained; Snell et al. train the whole convolutional embedding network",
@@ -101,7 +106,7 @@ class MultiLabelProtoNet(Method):
             raise MlfsicError(f"{self.name}: n_way must be >= 2, max_train_shot and n_query >= 1")
         rng = numpy_rng(self.seed, 1)
         generator = torch_generator(self.seed, 0)
-        features = standardised_base(self, base, val)
+        features = standardised_base(self, base, val).to(self.device)
         targets = np.asarray(base.targets) > 0.5
         members = [np.flatnonzero(targets[:, j]) for j in range(targets.shape[1])]
         sizes = np.array([m.size for m in members])
@@ -119,23 +124,30 @@ class MultiLabelProtoNet(Method):
                                f"fewer than 2 base labels have {self.max_train_shot + self.n_query} images"}
         n_way = min(self.n_way, int(eligible.size))
 
-        self.head = mlp([features.shape[1], self.hidden_dim, self.embed_dim], generator)
-        self.log_scale = nn.Parameter(torch.zeros(()))
-        self.bias = nn.Parameter(torch.zeros(()))
+        self.head = mlp([features.shape[1], self.hidden_dim, self.embed_dim], generator).to(self.device)
+        self.log_scale = nn.Parameter(torch.zeros((), device=self.device))
+        self.bias = nn.Parameter(torch.zeros((), device=self.device))
         parameters = [*self.head.parameters(), self.log_scale, self.bias]
         optimiser = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
         for _ in tqdm(range(self.n_episodes), desc=f"{self.name} fit", disable=not self.progress):
             labels = rng.choice(eligible, size=n_way, replace=False)
             k_shot = int(rng.integers(1, train_shot + 1))
             support, query = sample_episode(members, labels, k_shot, self.n_query, targets.shape[0], rng)
-            support_targets = torch.as_tensor(targets[np.ix_(support, labels)], dtype=torch.float32)
-            query_targets = torch.as_tensor(targets[np.ix_(query, labels)], dtype=torch.float32)
+            support_targets = torch.as_tensor(targets[np.ix_(support, labels)], dtype=torch.float32, device=self.device)
+            query_targets = torch.as_tensor(targets[np.ix_(query, labels)], dtype=torch.float32, device=self.device)
             logits = self._logits(features[support], support_targets, features[query])
             loss = F.binary_cross_entropy_with_logits(logits, query_targets)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         self.head.eval()
+
+    def _on_device(self) -> None:
+        """Move the fitted head, scale, bias and standardisation to ``self.device`` (a checkpoint loads on the CPU)."""
+        self.head.to(self.device)
+        self.log_scale.data = self.log_scale.data.to(self.device)
+        self.bias.data = self.bias.data.to(self.device)
+        self.feature_mean, self.feature_std = self.feature_mean.to(self.device), self.feature_std.to(self.device)
 
     def _logits(self, support: torch.Tensor, support_targets: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """(n_s, D), (n_s, N), (n_q, D) standardised -> (n_q, N) logits."""
@@ -147,13 +159,14 @@ class MultiLabelProtoNet(Method):
 
     def predict(self, episode: Episode) -> np.ndarray:
         check_episode(episode, self.name, int(self.feature_mean.shape[0]), self.zero_shot, self.few_shot)
+        self._on_device()
         with torch.no_grad():
             logits = self._logits(
-                standardise(episode.support_features, self.feature_mean, self.feature_std),
-                torch.as_tensor(episode.support_targets, dtype=torch.float32),
-                standardise(episode.query_features, self.feature_mean, self.feature_std),
+                standardise(episode.support_features, self.feature_mean, self.feature_std, self.device),
+                torch.as_tensor(episode.support_targets, dtype=torch.float32, device=self.device),
+                standardise(episode.query_features, self.feature_mean, self.feature_std, self.device),
             )
-        return torch.sigmoid(logits.double()).numpy()
+        return torch.sigmoid(logits.double()).cpu().numpy()
 
 
 def sample_episode(

@@ -1,4 +1,8 @@
-"""Tip-Adapter: a training-free cache of the support features on top of a zero-shot classifier, multi-label."""
+"""Tip-Adapter: a training-free cache of the support features on top of a zero-shot classifier, multi-label.
+
+Device: computes on the CPU whatever its task was given (``uses_device`` False; issue 37 moved lcm, laso and
+protonet to the task's device, not this method).
+"""
 
 from __future__ import annotations
 

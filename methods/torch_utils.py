@@ -80,9 +80,11 @@ def fit_standardiser(features: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim=0), x.std(dim=0, unbiased=False).clamp_min(1e-6)
 
 
-def standardise(features: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(n, D) float32 array -> standardised (n, D) float32 tensor."""
-    return (torch.as_tensor(np.asarray(features, dtype=np.float32)) - mean) / std
+def standardise(features: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """(n, D) float32 array -> standardised (n, D) float32 tensor, on ``device`` (None: the CPU; ``mean`` and
+    ``std`` must be there too)."""
+    return (torch.as_tensor(np.asarray(features, dtype=np.float32), device=device) - mean) / std
 
 
 # ------------------------------------------------------------------------------------------ checks

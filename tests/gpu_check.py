@@ -2,6 +2,7 @@
 
     python tests/gpu_check.py             # on a CUDA machine: the figures below; else one skip line, exit 0
     python tests/gpu_check.py --rehearse  # every step on the CPU, tiny, a GPU *declared* to Ray: tests the script
+    python tests/gpu_check.py --rehearse --only devices  # one step (extraction, devices or sweeps)
 
 Not collected by pytest (its name does not start with ``test_``); ``tests/test_gpu_check.py`` runs the
 no-GPU path and the rehearsal. Steps:
@@ -12,14 +13,23 @@ no-GPU path and the rehearsal. Steps:
    worker process per core but one).
    Weights: ``MLFSIC_RESNET50_WEIGHTS`` (a torchvision state dict), else a random initialisation: timing
    does not depend on the values.
-2. **Methods lcm, laso, mkt**: methods compute on the CPU (no method moves a tensor to a device; a task's
-   ``resources.num_gpus`` reaches only the backbone, through ``load_backbone``'s CUDA default), so "on
-   GPU" is what the harness does with a GPU: the same sweeps with ``resources.num_gpus=0`` and the backbone
-   pinned to the CPU (``+dataset.backbone.device=cpu``) against ``resources.num_gpus=0.5`` (backbone on
-   CUDA). Printed per method: ``Method.fit`` seconds (run.json) and predict episodes/s (records), per round.
+2. **Methods on the device** (issue 37): lcm, wvga-adapted, laso and protonet in this process on synthetic data
+   (``synthetic_data``: 128-d features, 36 local positions, 3000 base images; 100 5-shot episodes), torch on
+   one thread as in a task. Per method: ``fit`` seconds and ``predict_batch`` episodes/s on the CPU and on the
+   device (``Method.use_device("cuda")``), and the same CPU-fitted checkpoint predicted on both: the max
+   |score difference| and the per-episode mAP difference, checked against the method's tolerance
+   (``DEVICE_METHODS``: protonet, wvga-adapted 1e-4 absolute on scores; lcm every episode's mAP within 0.5
+   points, as its selection threshold can flip a position on a rounding difference; laso the mean
+   per-episode mAP within 0.5 points, as its episode training moves scores by up to 0.1 on a one-ulp change,
+   see ``LaSO``). The mAP of a fit made on the device is printed beside the CPU fit's (not checked: training
+   rounds differently). mkt and clip-zeroshot stay on the CPU (not compared). float32 throughout.
+3. **Sweeps, lcm, laso, mkt**: the same sweeps with ``resources.num_gpus=0`` and the backbone pinned to the CPU
+   (``+dataset.backbone.device=cpu``) against ``resources.num_gpus=0.5`` (backbone and the methods that
+   declare ``uses_device`` on CUDA). Printed per method: ``Method.fit`` seconds (run.json) and predict
+   episodes/s (records), per round, and the devices run.json recorded.
    Sweeps: ``A`` lcm + laso on the SmallCNN, ``B`` mkt on the tiny CLIP teacher (``+backbone=tiny-teacher``),
    both on the tests' tiny coco-moji (``conftest.TINY_DATASET_OVERRIDES``), 1/5-shot, 100 episodes, one seed.
-3. **Two sweeps packed on one GPU**: A and B at once, ``resources.num_gpus=0.5``, on one local Ray cluster
+4. **Two sweeps packed on one GPU**: A and B at once, ``resources.num_gpus=0.5``, on one local Ray cluster
    holding one GPU (``ray.cluster_utils.Cluster``, the sweeps connect with ``ray.address``), each into a
    fresh results dir; their walls against the same two sweeps one after the other on the same cluster
    (``MLFSIC_GPU_CHECK_ALONE=0`` skips that baseline), and whether their records equal the baseline's.
@@ -42,8 +52,20 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 SKIP_LINE = "gpu-check: skipped: no CUDA device"
 SWEEP = ["setting=[1shot,5shot]", "seeds=[0]", "n_episodes=100"]
+STEPS = ("extraction", "devices", "sweeps")
 SWEEPS = {"A": ["method=[lcm,laso]"], "B": ["+backbone=tiny-teacher", "method=[mkt]"]}
 COMPARED = ["method", "setting", "seed", "episode", "map", "f1_3", "f1_5"]
+# Step 2, per method: constructor overrides (the same on both devices; ``--rehearse``: the second, tiny), and the
+# tolerance of the CPU-fitted checkpoint predicted on the device against the CPU: ("scores", max |difference|),
+# ("episode_map", max |per-episode mAP difference| in points) or ("mean_map", |mean per-episode mAP difference|).
+DEVICE_METHODS: dict[str, tuple[dict, dict, tuple[str, float]]] = {
+    "protonet": ({"n_episodes": 500}, {"n_episodes": 20, "hidden_dim": 32, "embed_dim": 16}, ("scores", 1e-4)),
+    "wvga-adapted": ({"steps": 300}, {"embed_dim": 16, "heads": 2, "steps": 20, "adapt_steps": 5}, ("scores", 1e-4)),
+    "lcm": ({"steps": 300}, {"embed_dim": 16, "heads": 2, "steps": 20, "adapt_steps": 5}, ("episode_map", 0.5)),
+    "laso": ({"steps": 500, "classifier_epochs": 20},
+             {"steps": 20, "classifier_epochs": 1, "hidden_dim": 32, "episode_steps": 10, "max_union_pairs": 20},
+             ("mean_map", 0.5)),
+}
 
 
 def say(text: str) -> None:
@@ -64,6 +86,69 @@ def extraction(rehearse: bool, folder: Path) -> None:
             f"weights {'file ' + weights if weights else 'random init'}, num_cpus {num_cpus} "
             f"({rates['decode_workers']} decode workers): feature store {rates['store_rate']:.1f} images/s, "
             f"bare forward {rates['bare_rate']:.1f} images/s, ratio {rates['ratio']:.2f}")
+
+
+def _timed(device: str, work, *args):
+    """``work(*args)`` and its seconds, the device's queue drained before the clock stops."""
+    import torch
+
+    started = time.perf_counter()
+    result = work(*args)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - started
+
+
+def method_devices(rehearse: bool) -> bool:
+    """Step 2: each method of ``DEVICE_METHODS`` fitted and predicted on the CPU and on the device; the CPU-fitted
+    checkpoint's scores on both compared against the method's tolerance. False when one is outside it."""
+    import copy
+
+    import numpy as np
+    import torch
+    from synthetic_data import make_base_data, make_episode, make_world
+
+    from mlfsic.harness.protocol.metrics import episode_map
+    from mlfsic.methods.registry import create_method
+
+    device = "cpu" if rehearse else "cuda"
+    torch.set_num_threads(1)  # as a fit or evaluate task runs
+    if rehearse:
+        base, drawn = make_base_data(n=160, seed=0), [make_episode(5, seed=seed) for seed in range(4)]
+    else:
+        world = make_world(n_base_labels=40, n_novel_labels=12, dim=128, emb_dim=64, seed=7)
+        base = make_base_data(n=3000, seed=0, world=world, local_positions=36)
+        drawn = [make_episode(5, seed=seed, world=world, local_positions=36) for seed in range(100)]
+    episodes = [episode for episode, _ in drawn]
+    ok = True
+    for name, (full, tiny, (kind, tolerance)) in DEVICE_METHODS.items():
+        config = tiny if rehearse else full
+        fits, rates, maps = {}, {}, {}
+        for side, side_device in (("cpu", "cpu"), ("device", device)):
+            method = create_method(name, config, 0)
+            method.use_device(side_device)
+            _, fits[side] = _timed(side_device, method.fit, base, None)
+            scores, seconds = _timed(side_device, method.predict_batch, episodes)
+            rates[side] = len(episodes) / seconds
+            maps[side] = float(np.mean([episode_map(np.asarray(s), t) for s, (_, t) in zip(scores, drawn)]))
+            if side == "cpu":  # predicting is deterministic: these are the CPU fit's scores on the CPU
+                moved = copy.deepcopy(method)
+                on_cpu = [np.asarray(s, dtype=np.float64) for s in scores]
+        moved.use_device(device)
+        on_device = [np.asarray(s, dtype=np.float64) for s in moved.predict_batch(episodes)]
+        score_gap = max(float(np.abs(a - b).max()) for a, b in zip(on_cpu, on_device))
+        map_gaps = [100 * (episode_map(b, t) - episode_map(a, t)) for a, b, (_, t) in zip(on_cpu, on_device, drawn)]
+        measured = {"scores": score_gap, "episode_map": max(abs(g) for g in map_gaps),
+                    "mean_map": abs(float(np.mean(map_gaps)))}[kind]
+        within = measured <= tolerance
+        ok &= within
+        say(f"method {name} on {device} vs cpu: fit {fits['device']:.2f} s vs {fits['cpu']:.2f} s, predict "
+            f"{rates['device']:.1f} vs {rates['cpu']:.1f} episodes/s ({len(episodes)} 5-shot episodes); CPU fit "
+            f"predicted on both: max |score difference| {score_gap:.2e}, per-episode mAP difference max "
+            f"{max(abs(g) for g in map_gaps):.3f} mean {float(np.mean(map_gaps)):+.3f} points; tolerance {kind} "
+            f"<= {tolerance:g}: {'ok' if within else 'OUTSIDE'}; mAP of the fit made on {device} "
+            f"{100 * maps['device']:.2f} vs cpu {100 * maps['cpu']:.2f} (float32, not checked)")
+    return ok
 
 
 def _start(address: str, results_dir: Path, run_id: str, sweep: list[str], extra: list[str]) -> subprocess.Popen:
@@ -148,12 +233,13 @@ def methods_and_packing(rehearse: bool, folder: Path) -> bool:
             for method, group in result["records"].groupby("method"):
                 fit_s = sum(v for k, v in run["fit_seconds"].items() if k.startswith(f"{method}/"))
                 per_method.append(f"{method} fit {fit_s:.2f} s, predict {len(group) / group['predict_s'].sum():.1f} episodes/s")
+            fit_devices = sorted(set((run.get("devices") or {}).get("fits", {}).values()))
             say(f"sweep {sweep} round {name}: wall {result['wall']:.1f} s (prepare {run['phase_s']['prepare']:.1f}, "
                 f"fit+evaluate {run['phase_s']['fit_and_evaluate']:.1f}), backbone on "
                 f"{'cpu' if name == 'cpu' else 'cuda (num_gpus 0.5)'}, cluster GPUs "
-                f"{run['ray']['cluster_resources'].get('GPU', 0):g}; " + "; ".join(per_method))
-    say("methods: lcm, laso and mkt compute on the CPU in every round (methods/ have no device: fit and predict "
-        "on a GPU are not supported by the harness); only the backbone uses the GPU")
+                f"{run['ray']['cluster_resources'].get('GPU', 0):g}, fits on {','.join(fit_devices) or '?'}; "
+                + "; ".join(per_method))
+    say("methods: lcm and laso compute on their task's device (run.json devices), mkt on the CPU in every round")
     if "gpu-alone" in results and ok:
         alone = results["gpu-alone"]["wall"]
         packed = results["gpu-packed"]["wall"]
@@ -169,6 +255,7 @@ def methods_and_packing(rehearse: bool, folder: Path) -> bool:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rehearse", action="store_true", help="every step on the CPU, tiny (tests the script)")
+    parser.add_argument("--only", choices=STEPS, help="run this step only")
     args = parser.parse_args(argv)
     import torch
 
@@ -183,8 +270,13 @@ def main(argv: list[str]) -> int:
         say(f"device {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
             f"{os.cpu_count()} CPU cores")
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        extraction(args.rehearse, Path(tmp) / "extraction")
-        ok = methods_and_packing(args.rehearse, Path(tmp) / "sweeps")
+        ok = True
+        if args.only in (None, "extraction"):
+            extraction(args.rehearse, Path(tmp) / "extraction")
+        if args.only in (None, "devices"):
+            ok = method_devices(args.rehearse) and ok
+        if args.only in (None, "sweeps"):
+            ok = methods_and_packing(args.rehearse, Path(tmp) / "sweeps") and ok
     say("done" if ok else "done, with failed sweeps")
     return 0 if ok else 1
 

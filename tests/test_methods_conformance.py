@@ -202,3 +202,23 @@ def test_builtin_config_file_holds_constructor_arguments(name):
         assert isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)), key
         assert value != default, f"{path}: {key!r} repeats the constructor default {default!r}; drop it"
     create_method(name, values, seed=0)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_use_device_before_fit_and_predict(name, base):
+    """The harness calls ``use_device`` with the task's device before ``fit`` and before ``predict``: on the CPU
+    every method scores as without the call; a method that ignores the device (``uses_device`` False: every
+    plug-in written before the hook, e.g. example-cosine) keeps working, on the CPU, even when its task was
+    given a GPU."""
+    setting = "1shot" if available_methods()[name].cls.supports("1shot") else "0shot"
+    episode, _ = episode_for(name, k_of(setting), seed=3)
+    expected = np.asarray(fitted(name, base).predict(episode))
+    devices = ["cpu"] if available_methods()[name].cls.uses_device else ["cpu", "cuda"]
+    for device in devices:  # torch.device("cuda") is only a name here: an ignoring method never touches it
+        method = created(name)
+        method.use_device(device)
+        assert method.device == torch.device(device)
+        method.fit(data_for(name, base), None)
+        method.use_device(device)
+        np.testing.assert_array_equal(np.asarray(method.predict(episode)), expected, err_msg=f"device {device}")
+        assert "device" not in method.__getstate__()  # never part of a checkpoint

@@ -8,6 +8,11 @@ one process for notebooks, tests and debugging.
 A method only ever receives ``SplitData`` (the base split, and the val split for model selection) and
 ``Episode`` objects, which carry no query targets; targets are looked up here, after ``predict`` returned.
 The rows written for each chunk follow the run directory's schema in ``harness.sweep.store``.
+
+Device: ``fit_method`` and ``evaluate_episodes`` take the torch device of their task (``"cuda"`` when Ray gave
+it a GPU, ``driver.ray_setup.task_device``) and hand it to the method (``Method.use_device``) before ``fit`` and
+before ``predict_batch``; a method computes there only if it declares ``uses_device`` (``compute_device``).
+Checkpoints hold CPU tensors whatever device the fit ran on, and the device is no part of their key.
 """
 
 from __future__ import annotations
@@ -36,6 +41,17 @@ from mlfsic.harness.sweep.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkRe
 from mlfsic.harness.protocol.episodes import parse_setting
 from mlfsic.methods.api import Episode, SplitData, constructor_defaults
 from mlfsic.methods.registry import create_method, get_method_class
+
+
+# What run.json says of the arithmetic of fits and chunks (``devices``): float32 on every device, no autocast /
+# mixed precision; torch's default leaves TF32 matmuls off on CUDA.
+PRECISION = {"dtype": "float32", "mixed_precision": False}
+
+
+def compute_device(method: Any, device: str) -> str:
+    """The device a method (class or instance) computes on when its task was given ``device``: ``device``
+    when it declares ``uses_device``, else ``"cpu"``."""
+    return str(device) if getattr(method, "uses_device", False) else "cpu"
 
 
 class MethodFailure(Exception):
@@ -91,6 +107,7 @@ class FitResult:
     cached: bool
     report: dict[str, Any]  # the method's ``fit_report`` (e.g. the kept epoch and its val mAP)
     note: str = ""  # one line when a cached checkpoint was refused and refitted (the driver prints it)
+    device: str = "cpu"  # the device the fit computed on (of a cached checkpoint: the one its fit ran on)
 
 
 def fit_splits(eval_split: str, fit_val: bool = False) -> tuple[str, ...]:
@@ -130,27 +147,30 @@ def split_data(benchmark: Benchmark, split: str, seed: int, with_local: bool) ->
 
 
 def fit_method(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: Path, eval_split: str = "test",
-               fit_val: bool = False) -> FitResult:
+               fit_val: bool = False, device: str = "cpu") -> FitResult:
     """Train ``spec`` on the base split (val for model selection), or reuse its checkpoint.
 
     The evaluated split never reaches ``fit``: with ``eval_split="val"`` the method gets ``val=None``.
     Method errors raise MethodFailure. One writer per checkpoint (two sweeps sharing a results dir, a variant
     equal to its base, ``mlfsic explain`` beside a run): the others wait on its lock file and reuse it, so no
-    chunk is ever evaluated with a checkpoint replaced under it.
+    chunk is ever evaluated with a checkpoint replaced under it. ``device``: the task's torch device, given to
+    the method before ``fit`` (``Method.use_device``); it is not part of the checkpoint's key.
     """
     path = checkpoint_path(benchmark, spec, seed, cache_root, eval_split, fit_val)
     with file_lock(path.with_suffix(".lock")):
-        return _fit_or_reuse(path, benchmark, spec, seed, fit_splits(eval_split, fit_val))
+        return _fit_or_reuse(path, benchmark, spec, seed, fit_splits(eval_split, fit_val), device)
 
 
-def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int, splits: tuple[str, ...]) -> FitResult:
+def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int, splits: tuple[str, ...],
+                  device: str = "cpu") -> FitResult:
     importlib.import_module(spec.module)  # registers a one-file method: its module's classes may be decoded
     note = ""
     if path.is_file() or checkpoint.record_path(path).is_file():
         try:  # checked and decoded as data (never executed); a bad file is refitted: the fit is recomputable
             checkpoint.load_checkpoint(path, (spec.module,))
             info = checkpoint.read_record(path)
-            return FitResult(str(path), float(info["fit_s"]), cached=True, report=info.get("fit_report", {}))
+            return FitResult(str(path), float(info["fit_s"]), cached=True, report=info.get("fit_report", {}),
+                             device=str(info.get("device", "cpu")))  # checkpoints before the device: CPU fits
         except (MlfsicError, OSError, ValueError, KeyError, TypeError) as error:
             note = f"mlfsic: {error}; refitting {spec.name} seed {seed}"
             print(note, file=sys.stderr, flush=True)
@@ -159,6 +179,8 @@ def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int,
     method = create_method(spec.method, spec.config, seed)
     if method.needs_clip:
         method.use_clip(benchmark.clip_model())
+    method.use_device(device)
+    fit_device = compute_device(method, device)
     base = split_data(benchmark, "base", seed, method.needs_local_features)
     val = split_data(benchmark, "val", seed, method.needs_local_features) if "val" in splits else None
     start = time.perf_counter()
@@ -170,8 +192,8 @@ def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int,
     report = dict(getattr(method, "fit_report", {}) or {})
     checkpoint.save_checkpoint(path, method, {  # the record beside it is written last: the fit is complete
         "fit_s": fit_s, "name": spec.method, "seed": seed, "fit_report": report, "config": spec.config,
-        "config_hash": spec.config_hash, "fit_hash": spec.fit_hash or spec.config_hash})
-    return FitResult(str(path), fit_s, cached=False, report=report, note=note)
+        "config_hash": spec.config_hash, "fit_hash": spec.fit_hash or spec.config_hash, "device": fit_device})
+    return FitResult(str(path), fit_s, cached=False, report=report, note=note, device=fit_device)
 
 
 def load_fitted(path: str, spec: MethodSpec | None = None) -> Any:
@@ -246,12 +268,15 @@ def evaluate_episodes(
     fit: FitResult,
     run_id: str,
     save_scores: bool = False,
+    device: str = "cpu",
 ) -> ChunkResult:
-    """Score episodes ``indices`` of an episode set; one record row per episode."""
+    """Score episodes ``indices`` of an episode set; one record row per episode. ``device``: the task's torch
+    device, given to the loaded method before ``predict_batch`` (``Method.use_device``)."""
     started, started_cpu = time.perf_counter(), time.process_time()
     method = load_fitted(fit.checkpoint, spec)
     if method.needs_clip:
         method.use_clip(benchmark.clip_model())
+    method.use_device(device)
     episode_set = cached_episode_set(str(episode_set_path))
     k_shot = parse_setting(setting)
     protocol = str(episode_set["protocol"])
@@ -324,12 +349,14 @@ def evaluate_cell(
     run_id: str = "local",
     save_scores: bool = False,
     fit_val: bool = False,
+    device: str = "cpu",
 ) -> ChunkResult:
-    """Fit (or reuse the checkpoint) and evaluate every episode of a set, in this process."""
+    """Fit (or reuse the checkpoint) and evaluate every episode of a set, in this process, on ``device``."""
     if not get_method_class(spec.method).supports(setting):
         raise MlfsicError(f"method {spec.name!r} does not support setting {setting!r}")
     episode_set = cached_episode_set(str(episode_set_path))
-    fit = fit_method(benchmark, spec, seed, cache_root, eval_split=str(episode_set["params"]["split"]), fit_val=fit_val)
+    fit = fit_method(benchmark, spec, seed, cache_root, eval_split=str(episode_set["params"]["split"]), fit_val=fit_val,
+                     device=device)
     n_episodes = len(episode_set["episodes"])
     return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, list(range(n_episodes)), fit,
-                             run_id, save_scores)
+                             run_id, save_scores, device)

@@ -6,6 +6,9 @@ backbone model's text tower; an image is its projected image embedding, which th
 the global feature of an open_clip backbone. The score is their cosine::
 
     scores = normalise(x) @ normalise(text(prompt(label)))^T      (n_query, n_labels)
+
+Device: computes on the CPU whatever its task was given (``uses_device`` False): the sweep's open_clip model
+(``use_clip``) is one CPU model shared by the worker's tasks, and the scores are one matrix product.
 """
 
 from __future__ import annotations

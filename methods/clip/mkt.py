@@ -43,6 +43,10 @@ warmup and cosine stretched over them; 100 prompt steps instead of 4 epochs. The
 release are ``MKT.deviations`` (``mlfsic methods --card mkt``). The sweep's open_clip model is shared by the
 process: ``fit`` freezes it and hooks its token embedding while tuning the prompt, so a worker runs one task at a
 time (as the runner's tasks do).
+
+Device: computes on the CPU whatever its task was given (``uses_device`` False). Moving it needs its own
+device copy of the open_clip towers it trains and encodes text with (``use_clip`` hands every task of the
+worker one shared CPU model); not done yet (issue 37).
 """
 
 from __future__ import annotations

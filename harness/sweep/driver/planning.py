@@ -58,6 +58,10 @@ class Plan:
     fit_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Summed over the chunks computed now: wall - cpu is time their processes were runnable but not running.
     chunk_seconds: dict[str, float] = field(default_factory=lambda: {"n_chunks": 0, "wall": 0.0, "cpu": 0.0})
+    # The device each fit computed on ("<method>/seed<k>" -> "cpu" | "cuda"; a cached fit: the one it was made on)
+    # and, per cell, how many of the chunks computed now ran on each device (cell key -> {device: chunks}).
+    fit_devices: dict[str, str] = field(default_factory=dict)
+    chunk_devices: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

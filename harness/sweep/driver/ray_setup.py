@@ -94,8 +94,10 @@ def task_device() -> str:
     """The torch device of the running Ray task: ``"cuda"`` when Ray assigned it GPUs (Ray sets
     ``CUDA_VISIBLE_DEVICES`` to them, so ``cuda`` is the assigned one; with ``resources.num_gpus=0.5`` two
     tasks share it), else ``"cpu"``. A task given a GPU on a node where torch finds no CUDA device stops with
-    one line instead of running on the CPU unnoticed. Feature extraction runs on this device; the built-in
-    methods fit and predict on the CPU whatever their task was given (their tasks check the device all the same).
+    one line instead of running on the CPU unnoticed. Feature extraction runs on this device, and fit and
+    evaluate tasks hand it to their method (``Method.use_device``): a method that declares ``uses_device`` (lcm,
+    wvga, wvga-adapted, laso, protonet) fits and predicts there, any other (mkt, clip-zeroshot, linear-probe,
+    tip-adapter, the baselines, plug-ins that ignore the device) on the CPU; run.json's ``devices`` records which.
     """
     gpu_ids = ray.get_gpu_ids()
     if not gpu_ids:

@@ -24,7 +24,7 @@ from mlfsic.harness.provenance import git_state, hardware, package_versions
 from mlfsic.harness.sweep import against_run
 from mlfsic.harness.sweep.benchmark import Benchmark
 from mlfsic.harness.sweep.driver.planning import Plan
-from mlfsic.harness.sweep.evaluate import MethodSpec
+from mlfsic.harness.sweep.evaluate import PRECISION, MethodSpec
 from mlfsic.harness.sweep.spec import Sweep
 from mlfsic.harness.sweep.store import assemble, assembled_cells, cell_of, predict_reports, read_run_json, write_run_json
 
@@ -100,11 +100,21 @@ def finish_run(run_info: dict[str, Any], plan: Plan, benchmark: Benchmark, start
         phase_s={"prepare": round(prepared - started, 3),
                  "fit_and_evaluate": round(time.time() - prepared, 3)},
         evaluate_chunk_s={key: round(value, 3) for key, value in plan.chunk_seconds.items()},
+        devices=devices_record(plan),
         predict_reports=predict_reports(run_path, [n for n in plan.planned_parts if cell_of(n) in assembled_cells(records)]),
         forward_passes=forward_passes(Path(benchmark.feature_root), benchmark.backbone_id, benchmark.annotation_sha256),
         n_feature_images=n_feature_images,
     )
     write_run_info(run_path, run_info)
+
+
+def devices_record(plan: Plan) -> dict[str, Any]:
+    """run.json's ``devices``: the device each fit computed on (``fits``: "<method>/seed<k>" -> "cpu" | "cuda"),
+    per cell how many of the chunks computed by this invocation ran on each device (``evaluate_chunks``), and
+    the arithmetic (``dtype`` float32, ``mixed_precision`` false: no method uses autocast or half precision)."""
+    return {"fits": dict(sorted(plan.fit_devices.items())),
+            "evaluate_chunks": {cell: dict(sorted(counts.items())) for cell, counts in sorted(plan.chunk_devices.items())},
+            **PRECISION}
 
 
 def write_run_info(run_path: Path, run_info: dict[str, Any]) -> None:
