@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from mlfsic.harness.protocol.data import SPLITS, Dataset, split_pool
-from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness.errors import MlfsicError, invalid_value
 from mlfsic.harness.protocol.splits import split_path
 
 MISSING_IMAGE_MODES = ("error", "drop")
@@ -268,6 +268,9 @@ def read_binary_matrix(path: Path, digest: Digest | None, n_rows: int, n_cols: i
 
 
 # ------------------------------------------------------------------------------------------ options
+# An adapter's own keys stay an open mapping in the run config's schema (harness/config_schema.py: ``dataset`` is
+# ``Any``, as plug-ins add adapters); these read them, and a bad value is the same one line as a schema key's
+# (``invalid_value``: ``dataset.<key>=<value>: <problem>; expected <what>``).
 def option(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
     value = cfg.get(key, default) if hasattr(cfg, "get") else default
     return default if value is None and default is not None else value
@@ -282,9 +285,9 @@ def str_list(cfg: Mapping[str, Any], key: str, default: Sequence[str]) -> list[s
     try:
         items = list(value)
     except TypeError:
-        raise MlfsicError(f"dataset.{key}={value!r}: expected a list of strings") from None
+        raise invalid_value(f"dataset.{key}", value, "a list of strings", "not a list") from None
     if not items or not all(isinstance(item, str) and item for item in items):
-        raise MlfsicError(f"dataset.{key}={value!r}: expected a non-empty list of strings")
+        raise invalid_value(f"dataset.{key}", items, "a non-empty list of strings")
     return items
 
 
@@ -296,7 +299,7 @@ def bool_option(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise MlfsicError(f"dataset.{key}={value!r}: expected true or false")
+    raise invalid_value(f"dataset.{key}", value, "true or false", f"{value!r} is not a boolean")
 
 
 def root_of(cfg: Mapping[str, Any], what: str) -> Path:

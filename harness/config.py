@@ -13,7 +13,10 @@ Method hyperparameters are deliberately *not* a Hydra group: ``method=[lcm,proto
 override, and a group named ``method`` would capture it. Override a hyperparameter with
 ``+method_args.<name>.<key>=<value>``.
 
-The composed config is read once, by ``harness.sweep.resolve_sweep``, into a typed ``Sweep``.
+Every run-config key's type and default are declared once, in the schema ``harness.config_schema.RunConfig``,
+which Hydra composes first (config.yaml's defaults list names it ``run_schema``); OmegaConf refuses a value of
+the wrong type or an unknown key while composing, and ``_explain`` turns that into one MlfsicError line. The
+composed config is read once, by ``harness.sweep.resolve_sweep``, into a typed ``Sweep``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mlfsic.harness.errors import MlfsicError
+from mlfsic.harness import config_schema as schema
 
 
 def config_dir() -> Path:
@@ -42,21 +46,45 @@ def config_dir() -> Path:
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose ``configs/config.yaml`` with command-line overrides; errors become one-line MlfsicErrors.
 
-    Each override is parsed on its own first, so a syntax error names the override at fault. Values are
-    checked later, by ``harness.sweep.resolve_sweep``.
+    Each override is parsed on its own first, so a syntax error names the override at fault. Types and keys
+    are checked here, against the schema; the values' domains later, by ``harness.sweep.resolve_sweep``.
     """
     given = [str(o) for o in overrides]
     parsed = {override: _parse_override(override) for override in given}
+    schema.check_boolean_overrides({p.key_or_group: _parsed_value(p) for p in parsed.values()})
+    deleted = [o for o in given if o.startswith("~") and "=" not in o and schema.schema_field(o[1:]) is not None]
     with tempfile.TemporaryDirectory(prefix="mlfsic-config-") as extra_dir:
-        composed = [_backbone_override(_dataset_file_override(o, Path(extra_dir))) for o in given]
+        composed = [_backbone_override(_dataset_file_override(o, Path(extra_dir))) for o in given if o not in deleted]
         if any(o != c for o, c in zip(given, composed) if o.startswith("dataset=")):
             composed.append(f"hydra.searchpath=[file://{extra_dir}]")
         cfg = _compose(composed, parsed)
+    _delete_schema_keys(cfg, [o[1:] for o in deleted])
     _kind_defaults(cfg, given)
     return cfg
 
 
+def _delete_schema_keys(cfg: DictConfig, keys: list[str]) -> None:
+    """``~<key>`` of a schema key, applied after composition (Hydra does not delete a structured config's field):
+    the key is gone, so ``resolve_sweep`` names it as missing, and a recorded config made before a key existed
+    (``~resources.extract``) composes again (``sweep.store``'s derived command)."""
+    for key in keys:
+        parent_key, _, name = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if not isinstance(parent, DictConfig) or name not in parent:
+            raise MlfsicError(f"~{key}: {key} is not in the config (deleted twice?); expected a key of the config")
+        with open_dict(parent):
+            del parent[name]
+
+
+def _parsed_value(parsed: Any) -> Any:
+    try:
+        return parsed.value()
+    except Exception:  # noqa: BLE001 - a value Hydra cannot give back (an interpolation): left to composition
+        return None
+
+
 def _compose(overrides: list[str], parsed: dict[str, Any]) -> DictConfig:
+    schema.register()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
             cfg = compose(config_name="config", overrides=overrides)
@@ -177,30 +205,49 @@ def _parse_override(override: str) -> Any:
 def _explain(error: BaseException, parsed: dict[str, Any]) -> str:
     """One line naming the override behind a composition error."""
     text = str(error).strip()
+    cause = _schema_error(error)
+    if cause is not None and (getattr(cause, "full_key", None) or getattr(cause, "key", None)):
+        key = str(getattr(cause, "full_key", None) or getattr(cause, "key", None))
+        override = _override_of(key, parsed)
+        if type(cause).__name__ == "ValidationError" and schema.schema_field(key) is not None:
+            given = parsed[override].value() if override in parsed else getattr(cause, "value", None)
+            return str(schema.translate(cause, given))
     match = re.search(r"Could not (?:override|append to config\.|delete from config\.) '([^']+)'", text)
     if match is None:
         match = re.search(r"Could not \w+ '([^']+)'", text)
+    if match is None and cause is not None and type(cause).__name__ == "ConfigKeyError":
+        match = re.search(r"full_key: (\S+)", str(cause))
     if match:
         key = match.group(1)
-        override = next((o for o, p in parsed.items() if p.key_or_group == key), key)
+        override = _override_of(key, parsed)
         top = key.split(".")[0]
-        known = ", ".join(top_level_keys())
-        if top not in top_level_keys():
-            return f"{override}: unknown config key {top!r}; expected one of {known}"
+        unknown = schema.first_unknown(key)
+        if unknown is not None:
+            return str(schema.unknown_key(unknown, None, override))
         if top in ("method_args", "variants"):  # open mappings: a new entry takes a leading +
             return f"{override}: {key!r} is not in the config yet; expected +{override.lstrip('+')} to add it"
-        parent, _, _ = key.rpartition(".")
-        section = _config_yaml().get(parent) if "." not in parent else None
-        if isinstance(section, dict):
-            expected = "one of " + ", ".join(f"{parent}.{k}" for k in section)
-        else:
-            expected = f"a key that configs/config.yaml or configs/{top}/*.yaml defines"
-        return f"{override}: unknown config key {key!r}; expected {expected}"
+        return (f"{override}: unknown config key {key!r}; expected a key that configs/config.yaml or "
+                f"configs/{top}/*.yaml defines")
     if isinstance(error, OmegaConfBaseException) and "Interpolation" in type(error).__name__:
         culprits = [o for o in parsed if "${" in o]
         where = culprits[0] if culprits else " ".join(parsed)
         return f"{where}: {_first_line(error)}; expected an interpolation ${{key}} of an existing key"
     return f"bad config override ({' '.join(parsed)}): {_first_line(error)}"
+
+
+def _schema_error(error: BaseException) -> OmegaConfBaseException | None:
+    """The OmegaConf error behind a Hydra composition error (Hydra wraps it), or None."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OmegaConfBaseException) and type(seen).__name__ in ("ValidationError", "ConfigKeyError"):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _override_of(key: str, parsed: dict[str, Any]) -> str:
+    """The override that set ``key`` (as typed), else ``key`` itself."""
+    return next((o for o, p in parsed.items() if p.key_or_group.lstrip("+~") == key), key)
 
 
 @functools.lru_cache(maxsize=1)
@@ -209,10 +256,8 @@ def _config_yaml() -> dict[str, Any]:
 
 
 def top_level_keys() -> tuple[str, ...]:
-    """The keys ``configs/config.yaml`` defines, and its config groups (``dataset``)."""
-    raw = _config_yaml()
-    groups = [next(iter(entry)) for entry in raw.get("defaults", []) if isinstance(entry, dict)]
-    return tuple(key for key in [*raw, *groups] if key != "defaults")
+    """The keys of the run config: the fields of the schema (``harness.config_schema.RunConfig``)."""
+    return schema.top_level_keys()
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

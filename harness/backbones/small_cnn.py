@@ -44,7 +44,9 @@ class SmallCnnSettings:
     """The ``dataset.backbone`` keys of a small_cnn and their defaults (coco-moji's values), in one place.
 
     The training settings (``TRAINING_KEYS``) determine the weights; ``extract_batch_size`` only speeds up
-    extraction.
+    extraction. configs/dataset/coco-moji.yaml writes the training values out too, because the run id hashes
+    the dataset config as written (a default filled in here would change it); tests/test_config_schema.py
+    checks that it chooses exactly these values, the ones the pinned weights' record was trained with.
     """
 
     image_size: int = 96

