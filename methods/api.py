@@ -31,6 +31,13 @@ default, every plug-in written before it existed) keeps working on the CPU. Arit
 mixed precision. The device is not part of the checkpoint (``__getstate__`` drops it, as ``clip``) nor of
 its key: checkpoints hold CPU tensors, so a fit made on a GPU loads on a CPU-only machine and vice versa.
 
+Local grids of the base and val splits: a method that declares ``local_rows`` receives
+``SplitData.local_features`` as ``LocalRows``: the rows stay in the memory-mapped feature store and are read when
+indexed (``local[rows]`` gives those rows as a new float32 ndarray, exactly the values an in-memory copy holds),
+so a fit's heap does not grow with the base split (a COCO-sized ResNet-50 grid is ~15 GB as float32). Any other
+method gets the whole grid as an in-memory float32 ndarray, as before ``local_rows`` existed. Episodes always
+carry in-memory float32 ndarrays (a chunk's support and query images are few).
+
 Setting names are ``0shot``, ``1shot``, ``5shot`` (any ``Kshot``): the same strings in configs,
 records and file names.
 """
@@ -41,7 +48,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -65,6 +72,26 @@ class Deviation:
     split: str = ""
 
 
+class LocalRows(Protocol):
+    """The (n, L, C) local grids of a split, read from the feature store row by row (``SplitData.local_features``
+    of a method with ``local_rows``). ``rows[index]`` (an int, a slice, an integer array or a boolean mask over
+    the n images, optionally followed by indices of the other axes) returns a new float32 ndarray holding those
+    rows in the order asked, as ``ndarray[index]`` would; ``np.asarray(rows)`` reads them all into memory (the
+    copy ``local_rows`` exists to avoid: use it only where the whole grid is needed at once)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def ndim(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any) -> np.ndarray: ...
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class SplitData:
     """What ``Method.fit`` receives of one label split (``split`` = "base" or "val").
@@ -75,7 +102,9 @@ class SplitData:
 
     split: str
     features: np.ndarray  # (n, D) float32, global features
-    local_features: np.ndarray | None  # (n, L, C) float32, or None if the method did not ask
+    # (n, L, C) float32, or None if the method did not ask; ``LocalRows`` (read from the store when indexed) if
+    # the method declares ``local_rows``
+    local_features: np.ndarray | LocalRows | None
     targets: np.ndarray  # (n, N) float32 multi-hot
     label_names: tuple[str, ...]
     label_embeddings: np.ndarray  # (N, E) float32
@@ -117,6 +146,9 @@ class Method(ABC):
     zero_shot: ClassVar[bool] = False  # supports 0shot (labels known only by name/embedding)
     few_shot: ClassVar[bool] = True  # supports Kshot for K >= 1
     needs_local_features: ClassVar[bool] = False  # wants (n, L, C) local features in SplitData/Episode
+    # Reads SplitData.local_features by rows: the harness hands fit ``LocalRows`` (rows read from the feature store
+    # when indexed) instead of an in-memory float32 copy of the whole grid.
+    local_rows: ClassVar[bool] = False
     transductive: ClassVar[bool] = False  # scores of one query may depend on the other queries
     needs_clip: ClassVar[bool] = False  # gets the sweep's open_clip model through ``use_clip`` (open_clip backbones)
     # Computes on ``self.device`` (the task's device, set by ``use_device``); False: on the CPU whatever the task

@@ -45,6 +45,7 @@ from mlfsic.methods.lcm_adaptation import (
 from mlfsic.methods.protonet import sample_episode
 from mlfsic.methods.torch_utils import (
     KeepBest,
+    all_finite_rows,
     check_episode,
     check_split_data,
     fit_standardiser,
@@ -657,14 +658,18 @@ class LCM(Method):
 
     Device (``uses_device``; wvga and wvga-adapted too): training, validation, the batched test-time adaptation
     and prediction run on ``self.device`` (the task's, ``Method.use_device``): the network and the
-    standardisation are moved there, each training batch's local features are copied there per step (the base
-    split's local grid stays in CPU memory). Episode draws, weight initialisation and the ``random`` label
-    vectors come from CPU generators, so they are the same on every device; scores come back as CPU numpy.
+    standardisation are moved there, each training batch's local features are copied there per step. The base
+    and val splits' local grids stay in the memory-mapped feature store (``local_rows``): each step reads its
+    support rows, the input check reads the grid a block at a time; only ``tie_local_projection=false`` reads
+    the whole base grid once, for its local standardisation. Episode draws, weight initialisation and the
+    ``random`` label vectors come from CPU generators, so they are the same on every device; scores come back
+    as CPU numpy.
     """
 
     zero_shot = True
     few_shot = True
     needs_local_features = True
+    local_rows = True
     uses_device = True
     predict_params = PREDICT_PARAMS
     code_modules = ("mlfsic.methods.lcm_adaptation",)
@@ -776,7 +781,7 @@ class LCM(Method):
                 f"{self.name}.fit: {data.split}.local_features has shape {local.shape}, "
                 f"expected ({data.features.shape[0]}, L, C)"
             )
-        if not np.all(np.isfinite(local)):
+        if not all_finite_rows(local):
             raise MlfsicError(f"{self.name}.fit: {data.split}.local_features contains NaN or infinite values")
 
     def _check_fit_inputs(self, base: SplitData, val: SplitData | None) -> None:
@@ -1042,7 +1047,8 @@ class LCM(Method):
                      "C": channels, "H": self.embed_dim}
         self.feature_mean, self.feature_std = fit_standardiser(base.features)
         if not self.tie_local_projection:
-            self.local_mean, self.local_std = fit_standardiser(base.local_features.reshape(-1, channels))
+            # The whole grid at once (today's arithmetic: a mean by blocks would differ in the last bits).
+            self.local_mean, self.local_std = fit_standardiser(np.asarray(base.local_features).reshape(-1, channels))
         generator = torch_generator(self.seed, 0)
         rng = numpy_rng(self.seed, 1)
         block = {"heads": self.heads, "mlp_ratio": self.mlp_ratio, "channel_attention": self.channel_attention,
@@ -1052,7 +1058,7 @@ class LCM(Method):
         self._on_device()
 
         global_std = self._std_global(base.features)  # (n, D)
-        local_raw = torch.as_tensor(np.asarray(base.local_features, dtype=np.float32))  # (n, L, C), kept on the CPU
+        local_grid = base.local_features  # (n, L, C): an array or the store's rows (LocalRows); read per step
         targets_np = np.asarray(base.targets) > 0.5
         targets = torch.as_tensor(targets_np, dtype=torch.float32, device=self.device)
         words_in = self._words(base.label_embeddings, base.label_names)
@@ -1086,7 +1092,7 @@ class LCM(Method):
             label_index = torch.as_tensor(labels, device=self.device)
             support_targets = targets[support][:, label_index]
             prototypes, _ = self._prototypes(
-                global_std[support], local_raw[support].to(self.device), support_targets, words_all[label_index],
+                global_std[support], self._tensor(local_grid[support]), support_targets, words_all[label_index],
                 select=False,
             )
             prototypes = with_word_prototypes(prototypes, support_targets, words_all[label_index])

@@ -8,6 +8,8 @@ one process for notebooks, tests and debugging.
 A method only ever receives ``SplitData`` (the base split, and the val split for model selection) and
 ``Episode`` objects, which carry no query targets; targets are looked up here, after ``predict`` returned.
 The rows written for each chunk follow the run directory's schema in ``harness.sweep.store``.
+A method that declares ``local_rows`` gets the local grids of base and val as ``StoredLocalRows``, read from the
+memory-mapped feature store when indexed, so its fit's heap does not grow with the base split (issue 37).
 
 Device: ``fit_method`` and ``evaluate_episodes`` take the torch device of their task (``"cuda"`` when Ray gave
 it a GPU, ``driver.ray_setup.task_device``) and hand it to the method (``Method.use_device``) before ``fit`` and
@@ -131,14 +133,68 @@ def checkpoint_path(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_roo
     return cache_root / "checkpoints" / f"{spec.method}-{key[:20]}.pt"
 
 
-def split_data(benchmark: Benchmark, split: str, seed: int, with_local: bool) -> SplitData:
-    """The images of one label split as ``Method.fit`` receives them."""
+# Rows per read of ``StoredLocalRows`` when it reads many (``np.asarray``, a slice of the whole): about this many
+# bytes of float32 at a time, so reading the whole grid block by block never holds more than a block besides.
+READ_BLOCK_BYTES = 64 * 2**20
+
+
+class StoredLocalRows:
+    """The local grids (n, L, C) of images ``image_ids`` of a benchmark, left in its memory-mapped feature store
+    and read when indexed (``methods.api.LocalRows``): ``rows[index]`` reads those images' rows through
+    ``Benchmark.features`` and returns them as float32, the same values (float16 -> float32, exact) and the
+    same order as indexing the in-memory float32 copy ``split_data`` made before. It holds only the ids."""
+
+    def __init__(self, benchmark: Benchmark, image_ids: np.ndarray) -> None:
+        self.benchmark = benchmark
+        self.image_ids = np.asarray(image_ids, dtype=np.int64)
+        _, first = benchmark.features(self.image_ids[:1], True)  # the grid's (L, C), from one row
+        assert first is not None
+        self.shape: tuple[int, ...] = (len(self.image_ids), *first.shape[1:])
+        self.dtype = np.dtype(np.float32)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        rows, rest = (index[0], index[1:]) if isinstance(index, tuple) else (index, ())
+        if isinstance(rows, torch.Tensor):
+            rows = rows.cpu().numpy()
+        ids = self.image_ids[rows]
+        if ids.ndim == 0:  # one image: (L, C)
+            return self._read(ids.reshape(1))[0][rest]
+        return self._read(ids)[(slice(None), *rest)]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        whole = self._read(self.image_ids)
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def _read(self, ids: np.ndarray) -> np.ndarray:
+        """float32 (len(ids), L, C), read ``READ_BLOCK_BYTES`` at a time."""
+        out = np.empty((len(ids), *self.shape[1:]), dtype=np.float32)
+        block = max(1, READ_BLOCK_BYTES // max(1, out[:1].nbytes))
+        for start in range(0, len(ids), block):
+            _, local = self.benchmark.features(ids[start:start + block], True)
+            out[start:start + block] = local  # float16 -> float32, exact
+        return out
+
+
+def split_data(benchmark: Benchmark, split: str, seed: int, with_local: bool, local_rows: bool = False) -> SplitData:
+    """The images of one label split as ``Method.fit`` receives them. With ``with_local`` and ``local_rows``
+    (``Method.local_rows``) the local grids stay in the feature store (``StoredLocalRows``); with ``with_local``
+    alone they are read into one float32 array."""
     pool = benchmark.pool(split)
-    features, local = benchmark.features(pool.image_ids, with_local)
+    features, local = benchmark.features(pool.image_ids, with_local and not local_rows)
+    local_features: np.ndarray | StoredLocalRows | None = None
+    if with_local:
+        local_features = StoredLocalRows(benchmark, pool.image_ids) if local_rows else np.asarray(local, np.float32)
     return SplitData(
         split=split,
         features=np.asarray(features, dtype=np.float32),
-        local_features=None if local is None else np.asarray(local, dtype=np.float32),
+        local_features=local_features,
         targets=pool.targets.astype(np.float32),
         label_names=pool.label_names,
         label_embeddings=benchmark.label_embeddings(pool.label_names),
@@ -181,8 +237,9 @@ def _fit_or_reuse(path: Path, benchmark: Benchmark, spec: MethodSpec, seed: int,
         method.use_clip(benchmark.clip_model())
     method.use_device(device)
     fit_device = compute_device(method, device)
-    base = split_data(benchmark, "base", seed, method.needs_local_features)
-    val = split_data(benchmark, "val", seed, method.needs_local_features) if "val" in splits else None
+    with_local, local_rows = method.needs_local_features, method.local_rows
+    base = split_data(benchmark, "base", seed, with_local, local_rows)
+    val = split_data(benchmark, "val", seed, with_local, local_rows) if "val" in splits else None
     start = time.perf_counter()
     try:
         method.fit(base, val)
