@@ -241,6 +241,17 @@ def test_cli_default_out_is_claims_next_to_the_ablation_run(runs, capsys):
     assert (runs[claims.ABLATION].parent / "claims" / "claims.json").is_file()
 
 
+def test_ablation_none_tests_only_the_ranking_claims_next_to_the_ranking_run(runs, tmp_path, capsys):
+    ranking = runs[claims.RANKING]
+    assert main(["claims", "ablation=none", f"ranking={ranking}"]) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(ranking.parent / "claims" / "claims.csv")
+    assert set(table["claim_id"]) == {claim.key for claim in claims.CLAIMS if claim.run == claims.RANKING}
+    assert set(table["split"]) == {"test"} and "lcm beats the baselines" in printed
+    document = json.loads((ranking.parent / "claims" / "claims.json").read_text())
+    assert sorted(document["sources"]) == [claims.RANKING]
+
+
 @pytest.mark.parametrize("role, command", [(claims.ABLATION, "mlfsic run +sweep=lcm_ablation"),
                                            (claims.RANKING, "make run")])
 def test_cli_missing_run_dir_is_one_line_and_exit_2(runs, tmp_path, capsys, role, command):

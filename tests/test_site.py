@@ -145,6 +145,7 @@ def test_backbone_labels_from_run_json():
 
     assert label(SMALL_CNN) == ("small_cnn", "none")
     assert label({"kind": "resnet50"}) == ("resnet50", "none")
+    assert label({"kind": "timm", "model": "tf_efficientnet_lite0"}) == ("timm tf_efficientnet_lite0", "none")
     assert label({**TEACHER, "regime": "concept-seen"}) == ("tiny-teacher (concept-seen)", "concept-seen")
     assert label(TEACHER, {"regime": "strict"}) == ("tiny-teacher (strict)", "strict")
     assert label({"kind": "open_clip", "model": "ViT-B-16-quickgelu"}) == ("open_clip ViT-B-16-quickgelu", "none")

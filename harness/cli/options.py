@@ -52,13 +52,14 @@ class LeaderboardOptions:
 
 @dataclass(frozen=True)
 class ClaimsOptions:
-    """``mlfsic claims [key=value ...]`` (harness.report.claims)."""
+    """``mlfsic claims [key=value ...]`` (studies.lcm_tomm2024.claims)."""
 
     ablation: Path | None = field(default=None, metadata={"help": "the ablation run, a val-split run of "
-                                  "+sweep=lcm_ablation (default: results/published_ablation)"})
+                                  "+sweep=lcm_ablation (default: results/published_ablation); none: only the "
+                                  "ranking claims (a backbone without an ablation run)"})
     ranking: Path | None = field(default=None, metadata={"help": "the ranking run (default: results/published)"})
     out: Path | None = field(default=None, metadata={"help": "where claims.{csv,json,md} go (default: claims/ "
-                             "next to the ablation dir)"})
+                             "next to the ablation dir, or the ranking dir with ablation=none)"})
 
 
 @dataclass(frozen=True)

@@ -127,9 +127,11 @@ def backbone_of(info: dict[str, Any]) -> tuple[str, str]:
     config = ((info.get("config") or {}).get("dataset") or {}).get("backbone") or {}
     block = info.get("backbone") or {}
     kind = str(config.get("kind") or block.get("kind") or "unknown")
+    model = str(config.get("model") or block.get("model") or "unknown")
+    if kind == "timm":  # any timm model: its name tells the columns apart (timm tf_efficientnet_lite0)
+        return f"timm {model}", NO_TEACHER
     if kind != "open_clip":
         return kind, NO_TEACHER
-    model = str(config.get("model") or block.get("model") or "unknown")
     if model == "tiny-teacher":
         regime = str(block.get("regime") or config.get("regime") or "unknown")
         return f"tiny-teacher ({regime})", regime

@@ -162,9 +162,10 @@ def default_ranking_dir() -> Path:
     return PUBLISHED_DIR
 
 
-def default_out_dir(ablation_dir: Path) -> Path:
-    """``claims/`` next to the ablation run dir: ``results/claims`` for the defaults."""
-    return Path(ablation_dir).parent / "claims"
+def default_out_dir(run_dir: Path) -> Path:
+    """``claims/`` next to the ablation run dir (``results/claims`` for the defaults), or next to the ranking run
+    dir with ``ablation=none``."""
+    return Path(run_dir).parent / "claims"
 
 
 def _how_to_make(role: str, path: Path) -> str:
@@ -402,11 +403,22 @@ def write_claims(table: pd.DataFrame, runs: dict[str, Run], out_dir: Path, claim
     return paths
 
 
+NO_ABLATION = Path("none")  # ``ablation=none``: only the ranking claims (a backbone without an ablation run)
+
+
 def run_claims(ablation: Path | None = None, ranking: Path | None = None,
                out: Path | None = None) -> tuple[str, dict[str, Path]]:
-    """``mlfsic claims``: test ``CLAIMS`` on the two runs, write the outputs; the printed table and the paths."""
-    ablation = Path(ablation) if ablation is not None else default_ablation_dir()
+    """``mlfsic claims``: test ``CLAIMS`` on the two runs, write the outputs; the printed table and the paths.
+
+    ``ablation=none`` tests only the claims on the ranking run (another backbone's published run, e.g. the
+    pretrained suite's member), written by default to ``claims/`` next to the ranking run's dir."""
     ranking = Path(ranking) if ranking is not None else default_ranking_dir()
+    if ablation is not None and Path(ablation) == NO_ABLATION:
+        chosen = tuple(claim for claim in CLAIMS if claim.run == RANKING)
+        table, runs = evaluate_claims({RANKING: ranking}, claims=chosen)
+        paths = write_claims(table, runs, Path(out) if out is not None else default_out_dir(ranking), claims=chosen)
+        return claims_markdown(table, runs), paths
+    ablation = Path(ablation) if ablation is not None else default_ablation_dir()
     table, runs = evaluate_claims({ABLATION: ablation, RANKING: ranking})
     paths = write_claims(table, runs, Path(out) if out is not None else default_out_dir(ablation))
     return claims_markdown(table, runs), paths
