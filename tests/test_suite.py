@@ -121,7 +121,8 @@ def test_shipped_suites_resolve(tmp_path, monkeypatch):
 
 
 def test_suite_errors_are_one_line(tmp_path, monkeypatch):
-    with pytest.raises(MlfsicError, match=r"\+suite=nope: no such suite; expected one of coco-moji-all, coco-moji-pretrained, papers-all"):
+    with pytest.raises(MlfsicError, match=r"\+suite=nope: no such suite; expected one of coco-moji-all, "
+                       r"coco-moji-pretrained, papers-all"):
         load_suite("nope", [])
     with pytest.raises(MlfsicError, match="give one"):
         split_suite_override(["+suite=a", "+suite=b"])
