@@ -13,19 +13,22 @@ no-GPU path and the rehearsal. Steps:
    worker process per core but one).
    Weights: ``MLFSIC_RESNET50_WEIGHTS`` (a torchvision state dict), else a random initialisation: timing
    does not depend on the values.
-2. **Methods on the device** (issue 37): lcm, wvga-adapted, laso and protonet in this process on synthetic data
-   (``synthetic_data``: 128-d features, 36 local positions, 3000 base images; 100 5-shot episodes), torch on
-   one thread as in a task. Per method: ``fit`` seconds and ``predict_batch`` episodes/s on the CPU and on the
+2. **Methods on the device** (issue 37): lcm, wvga-adapted, laso, protonet, mkt and clip-zeroshot in this process
+   on synthetic data (``synthetic_data``: 128-d features, 36 local positions, 3000 base images; 100 5-shot
+   episodes; mkt and clip-zeroshot see the pinned tiny teacher's features of noise images in their place,
+   ``clip_view``; clip-zeroshot zero-shot episodes of the same seeds), torch on one thread as in a task. Per
+   method: ``fit`` seconds and ``predict_batch`` episodes/s on the CPU and on the
    device (``Method.use_device("cuda")``), and the same CPU-fitted checkpoint predicted on both: the max
    |score difference| and the per-episode mAP difference, checked against the method's tolerance
    (``DEVICE_METHODS``: protonet, wvga-adapted 1e-4 absolute on scores; lcm every episode's mAP within 0.5
    points, as its selection threshold can flip a position on a rounding difference; laso the mean
    per-episode mAP within 0.5 points, as its episode training moves scores by up to 0.1 on a one-ulp change,
-   see ``LaSO``). The mAP of a fit made on the device is printed beside the CPU fit's (not checked: training
-   rounds differently). mkt and clip-zeroshot stay on the CPU (not compared). float32 throughout.
+   see ``LaSO``; mkt 1e-3 on scores, softmaxes at the model's logit scale of cosines through a ViT block;
+   clip-zeroshot 1e-4). The mAP of a fit made on the device is printed beside the CPU fit's (not checked:
+   training rounds differently). float32 throughout.
 3. **Sweeps, lcm, laso, mkt**: the same sweeps with ``resources.num_gpus=0`` and the backbone pinned to the CPU
    (``+dataset.backbone.device=cpu``) against ``resources.num_gpus=0.5`` (backbone and the methods that
-   declare ``uses_device`` on CUDA). Printed per method: ``Method.fit`` seconds (run.json) and predict
+   declare ``uses_device`` on CUDA, mkt included). Printed per method: ``Method.fit`` seconds (run.json) and predict
    episodes/s (records), per round, and the devices run.json recorded.
    Sweeps: ``A`` lcm + laso on the SmallCNN, ``B`` mkt on the tiny CLIP teacher (``+backbone=tiny-teacher``),
    both on the tests' tiny coco-moji (``conftest.TINY_DATASET_OVERRIDES``), 1/5-shot, 100 episodes, one seed.
@@ -65,6 +68,8 @@ DEVICE_METHODS: dict[str, tuple[dict, dict, tuple[str, float]]] = {
     "laso": ({"steps": 500, "classifier_epochs": 20},
              {"steps": 20, "classifier_epochs": 1, "hidden_dim": 32, "episode_steps": 10, "max_union_pairs": 20},
              ("mean_map", 0.5)),
+    "mkt": ({}, {"stage1_steps": 6, "stage2_steps": 3, "batch_size": 16, "lr_schedule": "constant"}, ("scores", 1e-3)),
+    "clip-zeroshot": ({}, {}, ("scores", 1e-4)),
 }
 
 
@@ -106,28 +111,36 @@ def method_devices(rehearse: bool) -> bool:
 
     import numpy as np
     import torch
-    from synthetic_data import make_base_data, make_episode, make_world
+    from synthetic_data import clip_view, make_base_data, make_episode, make_world, tiny_clip
 
     from mlfsic.harness.protocol.metrics import episode_map
-    from mlfsic.methods.registry import create_method
+    from mlfsic.methods.registry import available_methods, create_method
 
     device = "cpu" if rehearse else "cuda"
     torch.set_num_threads(1)  # as a fit or evaluate task runs
     if rehearse:
-        base, drawn = make_base_data(n=160, seed=0), [make_episode(5, seed=seed) for seed in range(4)]
+        base = make_base_data(n=160, seed=0)
+        draws = {k: [make_episode(k, seed=seed) for seed in range(4)] for k in (0, 5)}
     else:
         world = make_world(n_base_labels=40, n_novel_labels=12, dim=128, emb_dim=64, seed=7)
         base = make_base_data(n=3000, seed=0, world=world, local_positions=36)
-        drawn = [make_episode(5, seed=seed, world=world, local_positions=36) for seed in range(100)]
-    episodes = [episode for episode, _ in drawn]
+        draws = {k: [make_episode(k, seed=seed, world=world, local_positions=36) for seed in range(100)] for k in (0, 5)}
     ok = True
     for name, (full, tiny, (kind, tolerance)) in DEVICE_METHODS.items():
         config = tiny if rehearse else full
+        cls = available_methods()[name].cls
+        drawn = draws[5 if cls.few_shot else 0]  # a zero-shot-only method gets zero-shot episodes
+        # a method that needs the open_clip model sees its features
+        seen = (lambda data, seed: clip_view(data, tiny_clip(), seed)) if cls.needs_clip else (lambda data, seed: data)
+        method_base = seen(base, 0)
+        episodes = [seen(episode, i + 1) for i, (episode, _) in enumerate(drawn)]
         fits, rates, maps = {}, {}, {}
         for side, side_device in (("cpu", "cpu"), ("device", device)):
             method = create_method(name, config, 0)
+            if cls.needs_clip:
+                method.use_clip(tiny_clip())
             method.use_device(side_device)
-            _, fits[side] = _timed(side_device, method.fit, base, None)
+            _, fits[side] = _timed(side_device, method.fit, method_base, None)
             scores, seconds = _timed(side_device, method.predict_batch, episodes)
             rates[side] = len(episodes) / seconds
             maps[side] = float(np.mean([episode_map(np.asarray(s), t) for s, (_, t) in zip(scores, drawn)]))
@@ -143,7 +156,8 @@ def method_devices(rehearse: bool) -> bool:
         within = measured <= tolerance
         ok &= within
         say(f"method {name} on {device} vs cpu: fit {fits['device']:.2f} s vs {fits['cpu']:.2f} s, predict "
-            f"{rates['device']:.1f} vs {rates['cpu']:.1f} episodes/s ({len(episodes)} 5-shot episodes); CPU fit "
+            f"{rates['device']:.1f} vs {rates['cpu']:.1f} episodes/s ({len(episodes)} "
+            f"{'5-shot' if cls.few_shot else 'zero-shot'} episodes); CPU fit "
             f"predicted on both: max |score difference| {score_gap:.2e}, per-episode mAP difference max "
             f"{max(abs(g) for g in map_gaps):.3f} mean {float(np.mean(map_gaps)):+.3f} points; tolerance {kind} "
             f"<= {tolerance:g}: {'ok' if within else 'OUTSIDE'}; mAP of the fit made on {device} "
@@ -239,7 +253,7 @@ def methods_and_packing(rehearse: bool, folder: Path) -> bool:
                 f"{'cpu' if name == 'cpu' else 'cuda (num_gpus 0.5)'}, cluster GPUs "
                 f"{run['ray']['cluster_resources'].get('GPU', 0):g}, fits on {','.join(fit_devices) or '?'}; "
                 + "; ".join(per_method))
-    say("methods: lcm and laso compute on their task's device (run.json devices), mkt on the CPU in every round")
+    say("methods: lcm, laso and mkt compute on their task's device (run.json devices)")
     if "gpu-alone" in results and ok:
         alone = results["gpu-alone"]["wall"]
         packed = results["gpu-packed"]["wall"]

@@ -25,6 +25,7 @@ returns the regions, so tests can check what local-feature selection keeps.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,6 +216,21 @@ def coco_moji_sized_episodes(world: World, k_shot: int, n_episodes: int, positio
 
 
 # ----------------------------------------------------------------------------------------- open_clip views
+@functools.lru_cache(maxsize=1)
+def tiny_clip():
+    """The pinned tiny teacher (``harness.backbones.open_clip``), loaded once per test process: the model that
+    methods with ``needs_clip`` get, and that computes their features (``clip_view``)."""
+    import importlib.resources
+
+    import yaml
+
+    from mlfsic.harness.backbones.open_clip import load_tiny_teacher
+    from mlfsic.harness.backbones.weights import pinned_weights
+
+    config = yaml.safe_load((importlib.resources.files("mlfsic.configs") / "backbone" / "tiny-teacher.yaml").read_text())
+    return load_tiny_teacher(pinned_weights(config))
+
+
 def clip_view(data: SplitData | Episode, clip, seed: int = 0) -> SplitData | Episode:
     """``data`` with its features replaced by what an open_clip backbone stores for deterministic noise images
     (global: projected embedding; local: tokens entering the last block), one image per row. For methods with

@@ -4,7 +4,6 @@ class-specific region aggregation, the Asymmetric Loss, val selection, 0-shot pr
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.resources
 import inspect
 
@@ -19,20 +18,11 @@ from mlfsic.harness.sweep.checkpoint import load_checkpoint, save_checkpoint
 from mlfsic.methods.clip.mkt import learned_context
 from mlfsic.methods.registry import available_methods, create_method
 from mlfsic.methods.torch_utils import torch_generator
-from synthetic_data import clip_view, make_base_data, make_episode
+from synthetic_data import clip_view, make_base_data, make_episode, tiny_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the runner gives each task one thread
 
 QUICK = {"steps": 6, "val_every": 3, "batch_size": 16}
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_clip():
-    from mlfsic.harness.backbones.open_clip import load_tiny_teacher
-    from mlfsic.harness.backbones.weights import pinned_weights
-
-    config = yaml.safe_load((importlib.resources.files("mlfsic.configs") / "backbone" / "tiny-teacher.yaml").read_text())
-    return load_tiny_teacher(pinned_weights(config))
 
 
 @pytest.fixture(scope="module")

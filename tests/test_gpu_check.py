@@ -26,7 +26,7 @@ def test_gpu_check_device_step_rehearsal_on_cpu():
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("gpu-check: method ")]
-    assert [line.split()[2] for line in lines] == ["protonet", "wvga-adapted", "lcm", "laso"]
+    assert [line.split()[2] for line in lines] == ["protonet", "wvga-adapted", "lcm", "laso", "mkt", "clip-zeroshot"]
     for line in lines:  # the CPU against itself: the same checkpoint gives the same scores
         assert "max |score difference| 0.00e+00" in line and ": ok;" in line, line
     assert result.stdout.splitlines()[-1] == "gpu-check: done"
@@ -40,7 +40,7 @@ def test_gpu_check_rehearsal_on_cpu():
     lines = result.stdout.splitlines()
     assert lines[0].startswith("gpu-check: REHEARSAL")
     assert any(line.startswith("gpu-check: extraction resnet50 on cpu, batch 64") for line in lines)
-    assert sum(line.startswith("gpu-check: method ") for line in lines) == 4
+    assert sum(line.startswith("gpu-check: method ") for line in lines) == 6
     assert any("packing: two sweeps at num_gpus=0.5" in line for line in lines)
     assert sum("records packed == alone: " in line for line in lines) == 2
     assert lines[-1] == "gpu-check: done"

@@ -1,7 +1,7 @@
 """Methods on their task's device (issue 37, item 1): ``Method.use_device`` and ``uses_device``.
 
 On the CPU the device changes nothing: each method that computes on ``self.device`` (lcm, wvga, wvga-adapted,
-laso, protonet) gives bit-identical scores fitted and predicted with the default device and with an explicit
+laso, protonet; mkt and clip-zeroshot through ``ClipModel.on``) gives bit-identical scores fitted and predicted with the default device and with an explicit
 ``use_device("cpu")`` (the published numbers cannot move). The device is never part of a checkpoint, and the
 harness records the device each fit computed on. The CPU-vs-GPU comparison is ``tests/gpu_check.py``.
 """
@@ -18,7 +18,7 @@ from mlfsic.harness.sweep.driver.run_record import devices_record
 from mlfsic.harness.sweep.evaluate import compute_device
 from mlfsic.methods.api import Method
 from mlfsic.methods.registry import available_methods, create_method
-from synthetic_data import make_base_data, make_episode
+from synthetic_data import clip_view, make_base_data, make_episode, tiny_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,6 +31,9 @@ ON_DEVICE: dict[str, dict] = {
     "wvga": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2},
     "wvga-adapted": {"embed_dim": 16, "heads": 2, "steps": 20, "eval_every": 10, "n_val_episodes": 2,
                      "adapt_steps": 5},
+    # on the tiny teacher's features: mkt's two stages (constant lr: the warmup's first step is 0), its K-shot mix
+    "mkt": {"stage1_steps": 6, "stage2_steps": 3, "batch_size": 16, "lr_schedule": "constant"},
+    "clip-zeroshot": {},
 }
 
 
@@ -39,16 +42,31 @@ def base():
     return make_base_data(n=160, seed=0)
 
 
-def episodes() -> list:
-    return [make_episode(k_shot, seed=seed)[0] for k_shot, seed in ((1, 3), (5, 4), (1, 5))]
+def needs_clip(name: str) -> bool:
+    return available_methods()[name].cls.needs_clip
+
+
+def episodes(name: str) -> list:
+    """A chunk of K-shot episodes (zero-shot ones for a zero-shot-only method) as ``name`` sees them: open_clip
+    features where it needs the model."""
+    shots = ((1, 3), (5, 4), (1, 5)) if available_methods()[name].cls.few_shot else ((0, 3), (0, 4))
+    drawn = [make_episode(k_shot, seed=seed)[0] for k_shot, seed in shots]
+    return [clip_view(episode, tiny_clip(), seed=i) for i, episode in enumerate(drawn)] if needs_clip(name) else drawn
+
+
+def created(name: str) -> Method:
+    method = create_method(name, ON_DEVICE[name], 0)
+    if needs_clip(name):
+        method.use_clip(tiny_clip())
+    return method
 
 
 def fit_and_score(name: str, base, device: str | None) -> list[np.ndarray]:
-    method = create_method(name, ON_DEVICE[name], 0)
+    method = created(name)
     if device is not None:
         method.use_device(device)
-    method.fit(base, None)
-    return [np.asarray(scores) for scores in method.predict_batch(episodes())]
+    method.fit(clip_view(base, tiny_clip()) if needs_clip(name) else base, None)
+    return [np.asarray(scores) for scores in method.predict_batch(episodes(name))]
 
 
 def test_the_listed_methods_declare_the_device():
@@ -68,15 +86,17 @@ def test_explicit_cpu_device_gives_identical_scores(name, base):
 
 @pytest.mark.parametrize("name", sorted(ON_DEVICE))
 def test_device_is_not_in_the_checkpoint(name, base, tmp_path):
-    method = create_method(name, ON_DEVICE[name], 0)
+    method = created(name)
     method.use_device("cpu")
-    method.fit(base, None)
+    method.fit(clip_view(base, tiny_clip()) if needs_clip(name) else base, None)
     assert "device" not in method.__getstate__()
     save_checkpoint(tmp_path / "fit.pt", method, {"name": name, "seed": 0})
     reloaded, _ = load_checkpoint(tmp_path / "fit.pt")
     assert "device" not in vars(reloaded) and reloaded.device == torch.device("cpu")
+    if needs_clip(name):
+        reloaded.use_clip(tiny_clip())
     reloaded.use_device("cpu")  # as the harness does before predict_batch
-    episode = episodes()[0]
+    episode = episodes(name)[0]
     np.testing.assert_array_equal(reloaded.predict(episode), method.predict(episode))
 
 
@@ -111,3 +131,14 @@ def test_a_sweep_records_the_device_of_each_fit_and_chunk(ray_session, tiny_resu
     records = [json.loads(path.read_text()) for path in (tiny_results_dir / "cache" / "checkpoints").glob("*.json")]
     assert {record["name"]: record["device"] for record in records if record["name"] in ("random", "protonet")} == {
         "random": "cpu", "protonet": "cpu"}
+
+
+def test_clip_model_on_the_cpu_is_the_shared_model_itself():
+    """``ClipModel.on``: the CPU gives the worker's model itself (no copy: the CPU path is unchanged); another
+    device gets one copy, kept for the process, and the shared model stays where it was."""
+    clip = tiny_clip()
+    assert clip.device == torch.device("cpu")
+    assert clip.on("cpu") is clip and clip.on(torch.device("cpu")) is clip and clip.copies == {}
+    text = clip.encode_text(["There is a dog in the scene"])
+    assert text.device == torch.device("cpu") and text.shape == (1, 256)
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(1))

@@ -10,7 +10,6 @@ Methods are fitted on tiny synthetic base data with small hyperparameters (``TIN
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.resources
 import inspect
 
@@ -24,7 +23,7 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.sweep.checkpoint import load_checkpoint, save_checkpoint
 from mlfsic.methods.api import Episode, Method
 from mlfsic.methods.registry import available_methods, create_method
-from synthetic_data import clip_view, make_base_data, make_episode
+from synthetic_data import clip_view, make_base_data, make_episode, tiny_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the runner gives each task one thread
 
@@ -47,16 +46,6 @@ CASES = [(name, setting) for name in METHODS for setting in SETTINGS if availabl
 @pytest.fixture(scope="module")
 def base():
     return make_base_data(n=160, seed=0)
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_clip():
-    """The pinned tiny teacher: methods with ``needs_clip`` get it and features it computed (``clip_view``)."""
-    from mlfsic.harness.backbones.weights import pinned_weights
-    from mlfsic.harness.backbones.open_clip import load_tiny_teacher
-
-    config = yaml.safe_load((importlib.resources.files("mlfsic.configs") / "backbone" / "tiny-teacher.yaml").read_text())
-    return load_tiny_teacher(pinned_weights(config))
 
 
 def data_for(name: str, data):

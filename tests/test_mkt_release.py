@@ -3,28 +3,17 @@ distillation, layer decay, lr schedule and the learned prompt tokens, each again
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
 import math
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from mlfsic.methods.baselines import hinge_rank_loss
 from mlfsic.methods.clip import mkt
 from mlfsic.methods.clip.mkt import (MKT, MktStudent, distill_loss, layer_decay_groups, rank_loss, release_stream_scores,
                                      scheduled_lr, violating_pairs_rank_loss)
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_clip():
-    from mlfsic.harness.backbones.open_clip import load_tiny_teacher
-    from mlfsic.harness.backbones.weights import pinned_weights
-
-    config = yaml.safe_load((importlib.resources.files("mlfsic.configs") / "backbone" / "tiny-teacher.yaml").read_text())
-    return load_tiny_teacher(pinned_weights(config))
+from synthetic_data import tiny_clip
 
 
 def release_formula(scores: torch.Tensor, signed: torch.Tensor, margin: float = 1.0) -> torch.Tensor:

@@ -7,8 +7,9 @@ the global feature of an open_clip backbone. The score is their cosine::
 
     scores = normalise(x) @ normalise(text(prompt(label)))^T      (n_query, n_labels)
 
-Device: computes on the CPU whatever its task was given (``uses_device`` False): the sweep's open_clip model
-(``use_clip``) is one CPU model shared by the worker's tasks, and the scores are one matrix product.
+Device (``uses_device``): the text tower and the product run on ``self.device`` (the task's,
+``Method.use_device``) through ``ClipModel.on``: the worker's shared CPU model itself on the CPU, else one copy
+per device and process; scores come back as CPU numpy.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class ClipZeroShot(Method):
     zero_shot = True
     few_shot = False
     needs_clip = True
+    uses_device = True
     deviations = (
         Deviation(what="a label's text is MKT's prompt 'There is a {label} in the scene', one prompt; CLIP's zero-shot "
                        "classifiers use 'A photo of a {label}.' and dataset-specific prompt ensembles",
@@ -43,7 +45,7 @@ class ClipZeroShot(Method):
         if "{label}" not in prompt:
             raise MlfsicError(f"clip-zeroshot: prompt {prompt!r} has no '{{label}}' placeholder")
         self.prompt = prompt
-        self._texts: dict[tuple[str, ...], torch.Tensor] = {}
+        self._texts: dict[tuple[str, ...], torch.Tensor] = {}  # (device, *labels) -> text embeddings
 
     def use_clip(self, clip: object) -> None:
         super().use_clip(clip)
@@ -56,12 +58,13 @@ class ClipZeroShot(Method):
 
     def predict(self, episode: Episode) -> np.ndarray:
         check_episode(episode, self.name, self.embed_dim, self.zero_shot, self.few_shot)
-        labels = tuple(episode.label_names)
-        if labels not in self._texts:
-            self._texts[labels] = self.clip.encode_text([self.prompt.format(label=label) for label in labels])
-        text = self._texts[labels]
+        key = (str(self.device), *episode.label_names)
+        if key not in self._texts:
+            self._texts[key] = self.clip.on(self.device).encode_text(
+                [self.prompt.format(label=label) for label in episode.label_names])
+        text = self._texts[key]
         if episode.query_features.shape[1] != text.shape[1]:
             raise MlfsicError(f"{self.name}: query_features have size {episode.query_features.shape[1]}, the text "
                               f"tower gives {text.shape[1]} (the features are not this model's image embeddings)")
-        images = F.normalize(torch.as_tensor(episode.query_features, dtype=torch.float32), dim=-1)
-        return (images @ text.T).double().numpy()
+        images = F.normalize(torch.as_tensor(episode.query_features, dtype=torch.float32, device=self.device), dim=-1)
+        return (images @ text.T).double().cpu().numpy()

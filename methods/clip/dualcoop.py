@@ -77,8 +77,8 @@ Deviations from the paper and its released code (sunxm2357/DualCoOp, read for un
 The sweep's open_clip model is shared by the process: ``fit`` freezes it and hooks its token embedding while
 encoding prompts (``methods.clip.mkt.learned_context``), so a worker runs one task at a time.
 
-Device: computes on the CPU whatever its task was given (``uses_device`` False), as mkt (the shared CPU
-open_clip model of ``use_clip``).
+Device: computes on the CPU whatever its task was given (``uses_device`` False); mkt shows the way onto the
+task's device (``ClipModel.on``, the model's learned-prompt hook moving its context to the text's device).
 """
 
 from __future__ import annotations

@@ -44,9 +44,11 @@ release are ``MKT.deviations`` (``mlfsic methods --card mkt``). The sweep's open
 process: ``fit`` freezes it and hooks its token embedding while tuning the prompt, so a worker runs one task at a
 time (as the runner's tasks do).
 
-Device: computes on the CPU whatever its task was given (``uses_device`` False). Moving it needs its own
-device copy of the open_clip towers it trains and encodes text with (``use_clip`` hands every task of the
-worker one shared CPU model); not done yet (issue 37).
+Device (``uses_device``): both stages, the val selection and prediction run on ``self.device`` (the task's,
+``Method.use_device``). The student is copied from, and the prompt learned through, ``ClipModel.on(device)``:
+the worker's shared CPU model itself on the CPU, else one copy of the open_clip model per device and process.
+Minibatch draws come from CPU generators and the base tokens stay in host memory (a batch is moved at a time),
+so the CPU path draws the same numbers; scores come back as CPU numpy and checkpoints hold CPU tensors.
 """
 
 from __future__ import annotations
@@ -205,12 +207,13 @@ def learned_context(model: nn.Module, context: torch.Tensor | None, slots: Promp
     def replace(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         output = output.clone()
         if slots is None:
-            output[:, 1:1 + context.shape[0]] = context.to(output.dtype)
+            output[:, 1:1 + context.shape[0]] = context.to(output.device, output.dtype)
             return output
         if output.shape[:2] != slots.learned.shape:
             raise MlfsicError(f"mkt: text of shape {tuple(output.shape[:2])}, the prompt slots are "
                               f"{tuple(slots.learned.shape)}")
-        output[slots.learned] = context[slots.rows[slots.learned]].to(output.dtype)
+        learned = slots.learned.to(output.device)
+        output[learned] = context.to(output.device)[slots.rows.to(output.device)[learned]].to(output.dtype)
         return output
 
     handle = token_embedding(model).register_forward_hook(replace)
@@ -226,6 +229,7 @@ class MKT(Method):
     few_shot = True
     needs_local_features = True
     needs_clip = True
+    uses_device = True
     deviations = (
         Deviation(what="trained image layers: the last ViT block of the tiny teacher's 6 (+ ln_post, proj), on cached "
                        "tokens without augmentation; release: the last two of ViT-B/16's 12 blocks (fix_layer=10: "
@@ -346,7 +350,7 @@ class MKT(Method):
         self.prompt_tokens, self.distill_loss, self.distill_weight = prompt_tokens, distill_loss, distill_weight
         self.rank_loss, self.rank_margin = rank_loss, rank_margin
         self.context: torch.Tensor | None = None
-        self._texts: dict[tuple[str, ...], torch.Tensor] = {}
+        self._texts: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}  # (device, labels) -> text embeddings
         self._slots: dict[tuple[str, ...], PromptSlots] = {}
 
     # ------------------------------------------------------------------------------------------ text side
@@ -382,8 +386,9 @@ class MKT(Method):
     def _context_init(self) -> torch.Tensor:
         """The token embeddings of the learned table's ids (CoOp and the release initialise them so)."""
         table = self._template()[2]
+        clip = self.clip.on(self.device)
         with torch.no_grad():
-            return token_embedding(self.clip.model)(torch.tensor(table)).detach().clone()
+            return token_embedding(clip.model)(torch.tensor(table, device=clip.device)).detach().clone()
 
     def _prompt_slots(self, labels: tuple[str, ...], tokens: torch.Tensor) -> PromptSlots:
         """The learned positions of ``tokens`` (the prompts of ``labels``): ``prefix``: positions 1..n of the
@@ -412,10 +417,11 @@ class MKT(Method):
         return self._slots[labels]
 
     def _text(self, labels: tuple[str, ...], context: torch.Tensor | None, grad: bool = False) -> torch.Tensor:
-        tokens = self.clip.tokenizer(self._prompts(labels))
-        slots = self._prompt_slots(labels, tokens) if context is not None else None
-        with torch.set_grad_enabled(grad), learned_context(self.clip.model, context, slots):
-            return F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1)
+        clip = self.clip.on(self.device)
+        tokens = clip.tokenize(self._prompts(labels))
+        slots = self._prompt_slots(labels, tokens.cpu()) if context is not None else None
+        with torch.set_grad_enabled(grad), learned_context(clip.model, context, slots):
+            return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
 
     # ------------------------------------------------------------------------------------------ scores
     def _scores(self, global_emb: torch.Tensor, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -432,12 +438,23 @@ class MKT(Method):
         labels = tuple(val.label_names)
         with torch.no_grad():
             if frozen is None:
-                frozen = self.student(torch.as_tensor(val.local_features, dtype=torch.float32))
-            if context is None and labels not in self._texts:
-                self._texts[labels] = self._text(labels, None)
-            text = self._texts[labels] if context is None else self._text(labels, context)
+                frozen = self._student_outputs(val.local_features)
+            key = (str(self.device), labels)
+            if context is None and key not in self._texts:
+                self._texts[key] = self._text(labels, None)
+            text = self._texts[key] if context is None else self._text(labels, context)
             scores = self._scores(*frozen, text)
-        return float(episode_map(scores.double().numpy(), val.targets))
+        return float(episode_map(scores.double().cpu().numpy(), val.targets))
+
+    def _student_outputs(self, tokens: np.ndarray | torch.Tensor,
+                         block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's global (n, E) and patch (n, L, E) embeddings of host ``tokens``, moved to ``self.device``
+        ``block`` images at a time (None: all at once), without gradient."""
+        tokens = torch.as_tensor(tokens, dtype=torch.float32)
+        block = block or max(len(tokens), 1)
+        with torch.no_grad():
+            outputs = [self.student(tokens[i:i + block].to(self.device)) for i in range(0, len(tokens), block)]
+        return torch.cat([g for g, _ in outputs]), torch.cat([p for _, p in outputs])
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, base: SplitData, val: SplitData | None) -> None:
@@ -447,13 +464,14 @@ class MKT(Method):
                 raise MlfsicError(f"mkt.fit: {data.split}.local_features missing: the backbone must be an open_clip ViT")
         self.embed_dim = int(base.features.shape[1])
         self._texts, self._slots = {}, {}
-        self.clip.model.requires_grad_(False)
-        self.student = MktStudent(self.clip.visual)
+        clip = self.clip.on(self.device)
+        clip.model.requires_grad_(False)
+        self.student = MktStudent(clip.visual)
         if base.local_features.shape[2] != self.student.width:
             raise MlfsicError(f"mkt: local_features have width {base.local_features.shape[2]}, the model's last block "
                               f"takes {self.student.width} (features of another backbone?)")
-        self.scale = float(min(100.0, float(self.clip.model.logit_scale.exp())))
-        tokens = torch.as_tensor(base.local_features, dtype=torch.float32)
+        self.scale = float(min(100.0, float(clip.model.logit_scale.exp())))
+        tokens = torch.as_tensor(base.local_features, dtype=torch.float32)  # host memory; batches go to the device
         teacher = torch.as_tensor(base.features, dtype=torch.float32)  # the frozen tower's global embeddings
         positives = torch.as_tensor(base.targets) > 0.5
         labels = tuple(base.label_names)
@@ -470,10 +488,11 @@ class MKT(Method):
                 lr = scheduled_lr(self.lr_schedule, step, self.stage1_steps, self.lr)
                 for group in optimiser.param_groups:
                     group["lr"] = lr * group["lr_scale"]
-                global_emb, patches = self.student(tokens[batch])
+                global_emb, patches = self.student(tokens[batch].to(self.device))
                 global_cos, local_cos = stream_cosines(global_emb, patches, hand_text, self.top_k)
-                loss = (self.distill_weight * distill_loss(self.distill_loss, global_emb, teacher[batch])
-                        + rank_loss(self.rank_loss, global_cos, local_cos, positives[batch], self.rank_margin))
+                loss = (self.distill_weight * distill_loss(self.distill_loss, global_emb, teacher[batch].to(self.device))
+                        + rank_loss(self.rank_loss, global_cos, local_cos, positives[batch].to(self.device),
+                                    self.rank_margin))
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
@@ -488,20 +507,18 @@ class MKT(Method):
             self.student.load_state_dict(best.payload[0])
         self.student.requires_grad_(False)
 
-        with torch.no_grad():  # stage 2: the image side is frozen, so its outputs are computed once
-            outputs = [self.student(tokens[i:i + 512]) for i in range(0, len(tokens), 512)]
-        global_all = torch.cat([g for g, _ in outputs])
-        patches_all = torch.cat([p for _, p in outputs])
-        with torch.no_grad():
-            val_outputs = None if val is None else self.student(torch.as_tensor(val.local_features,
-                                                                                 dtype=torch.float32))
+        # stage 2: the image side is frozen, so its outputs are computed once
+        global_all, patches_all = self._student_outputs(tokens, block=512)
+        val_outputs = None if val is None else self._student_outputs(val.local_features)
         context = nn.Parameter(self._context_init())
         prompt_optimiser = torch.optim.AdamW([context], lr=self.prompt_lr, weight_decay=self.prompt_weight_decay)
         for step in range(1, self.stage2_steps + 1):
             batch = torch.randint(0, len(tokens), (self.batch_size,), generator=generator)
             text = self._text(labels, context, grad=True)
-            global_cos, local_cos = stream_cosines(global_all[batch], patches_all[batch], text, self.top_k)
-            loss = rank_loss(self.rank_loss, global_cos, local_cos, positives[batch], self.rank_margin)
+            on_device = batch.to(self.device)
+            global_cos, local_cos = stream_cosines(global_all[on_device], patches_all[on_device], text, self.top_k)
+            loss = rank_loss(self.rank_loss, global_cos, local_cos, positives[batch].to(self.device),
+                             self.rank_margin)
             prompt_optimiser.zero_grad()
             loss.backward()
             prompt_optimiser.step()
@@ -524,17 +541,19 @@ class MKT(Method):
                 raise MlfsicError(f"mkt: episode {episode.index} {field} has shape "
                                   f"{None if local is None else local.shape}, expected (n, 1 + L, {self.student.width})")
         labels = tuple(episode.label_names)
-        if labels not in self._texts:
-            self._texts[labels] = self._text(labels, self.context)
-        text = self._texts[labels]
+        self.student.to(self.device)  # a checkpoint loads on the CPU
+        key = (str(self.device), labels)
+        if key not in self._texts:
+            self._texts[key] = self._text(labels, self.context)
+        text = self._texts[key]
         with torch.no_grad():
-            global_emb, patches = self.student(torch.as_tensor(episode.query_local_features, dtype=torch.float32))
+            global_emb, patches = self._student_outputs(episode.query_local_features)
             scores = self._scores(global_emb, patches, text)
             if episode.k_shot > 0:
-                support_targets = torch.as_tensor(episode.support_targets, dtype=torch.float32)
-                support, _ = self.student(torch.as_tensor(episode.support_local_features, dtype=torch.float32))
+                support_targets = torch.as_tensor(episode.support_targets, dtype=torch.float32, device=self.device)
+                support, _ = self._student_outputs(episode.support_local_features)
                 support = F.normalize(support, dim=-1)
                 prototypes = F.normalize(support_targets.T @ support, dim=-1)  # (N, E)
                 visual = torch.softmax(self.scale * F.normalize(global_emb, dim=-1) @ prototypes.T, dim=-1)
                 scores = (1.0 - self.mix) * scores + self.mix * visual
-        return scores.double().numpy()
+        return scores.double().cpu().numpy()
