@@ -72,6 +72,11 @@ class Deviation:
     split: str = ""
 
 
+# Reads and checks that go over many rows of a ``LocalRows`` take about this many bytes of float32 rows at a time
+# (``harness.sweep.evaluate.StoredLocalRows``, ``torch_utils.all_finite_rows``): never a grid-sized temporary.
+LOCAL_ROWS_BLOCK_BYTES = 64 * 2**20
+
+
 class LocalRows(Protocol):
     """The (n, L, C) local grids of a split, read from the feature store row by row (``SplitData.local_features``
     of a method with ``local_rows``). ``rows[index]`` (an int, a slice, an integer array or a boolean mask over

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlfsic.methods.api import Episode, LocalRows, Method, SplitData
+from mlfsic.methods.api import LOCAL_ROWS_BLOCK_BYTES, Episode, LocalRows, Method, SplitData
 from mlfsic.harness.errors import MlfsicError
 
 
@@ -114,15 +114,13 @@ def check_split_data(data: SplitData, method: str) -> None:
         raise MlfsicError(f"{method}.fit: {name} label {data.label_names[int(empty[0])]!r} has no image")
 
 
-FINITE_CHECK_BYTES = 64 * 2**20  # about this many bytes of rows per block of ``all_finite_rows``
-
-
-def all_finite_rows(rows: np.ndarray | LocalRows) -> bool:
+def all_finite_rows(rows: np.ndarray | LocalRows, block_bytes: int = LOCAL_ROWS_BLOCK_BYTES) -> bool:
     """Whether every value of ``rows`` (an array or ``LocalRows``, indexed along its first axis) is finite, checked
-    a block of rows at a time, so the check never holds a grid-sized temporary (nor reads a ``LocalRows`` whole)."""
+    ``block_bytes`` of float32 rows at a time, so the check never holds a grid-sized temporary (nor reads a
+    ``LocalRows`` whole)."""
     n = len(rows)
     row_bytes = 4 * int(np.prod(rows.shape[1:], dtype=np.int64))
-    block = max(1, FINITE_CHECK_BYTES // max(1, row_bytes))
+    block = max(1, block_bytes // max(1, row_bytes))
     return all(bool(np.isfinite(rows[start:start + block]).all()) for start in range(0, n, block))
 
 

@@ -1,9 +1,10 @@
 """Methods on their task's device (issue 37, item 1): ``Method.use_device`` and ``uses_device``.
 
 On the CPU the device changes nothing: each method that computes on ``self.device`` (lcm, wvga, wvga-adapted,
-laso, protonet; mkt and clip-zeroshot through ``ClipModel.on``) gives bit-identical scores fitted and predicted with the default device and with an explicit
-``use_device("cpu")`` (the published numbers cannot move). The device is never part of a checkpoint, and the
-harness records the device each fit computed on. The CPU-vs-GPU comparison is ``tests/gpu_check.py``.
+laso, protonet; mkt and clip-zeroshot through ``ClipModel.on``) gives bit-identical scores fitted and predicted
+with the default device and with an explicit ``use_device("cpu")`` (the published numbers cannot move). The
+device is never part of a checkpoint, and the harness records the device each fit computed on. The CPU-vs-GPU
+comparison is ``tests/gpu_check.py``.
 """
 
 from __future__ import annotations

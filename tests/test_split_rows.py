@@ -61,7 +61,6 @@ def test_stored_rows_index_as_the_in_memory_copy(store):
 
 
 def test_whole_reads_go_block_by_block(store, monkeypatch):
-    from mlfsic.harness.sweep import evaluate
 
     rows = split_data(store, "base", 0, with_local=True, local_rows=True).local_features
     asked: list[int] = []
@@ -71,7 +70,7 @@ def test_whole_reads_go_block_by_block(store, monkeypatch):
         asked.append(len(image_ids))
         return features(image_ids, with_local)
 
-    monkeypatch.setattr(evaluate, "READ_BLOCK_BYTES", 9 * 32 * 4 * 50)  # 50 rows
+    rows.block_bytes = 9 * 32 * 4 * 50  # 50 rows
     monkeypatch.setattr(store, "features", counted)
     whole = np.asarray(rows)
     assert asked == [50, 50, 50, 50] and whole.shape == (200, 9, 32)
@@ -82,16 +81,10 @@ def test_all_finite_rows_checks_every_block():
     assert all_finite_rows(grid)
     grid[29, 3, 4] = np.nan
     assert not all_finite_rows(grid)
-    from mlfsic.methods import torch_utils
-
-    original = torch_utils.FINITE_CHECK_BYTES
-    try:
-        torch_utils.FINITE_CHECK_BYTES = 4 * 4 * 5 * 7  # 7 rows a block: the bad row is in the last one
-        assert not all_finite_rows(grid)
-        grid[29, 3, 4] = 1.0
-        assert all_finite_rows(grid)
-    finally:
-        torch_utils.FINITE_CHECK_BYTES = original
+    seven_rows = 4 * 4 * 5 * 7  # 7 rows a block: the bad row is in the last one
+    assert not all_finite_rows(grid, seven_rows)
+    grid[29, 3, 4] = 1.0
+    assert all_finite_rows(grid, seven_rows)
 
 
 def _fit_and_score(name: str, config: dict, base, val) -> tuple[list[np.ndarray], dict]:

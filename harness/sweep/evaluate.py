@@ -41,7 +41,7 @@ from mlfsic.harness.io import file_lock, sha256_json
 from mlfsic.harness.protocol.metrics import episode_map, f1_at_k, per_label_ap
 from mlfsic.harness.sweep.store import LABEL_AP_COLUMNS, RECORD_COLUMNS, ChunkResult
 from mlfsic.harness.protocol.episodes import parse_setting
-from mlfsic.methods.api import Episode, SplitData, constructor_defaults
+from mlfsic.methods.api import LOCAL_ROWS_BLOCK_BYTES, Episode, SplitData, constructor_defaults
 from mlfsic.methods.registry import create_method, get_method_class
 
 
@@ -133,22 +133,22 @@ def checkpoint_path(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_roo
     return cache_root / "checkpoints" / f"{spec.method}-{key[:20]}.pt"
 
 
-# Rows per read of ``StoredLocalRows`` when it reads many (``np.asarray``, a slice of the whole): about this many
-# bytes of float32 at a time, so reading the whole grid block by block never holds more than a block besides.
-READ_BLOCK_BYTES = 64 * 2**20
-
-
 class StoredLocalRows:
     """The local grids (n, L, C) of images ``image_ids`` of a benchmark, left in its memory-mapped feature store
     and read when indexed (``methods.api.LocalRows``): ``rows[index]`` reads those images' rows through
     ``Benchmark.features`` and returns them as float32, the same values (float16 -> float32, exact) and the
-    same order as indexing the in-memory float32 copy ``split_data`` made before. It holds only the ids."""
+    same order as indexing the in-memory float32 copy ``split_data`` made before. It holds only the ids. Many
+    rows (``np.asarray``, a slice of the whole) are read ``block_bytes`` of float32 at a time, so reading the whole
+    grid never holds more than a block besides the result."""
 
-    def __init__(self, benchmark: Benchmark, image_ids: np.ndarray) -> None:
+    def __init__(self, benchmark: Benchmark, image_ids: np.ndarray, block_bytes: int = LOCAL_ROWS_BLOCK_BYTES) -> None:
         self.benchmark = benchmark
         self.image_ids = np.asarray(image_ids, dtype=np.int64)
+        self.block_bytes = block_bytes
         _, first = benchmark.features(self.image_ids[:1], True)  # the grid's (L, C), from one row
-        assert first is not None
+        if first is None:
+            raise MlfsicError(f"feature store of {benchmark.dataset_name!r} has no local features (a method with "
+                              "local_rows needs them)")
         self.shape: tuple[int, ...] = (len(self.image_ids), *first.shape[1:])
         self.dtype = np.dtype(np.float32)
 
@@ -173,9 +173,9 @@ class StoredLocalRows:
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
     def _read(self, ids: np.ndarray) -> np.ndarray:
-        """float32 (len(ids), L, C), read ``READ_BLOCK_BYTES`` at a time."""
+        """float32 (len(ids), L, C), read ``block_bytes`` at a time."""
         out = np.empty((len(ids), *self.shape[1:]), dtype=np.float32)
-        block = max(1, READ_BLOCK_BYTES // max(1, out[:1].nbytes))
+        block = max(1, self.block_bytes // max(1, out[:1].nbytes))
         for start in range(0, len(ids), block):
             _, local = self.benchmark.features(ids[start:start + block], True)
             out[start:start + block] = local  # float16 -> float32, exact
@@ -381,6 +381,7 @@ def evaluate_episodes(
         task_s=time.perf_counter() - started,
         task_cpu_s=time.process_time() - started_cpu,
         report=dict(getattr(method, "predict_report", {}) or {}),
+        device=compute_device(method, device),
     )
 
 

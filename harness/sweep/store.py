@@ -56,6 +56,7 @@ class ChunkResult:
     task_s: float = 0.0  # wall seconds of the whole chunk (loading the fit, episodes, predict, metrics)
     task_cpu_s: float = 0.0  # CPU seconds of the evaluating process meanwhile (all its threads)
     report: dict[str, Any] = field(default_factory=dict)  # the method's ``predict_report`` for the chunk
+    device: str = "cpu"  # where ``predict_batch`` computed (``evaluate.compute_device``); run.json ``devices``
 
 
 def cell_key(method: str, setting: str, seed: int) -> str:

@@ -12,7 +12,7 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.sweep.driver.planning import Plan, Task
 from mlfsic.harness.sweep.driver.progress import Progress
 from mlfsic.harness.sweep.driver.run_record import failure
-from mlfsic.harness.sweep.driver.tasks import HARD_EXIT_GRACE_S, EvaluatedChunk
+from mlfsic.harness.sweep.driver.tasks import HARD_EXIT_GRACE_S
 from mlfsic.harness.sweep.store import cell_key, write_chunk
 
 COLLECT_ROUND_S = 0.25  # collect takes the results that are ready within this, per round
@@ -69,12 +69,11 @@ def file_result(plan: Plan, task: Task, result: Any) -> None:
             plan.fit_reports[f"{task.method}/seed{task.seed}"] = result.report
         plan.counts["fits_cached" if result.cached else "fits_trained"] += 1
     elif cell_key(task.method, task.settings[0], task.seed) not in plan.failures:
-        assert task.part is not None and isinstance(result, EvaluatedChunk)
-        chunk = result.result
-        write_chunk(plan.run_path, task.part, chunk)
+        assert task.part is not None
+        write_chunk(plan.run_path, task.part, result)
         plan.chunk_seconds["n_chunks"] += 1
-        plan.chunk_seconds["wall"] += chunk.task_s
-        plan.chunk_seconds["cpu"] += chunk.task_cpu_s
+        plan.chunk_seconds["wall"] += result.task_s
+        plan.chunk_seconds["cpu"] += result.task_cpu_s
         devices = plan.chunk_devices.setdefault(cell_key(task.method, task.settings[0], task.seed), {})
         devices[result.device] = devices.get(result.device, 0) + 1
 

@@ -3,8 +3,8 @@ evaluate chunk. Module-level functions: Ray pickles a remote function by referen
 
 A fit or evaluate task never raises: a method's error, a timeout or a GPU the node cannot use comes back as
 a one-line string, which fails that task's cells only (``collect.file_result``). Both give the method the
-task's device (``ray_setup.task_device``); an evaluate task returns its chunk with the device it computed on
-(``EvaluatedChunk``), which run.json records (``devices``).
+task's device (``ray_setup.task_device``); an evaluate task's chunk names the device it computed on
+(``ChunkResult.device``), which run.json records (``devices``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,11 @@ from mlfsic.harness.sweep.evaluate import (
     FitResult,
     MethodFailure,
     MethodSpec,
-    compute_device,
     evaluate_episodes,
     fit_method,
 )
 from mlfsic.harness.sweep.prepare import load_dataset_and_split
 from mlfsic.harness.sweep.store import ChunkResult
-from mlfsic.methods.registry import get_method_class
 
 
 def backbone_task(dataset_cfg: dict[str, Any], cache_root: str) -> tuple[str | None, dict[str, Any]]:
@@ -122,18 +119,10 @@ def fit_task(benchmark: Benchmark, spec: MethodSpec, seed: int, cache_root: str,
         return error_text(error)
 
 
-@dataclass(frozen=True)
-class EvaluatedChunk:
-    """What an evaluate task returns: the chunk's result and the device its ``predict_batch`` computed on."""
-
-    result: ChunkResult
-    device: str
-
-
 def evaluate_task(
     benchmark: Benchmark, spec: MethodSpec, seed: int, setting: str, episode_set_path: str, indices: list[int],
     fit: FitResult | str, run_id: str, save_scores: bool, timeout_s: float | None = None,
-) -> EvaluatedChunk | str:
+) -> ChunkResult | str:
     """Score one chunk of episodes with the fitted method; a failure (of the fit or of this chunk) as one line."""
     if isinstance(fit, str):
         return fit
@@ -141,9 +130,8 @@ def evaluate_task(
     try:
         device = task_device()
         with time_limit(timeout_s, f"{spec.method} {setting} seed {seed}, episodes {indices[0]}-{indices[-1]}"):
-            result = evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, indices, fit, run_id,
-                                       save_scores, device)
-            return EvaluatedChunk(result, compute_device(get_method_class(spec.method), device))
+            return evaluate_episodes(benchmark, spec, seed, setting, episode_set_path, indices, fit, run_id,
+                                     save_scores, device)
     except TaskTimedOut as error:
         return str(error)
     except Exception as error:
