@@ -17,7 +17,7 @@ from mlfsic.harness.sweep.load import load_sweep
 from mlfsic.harness.sweep.runner import run_sweep
 from mlfsic.harness.sweep.store import read_suite_json, suite_run_dirs, write_suite_json
 from mlfsic.harness.sweep.suite import (
-    load_suite, publish_suite, read_suite_file, run_suite, split_suite_override, suite_file,
+    load_suite, read_suite_file, run_suite, split_suite_override, suite_file,
 )
 
 SMALL = ["method=[random,protonet]", "setting=[1shot,5shot]", "seeds=[0]", "n_episodes=12", "chunk_episodes=5"]
@@ -78,7 +78,10 @@ def test_suite_runs_every_member_as_one_job_and_resumes(ray_session, tiny_result
 
     # Published member by member, then ranked against: each member gets its own member's reference.
     published = tmp_path / "published"
-    publish_suite(suite.suite_dir, published)
+    assert main(["leaderboard", str(suite.suite_dir), f"out={published}", "publish=true"]) == 0
+    for member in ("minilm", "glove"):  # each member's board beside its copy, as a published run's
+        member_board = pd.read_csv(published / member / "leaderboard.csv")
+        assert set(member_board["method"]) == {"random", "protonet"} and (published / member / "leaderboard.md").is_file()
     ranked = load_suite(str(path), [*overrides, f"against={published}"])
     assert [m.sweep.against for m in ranked.members] == [(published / "minilm").resolve(), (published / "glove").resolve()]
     outcomes = run_suite(ranked, progress=False)  # every method is in its reference: nothing is computed

@@ -13,7 +13,7 @@ from mlfsic.harness.report.site import build_site, default_site_dir, expand_dirs
 from mlfsic.harness.sweep.against_run import publish
 from mlfsic.harness.sweep.spec import PUBLISHED_DIR, resolve_against
 from mlfsic.harness.sweep.load import load_sweep
-from mlfsic.harness.sweep.store import is_suite_dir, read_suite_json
+from mlfsic.harness.sweep.store import is_suite_dir, read_suite_json, suite_run_dirs
 from mlfsic.harness.sweep.suite import PUBLISHED_SUITES_DIR, publish_suite
 
 
@@ -27,7 +27,8 @@ def leaderboard_command(args: list[str]) -> int:
     ``against``: rank the runs together with a reference run, on their episode sets (harness.sweep.against_run).
     ``publish=true``: copy one finished run (default: the default sweep's) into out= (default: the
     repository's results/published) as the reference ``against=published`` reads, with leaderboard.{csv,md};
-    a suite dir: every member into out=/<member> (default: results/published_suites/<suite>), the references
+    a suite dir: every member into out=/<member> with its leaderboard.{csv,md} (default:
+    results/published_suites/<suite>), the references
     ``mlfsic run +suite=<suite> against=published`` gives each member (``harness.sweep.suite``).
     A run that lacks cells (interrupted, failed) is said on stderr too: ``mlfsic: run <id>: INCOMPLETE ...;
     resume: <command>`` (the board lists its missing cells; ``missing_cells.csv``).
@@ -41,14 +42,16 @@ def leaderboard_command(args: list[str]) -> int:
             run_dirs = [load_sweep([]).run_path]
         if is_suite_dir(run_dirs[0]):
             out = options.out or PUBLISHED_SUITES_DIR / read_suite_json(run_dirs[0])["suite"]
-            for path in publish_suite(run_dirs[0], out):
-                print(path)
-            return 0
-        out = options.out or Path(PUBLISHED_DIR)
-        written = publish(run_dirs[0], out)
-        paths = build_leaderboard([out], out, formats=("csv", "md"))
-        print(Path(paths["md"]).read_text())
-        for path in [*written, *paths.values()]:
+            written = publish_suite(run_dirs[0], out)
+            for _, member_dir in suite_run_dirs(out):  # each member's board beside its copy, as a run's
+                written += build_leaderboard([member_dir], member_dir, formats=("csv", "md")).values()
+        else:
+            out = options.out or Path(PUBLISHED_DIR)
+            written = publish(run_dirs[0], out)
+            paths = build_leaderboard([out], out, formats=("csv", "md"))
+            print(Path(paths["md"]).read_text())
+            written += paths.values()
+        for path in written:
             print(path)
         return 0
     if not run_dirs:
