@@ -1,7 +1,10 @@
-"""README's leaderboard is the committed published run (results/published/leaderboard.csv), cell by cell.
+"""README's leaderboards are the committed published runs, cell by cell: the default run
+(results/published/leaderboard.csv) between the ``leaderboard`` markers, the pretrained suite's member
+(results/published_suites/coco-moji-pretrained/efficientnet-lite0/leaderboard.csv) between the
+``leaderboard-pretrained`` markers.
 
-When a change moves a default number, regenerate the published run (``make run``, ``make publish``) and
-paste the table this test prints on failure between the README's ``leaderboard`` markers.
+When a change moves a published number, regenerate the run (``make run``, ``make publish``; the pretrained one:
+README "The pretrained regime") and paste the table this test prints on failure between the markers.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+PRETRAINED = REPO / "results/published_suites/coco-moji-pretrained/efficientnet-lite0"
+PRETRAINED_START, PRETRAINED_END = "<!-- leaderboard-pretrained:start -->", "<!-- leaderboard-pretrained:end -->"
 
 
-def published_table() -> str:
+def published_table(run_dir: Path = REPO / "results/published") -> str:
     """method x setting: mAP ± half-width (percent), `*` significantly below the cell's best, bold best."""
-    board = pd.read_csv(REPO / "results/published/leaderboard.csv")
+    board = pd.read_csv(run_dir / "leaderboard.csv")
     board = board[board["kind"] == "ours"]
     board = board.assign(shots=board["setting"].map(lambda s: int(s.removesuffix("shot")))).sort_values(["shots", "rank"])
     settings = list(board["setting"].drop_duplicates())
@@ -46,3 +51,11 @@ def test_readme_leaderboard_is_the_published_run():
     block = readme.split(START, 1)[1].split(END, 1)[0].strip()
     expected = published_table()
     assert block == expected, f"README leaderboard differs from results/published; paste:\n{expected}"
+
+
+def test_readme_pretrained_leaderboard_is_the_published_pretrained_run():
+    readme = (REPO / "README.md").read_text()
+    assert PRETRAINED_START in readme and PRETRAINED_END in readme, "README lacks the pretrained leaderboard markers"
+    block = readme.split(PRETRAINED_START, 1)[1].split(PRETRAINED_END, 1)[0].strip()
+    expected = published_table(PRETRAINED)
+    assert block == expected, f"README pretrained leaderboard differs from {PRETRAINED}; paste:\n{expected}"
