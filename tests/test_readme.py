@@ -4,7 +4,7 @@
 ``leaderboard-pretrained`` markers.
 
 When a change moves a published number, regenerate the run (``make run``, ``make publish``; the pretrained one:
-README "The pretrained regime") and paste the table this test prints on failure between the markers.
+README "A pretrained ImageNet backbone") and paste the table this test prints on failure between the markers.
 """
 
 from __future__ import annotations
