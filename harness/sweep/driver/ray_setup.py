@@ -13,8 +13,16 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.sweep.spec import STAGES, RayOptions, StageResources, Sweep, TaskResources
 
 
+# Times a task killed by Ray's memory monitor is retried before it fails (Ray's default retries it forever: a
+# chunk that needs more memory than the node has would loop; measured: lcm's 100-episode 5-shot chunk at 448 px,
+# ~20 GB on a 24 GB box). Then its cells fail with "out of memory: ..." (``collect.ray_failure_text``) and the run
+# ends; a smaller ``chunk_episodes`` is the remedy. Local Ray only: a cluster's is ``RAY_task_oom_retries`` at
+# ``ray start``.
+OOM_RETRIES = 3
+
+
 def init_ray(options: RayOptions) -> None:
-    """Local Ray with explicit CPUs and a capped object store, or connect to ``ray.address``.
+    """Local Ray with explicit CPUs, a capped object store and ``OOM_RETRIES``, or connect to ``ray.address``.
 
     ``address="local"``: a new local instance even where ``ray start`` ran on this machine before (Ray would
     otherwise join the cluster it recorded in /tmp/ray, or fail on a stopped one).
@@ -30,6 +38,7 @@ def init_ray(options: RayOptions) -> None:
         object_store_memory=options.object_store_memory,
         include_dashboard=False,
         log_to_driver=False,
+        _system_config={"task_oom_retries": OOM_RETRIES},
     )
 
 
