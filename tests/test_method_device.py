@@ -1,7 +1,7 @@
 """Methods on their task's device (issue 37, item 1): ``Method.use_device`` and ``uses_device``.
 
 On the CPU the device changes nothing: each method that computes on ``self.device`` (lcm, wvga, wvga-adapted,
-laso, protonet; mkt and clip-zeroshot through ``ClipModel.on``) gives bit-identical scores fitted and predicted
+laso, protonet; mkt and clip-zeroshot through ``clip_on``) gives bit-identical scores fitted and predicted
 with the default device and with an explicit ``use_device("cpu")`` (the published numbers cannot move). The
 device is never part of a checkpoint, and the harness records the device each fit computed on. The CPU-vs-GPU
 comparison is ``tests/gpu_check.py``.
@@ -135,11 +135,15 @@ def test_a_sweep_records_the_device_of_each_fit_and_chunk(ray_session, tiny_resu
 
 
 def test_clip_model_on_the_cpu_is_the_shared_model_itself():
-    """``ClipModel.on``: the CPU gives the worker's model itself (no copy: the CPU path is unchanged); another
+    """``on_device.clip_on``: the CPU gives the worker's model itself (no copy: the CPU path is unchanged); another
     device gets one copy, kept for the process, and the shared model stays where it was."""
+    from mlfsic.methods.clip import on_device
+
     clip = tiny_clip()
-    assert clip.device == torch.device("cpu")
-    assert clip.on("cpu") is clip and clip.on(torch.device("cpu")) is clip and clip.copies == {}
-    text = clip.encode_text(["There is a dog in the scene"])
+    assert on_device.model_device(clip) == torch.device("cpu")
+    assert on_device.clip_on(clip, "cpu") is clip and on_device.clip_on(clip, torch.device("cpu")) is clip
+    assert clip.model not in on_device._COPIES
+    text = on_device.encode_text(clip, ["There is a dog in the scene"])
+    torch.testing.assert_close(text, clip.encode_text(["There is a dog in the scene"]), rtol=0, atol=0)
     assert text.device == torch.device("cpu") and text.shape == (1, 256)
     torch.testing.assert_close(text.norm(dim=-1), torch.ones(1))

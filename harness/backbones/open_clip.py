@@ -23,9 +23,8 @@ layers of the student.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,36 +56,15 @@ class ClipModel:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    # copies of this model on other devices (``on``), made once per process and device
-    copies: dict[str, ClipModel] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def visual(self) -> nn.Module:
         return self.model.visual
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def on(self, device: torch.device | str) -> ClipModel:
-        """This model on ``device``: itself when it is there already (the CPU model of the worker), else a copy
-        moved there, made once and kept (the shared model stays on the CPU for the worker's CPU tasks)."""
-        device = torch.device(device)
-        if device.type == self.device.type and device.index in (None, self.device.index):
-            return self
-        if str(device) not in self.copies:
-            self.copies[str(device)] = ClipModel(self.name, copy.deepcopy(self.model).to(device), self.tokenizer,
-                                                 self.image_size, self.mean, self.std)
-        return self.copies[str(device)]
-
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        """Token ids (B, context) of ``texts`` on the model's device."""
-        return self.tokenizer(list(texts)).to(self.device)
-
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Projected, L2-normalised text embeddings (B, E) of ``texts`` on the model's device, no gradient."""
+        """Projected, L2-normalised text embeddings (B, E) of ``texts``, no gradient."""
         with torch.inference_mode():
-            return nn.functional.normalize(self.model.encode_text(self.tokenize(texts)).float(), dim=-1)
+            return nn.functional.normalize(self.model.encode_text(self.tokenizer(list(texts))).float(), dim=-1)
 
 
 # ----------------------------------------------------------------------------------------- building

@@ -8,8 +8,8 @@ the global feature of an open_clip backbone. The score is their cosine::
     scores = normalise(x) @ normalise(text(prompt(label)))^T      (n_query, n_labels)
 
 Device (``uses_device``): the text tower and the product run on ``self.device`` (the task's,
-``Method.use_device``) through ``ClipModel.on``: the worker's shared CPU model itself on the CPU, else one copy
-per device and process; scores come back as CPU numpy.
+``Method.use_device``) through ``on_device.clip_on``: the worker's shared CPU model itself on the CPU, else one
+copy per device and process; scores come back as CPU numpy.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from mlfsic.harness.backbones.embeddings import PROMPT
 from mlfsic.harness.errors import MlfsicError
 from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
+from mlfsic.methods.clip.on_device import clip_on, encode_text
 from mlfsic.methods.torch_utils import check_episode, check_split_data
 
 
@@ -60,8 +61,8 @@ class ClipZeroShot(Method):
         check_episode(episode, self.name, self.embed_dim, self.zero_shot, self.few_shot)
         key = (str(self.device), *episode.label_names)
         if key not in self._texts:
-            self._texts[key] = self.clip.on(self.device).encode_text(
-                [self.prompt.format(label=label) for label in episode.label_names])
+            self._texts[key] = encode_text(clip_on(self.clip, self.device),
+                                           [self.prompt.format(label=label) for label in episode.label_names])
         text = self._texts[key]
         if episode.query_features.shape[1] != text.shape[1]:
             raise MlfsicError(f"{self.name}: query_features have size {episode.query_features.shape[1]}, the text "

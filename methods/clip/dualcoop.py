@@ -78,7 +78,7 @@ The sweep's open_clip model is shared by the process: ``fit`` freezes it and hoo
 encoding prompts (``methods.clip.mkt.learned_context``), so a worker runs one task at a time.
 
 Device: computes on the CPU whatever its task was given (``uses_device`` False); mkt shows the way onto the
-task's device (``ClipModel.on``, the model's learned-prompt hook moving its context to the text's device).
+task's device (``on_device.clip_on``, the model's learned-prompt hook moving its context to the text's device).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ process: ``fit`` freezes it and hooks its token embedding while tuning the promp
 time (as the runner's tasks do).
 
 Device (``uses_device``): both stages, the val selection and prediction run on ``self.device`` (the task's,
-``Method.use_device``). The student is copied from, and the prompt learned through, ``ClipModel.on(device)``:
+``Method.use_device``). The student is copied from, and the prompt learned through, ``on_device.clip_on``:
 the worker's shared CPU model itself on the CPU, else one copy of the open_clip model per device and process.
 Minibatch draws come from CPU generators and the base tokens stay in host memory (a batch is moved at a time),
 so the CPU path draws the same numbers; scores come back as CPU numpy and checkpoints hold CPU tensors.
@@ -70,6 +70,7 @@ from mlfsic.harness.errors import MlfsicError
 from mlfsic.harness.protocol.metrics import episode_map
 from mlfsic.methods.api import Deviation, Episode, Method, SplitData, register
 from mlfsic.methods.baselines import hinge_rank_loss
+from mlfsic.methods.clip.on_device import clip_on, model_device, tokenize
 from mlfsic.methods.torch_utils import KeepBest, check_episode, check_split_data, minibatches, torch_generator
 
 RANK_LOSSES = ("violating-pairs", "all-pairs")  # the release's ranking_lossT; baselines.hinge_rank_loss
@@ -386,9 +387,9 @@ class MKT(Method):
     def _context_init(self) -> torch.Tensor:
         """The token embeddings of the learned table's ids (CoOp and the release initialise them so)."""
         table = self._template()[2]
-        clip = self.clip.on(self.device)
+        clip = clip_on(self.clip, self.device)
         with torch.no_grad():
-            return token_embedding(clip.model)(torch.tensor(table, device=clip.device)).detach().clone()
+            return token_embedding(clip.model)(torch.tensor(table, device=model_device(clip))).detach().clone()
 
     def _prompt_slots(self, labels: tuple[str, ...], tokens: torch.Tensor) -> PromptSlots:
         """The learned positions of ``tokens`` (the prompts of ``labels``): ``prefix``: positions 1..n of the
@@ -417,8 +418,8 @@ class MKT(Method):
         return self._slots[labels]
 
     def _text(self, labels: tuple[str, ...], context: torch.Tensor | None, grad: bool = False) -> torch.Tensor:
-        clip = self.clip.on(self.device)
-        tokens = clip.tokenize(self._prompts(labels))
+        clip = clip_on(self.clip, self.device)
+        tokens = tokenize(clip, self._prompts(labels))
         slots = self._prompt_slots(labels, tokens.cpu()) if context is not None else None
         with torch.set_grad_enabled(grad), learned_context(clip.model, context, slots):
             return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
@@ -464,7 +465,7 @@ class MKT(Method):
                 raise MlfsicError(f"mkt.fit: {data.split}.local_features missing: the backbone must be an open_clip ViT")
         self.embed_dim = int(base.features.shape[1])
         self._texts, self._slots = {}, {}
-        clip = self.clip.on(self.device)
+        clip = clip_on(self.clip, self.device)
         clip.model.requires_grad_(False)
         self.student = MktStudent(clip.visual)
         if base.local_features.shape[2] != self.student.width:
