@@ -218,6 +218,10 @@ def methods_and_packing(rehearse: bool, folder: Path) -> bool:
     from ray.cluster_utils import Cluster
 
     cpus = 2 if rehearse else max(2, min(8, os.cpu_count() or 2))
+    if rehearse:  # the declared GPU does not exist: its tasks run on the CPU (the nodes inherit this environment)
+        from mlfsic.harness.sweep.driver.ray_setup import DECLARED_GPUS_ON_CPU
+
+        os.environ[DECLARED_GPUS_ON_CPU] = "1"
     temp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # not /tmp/ray: see tests/ray_overhead.py
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": cpus, "num_gpus": 1, "object_store_memory": 200 * 2**20, "include_dashboard": False,

@@ -19,6 +19,9 @@ from mlfsic.harness.sweep.spec import STAGES, RayOptions, StageResources, Sweep,
 # ends; a smaller ``chunk_episodes`` is the remedy. Local Ray only: a cluster's is ``RAY_task_oom_retries`` at
 # ``ray start``.
 OOM_RETRIES = 3
+# Set to "1" in a Ray node's environment: a task Ray gave a GPU that torch cannot see runs on the CPU instead of
+# stopping (``task_device``). Only for rehearsing GPU scheduling on a CPU machine (GPUs declared to Ray).
+DECLARED_GPUS_ON_CPU = "MLFSIC_DECLARED_GPUS_ON_CPU"
 
 
 def init_ray(options: RayOptions) -> None:
@@ -103,9 +106,11 @@ def task_device() -> str:
     """The torch device of the running Ray task: ``"cuda"`` when Ray assigned it GPUs (Ray sets
     ``CUDA_VISIBLE_DEVICES`` to them, so ``cuda`` is the assigned one; with ``resources.num_gpus=0.5`` two
     tasks share it), else ``"cpu"``. A task given a GPU on a node where torch finds no CUDA device stops with
-    one line instead of running on the CPU unnoticed. Feature extraction runs on this device, and fit and
+    one line instead of running on the CPU unnoticed, unless ``DECLARED_GPUS_ON_CPU`` is set in its environment
+    (rehearsals of GPU scheduling on a machine without CUDA: ``tests/gpu_check.py --rehearse``). Feature
+    extraction runs on this device, and fit and
     evaluate tasks hand it to their method (``Method.use_device``): a method that declares ``uses_device`` (lcm,
-    wvga, wvga-adapted, laso, protonet) fits and predicts there, any other (mkt, clip-zeroshot, linear-probe,
+    wvga, wvga-adapted, laso, protonet, mkt, clip-zeroshot) fits and predicts there, any other (linear-probe,
     tip-adapter, the baselines, plug-ins that ignore the device) on the CPU; run.json's ``devices`` records which.
     """
     gpu_ids = ray.get_gpu_ids()
@@ -114,6 +119,8 @@ def task_device() -> str:
     import torch
 
     if not torch.cuda.is_available():
+        if os.environ.get(DECLARED_GPUS_ON_CPU) == "1":
+            return "cpu"
         raise MlfsicError(
             f"Ray assigned GPU {','.join(str(i) for i in gpu_ids)} to a task on {socket.gethostname()}, but torch "
             f"finds no CUDA device there (torch {torch.__version__}, CUDA build {torch.version.cuda}); "
